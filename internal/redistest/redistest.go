@@ -1,0 +1,197 @@
+// Package redistest starts real redis-server processes for tests, each on
+// a free loopback port (never 6379), and stops them when the test ends.
+//
+// Without redis-server on PATH the calling test is skipped with a message
+// saying how to install it, unless TOKENCACHE_REQUIRE_REDIS=1 is set, in
+// which case it fails: CI must not pass by skipping.
+package redistest
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// RequireEnv is the environment variable that turns a missing redis-server
+// from a skip into a failure.
+const RequireEnv = "TOKENCACHE_REQUIRE_REDIS"
+
+// Server is a running redis-server owned by one test.
+type Server struct {
+	Addr string // host:port
+	Port int
+	Dir  string // its working directory (logs, certificates)
+
+	tb   testing.TB
+	args []string
+	cmd  *exec.Cmd
+}
+
+// Binary returns the path of redis-server, or skips (or fails, under
+// TOKENCACHE_REQUIRE_REDIS=1) the test when there is none.
+func Binary(tb testing.TB) string {
+	tb.Helper()
+	path, err := exec.LookPath("redis-server")
+	if err == nil {
+		return path
+	}
+	msg := "redis-server not found on PATH; install it (Debian/Ubuntu: apt-get install redis-server, macOS: brew install redis) to run the integration tests"
+	if os.Getenv(RequireEnv) == "1" {
+		tb.Fatalf("%s (%s=1 forbids skipping)", msg, RequireEnv)
+	}
+	tb.Skip(msg)
+	return ""
+}
+
+// Start launches redis-server on a free port with persistence off and the
+// given extra arguments (e.g. "--maxmemory", "1mb"), waits until it answers
+// PING, and registers its shutdown with tb.Cleanup.
+func Start(tb testing.TB, extra ...string) *Server {
+	tb.Helper()
+	bin := Binary(tb)
+	s := &Server{tb: tb, Dir: tb.TempDir()}
+	var lastErr error
+	for attempt := 0; attempt < 5; attempt++ {
+		port, err := FreePort()
+		if err != nil {
+			tb.Fatalf("redistest: free port: %v", err)
+		}
+		s.Port = port
+		s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+		s.args = append([]string{
+			"--port", strconv.Itoa(port),
+			"--bind", "127.0.0.1",
+			"--save", "",
+			"--appendonly", "no",
+			"--dir", s.Dir,
+			"--logfile", filepath.Join(s.Dir, "redis.log"),
+		}, extra...)
+		if lastErr = s.start(bin); lastErr == nil {
+			tb.Cleanup(s.Stop)
+			return s
+		}
+	}
+	tb.Fatalf("redistest: could not start redis-server: %v", lastErr)
+	return nil
+}
+
+func (s *Server) start(bin string) error {
+	cmd := exec.Command(bin, s.args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	s.cmd = cmd
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		c := redis.NewClient(&redis.Options{Addr: s.Addr, MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
+		err := c.Ping(context.Background()).Err()
+		_ = c.Close()
+		if err == nil {
+			return nil
+		}
+		if cmd.ProcessState != nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	_ = cmd.Process.Kill()
+	_, _ = cmd.Process.Wait()
+	return fmt.Errorf("redis-server on %s did not answer PING; log:\n%s", s.Addr, s.Log())
+}
+
+// Log returns the server's log file.
+func (s *Server) Log() string {
+	b, _ := os.ReadFile(filepath.Join(s.Dir, "redis.log"))
+	return string(b)
+}
+
+// URL returns a redis:// URL for the server.
+func (s *Server) URL() string { return "redis://" + s.Addr + "/0" }
+
+// Client returns a new go-redis client for the server, closed at cleanup.
+func (s *Server) Client(tb testing.TB) *redis.Client {
+	tb.Helper()
+	c := redis.NewClient(&redis.Options{Addr: s.Addr})
+	tb.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// Stop kills the server and waits for it. It is safe to call twice.
+func (s *Server) Stop() {
+	if s.cmd == nil || s.cmd.Process == nil {
+		return
+	}
+	_ = s.cmd.Process.Kill()
+	_, _ = s.cmd.Process.Wait()
+	s.cmd = nil
+}
+
+// Restart stops the server and starts it again on the same port, empty.
+func (s *Server) Restart() {
+	s.tb.Helper()
+	s.Stop()
+	var err error
+	for i := 0; i < 50; i++ {
+		if err = s.start(Binary(s.tb)); err == nil {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	s.tb.Fatalf("redistest: restart on %s: %v", s.Addr, err)
+}
+
+// Signal sends sig to the server process (SIGSTOP/SIGCONT to pause it).
+func (s *Server) Signal(sig syscall.Signal) error {
+	if s.cmd == nil {
+		return fmt.Errorf("redistest: server not running")
+	}
+	return s.cmd.Process.Signal(sig)
+}
+
+// FreePort asks the kernel for a free loopback TCP port other than 6379.
+func FreePort() (int, error) {
+	for {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return 0, err
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		_ = l.Close()
+		if port != 6379 {
+			return port, nil
+		}
+	}
+}
+
+// Info returns one section of INFO as a map, for assertions on command
+// counts (section "commandstats") and the like.
+func Info(ctx context.Context, c redis.UniversalClient, section string) (map[string]string, error) {
+	txt, err := c.Info(ctx, section).Result()
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]string{}
+	sc := bufio.NewScanner(strings.NewReader(txt))
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		if k, v, ok := strings.Cut(line, ":"); ok {
+			out[k] = v
+		}
+	}
+	return out, sc.Err()
+}

@@ -1,0 +1,359 @@
+// Package lock provides leases on Redis: a lock that is held for a bounded
+// time (its TTL), kept alive by a watchdog while its owner works, and
+// stamped with a fencing generation that only ever grows.
+//
+// A lease is an efficiency device, not a correctness one: a process paused
+// past its TTL, or a Redis failover, can let two owners believe they hold
+// it. Whatever a lease protects must check the generation when it writes
+// (Kleppmann's fencing tokens); the tokencache package does that in one
+// atomic script.
+//
+//	l := lock.New(rdb)
+//	lease, err := l.TryAcquire(ctx, "job:lock", "job:fence")
+//	if errors.Is(err, lock.ErrNotAcquired) { ... someone else is working ... }
+//	defer lease.Release(context.Background())
+//	write(ctx, lease.Generation())
+//
+// The package is built on github.com/go-redsync/redsync/v4 and keeps its
+// types inside: errors are this package's, and a context that ends is
+// reported as the context's error.
+package lock
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/go-redsync/redsync/v4"
+	rsredis "github.com/go-redsync/redsync/v4/redis"
+	"github.com/go-redsync/redsync/v4/redis/goredis/v9"
+	"github.com/redis/go-redis/v9"
+)
+
+// DefaultTTL is the lease lifetime when no WithTTL option is given: long
+// enough that a missed watchdog beat or two (a GC pause, a slow Redis) does
+// not drop the lease, short enough that a dead owner's lease is taken over
+// quickly.
+const DefaultTTL = 10 * time.Second
+
+var (
+	// ErrNotAcquired means another owner holds the lock.
+	ErrNotAcquired = errors.New("lock: held by another owner")
+	// ErrLeaseExpired means the lease's TTL ran out before it was extended
+	// or released; nobody else held the lock when this was noticed.
+	ErrLeaseExpired = errors.New("lock: lease expired")
+	// ErrLeaseLost means the lease expired and another owner has taken
+	// the lock since.
+	ErrLeaseLost = errors.New("lock: lease taken by another owner")
+)
+
+// Locker hands out leases on one Redis deployment (a single node, a
+// Sentinel-managed master or a cluster) or, with several clients, on
+// independent masters with Redlock's majority rule.
+type Locker struct {
+	rs      *redsync.Redsync
+	fence   redis.UniversalClient // holds the fencing counters
+	ttl     time.Duration
+	retry   time.Duration // base delay between Acquire attempts
+	opTime  time.Duration // timeout of one extend or release
+	nodes   int
+	onBeat  func(err error) // test hook: called after every watchdog beat
+	onRetry func()
+}
+
+// Option configures a Locker.
+type Option func(*Locker)
+
+// WithTTL sets the lease lifetime. Default DefaultTTL. The watchdog extends
+// a held lease every third of it.
+func WithTTL(d time.Duration) Option {
+	return func(l *Locker) {
+		if d > 0 {
+			l.ttl = d
+		}
+	}
+}
+
+// WithRetryDelay sets the mean delay between attempts of a blocking
+// Acquire (jittered ±50%). Default 50ms.
+func WithRetryDelay(d time.Duration) Option {
+	return func(l *Locker) {
+		if d > 0 {
+			l.retry = d
+		}
+	}
+}
+
+// WithRedlock spreads the lock over further independent Redis masters in
+// addition to the one given to New: a lease needs a majority of them, so
+// the lock survives the loss of a minority. The fencing counter stays on
+// the first client.
+func WithRedlock(more ...redis.UniversalClient) Option {
+	return func(l *Locker) {
+		pools := []rsredis.Pool{goredis.NewPool(l.fence)}
+		for _, c := range more {
+			pools = append(pools, goredis.NewPool(c))
+		}
+		l.rs = redsync.New(pools...)
+		l.nodes = len(pools)
+	}
+}
+
+// New returns a Locker on rdb.
+func New(rdb redis.UniversalClient, opts ...Option) *Locker {
+	l := &Locker{
+		rs:     redsync.New(goredis.NewPool(rdb)),
+		fence:  rdb,
+		ttl:    DefaultTTL,
+		retry:  50 * time.Millisecond,
+		opTime: 0,
+		nodes:  1,
+	}
+	for _, o := range opts {
+		o(l)
+	}
+	if l.opTime == 0 {
+		l.opTime = l.ttl / 3
+	}
+	return l
+}
+
+// TTL reports the lease lifetime.
+func (l *Locker) TTL() time.Duration { return l.ttl }
+
+// TryAcquire makes one attempt to take the lock at key. It returns
+// ErrNotAcquired if another owner holds it. If fenceKey is not empty the
+// lease gets a fencing generation from an INCR of fenceKey: each lease of
+// the lock gets a larger one than the lease before.
+func (l *Locker) TryAcquire(ctx context.Context, key, fenceKey string) (*Lease, error) {
+	return l.acquire(ctx, key, fenceKey, false)
+}
+
+// Acquire waits for the lock at key until it is taken or ctx ends; in the
+// latter case it returns ctx's error.
+func (l *Locker) Acquire(ctx context.Context, key, fenceKey string) (*Lease, error) {
+	return l.acquire(ctx, key, fenceKey, true)
+}
+
+func (l *Locker) acquire(ctx context.Context, key, fenceKey string, wait bool) (*Lease, error) {
+	for {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		m := l.rs.NewMutex(key,
+			redsync.WithExpiry(l.ttl),
+			redsync.WithTries(1),
+			redsync.WithTimeoutFactor(0.05),
+		)
+		start := time.Now()
+		err := m.TryLockContext(ctx)
+		if err == nil {
+			return l.newLease(ctx, m, key, fenceKey, start)
+		}
+		if ctx.Err() != nil {
+			// redsync reports ErrFailed when the context ends: say why.
+			return nil, ctx.Err()
+		}
+		if !isTaken(err) {
+			return nil, fmt.Errorf("lock: acquire %s: %w", key, err)
+		}
+		if !wait {
+			return nil, ErrNotAcquired
+		}
+		if l.onRetry != nil {
+			l.onRetry()
+		}
+		d := l.retry/2 + rand.N(l.retry+1)
+		t := time.NewTimer(d)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+func isTaken(err error) bool {
+	var taken *redsync.ErrTaken
+	var nodeTaken *redsync.ErrNodeTaken
+	return errors.Is(err, redsync.ErrFailed) || errors.As(err, &taken) || errors.As(err, &nodeTaken)
+}
+
+func (l *Locker) newLease(ctx context.Context, m *redsync.Mutex, key, fenceKey string, start time.Time) (*Lease, error) {
+	le := &Lease{
+		l:     l,
+		m:     m,
+		key:   key,
+		lost:  make(chan struct{}),
+		stop:  make(chan struct{}),
+		done:  make(chan struct{}),
+		until: start.Add(l.ttl),
+	}
+	if fenceKey != "" {
+		gen, err := l.fence.Incr(ctx, fenceKey).Result()
+		if err != nil {
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), l.opTime)
+			_, _ = m.UnlockContext(rctx)
+			cancel()
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			return nil, fmt.Errorf("lock: fence %s: %w", fenceKey, err)
+		}
+		le.gen = gen
+	}
+	go le.watchdog()
+	return le, nil
+}
+
+// Lease is a held lock. A watchdog extends it every third of its TTL
+// until Release; if an extension fails for good, Lost is closed and Err
+// says why. Its methods are safe for concurrent use.
+type Lease struct {
+	l   *Locker
+	m   *redsync.Mutex
+	key string
+	gen int64
+
+	lost chan struct{} // closed when the lease is lost
+	stop chan struct{} // closed by Release to stop the watchdog
+	done chan struct{} // closed when the watchdog has exited
+
+	mu       sync.Mutex // guards err, until, released
+	err      error
+	until    time.Time
+	released bool
+}
+
+// Key is the lock's Redis key.
+func (le *Lease) Key() string { return le.key }
+
+// Generation is the lease's fencing generation (0 without a fence key).
+// A write protected by the lease must be rejected by the store if a larger
+// generation has been seen.
+func (le *Lease) Generation() int64 { return le.gen }
+
+// Until is the local estimate of when the lease runs out unless extended.
+func (le *Lease) Until() time.Time {
+	le.mu.Lock()
+	defer le.mu.Unlock()
+	return le.until
+}
+
+// Lost is closed when the watchdog finds that the lease expired or was
+// taken by another owner.
+func (le *Lease) Lost() <-chan struct{} { return le.lost }
+
+// Err is nil while the lease is held, ErrLeaseExpired or ErrLeaseLost once
+// it is lost.
+func (le *Lease) Err() error {
+	le.mu.Lock()
+	defer le.mu.Unlock()
+	return le.err
+}
+
+func (le *Lease) watchdog() {
+	defer close(le.done)
+	beat := le.l.ttl / 3
+	t := time.NewTimer(beat)
+	defer t.Stop()
+	for {
+		select {
+		case <-le.stop:
+			return
+		case <-t.C:
+		}
+		err := le.extend()
+		if le.l.onBeat != nil {
+			le.l.onBeat(err)
+		}
+		if errors.Is(err, ErrLeaseExpired) || errors.Is(err, ErrLeaseLost) {
+			le.mu.Lock()
+			le.err = err
+			le.mu.Unlock()
+			close(le.lost)
+			return
+		}
+		next := beat
+		if err != nil {
+			// Transient (Redis unreachable): try again sooner, while the
+			// lease may still be alive.
+			next = beat / 3
+		}
+		t.Reset(next)
+	}
+}
+
+// extend runs one watchdog beat.
+func (le *Lease) extend() error {
+	ctx, cancel := context.WithTimeout(context.Background(), le.l.opTime)
+	defer cancel()
+	start := time.Now()
+	ok, err := le.m.ExtendContext(ctx)
+	if ok && err == nil {
+		le.mu.Lock()
+		le.until = start.Add(le.l.ttl)
+		le.mu.Unlock()
+		return nil
+	}
+	if isTaken(err) || errors.Is(err, redsync.ErrExtendFailed) || (err == nil && !ok) {
+		return le.whoHolds(ctx)
+	}
+	if time.Now().After(le.Until()) {
+		return ErrLeaseExpired
+	}
+	return fmt.Errorf("lock: extend %s: %w", le.key, err)
+}
+
+// whoHolds tells an expired lease from one taken by another owner; redsync
+// reports both as "taken".
+func (le *Lease) whoHolds(ctx context.Context) error {
+	v, err := le.l.fence.Get(ctx, le.key).Result()
+	switch {
+	case errors.Is(err, redis.Nil):
+		return ErrLeaseExpired
+	case err != nil:
+		return ErrLeaseLost
+	case v == le.m.Value():
+		// Our value is still there but the extension failed: with Redlock
+		// a minority node may have answered; treat as lost to be safe.
+		return ErrLeaseLost
+	default:
+		return ErrLeaseLost
+	}
+}
+
+// Release stops the watchdog and deletes the lock if it is still ours. It
+// runs even if ctx is already cancelled (bounded by its own timeout), so a
+// caller that gives up does not leave the lock to run out its TTL. It
+// returns nil if the lock was released, ErrLeaseExpired or ErrLeaseLost if
+// the lease had already ended. Calling it twice is harmless.
+func (le *Lease) Release(ctx context.Context) error {
+	le.mu.Lock()
+	if le.released {
+		le.mu.Unlock()
+		return nil
+	}
+	le.released = true
+	le.mu.Unlock()
+	close(le.stop)
+	<-le.done
+
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), le.l.opTime)
+	defer cancel()
+	ok, err := le.m.UnlockContext(rctx)
+	switch {
+	case ok && err == nil:
+		return nil
+	case errors.Is(err, redsync.ErrLockAlreadyExpired):
+		return ErrLeaseExpired
+	case isTaken(err) || (err == nil && !ok):
+		return ErrLeaseLost
+	default:
+		return fmt.Errorf("lock: release %s: %w", le.key, err)
+	}
+}
