@@ -1,0 +1,1060 @@
+package tokencache
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/tokencache/tokencache/lock"
+)
+
+// subscribeWait bounds how long a caller that found no token waits for the
+// cache's subscription to be confirmed before it re-checks Redis; past it,
+// the caller relies on its bounded re-checks.
+const subscribeWait = 500 * time.Millisecond
+
+// Cache shares one token among every replica that uses the same Redis and
+// namespace. Its methods are safe for concurrent use.
+type Cache struct {
+	rdb     redis.UniversalClient
+	cfg     config
+	st      store
+	locker  *lock.Locker
+	channel string
+	server  *entry
+
+	sf  singleflight.Group
+	sub subscriber
+
+	ctx    context.Context // background work; cancelled by Close
+	cancel context.CancelFunc
+	mu     sync.Mutex // guards closed transitions and wg.Add against Close
+	wg     sync.WaitGroup
+	closed atomic.Bool
+
+	stats      counters
+	dropEvents atomic.Bool // test hook: drop every received event
+}
+
+// New returns a Cache for the token that f fetches, shared through rdb.
+// It starts the cache's one subscription to the events channel; Close
+// stops it. New does not contact the issuer.
+func New(rdb redis.UniversalClient, f Fetcher, opts ...Option) (*Cache, error) {
+	if rdb == nil {
+		return nil, errors.New("tokencache: nil redis client")
+	}
+	if f == nil {
+		return nil, errors.New("tokencache: nil fetcher")
+	}
+	cfg := defaultConfig()
+	for _, o := range opts {
+		if err := o(&cfg); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.host == "" {
+		h, _ := os.Hostname()
+		cfg.host = h + "/" + strconv.Itoa(os.Getpid())
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	c := &Cache{
+		rdb:     rdb,
+		cfg:     cfg,
+		st:      store{rdb: rdb},
+		locker:  lock.New(rdb, lock.WithTTL(cfg.lockTTL)),
+		channel: eventsChannel(cfg.prefix, cfg.namespace),
+		sub:     subscriber{ready: make(chan struct{})},
+		ctx:     ctx,
+		cancel:  cancel,
+	}
+	c.server = c.newEntry(serverKeys(cfg.prefix, cfg.namespace), f)
+	c.wg.Add(1)
+	go c.runSubscriber(ctx)
+	return c, nil
+}
+
+// Token returns a valid token, from memory when it can (no Redis round
+// trip, no allocation), else from Redis, else by refreshing it: one
+// replica of the fleet calls the issuer while the others wait for its
+// event. It never returns a token past its skewed expiry. ctx bounds this
+// caller's wait only; a refresh that other callers share goes on.
+func (c *Cache) Token(ctx context.Context) (Token, error) {
+	return c.server.token(ctx)
+}
+
+// Close stops the background refreshes and the subscription and waits for
+// them. It does not close the Redis client. Token calls after Close are
+// served from memory while the token is valid, else fail with ErrClosed.
+func (c *Cache) Close() error {
+	c.mu.Lock()
+	if c.closed.Load() {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed.Store(true)
+	c.mu.Unlock()
+	c.cancel()
+	c.wg.Wait()
+	return nil
+}
+
+// begin registers a background task; it returns false after Close.
+func (c *Cache) begin() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed.Load() {
+		return false
+	}
+	c.wg.Add(1)
+	return true
+}
+
+// goBackground runs fn on its own goroutine, owned by the cache.
+func (c *Cache) goBackground(fn func(ctx context.Context)) bool {
+	if !c.begin() {
+		return false
+	}
+	go func() {
+		defer c.wg.Done()
+		fn(c.ctx)
+	}()
+	return true
+}
+
+func (c *Cache) now() time.Time { return c.cfg.now() }
+
+func (c *Cache) log() *slog.Logger { return c.cfg.logger }
+
+// Invalidate deletes the shared token if it is still tok (compare and
+// delete: a token that replaced tok meanwhile is kept) and publishes
+// "invalidated", so every replica drops its copy. It reports whether the
+// token was deleted. Use it when the API rejects tok with 401.
+func (c *Cache) Invalidate(ctx context.Context, tok Token) (bool, error) {
+	if tok.AccessToken == "" {
+		return false, errors.New("tokencache: Invalidate needs the token that failed")
+	}
+	return c.server.invalidate(ctx, tok.Fingerprint(), 0)
+}
+
+// InvalidateFingerprint is Invalidate for a token known by its fingerprint
+// (Token.Fingerprint, or the token_fp field shown by Inspect), and, if gen
+// is positive, its generation. An empty fingerprint and a zero generation
+// delete whatever is cached.
+func (c *Cache) InvalidateFingerprint(ctx context.Context, fp string, gen int64) (bool, error) {
+	return c.server.invalidate(ctx, fp, gen)
+}
+
+// Offer stores tok as the shared token if it expires later than the one in
+// Redis (newest expiry wins, atomically) and publishes "refreshed". It is
+// how a token rotated by the API (a newer token in a response header)
+// reaches the fleet. It reports whether tok was stored.
+func (c *Cache) Offer(ctx context.Context, tok Token) (bool, error) {
+	return c.server.offer(ctx, tok)
+}
+
+// RefreshResult describes what Refresh did.
+type RefreshResult struct {
+	Key        string
+	Refreshed  bool          // this call fetched and stored a new token
+	Generation int64         // the stored token's generation
+	ExpiresIn  time.Duration // the stored token's remaining TTL in Redis
+	Token      Token
+}
+
+// Refresh is the cron path: it refreshes the shared token if less than
+// minTTL of it remains (or none is cached), or always with force. Many
+// hosts may run it at once: they queue on the lock, and each re-checks
+// Redis after taking it, so one issuer call serves them all.
+func (c *Cache) Refresh(ctx context.Context, minTTL time.Duration, force bool) (RefreshResult, error) {
+	return c.server.refreshNow(ctx, minTTL, force)
+}
+
+// Status is what Inspect reports about the cached token: everything but
+// the token itself.
+type Status struct {
+	Key              string
+	Found            bool          // a usable token is cached
+	Problem          string        // why the value is unusable, if it is
+	Generation       int64         // fencing generation that wrote it
+	TokenType        string        // "Bearer"
+	ExpiresAt        time.Time     // the issuer's expiry
+	IssuedAt         time.Time     // when it was stored
+	TTL              time.Duration // the key's remaining TTL (Redis's clock)
+	RefreshedBy      string        // host/pid of the writer
+	Fingerprint      string        // of the credential that minted it
+	TokenFingerprint string        // of the token
+	LockKey          string
+	LockHeld         bool
+	LockTTL          time.Duration
+	FenceKey         string
+	Fence            int64 // the fencing counter
+	Channel          string
+}
+
+// Inspect reads the cached token's metadata, the lock and the fence.
+func (c *Cache) Inspect(ctx context.Context) (Status, error) {
+	return c.server.inspect(ctx)
+}
+
+// Keys reports the Redis names used for the shared token.
+func (c *Cache) Keys() (token, lock, fence, channel string) {
+	k := c.server.k
+	return k.token, k.lock, k.fence, k.channel
+}
+
+// Stats are counters of what a Cache did since New.
+type Stats struct {
+	IssuerCalls   uint64 // Fetch calls, retries included
+	IssuerErrors  uint64 // Fetch calls that failed
+	Refreshes     uint64 // tokens this replica stored in Redis
+	RedisReads    uint64 // value reads (one round trip each)
+	RedisErrors   uint64 // failed Redis operations
+	LockContended uint64 // lock attempts that found another holder
+	Waits         uint64 // waits for another replica's event
+	Events        uint64 // events received
+	FencedWrites  uint64 // writes rejected because a newer lease or token existed
+	BadValues     uint64 // unusable values found in Redis
+	FailOpen      uint64 // direct issuer fetches while Redis was unreachable
+}
+
+type counters struct {
+	issuerCalls, issuerErrors, refreshes, redisReads, redisErrors atomic.Uint64
+	lockContended, waits, events, fenced, badValues, failOpen     atomic.Uint64
+}
+
+// Stats returns a snapshot of the cache's counters.
+func (c *Cache) Stats() Stats {
+	s := &c.stats
+	return Stats{
+		IssuerCalls: s.issuerCalls.Load(), IssuerErrors: s.issuerErrors.Load(),
+		Refreshes: s.refreshes.Load(), RedisReads: s.redisReads.Load(), RedisErrors: s.redisErrors.Load(),
+		LockContended: s.lockContended.Load(), Waits: s.waits.Load(), Events: s.events.Load(),
+		FencedWrites: s.fenced.Load(), BadValues: s.badValues.Load(), FailOpen: s.failOpen.Load(),
+	}
+}
+
+// identityFingerprint is what the cache stores beside a token to say which
+// credential minted it: a salted hash, never the credential.
+func identityFingerprint(f Fetcher) string {
+	id, ok := f.(Identifier)
+	if !ok {
+		return ""
+	}
+	sum := sha256.Sum256([]byte("tokencache/identity/v1\x00" + id.Identity()))
+	return "sha256:" + hex.EncodeToString(sum[:8])
+}
+
+func (c *Cache) lookup(key string) *entry {
+	if key == c.server.k.token {
+		return c.server
+	}
+	return nil
+}
+
+func (c *Cache) onEvent(ev Event) {
+	c.stats.events.Add(1)
+	e := c.lookup(ev.Key)
+	if e == nil {
+		return
+	}
+	switch ev.Type {
+	case EventRefreshed:
+		if s := e.l1.Load(); s != nil && s.gen >= ev.Generation && c.now().Before(s.validUntil) {
+			e.sig.fire()
+			return
+		}
+		e.sync()
+	case EventInvalidated:
+		if s := e.l1.Load(); s != nil && (ev.Generation == 0 || s.gen <= ev.Generation) {
+			e.l1.CompareAndSwap(s, nil)
+		}
+		e.sig.fire()
+	case EventFailed:
+		e.recordFailure(&FetchError{
+			Code: ev.Code, Retryable: ev.Retryable, Remote: true,
+			Message: ev.Message, Until: ev.RetryAt,
+		})
+	}
+}
+
+// onSubscribed runs on every confirmed (re-)subscription: whatever was
+// published while we were not subscribed is lost, so waiters re-check
+// Redis and the in-memory copy is re-read.
+func (c *Cache) onSubscribed() {
+	for _, e := range []*entry{c.server} {
+		e.expireSoft()
+		e.sig.fire()
+	}
+}
+
+// entry is one cached token: the server token, or one user's client token.
+type entry struct {
+	c      *Cache
+	k      keys
+	f      Fetcher
+	credFP string
+
+	l1        atomic.Pointer[snapshot]
+	sig       *signal
+	bgBusy    atomic.Bool           // a background refresh or re-check runs
+	syncing   atomic.Bool           // an event-driven re-read runs
+	syncAgain atomic.Bool           // another event arrived during it
+	pending   atomic.Pointer[Token] // fetched while Redis was down; to write back
+
+	failMu  sync.Mutex // guards fail, failSeq
+	fail    *FetchError
+	failSeq uint64
+
+	warnedFP atomic.Bool // logged a credential mismatch once
+}
+
+func (c *Cache) newEntry(k keys, f Fetcher) *entry {
+	return &entry{c: c, k: k, f: f, credFP: identityFingerprint(f), sig: newSignal()}
+}
+
+// snapshot is an immutable in-memory copy of the token. Times are on the
+// local clock, derived from the key's PTTL when it was read.
+type snapshot struct {
+	tok        Token
+	gen        int64
+	fp         string    // token fingerprint
+	validUntil time.Time // never served at or after this
+	dueAt      time.Time // refresh-ahead moment (jittered)
+	softUntil  time.Time // before this, no background work at all
+}
+
+func (e *entry) token(ctx context.Context) (Token, error) {
+	if s := e.l1.Load(); s != nil {
+		now := e.c.cfg.now()
+		if now.Before(s.softUntil) {
+			return s.tok, nil
+		}
+		if now.Before(s.validUntil) {
+			e.kick()
+			return s.tok, nil
+		}
+	}
+	return e.slow(ctx)
+}
+
+func (e *entry) slow(ctx context.Context) (Token, error) {
+	if e.c.closed.Load() {
+		return Token{}, ErrClosed
+	}
+	if err := e.negative(); err != nil {
+		return Token{}, err
+	}
+	ch := e.c.sf.DoChan(e.k.token, func() (any, error) {
+		// The shared work runs on the cache's context, not the first
+		// caller's: a caller that gives up does not fail the others.
+		if !e.c.begin() {
+			return Token{}, ErrClosed
+		}
+		defer e.c.wg.Done()
+		rctx, cancel := context.WithTimeout(e.c.ctx, e.c.cfg.refreshTimeout)
+		defer cancel()
+		return e.obtain(rctx)
+	})
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			return Token{}, r.Err
+		}
+		return r.Val.(Token), nil
+	case <-ctx.Done():
+		return Token{}, ctx.Err()
+	}
+}
+
+// obtain gets a valid token when there is none in memory: Redis, then the
+// lock, then waiting for whoever holds it.
+func (e *entry) obtain(ctx context.Context) (Token, error) {
+	for {
+		tok, ok, err := e.readAndInstall(ctx)
+		if err != nil {
+			return e.redisDown(ctx, err)
+		}
+		if ok {
+			return tok, nil
+		}
+		// Subscribe first, then re-check: a "refreshed" published between
+		// the two reads cannot be missed.
+		e.c.waitSubscribed(ctx, subscribeWait)
+		wake, seq := e.sig.arm()
+		if tok, ok, err = e.readAndInstall(ctx); err != nil {
+			return e.redisDown(ctx, err)
+		} else if ok {
+			return tok, nil
+		}
+		if err := e.negative(); err != nil {
+			return Token{}, err
+		}
+
+		lease, err := e.c.locker.TryAcquire(ctx, e.k.lock, e.k.fence)
+		switch {
+		case err == nil:
+			return e.refreshLocked(ctx, lease, nil)
+		case errors.Is(err, lock.ErrNotAcquired):
+			e.c.stats.lockContended.Add(1)
+		case ctx.Err() != nil:
+			return Token{}, e.ctxErr(ctx)
+		default:
+			return e.redisDown(ctx, &RedisError{Op: "lock", Key: e.k.lock, Err: err})
+		}
+
+		// Another replica is refreshing: wait for its event, bounded by a
+		// jittered re-check so a lost message costs one interval.
+		e.c.stats.waits.Add(1)
+		t := time.NewTimer(jitter(e.c.cfg.waitRecheck))
+		select {
+		case <-wake:
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return Token{}, e.ctxErr(ctx)
+		}
+		t.Stop()
+		if s := e.l1.Load(); s != nil && e.c.now().Before(s.validUntil) {
+			return s.tok, nil
+		}
+		if fe := e.failureSince(seq); fe != nil {
+			return Token{}, fe
+		}
+	}
+}
+
+func (e *entry) ctxErr(ctx context.Context) error {
+	if e.c.ctx.Err() != nil {
+		return ErrClosed
+	}
+	return fmt.Errorf("%w within %v (%w)", ErrUnavailable, e.c.cfg.refreshTimeout, ctx.Err())
+}
+
+// readAndInstall reads Redis and, on a usable token, installs it in
+// memory. It reports the token and whether there was one.
+func (e *entry) readAndInstall(ctx context.Context) (Token, bool, error) {
+	at := e.c.now()
+	r, err := e.read(ctx, at)
+	if err != nil || !r.found {
+		return Token{}, false, err
+	}
+	s := e.snapshotFor(r.rec, r.pttl, at)
+	e.install(s)
+	if !at.Before(s.dueAt) {
+		e.kick()
+	}
+	return s.tok, true, nil
+}
+
+// read wraps store.read with the checks every reader makes: counting,
+// logging garbage once per value, and the credential fingerprint.
+func (e *entry) read(ctx context.Context, at time.Time) (readResult, error) {
+	e.c.stats.redisReads.Add(1)
+	r, err := e.c.st.read(ctx, e.k.token, at)
+	if err != nil {
+		e.c.stats.redisErrors.Add(1)
+		return r, err
+	}
+	if r.bad != nil {
+		e.c.stats.badValues.Add(1)
+		e.c.log().Warn("tokencache: unusable value in redis, treating as a miss", "key", e.k.token, "err", r.bad)
+	}
+	if r.found && r.rec.Fingerprint != e.credFP {
+		if e.warnedFP.CompareAndSwap(false, true) {
+			e.c.log().Warn("tokencache: cached token was minted for another credential; not serving it",
+				"key", e.k.token, "stored_fingerprint", r.rec.Fingerprint, "our_fingerprint", e.credFP)
+		}
+		r.found = false
+	}
+	return r, nil
+}
+
+func (e *entry) snapshotFor(rec record, ttl time.Duration, at time.Time) *snapshot {
+	cfg := &e.c.cfg
+	validUntil := at.Add(ttl)
+	life := rec.lifetime()
+	due := validUntil.Add(-time.Duration(float64(life) * (1 - cfg.refreshAhead)))
+	if cfg.refreshJitter > 0 {
+		due = due.Add(time.Duration(rand.Float64() * cfg.refreshJitter * float64(life)))
+	}
+	if due.After(validUntil) {
+		due = validUntil
+	}
+	soft := due
+	if cfg.l1MaxAge > 0 {
+		if check := at.Add(cfg.l1MaxAge); check.Before(soft) {
+			soft = check
+		}
+	}
+	return &snapshot{tok: rec.token(), gen: rec.Generation, fp: rec.TokenFP, validUntil: validUntil, dueAt: due, softUntil: soft}
+}
+
+// install makes s the in-memory copy, unless a newer generation that is
+// still valid is already there.
+func (e *entry) install(s *snapshot) {
+	e.clearFailure()
+	if !e.c.cfg.l1 {
+		return
+	}
+	for {
+		cur := e.l1.Load()
+		if cur != nil && cur.gen > s.gen && cur.fp != s.fp && e.c.now().Before(cur.validUntil) {
+			return
+		}
+		if e.l1.CompareAndSwap(cur, s) {
+			return
+		}
+	}
+}
+
+// postpone delays the next background work on s by d.
+func (e *entry) postpone(s *snapshot, d time.Duration) {
+	if s == nil {
+		return
+	}
+	n := *s
+	n.softUntil = e.c.now().Add(d)
+	if n.softUntil.After(n.validUntil) {
+		n.softUntil = n.validUntil
+	}
+	if n.dueAt.Before(n.softUntil) {
+		n.dueAt = n.softUntil
+	}
+	e.l1.CompareAndSwap(s, &n)
+}
+
+// expireSoft makes the next Token call re-check Redis in the background.
+func (e *entry) expireSoft() {
+	s := e.l1.Load()
+	if s == nil {
+		return
+	}
+	n := *s
+	n.softUntil = time.Time{}
+	e.l1.CompareAndSwap(s, &n)
+}
+
+// kick starts the background re-check / refresh-ahead, once at a time.
+func (e *entry) kick() {
+	if e.bgBusy.Load() || !e.bgBusy.CompareAndSwap(false, true) {
+		return
+	}
+	if !e.c.goBackground(func(ctx context.Context) {
+		defer e.bgBusy.Store(false)
+		e.background(ctx)
+	}) {
+		e.bgBusy.Store(false)
+	}
+}
+
+// background re-reads Redis and, if the token is due, refreshes it ahead
+// of expiry while callers keep getting the current one.
+func (e *entry) background(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, e.c.cfg.refreshTimeout)
+	defer cancel()
+	cur := e.l1.Load()
+	if p := e.pending.Load(); p != nil {
+		if !e.writeBack(ctx, p) {
+			e.postpone(cur, jitter(e.c.cfg.waitRecheck))
+			return
+		}
+		cur = e.l1.Load()
+	}
+	at := e.c.now()
+	r, err := e.read(ctx, at)
+	if err != nil {
+		// Redis is unreachable: keep serving memory, try again later.
+		e.postpone(cur, jitter(e.c.cfg.waitRecheck))
+		return
+	}
+	if !r.found {
+		// Deleted (an operator, an eviction, an invalidation whose event
+		// we missed) or garbage: stop serving the old copy.
+		if cur != nil {
+			e.l1.CompareAndSwap(cur, nil)
+		}
+		return
+	}
+	s := e.snapshotFor(r.rec, r.pttl, at)
+	e.install(s)
+	if at.Before(s.dueAt) {
+		return
+	}
+	lease, err := e.c.locker.TryAcquire(ctx, e.k.lock, e.k.fence)
+	if err != nil {
+		if errors.Is(err, lock.ErrNotAcquired) {
+			e.c.stats.lockContended.Add(1)
+		}
+		// Someone else is refreshing (their event will update us), or
+		// Redis failed: look again later.
+		e.postpone(e.l1.Load(), jitter(e.c.cfg.waitRecheck))
+		return
+	}
+	gen := s.gen
+	if _, err := e.refreshLocked(ctx, lease, func(r readResult) bool { return r.rec.Generation != gen }); err != nil {
+		e.c.log().Warn("tokencache: refresh ahead failed; serving the current token", "key", e.k.token, "err", err)
+		e.postpone(e.l1.Load(), e.retryDelay(err))
+	}
+}
+
+func (e *entry) retryDelay(err error) time.Duration {
+	var fe *FetchError
+	if errors.As(err, &fe) && !fe.Retryable && !fe.Until.IsZero() {
+		return time.Until(fe.Until)
+	}
+	return jitter(e.c.cfg.backoffMax)
+}
+
+// sync re-reads Redis after a "refreshed" event, then wakes the waiters.
+func (e *entry) sync() {
+	if !e.syncing.CompareAndSwap(false, true) {
+		e.syncAgain.Store(true)
+		return
+	}
+	if !e.c.goBackground(func(ctx context.Context) {
+		defer e.syncing.Store(false)
+		for {
+			e.syncAgain.Store(false)
+			rctx, cancel := context.WithTimeout(ctx, e.c.cfg.lockTTL)
+			_, _, err := e.readAndInstall(rctx)
+			cancel()
+			e.sig.fire()
+			if err != nil || !e.syncAgain.Load() {
+				return
+			}
+		}
+	}) {
+		e.syncing.Store(false)
+	}
+}
+
+// refreshLocked runs with the lock held: re-check Redis, call the issuer,
+// write the token fenced by the lease's generation, release. done, if
+// not nil, says whether a token found on the re-check makes the refresh
+// unnecessary; nil means any usable token does.
+func (e *entry) refreshLocked(ctx context.Context, lease *lock.Lease, done func(readResult) bool) (Token, error) {
+	defer func() {
+		if err := lease.Release(ctx); err != nil {
+			e.c.log().Warn("tokencache: lock released late", "key", e.k.lock, "err", err)
+		}
+	}()
+	at := e.c.now()
+	r, err := e.read(ctx, at)
+	if err != nil {
+		return e.redisDown(ctx, err)
+	}
+	if r.found && (done == nil || done(r)) {
+		s := e.snapshotFor(r.rec, r.pttl, at)
+		e.install(s)
+		return s.tok, nil
+	}
+	gen := lease.Generation()
+	if r.rec.Generation >= gen {
+		// The fencing counter fell behind the stored token (it was
+		// evicted, or lost in a failover): lift it past the token.
+		if gen, err = e.c.st.raiseFence(ctx, e.k, gen, r.rec.Generation+1); err != nil {
+			return e.redisDown(ctx, err)
+		} else if gen < 0 {
+			return Token{}, fmt.Errorf("%w: a newer lease was granted during the refresh", ErrUnavailable)
+		}
+	}
+	tok, err := e.fetch(ctx)
+	if err != nil {
+		return Token{}, e.fetchFailed(ctx, err, true)
+	}
+	issued := e.c.now()
+	ttl := e.ttlFor(tok, issued)
+	rec := newRecord(tok, gen, issued, e.c.cfg.host, e.credFP)
+	ev := Event{Type: EventRefreshed, Key: e.k.token, Generation: gen, ExpiresAt: tok.Expiry.UTC(), By: e.c.cfg.host}
+	n, err := e.c.st.write(ctx, e.k, rec, ttl, ev)
+	if err != nil {
+		// The token is good; Redis is not. Serve it and write it back later.
+		e.c.stats.redisErrors.Add(1)
+		e.c.log().Warn("tokencache: could not store the new token; serving it from memory", "key", e.k.token, "err", err)
+		e.pending.Store(&tok)
+		s := e.snapshotFor(rec, ttl, issued)
+		s.softUntil = issued.Add(jitter(e.c.cfg.waitRecheck))
+		e.install(s)
+		return tok, nil
+	}
+	if n < 0 {
+		// Fenced out: our lease expired and a newer holder exists, or a
+		// newer token is stored. Prefer the fleet's token.
+		e.c.stats.fenced.Add(1)
+		e.c.log().Warn("tokencache: write rejected by fencing; a newer lease or token exists", "key", e.k.token, "generation", gen)
+		if tok2, ok, err := e.readAndInstall(ctx); err == nil && ok {
+			return tok2, nil
+		}
+		// Nothing usable is stored yet: our token is still valid, so
+		// serve it from memory while the newer holder finishes.
+		s := e.snapshotFor(rec, ttl, issued)
+		s.gen = 0
+		e.install(s)
+		return tok, nil
+	}
+	e.c.stats.refreshes.Add(1)
+	e.c.log().Info("tokencache: token refreshed", "key", e.k.token, "generation", gen, "token", tok)
+	e.install(e.snapshotFor(rec, ttl, issued))
+	return tok, nil
+}
+
+// ttlFor is the key TTL for tok: its remaining life minus the skew, the
+// skew capped at a fifth of the life.
+func (e *entry) ttlFor(tok Token, now time.Time) time.Duration {
+	life := tok.Expiry.Sub(now)
+	skew := e.c.cfg.skew
+	if skew > life/5 {
+		skew = life / 5
+	}
+	return life - skew
+}
+
+// fetch calls the issuer, retrying retryable errors with capped
+// exponential backoff and full jitter (or the issuer's Retry-After).
+func (e *entry) fetch(ctx context.Context) (Token, error) {
+	for attempt := 1; ; attempt++ {
+		e.c.stats.issuerCalls.Add(1)
+		tok, err := e.callFetcher(ctx)
+		if err == nil {
+			if err = e.check(tok); err == nil {
+				return tok, nil
+			}
+		}
+		e.c.stats.issuerErrors.Add(1)
+		if !isRetryable(err) || attempt >= e.c.cfg.maxAttempts || ctx.Err() != nil {
+			return Token{}, err
+		}
+		d := backoff(attempt, e.c.cfg.backoffBase, e.c.cfg.backoffMax)
+		if ra := retryAfter(err); ra > d {
+			d = min(ra, e.c.cfg.backoffMax)
+		}
+		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < d {
+			return Token{}, err
+		}
+		e.c.log().Info("tokencache: issuer call failed; retrying", "key", e.k.token, "attempt", attempt, "delay", d, "err", err)
+		t := time.NewTimer(d)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return Token{}, err
+		case <-t.C:
+		}
+	}
+}
+
+// callFetcher calls the Fetcher, turning a panic into an error: a broken
+// issuer response must not take the process down.
+func (e *entry) callFetcher(ctx context.Context) (tok Token, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("tokencache: fetcher panicked: %v", p)
+		}
+	}()
+	return e.f.Fetch(ctx)
+}
+
+// check rejects tokens the cache cannot share.
+func (e *entry) check(tok Token) error {
+	now := e.c.now()
+	switch {
+	case tok.AccessToken == "":
+		return fmt.Errorf("%w: empty access token", ErrInvalidToken)
+	case tok.Expiry.IsZero():
+		return fmt.Errorf("%w: no expiry", ErrInvalidToken)
+	case e.ttlFor(tok, now) < time.Millisecond:
+		return fmt.Errorf("%w: expires at %s, already past", ErrInvalidToken, tok.Expiry.UTC().Format(time.RFC3339))
+	}
+	return nil
+}
+
+// fetchFailed turns a Fetcher error into a *FetchError, remembers a
+// permanent one for the negative-cache window, and, if publish, tells the
+// fleet through a "failed" event so its waiters return at once.
+func (e *entry) fetchFailed(ctx context.Context, err error, publish bool) *FetchError {
+	fe := &FetchError{Code: errorCode(err), Retryable: isRetryable(err), Message: truncate(err.Error(), 300), Err: err}
+	if !fe.Retryable && e.c.cfg.negativeTTL > 0 {
+		fe.Until = e.c.now().Add(e.c.cfg.negativeTTL)
+	}
+	e.recordFailure(fe)
+	e.c.log().Error("tokencache: refresh failed", "key", e.k.token, "code", fe.Code, "retryable", fe.Retryable, "err", err)
+	if publish {
+		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), e.c.cfg.lockTTL)
+		defer cancel()
+		ev := Event{Type: EventFailed, Key: e.k.token, Code: fe.Code, Message: fe.Message, Retryable: fe.Retryable, RetryAt: fe.Until, By: e.c.cfg.host}
+		if perr := e.c.st.publish(pctx, e.k.channel, ev); perr != nil {
+			e.c.log().Warn("tokencache: could not publish the failure", "key", e.k.token, "err", perr)
+		}
+	}
+	return fe
+}
+
+func (e *entry) recordFailure(fe *FetchError) {
+	e.failMu.Lock()
+	e.fail = fe
+	_, e.failSeq = e.sig.arm()
+	e.failMu.Unlock()
+	e.sig.fire()
+}
+
+func (e *entry) clearFailure() {
+	e.failMu.Lock()
+	e.fail = nil
+	e.failMu.Unlock()
+}
+
+// failureSince returns a failure recorded after the waiter armed at seq.
+func (e *entry) failureSince(seq uint64) *FetchError {
+	e.failMu.Lock()
+	defer e.failMu.Unlock()
+	if e.fail != nil && e.failSeq >= seq {
+		return e.fail
+	}
+	return nil
+}
+
+// negative returns a remembered permanent failure still in its window.
+func (e *entry) negative() error {
+	e.failMu.Lock()
+	defer e.failMu.Unlock()
+	if f := e.fail; f != nil && !f.Retryable && e.c.now().Before(f.Until) {
+		return f
+	}
+	return nil
+}
+
+// redisDown decides what a caller with no token in memory gets when Redis
+// fails: under fail-open, a token fetched directly (one call per process,
+// this runs inside the singleflight) and written back later.
+func (e *entry) redisDown(ctx context.Context, rerr error) (Token, error) {
+	if !e.c.cfg.failOpen {
+		return Token{}, fmt.Errorf("%w: %w", ErrRedisUnavailable, rerr)
+	}
+	if err := e.negative(); err != nil {
+		return Token{}, err
+	}
+	e.c.stats.failOpen.Add(1)
+	e.c.log().Warn("tokencache: redis unavailable; fetching from the issuer directly", "key", e.k.token, "err", rerr)
+	tok, err := e.fetch(ctx)
+	if err != nil {
+		return Token{}, e.fetchFailed(ctx, err, false)
+	}
+	issued := e.c.now()
+	ttl := e.ttlFor(tok, issued)
+	rec := newRecord(tok, 0, issued, e.c.cfg.host, e.credFP)
+	s := e.snapshotFor(rec, ttl, issued)
+	s.softUntil = issued.Add(jitter(e.c.cfg.waitRecheck))
+	e.pending.Store(&tok)
+	if e.c.cfg.l1 {
+		e.l1.Store(s)
+	}
+	return tok, nil
+}
+
+// writeBack stores a token fetched while Redis was down, unless the fleet
+// has stored one meanwhile, which then replaces ours. It reports whether
+// Redis was reachable.
+func (e *entry) writeBack(ctx context.Context, tok *Token) bool {
+	issued := e.c.now()
+	if !tok.Valid(issued) {
+		e.pending.CompareAndSwap(tok, nil)
+		return true
+	}
+	lease, err := e.c.locker.TryAcquire(ctx, e.k.lock, e.k.fence)
+	if errors.Is(err, lock.ErrNotAcquired) {
+		return true // someone is refreshing; their token will do
+	}
+	if err != nil {
+		return false
+	}
+	defer func() { _ = lease.Release(ctx) }()
+	r, err := e.read(ctx, issued)
+	if err != nil {
+		return false
+	}
+	e.pending.CompareAndSwap(tok, nil)
+	if r.found {
+		e.install(e.snapshotFor(r.rec, r.pttl, issued))
+		return true
+	}
+	gen := lease.Generation()
+	if r.rec.Generation >= gen {
+		if gen, err = e.c.st.raiseFence(ctx, e.k, gen, r.rec.Generation+1); err != nil || gen < 0 {
+			return err == nil
+		}
+	}
+	ttl := e.ttlFor(*tok, issued)
+	rec := newRecord(*tok, gen, issued, e.c.cfg.host, e.credFP)
+	ev := Event{Type: EventRefreshed, Key: e.k.token, Generation: gen, ExpiresAt: tok.Expiry.UTC(), By: e.c.cfg.host}
+	if n, err := e.c.st.write(ctx, e.k, rec, ttl, ev); err != nil {
+		e.pending.CompareAndSwap(nil, tok)
+		return false
+	} else if n > 0 {
+		e.c.log().Info("tokencache: wrote back a token fetched while redis was down", "key", e.k.token, "generation", gen)
+		e.install(e.snapshotFor(rec, ttl, issued))
+	}
+	return true
+}
+
+func (e *entry) invalidate(ctx context.Context, fp string, gen int64) (bool, error) {
+	if s := e.l1.Load(); s != nil && (fp == "" || s.fp == fp) && (gen == 0 || s.gen == gen) {
+		e.l1.CompareAndSwap(s, nil)
+	}
+	if p := e.pending.Load(); p != nil && (fp == "" || p.Fingerprint() == fp) {
+		e.pending.CompareAndSwap(p, nil)
+	}
+	ok, _, err := e.c.st.invalidate(ctx, e.k, fp, gen)
+	if ok {
+		e.c.log().Info("tokencache: token invalidated", "key", e.k.token, "token_fp", fp)
+	}
+	return ok, err
+}
+
+func (e *entry) offer(ctx context.Context, tok Token) (bool, error) {
+	if err := e.check(tok); err != nil {
+		return false, err
+	}
+	issued := e.c.now()
+	ttl := e.ttlFor(tok, issued)
+	rec := newRecord(tok, 0, issued, e.c.cfg.host, e.credFP)
+	ev := Event{Type: EventRefreshed, Key: e.k.token, ExpiresAt: tok.Expiry.UTC(), By: e.c.cfg.host}
+	gen, err := e.c.st.offer(ctx, e.k, rec, ttl, ev)
+	if err != nil || gen <= 0 {
+		return false, err
+	}
+	rec.Generation = gen
+	e.install(e.snapshotFor(rec, ttl, issued))
+	return true, nil
+}
+
+func (e *entry) refreshNow(ctx context.Context, minTTL time.Duration, force bool) (RefreshResult, error) {
+	res := RefreshResult{Key: e.k.token}
+	at := e.c.now()
+	r, err := e.read(ctx, at)
+	if err != nil {
+		return res, err
+	}
+	fresh := func(r readResult) bool { return r.found && r.pttl >= minTTL }
+	if !force && fresh(r) {
+		res.Generation, res.ExpiresIn, res.Token = r.rec.Generation, r.pttl, r.rec.token()
+		e.install(e.snapshotFor(r.rec, r.pttl, at))
+		return res, nil
+	}
+	seen := r.rec.Generation
+	lease, err := e.c.locker.Acquire(ctx, e.k.lock, e.k.fence)
+	if err != nil {
+		return res, &RedisError{Op: "lock", Key: e.k.lock, Err: err}
+	}
+	before := e.c.stats.refreshes.Load()
+	tok, err := e.refreshLocked(ctx, lease, func(r readResult) bool {
+		// Someone else refreshed while we queued for the lock.
+		return fresh(r) && (!force || r.rec.Generation != seen)
+	})
+	if err != nil {
+		return res, err
+	}
+	res.Refreshed = e.c.stats.refreshes.Load() > before
+	res.Token = tok
+	if r, err := e.read(ctx, e.c.now()); err == nil && r.found {
+		res.Generation, res.ExpiresIn = r.rec.Generation, r.pttl
+	}
+	return res, nil
+}
+
+func (e *entry) inspect(ctx context.Context) (Status, error) {
+	st := Status{Key: e.k.token, LockKey: e.k.lock, FenceKey: e.k.fence, Channel: e.k.channel}
+	r, err := e.c.st.read(ctx, e.k.token, e.c.now())
+	if err != nil {
+		return st, err
+	}
+	pipe := e.c.rdb.Pipeline()
+	lockTTL := pipe.PTTL(ctx, e.k.lock)
+	fence := pipe.Get(ctx, e.k.fence)
+	_, _ = pipe.Exec(ctx)
+	if d, err := lockTTL.Result(); err == nil && d > 0 {
+		st.LockHeld, st.LockTTL = true, d
+	}
+	if n, err := fence.Int64(); err == nil {
+		st.Fence = n
+	}
+	if r.bad != nil {
+		st.Problem = r.bad.Error()
+	}
+	if r.found || r.rec.AccessToken != "" {
+		st.Found = r.found
+		st.Generation = r.rec.Generation
+		st.TokenType = r.rec.TokenType
+		st.ExpiresAt, _ = r.rec.expiry()
+		st.IssuedAt, _ = time.Parse(time.RFC3339Nano, r.rec.IssuedAt)
+		st.TTL = r.pttl
+		st.RefreshedBy = r.rec.RefreshedBy
+		st.Fingerprint = r.rec.Fingerprint
+		st.TokenFingerprint = r.rec.TokenFP
+	}
+	return st, nil
+}
+
+func isRetryable(err error) bool {
+	var r interface{ Retryable() bool }
+	if errors.As(err, &r) {
+		return r.Retryable()
+	}
+	return !errors.Is(err, context.Canceled)
+}
+
+func retryAfter(err error) time.Duration {
+	var r interface{ RetryAfter() time.Duration }
+	if errors.As(err, &r) {
+		return r.RetryAfter()
+	}
+	return 0
+}
+
+func errorCode(err error) string {
+	var c interface{ ErrorCode() string }
+	if errors.As(err, &c) && c.ErrorCode() != "" {
+		return c.ErrorCode()
+	}
+	switch {
+	case errors.Is(err, context.DeadlineExceeded):
+		return "timeout"
+	case errors.Is(err, ErrInvalidToken):
+		return "invalid-token"
+	}
+	return "fetch-error"
+}
+
+// backoff is capped exponential backoff with full jitter.
+func backoff(attempt int, base, max time.Duration) time.Duration {
+	d := base << (attempt - 1)
+	if d > max || d <= 0 {
+		d = max
+	}
+	return time.Duration(rand.Int64N(int64(d)) + 1)
+}
+
+// jitter spreads d by ±25%.
+func jitter(d time.Duration) time.Duration {
+	if d <= 0 {
+		return d
+	}
+	return d*3/4 + time.Duration(rand.Int64N(int64(d)/2+1))
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}

@@ -1,0 +1,130 @@
+package tokencache
+
+import (
+	"context"
+	"encoding/json"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Event types published on the events channel.
+const (
+	EventRefreshed   = "refreshed"
+	EventInvalidated = "invalidated"
+	EventFailed      = "failed"
+)
+
+// Event is the JSON message published on the channel
+// "<prefix>:{<namespace>}:events". It never carries a token or a
+// credential: replicas that see "refreshed" read the new token from Redis.
+type Event struct {
+	Type       string    `json:"type"`
+	Key        string    `json:"key"`
+	Generation int64     `json:"generation,omitempty"`
+	ExpiresAt  time.Time `json:"expires_at,omitzero"`
+	By         string    `json:"by,omitempty"` // host/pid of the publisher
+	// For "failed":
+	Code      string    `json:"code,omitempty"`
+	Message   string    `json:"message,omitempty"`
+	Retryable bool      `json:"retryable,omitempty"`
+	RetryAt   time.Time `json:"retry_at,omitzero"` // end of the negative-cache window
+}
+
+// maxEventSize bounds an event we are willing to decode.
+const maxEventSize = 4 << 10
+
+func decodeEvent(payload string) (Event, bool) {
+	var ev Event
+	if len(payload) > maxEventSize || json.Unmarshal([]byte(payload), &ev) != nil || ev.Key == "" {
+		return ev, false
+	}
+	return ev, true
+}
+
+// signal is a broadcast that waiters cannot miss: a waiter takes the
+// current channel before it re-checks Redis, and every fire closes that
+// channel and installs a new one.
+type signal struct {
+	mu  sync.Mutex // guards ch, seq
+	ch  chan struct{}
+	seq uint64
+}
+
+func newSignal() *signal { return &signal{ch: make(chan struct{})} }
+
+// arm returns the channel closed by the next fire and the current sequence.
+func (s *signal) arm() (<-chan struct{}, uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ch, s.seq
+}
+
+func (s *signal) fire() {
+	s.mu.Lock()
+	close(s.ch)
+	s.ch = make(chan struct{})
+	s.seq++
+	s.mu.Unlock()
+}
+
+// subscriber owns the one pub/sub connection of a Cache. It dispatches
+// events to the cache and tells it about every (re-)subscription, after
+// which everything learnt from events must be re-checked in Redis.
+type subscriber struct {
+	ready     chan struct{} // closed on the first confirmed subscription
+	readyOnce sync.Once
+}
+
+func (c *Cache) runSubscriber(ctx context.Context) {
+	defer c.wg.Done()
+	ps := c.rdb.Subscribe(ctx, c.channel)
+	defer ps.Close()
+	msgs := ps.ChannelWithSubscriptions(
+		redis.WithChannelSize(256),
+		redis.WithChannelHealthCheckInterval(c.cfg.pubsubHealth),
+	)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case m, ok := <-msgs:
+			if !ok {
+				return
+			}
+			switch v := m.(type) {
+			case *redis.Subscription:
+				if v.Kind == "subscribe" {
+					c.sub.readyOnce.Do(func() { close(c.sub.ready) })
+					c.onSubscribed()
+				}
+			case *redis.Message:
+				if c.dropEvents.Load() {
+					continue // test hook: a lost message
+				}
+				if ev, ok := decodeEvent(v.Payload); ok {
+					c.onEvent(ev)
+				}
+			}
+		}
+	}
+}
+
+// waitSubscribed waits, at most d, for the first confirmed subscription.
+func (c *Cache) waitSubscribed(ctx context.Context, d time.Duration) bool {
+	select {
+	case <-c.sub.ready:
+		return true
+	default:
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-c.sub.ready:
+		return true
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	return false
+}

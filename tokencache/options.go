@@ -1,0 +1,309 @@
+package tokencache
+
+import (
+	"fmt"
+	"log/slog"
+	"time"
+)
+
+// Defaults, with the reasoning behind each.
+const (
+	// DefaultNamespace names the token when WithNamespace is not given.
+	DefaultNamespace = "default"
+
+	// DefaultKeyPrefix starts every key and channel name.
+	DefaultKeyPrefix = "tokencache"
+
+	// DefaultRefreshAhead is the share of a token's life after which one
+	// replica refreshes it in the background. Basiq advises refreshing its
+	// 60-minute token 2-3 times an hour; at 0.5 a token is replaced after
+	// 30 minutes (plus up to DefaultRefreshJitter of its life), so the
+	// fleet refreshes about twice an hour and a failing issuer leaves half
+	// an hour of valid token to ride it out.
+	DefaultRefreshAhead = 0.5
+
+	// DefaultRefreshJitter spreads the refresh-ahead moment of replicas
+	// over this share of the token's life, so that one replica goes first
+	// and the others simply pick up its token from the "refreshed" event.
+	DefaultRefreshJitter = 0.05
+
+	// DefaultExpirySkew is subtracted from the issuer's expiry to get the
+	// key's TTL: a token is never handed out in the last 30 seconds of its
+	// life, which covers the clock offset between issuer and writer, the
+	// request's transit to the API, and retries. For short-lived tokens the
+	// skew is capped at a fifth of the lifetime.
+	DefaultExpirySkew = 30 * time.Second
+
+	// DefaultLockTTL is the refresh lock's lease. A watchdog extends it
+	// while the issuer call runs, so it bounds only how long a dead
+	// holder blocks the fleet.
+	DefaultLockTTL = 10 * time.Second
+
+	// DefaultRefreshTimeout bounds one refresh, retries and waiting for
+	// another replica's refresh included.
+	DefaultRefreshTimeout = 30 * time.Second
+
+	// DefaultL1MaxAge is how long a replica trusts its in-process copy
+	// before re-reading Redis in the background (one round trip, callers
+	// never wait). Events replace or drop the copy at once; the re-read
+	// catches what events cannot: a hand DEL, a lost message.
+	DefaultL1MaxAge = 30 * time.Second
+
+	// DefaultWaitRecheck is how often a waiter re-reads Redis (jittered
+	// ±25%) when no event arrives: the bound on a lost or undelivered
+	// "refreshed" message.
+	DefaultWaitRecheck = time.Second
+
+	// DefaultNegativeTTL is how long a permanent issuer error (a wrong key,
+	// access denied) is remembered: callers get it at once instead of
+	// calling the issuer again.
+	DefaultNegativeTTL = 10 * time.Second
+
+	// DefaultMaxAttempts is the number of issuer calls one refresh makes
+	// for retryable errors (5xx, 429, timeouts) before giving up.
+	DefaultMaxAttempts = 4
+)
+
+type config struct {
+	namespace      string
+	prefix         string
+	refreshAhead   float64
+	refreshJitter  float64
+	skew           time.Duration
+	lockTTL        time.Duration
+	refreshTimeout time.Duration
+	l1             bool
+	l1MaxAge       time.Duration
+	waitRecheck    time.Duration
+	negativeTTL    time.Duration
+	maxAttempts    int
+	backoffBase    time.Duration
+	backoffMax     time.Duration
+	failOpen       bool
+	logger         *slog.Logger
+	now            func() time.Time
+	pubsubHealth   time.Duration
+	host           string
+}
+
+func defaultConfig() config {
+	return config{
+		namespace:      DefaultNamespace,
+		prefix:         DefaultKeyPrefix,
+		refreshAhead:   DefaultRefreshAhead,
+		refreshJitter:  DefaultRefreshJitter,
+		skew:           DefaultExpirySkew,
+		lockTTL:        DefaultLockTTL,
+		refreshTimeout: DefaultRefreshTimeout,
+		l1:             true,
+		l1MaxAge:       DefaultL1MaxAge,
+		waitRecheck:    DefaultWaitRecheck,
+		negativeTTL:    DefaultNegativeTTL,
+		maxAttempts:    DefaultMaxAttempts,
+		backoffBase:    200 * time.Millisecond,
+		backoffMax:     5 * time.Second,
+		failOpen:       true,
+		logger:         slog.New(slog.DiscardHandler),
+		now:            time.Now,
+		pubsubHealth:   3 * time.Second,
+	}
+}
+
+// An Option configures a Cache.
+type Option func(*config) error
+
+// WithNamespace names the shared token. Replicas that share a namespace
+// share a token. Default "default". A namespace is 1-128 printable
+// characters without braces, whitespace or control characters.
+func WithNamespace(ns string) Option {
+	return func(c *config) error {
+		if err := validateName(ns, "namespace"); err != nil {
+			return err
+		}
+		c.namespace = ns
+		return nil
+	}
+}
+
+// WithKeyPrefix sets the prefix of every key and channel. Default
+// "tokencache".
+func WithKeyPrefix(p string) Option {
+	return func(c *config) error {
+		if err := validateName(p, "key prefix"); err != nil {
+			return err
+		}
+		c.prefix = p
+		return nil
+	}
+}
+
+// WithRefreshAhead sets the share of a token's life (0 < share < 1) after
+// which it is refreshed in the background while callers keep getting it.
+// Default DefaultRefreshAhead (0.5).
+func WithRefreshAhead(share float64) Option {
+	return func(c *config) error {
+		if !(share > 0 && share < 1) {
+			return fmt.Errorf("tokencache: refresh-ahead share %v is not between 0 and 1", share)
+		}
+		c.refreshAhead = share
+		return nil
+	}
+}
+
+// WithRefreshJitter sets the share of a token's life over which replicas
+// spread their refresh-ahead moment (0 <= share < 0.5). Default
+// DefaultRefreshJitter.
+func WithRefreshJitter(share float64) Option {
+	return func(c *config) error {
+		if !(share >= 0 && share < 0.5) {
+			return fmt.Errorf("tokencache: refresh jitter %v is not in [0, 0.5)", share)
+		}
+		c.refreshJitter = share
+		return nil
+	}
+}
+
+// WithExpirySkew sets how long before the issuer's expiry a token stops
+// being served. Default DefaultExpirySkew (30s), capped at a fifth of the
+// token's lifetime.
+func WithExpirySkew(d time.Duration) Option {
+	return func(c *config) error {
+		if d < 0 {
+			return fmt.Errorf("tokencache: negative expiry skew %v", d)
+		}
+		c.skew = d
+		return nil
+	}
+}
+
+// WithLockTTL sets the lease of the refresh lock. Default DefaultLockTTL.
+func WithLockTTL(d time.Duration) Option {
+	return func(c *config) error {
+		if d < 10*time.Millisecond {
+			return fmt.Errorf("tokencache: lock TTL %v is below 10ms", d)
+		}
+		c.lockTTL = d
+		return nil
+	}
+}
+
+// WithRefreshTimeout bounds one refresh, its retries and its waiting for
+// another replica. Default DefaultRefreshTimeout.
+func WithRefreshTimeout(d time.Duration) Option {
+	return func(c *config) error {
+		if d <= 0 {
+			return fmt.Errorf("tokencache: refresh timeout %v is not positive", d)
+		}
+		c.refreshTimeout = d
+		return nil
+	}
+}
+
+// WithL1 turns the in-process copy on or off. Default on; off makes every
+// Token call read Redis (one round trip), which is useful only to measure
+// or debug.
+func WithL1(on bool) Option {
+	return func(c *config) error { c.l1 = on; return nil }
+}
+
+// WithL1MaxAge sets how long the in-process copy is trusted before it is
+// re-read from Redis in the background. Default DefaultL1MaxAge; 0 relies on
+// events and refresh-ahead alone.
+func WithL1MaxAge(d time.Duration) Option {
+	return func(c *config) error {
+		if d < 0 {
+			return fmt.Errorf("tokencache: negative L1 max age %v", d)
+		}
+		c.l1MaxAge = d
+		return nil
+	}
+}
+
+// WithWaitRecheck sets how often a waiting caller re-reads Redis when no
+// event arrives (jittered ±25%). Default DefaultWaitRecheck.
+func WithWaitRecheck(d time.Duration) Option {
+	return func(c *config) error {
+		if d <= 0 {
+			return fmt.Errorf("tokencache: wait recheck %v is not positive", d)
+		}
+		c.waitRecheck = d
+		return nil
+	}
+}
+
+// WithNegativeTTL sets how long a permanent issuer error is remembered.
+// Default DefaultNegativeTTL; 0 disables the negative cache.
+func WithNegativeTTL(d time.Duration) Option {
+	return func(c *config) error {
+		if d < 0 {
+			return fmt.Errorf("tokencache: negative TTL %v", d)
+		}
+		c.negativeTTL = d
+		return nil
+	}
+}
+
+// WithRetry sets how many times one refresh calls the issuer for
+// retryable errors and the capped exponential backoff (with full jitter)
+// between calls. Defaults: DefaultMaxAttempts, 200ms, 5s. A Retry-After
+// from the issuer is honoured up to max.
+func WithRetry(attempts int, base, max time.Duration) Option {
+	return func(c *config) error {
+		if attempts < 1 || base <= 0 || max < base {
+			return fmt.Errorf("tokencache: invalid retry policy (%d attempts, base %v, max %v)", attempts, base, max)
+		}
+		c.maxAttempts, c.backoffBase, c.backoffMax = attempts, base, max
+		return nil
+	}
+}
+
+// WithFailOpen chooses what happens when Redis cannot be reached and no
+// valid token is held in memory: true (the default) fetches from the
+// issuer directly, one call per process, and writes the token back when
+// Redis returns; false returns ErrRedisUnavailable at once.
+func WithFailOpen(on bool) Option {
+	return func(c *config) error { c.failOpen = on; return nil }
+}
+
+// WithLogger sets the logger. Default: discard. Logs carry fingerprints,
+// never tokens or credentials.
+func WithLogger(l *slog.Logger) Option {
+	return func(c *config) error {
+		if l != nil {
+			c.logger = l
+		}
+		return nil
+	}
+}
+
+// WithClock replaces time.Now, for tests. Freshness never depends on the
+// clock agreeing with other replicas: it comes from the key's PTTL.
+func WithClock(now func() time.Time) Option {
+	return func(c *config) error {
+		if now != nil {
+			c.now = now
+		}
+		return nil
+	}
+}
+
+// WithOwner sets the "refreshed_by" label written beside each token.
+// Default "<hostname>/<pid>".
+func WithOwner(label string) Option {
+	return func(c *config) error { c.host = label; return nil }
+}
+
+// validateName checks a namespace, prefix or user id: it becomes part of a
+// Redis key and hash tag, so nothing may break out of it.
+func validateName(s, what string) error {
+	if s == "" || len(s) > 128 {
+		return fmt.Errorf("tokencache: %s must be 1-128 bytes, got %d", what, len(s))
+	}
+	for i := 0; i < len(s); i++ {
+		b := s[i]
+		if b <= ' ' || b >= 0x7f || b == '{' || b == '}' || b == '"' || b == '\\' {
+			return fmt.Errorf("tokencache: %s %q holds a forbidden character at byte %d", what, s, i)
+		}
+	}
+	return nil
+}

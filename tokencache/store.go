@@ -1,0 +1,359 @@
+package tokencache
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// This file is the boundary with Redis: the value's JSON shape, the Lua
+// scripts, and the translation of go-redis results (redis.Nil, script
+// replies) into this package's terms. Nothing above it imports go-redis
+// error values.
+
+// MaxValueSize bounds a cached value. A larger one (a hand edit, an attack)
+// is treated as a miss and overwritten on the next refresh.
+const MaxValueSize = 64 << 10
+
+// maxClockSkew is how far a replica's clock may be off the writer's before a
+// stored expires_at in the past is read as garbage rather than skew. Freshness
+// itself comes from the key's PTTL; this only catches hand-written values
+// whose TTL outlives their token.
+const maxClockSkew = 10 * time.Minute
+
+// expiryLayout formats expires_at with fixed millisecond precision in UTC,
+// so that two values compare correctly as strings inside Lua.
+const expiryLayout = "2006-01-02T15:04:05.000Z"
+
+// record is the JSON value stored at the token key, readable with
+// `redis-cli GET`.
+type record struct {
+	AccessToken string `json:"access_token"`
+	TokenType   string `json:"token_type"`
+	ExpiresAt   string `json:"expires_at"` // expiryLayout, UTC
+	IssuedAt    string `json:"issued_at"`  // expiryLayout, UTC
+	Generation  int64  `json:"generation"`
+	RefreshedBy string `json:"refreshed_by"`
+	Fingerprint string `json:"fingerprint"` // of the credential identity that minted it
+	TokenFP     string `json:"token_fp"`    // of the access token, for compare-and-delete and logs
+}
+
+func newRecord(t Token, gen int64, issued time.Time, by, credFP string) record {
+	return record{
+		AccessToken: t.AccessToken,
+		TokenType:   t.typ(),
+		ExpiresAt:   t.Expiry.UTC().Format(expiryLayout),
+		IssuedAt:    issued.UTC().Format(expiryLayout),
+		Generation:  gen,
+		RefreshedBy: by,
+		Fingerprint: credFP,
+		TokenFP:     t.Fingerprint(),
+	}
+}
+
+// decodeRecord parses a stored value. Every way it can be wrong is a
+// *ValueError; it never panics.
+func decodeRecord(key string, raw []byte) (record, error) {
+	var r record
+	if len(raw) > MaxValueSize {
+		return r, &ValueError{Key: key, Reason: fmt.Sprintf("value of %d bytes exceeds %d", len(raw), MaxValueSize)}
+	}
+	if err := json.Unmarshal(raw, &r); err != nil {
+		var se *json.SyntaxError
+		var te *json.UnmarshalTypeError
+		switch {
+		case errors.As(err, &te):
+			return r, &ValueError{Key: key, Reason: "field " + te.Field + " has the wrong type"}
+		case errors.As(err, &se):
+			return r, &ValueError{Key: key, Reason: "not JSON"}
+		default:
+			return r, &ValueError{Key: key, Reason: "not a JSON object"}
+		}
+	}
+	if r.AccessToken == "" {
+		return r, &ValueError{Key: key, Reason: "no access_token"}
+	}
+	exp, err := r.expiry()
+	if err != nil {
+		return r, &ValueError{Key: key, Reason: "expires_at is not an RFC 3339 time"}
+	}
+	iss, err := time.Parse(time.RFC3339Nano, r.IssuedAt)
+	if err != nil {
+		return r, &ValueError{Key: key, Reason: "issued_at is not an RFC 3339 time"}
+	}
+	if !exp.After(iss) {
+		return r, &ValueError{Key: key, Reason: "expires_at is not after issued_at"}
+	}
+	if r.Generation < 0 {
+		return r, &ValueError{Key: key, Reason: "negative generation"}
+	}
+	return r, nil
+}
+
+func (r record) expiry() (time.Time, error) { return time.Parse(time.RFC3339Nano, r.ExpiresAt) }
+
+func (r record) lifetime() time.Duration {
+	exp, _ := r.expiry()
+	iss, _ := time.Parse(time.RFC3339Nano, r.IssuedAt)
+	return exp.Sub(iss)
+}
+
+func (r record) token() Token {
+	exp, _ := r.expiry()
+	return Token{AccessToken: r.AccessToken, TokenType: r.TokenType, Expiry: exp}
+}
+
+// readScript returns the value and its PTTL in one round trip.
+//
+//	KEYS[1] token key
+//	returns {value or nil, pttl ms, "WRONGTYPE" or nil}
+var readScript = redis.NewScript(`
+local v = redis.pcall('GET', KEYS[1])
+local pttl = redis.call('PTTL', KEYS[1])
+if type(v) == 'table' and v.err then
+  return {false, pttl, 'WRONGTYPE'}
+end
+return {v, pttl}
+`)
+
+// writeScript stores a token only if its fencing generation is current.
+//
+//	KEYS[1] token key, KEYS[2] fence key, KEYS[3] events channel (same slot)
+//	ARGV[1] value JSON, ARGV[2] generation, ARGV[3] TTL ms, ARGV[4] event JSON
+//	returns 1 written, -1 a newer lease exists (fence > generation),
+//	        -2 the stored token has the same or a newer generation
+var writeScript = redis.NewScript(`
+local gen = tonumber(ARGV[2])
+local fence = tonumber(redis.call('GET', KEYS[2]))
+if fence and fence > gen then return -1 end
+local cur = redis.pcall('GET', KEYS[1])
+if type(cur) == 'string' then
+  local ok, rec = pcall(cjson.decode, cur)
+  if ok and type(rec) == 'table' and type(rec.generation) == 'number' and rec.generation >= gen then
+    return -2
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+if not fence or fence < gen then redis.call('SET', KEYS[2], ARGV[2]) end
+redis.call('PUBLISH', KEYS[3], ARGV[4])
+return 1
+`)
+
+// raiseFenceScript lifts a fencing counter that fell behind the stored
+// token's generation (the counter was evicted or lost in a failover), so
+// the lease holder can still write. It refuses if another lease was
+// granted since ours.
+//
+//	KEYS[1] fence key
+//	ARGV[1] our lease generation, ARGV[2] the generation we need
+//	returns the new generation, or -1 if the fence moved past ours
+var raiseFenceScript = redis.NewScript(`
+local f = tonumber(redis.call('GET', KEYS[1])) or 0
+if f > tonumber(ARGV[1]) then return -1 end
+redis.call('SET', KEYS[1], ARGV[2])
+return tonumber(ARGV[2])
+`)
+
+// offerScript stores a rotated token only if it expires later than the
+// stored one (newest expiry wins) and it was minted for the same
+// credential.
+//
+//	KEYS[1] token key, KEYS[2] events channel
+//	ARGV[1] value JSON (generation filled in by the script: stored + 1),
+//	ARGV[2] expires_at (expiryLayout), ARGV[3] TTL ms, ARGV[4] credential fingerprint,
+//	ARGV[5] event JSON template
+//	returns the new generation, or 0 if the stored token expires as late or later
+var offerScript = redis.NewScript(`
+local gen = 1
+local cur = redis.pcall('GET', KEYS[1])
+if type(cur) == 'string' then
+  local ok, rec = pcall(cjson.decode, cur)
+  if ok and type(rec) == 'table' then
+    if type(rec.expires_at) == 'string' and rec.fingerprint == ARGV[4] and rec.expires_at >= ARGV[2] then
+      return 0
+    end
+    if type(rec.generation) == 'number' then gen = rec.generation + 1 end
+  end
+end
+local val = cjson.decode(ARGV[1])
+val.generation = gen
+local ev = cjson.decode(ARGV[5])
+ev.generation = gen
+redis.call('SET', KEYS[1], cjson.encode(val), 'PX', ARGV[3])
+redis.call('PUBLISH', KEYS[2], cjson.encode(ev))
+return gen
+`)
+
+// invalidateScript deletes the token only if it is still the one the
+// caller means (compare-and-delete) and publishes "invalidated".
+//
+//	KEYS[1] token key, KEYS[2] events channel
+//	ARGV[1] token fingerprint or "" (any), ARGV[2] generation or "" (any)
+//	returns {1, generation} deleted, {0, 0} not (missing or another token)
+var invalidateScript = redis.NewScript(`
+local cur = redis.pcall('GET', KEYS[1])
+if type(cur) ~= 'string' then
+  if type(cur) == 'table' and ARGV[1] == '' and ARGV[2] == '' then
+    redis.call('DEL', KEYS[1])
+    return {1, 0}
+  end
+  return {0, 0}
+end
+local ok, rec = pcall(cjson.decode, cur)
+if not ok or type(rec) ~= 'table' then rec = {} end
+if ARGV[1] ~= '' and rec.token_fp ~= ARGV[1] then return {0, 0} end
+if ARGV[2] ~= '' and tostring(rec.generation) ~= ARGV[2] then return {0, 0} end
+local gen = 0
+if type(rec.generation) == 'number' then gen = rec.generation end
+redis.call('DEL', KEYS[1])
+redis.call('PUBLISH', KEYS[2], cjson.encode({type = 'invalidated', key = KEYS[1], generation = gen}))
+return {1, gen}
+`)
+
+// readResult is one read of a token key.
+type readResult struct {
+	rec   record
+	pttl  time.Duration
+	found bool  // a usable record
+	bad   error // *ValueError when the key holds garbage
+}
+
+// read fetches the value and PTTL of key in one round trip. A missing key,
+// or one without a TTL, or one holding garbage, is reported as not found
+// (with bad set for garbage); only Redis failures are errors.
+func (s *store) read(ctx context.Context, key string, now time.Time) (readResult, error) {
+	res, err := readScript.Run(ctx, s.rdb, []string{key}).Slice()
+	if err != nil {
+		return readResult{}, &RedisError{Op: "read", Key: key, Err: err}
+	}
+	var out readResult
+	if len(res) < 2 {
+		return out, &RedisError{Op: "read", Key: key, Err: fmt.Errorf("unexpected script reply of %d elements", len(res))}
+	}
+	pttl, _ := res[1].(int64)
+	out.pttl = time.Duration(pttl) * time.Millisecond
+	if len(res) > 2 {
+		out.bad = &ValueError{Key: key, Reason: "not a string value"}
+		return out, nil
+	}
+	raw, ok := res[0].(string)
+	if !ok {
+		return out, nil // missing
+	}
+	rec, err := decodeRecord(key, []byte(raw))
+	if err != nil {
+		out.bad = err
+		return out, nil
+	}
+	if pttl <= 0 {
+		// -1: no TTL (a hand edit); the token's age could never be judged.
+		out.bad = &ValueError{Key: key, Reason: "key has no TTL"}
+		return out, nil
+	}
+	if exp, _ := rec.expiry(); exp.Before(now.Add(-maxClockSkew)) {
+		out.bad = &ValueError{Key: key, Reason: "expires_at is in the past"}
+		return out, nil
+	}
+	if out.pttl > rec.lifetime()+maxClockSkew {
+		out.bad = &ValueError{Key: key, Reason: "TTL outlives the token"}
+		return out, nil
+	}
+	out.rec, out.found = rec, true
+	return out, nil
+}
+
+type store struct {
+	rdb redis.UniversalClient
+}
+
+// write runs writeScript. It reports whether the token was stored.
+func (s *store) write(ctx context.Context, k keys, rec record, ttl time.Duration, ev Event) (int64, error) {
+	val, err := json.Marshal(rec)
+	if err != nil {
+		return 0, err
+	}
+	evb, err := json.Marshal(ev)
+	if err != nil {
+		return 0, err
+	}
+	n, err := writeScript.Run(ctx, s.rdb, []string{k.token, k.fence, k.channel},
+		val, rec.Generation, ttl.Milliseconds(), evb).Int64()
+	if err != nil {
+		return 0, &RedisError{Op: "write", Key: k.token, Err: err}
+	}
+	return n, nil
+}
+
+func (s *store) raiseFence(ctx context.Context, k keys, ours, want int64) (int64, error) {
+	n, err := raiseFenceScript.Run(ctx, s.rdb, []string{k.fence}, ours, want).Int64()
+	if err != nil {
+		return 0, &RedisError{Op: "fence", Key: k.fence, Err: err}
+	}
+	return n, nil
+}
+
+func (s *store) offer(ctx context.Context, k keys, rec record, ttl time.Duration, ev Event) (int64, error) {
+	val, err := json.Marshal(rec)
+	if err != nil {
+		return 0, err
+	}
+	evb, err := json.Marshal(ev)
+	if err != nil {
+		return 0, err
+	}
+	n, err := offerScript.Run(ctx, s.rdb, []string{k.token, k.channel},
+		val, rec.ExpiresAt, ttl.Milliseconds(), rec.Fingerprint, evb).Int64()
+	if err != nil {
+		return 0, &RedisError{Op: "offer", Key: k.token, Err: err}
+	}
+	return n, nil
+}
+
+func (s *store) invalidate(ctx context.Context, k keys, tokenFP string, gen int64) (bool, int64, error) {
+	g := ""
+	if gen > 0 {
+		g = strconv.FormatInt(gen, 10)
+	}
+	res, err := invalidateScript.Run(ctx, s.rdb, []string{k.token, k.channel}, tokenFP, g).Int64Slice()
+	if err != nil {
+		return false, 0, &RedisError{Op: "invalidate", Key: k.token, Err: err}
+	}
+	if len(res) != 2 {
+		return false, 0, &RedisError{Op: "invalidate", Key: k.token, Err: fmt.Errorf("unexpected script reply")}
+	}
+	return res[0] == 1, res[1], nil
+}
+
+func (s *store) publish(ctx context.Context, channel string, ev Event) error {
+	b, err := json.Marshal(ev)
+	if err != nil {
+		return err
+	}
+	if err := s.rdb.Publish(ctx, channel, b).Err(); err != nil {
+		return &RedisError{Op: "publish", Key: channel, Err: err}
+	}
+	return nil
+}
+
+// keys are the Redis names of one cached token. They share a hash tag, so
+// they live in one cluster slot and one script may touch them all.
+type keys struct {
+	token, lock, fence, channel string
+}
+
+func serverKeys(prefix, ns string) keys {
+	base := prefix + ":{" + ns + "}:server"
+	return keys{token: base, lock: base + ":lock", fence: base + ":fence", channel: eventsChannel(prefix, ns)}
+}
+
+func clientKeys(prefix, ns, user string) keys {
+	base := prefix + ":{" + ns + "/" + user + "}:client"
+	return keys{token: base, lock: base + ":lock", fence: base + ":fence", channel: eventsChannel(prefix, ns)}
+}
+
+func eventsChannel(prefix, ns string) string { return prefix + ":{" + ns + "}:events" }
