@@ -9,10 +9,11 @@
 // atomic script.
 //
 //	l := lock.New(rdb)
-//	lease, err := l.TryAcquire(ctx, "job:lock", "job:fence")
+//	lease, err := l.TryAcquire(ctx, "job:lock")
 //	if errors.Is(err, lock.ErrNotAcquired) { ... someone else is working ... }
 //	defer lease.Release(context.Background())
-//	write(ctx, lease.Generation())
+//	gen, err := lease.Fence(ctx, "job:fence")
+//	write(ctx, gen) // the store rejects gen if it has seen a larger one
 //
 // The package is built on github.com/go-redsync/redsync/v4 and keeps its
 // types inside: errors are this package's, and a context that ends is
@@ -125,20 +126,18 @@ func New(rdb redis.UniversalClient, opts ...Option) *Locker {
 func (l *Locker) TTL() time.Duration { return l.ttl }
 
 // TryAcquire makes one attempt to take the lock at key. It returns
-// ErrNotAcquired if another owner holds it. If fenceKey is not empty the
-// lease gets a fencing generation from an INCR of fenceKey: each lease of
-// the lock gets a larger one than the lease before.
-func (l *Locker) TryAcquire(ctx context.Context, key, fenceKey string) (*Lease, error) {
-	return l.acquire(ctx, key, fenceKey, false)
+// ErrNotAcquired if another owner holds it.
+func (l *Locker) TryAcquire(ctx context.Context, key string) (*Lease, error) {
+	return l.acquire(ctx, key, false)
 }
 
 // Acquire waits for the lock at key until it is taken or ctx ends; in the
 // latter case it returns ctx's error.
-func (l *Locker) Acquire(ctx context.Context, key, fenceKey string) (*Lease, error) {
-	return l.acquire(ctx, key, fenceKey, true)
+func (l *Locker) Acquire(ctx context.Context, key string) (*Lease, error) {
+	return l.acquire(ctx, key, true)
 }
 
-func (l *Locker) acquire(ctx context.Context, key, fenceKey string, wait bool) (*Lease, error) {
+func (l *Locker) acquire(ctx context.Context, key string, wait bool) (*Lease, error) {
 	for {
 		if err := ctx.Err(); err != nil {
 			return nil, err
@@ -151,7 +150,7 @@ func (l *Locker) acquire(ctx context.Context, key, fenceKey string, wait bool) (
 		start := time.Now()
 		err := m.TryLockContext(ctx)
 		if err == nil {
-			return l.newLease(ctx, m, key, fenceKey, start)
+			return l.newLease(m, key, start), nil
 		}
 		if ctx.Err() != nil {
 			// redsync reports ErrFailed when the context ends: say why.
@@ -183,7 +182,7 @@ func isTaken(err error) bool {
 	return errors.Is(err, redsync.ErrFailed) || errors.As(err, &taken) || errors.As(err, &nodeTaken)
 }
 
-func (l *Locker) newLease(ctx context.Context, m *redsync.Mutex, key, fenceKey string, start time.Time) (*Lease, error) {
+func (l *Locker) newLease(m *redsync.Mutex, key string, start time.Time) *Lease {
 	le := &Lease{
 		l:     l,
 		m:     m,
@@ -193,21 +192,33 @@ func (l *Locker) newLease(ctx context.Context, m *redsync.Mutex, key, fenceKey s
 		done:  make(chan struct{}),
 		until: start.Add(l.ttl),
 	}
-	if fenceKey != "" {
-		gen, err := l.fence.Incr(ctx, fenceKey).Result()
-		if err != nil {
-			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), l.opTime)
-			_, _ = m.UnlockContext(rctx)
-			cancel()
-			if ctx.Err() != nil {
-				return nil, ctx.Err()
-			}
-			return nil, fmt.Errorf("lock: fence %s: %w", fenceKey, err)
-		}
-		le.gen = gen
-	}
 	go le.watchdog()
-	return le, nil
+	return le
+}
+
+// Fence draws the lease's fencing generation from the counter at
+// fenceKey (an INCR): every generation drawn under a later lease of the
+// lock is larger. Draw it after deciding to do the protected work and
+// before starting it; the first call draws, later calls return the same
+// value. It fails with the lease's error if the lease is already lost.
+func (le *Lease) Fence(ctx context.Context, fenceKey string) (int64, error) {
+	le.mu.Lock()
+	defer le.mu.Unlock()
+	if le.gen > 0 {
+		return le.gen, nil
+	}
+	if le.err != nil {
+		return 0, le.err
+	}
+	gen, err := le.l.fence.Incr(ctx, fenceKey).Result()
+	if err != nil {
+		if ctx.Err() != nil {
+			return 0, ctx.Err()
+		}
+		return 0, fmt.Errorf("lock: fence %s: %w", fenceKey, err)
+	}
+	le.gen = gen
+	return gen, nil
 }
 
 // Lease is a held lock. A watchdog extends it every third of its TTL
@@ -217,13 +228,13 @@ type Lease struct {
 	l   *Locker
 	m   *redsync.Mutex
 	key string
-	gen int64
 
 	lost chan struct{} // closed when the lease is lost
 	stop chan struct{} // closed by Release to stop the watchdog
 	done chan struct{} // closed when the watchdog has exited
 
-	mu       sync.Mutex // guards err, until, released
+	mu       sync.Mutex // guards gen, err, until, released
+	gen      int64
 	err      error
 	until    time.Time
 	released bool
@@ -232,10 +243,14 @@ type Lease struct {
 // Key is the lock's Redis key.
 func (le *Lease) Key() string { return le.key }
 
-// Generation is the lease's fencing generation (0 without a fence key).
-// A write protected by the lease must be rejected by the store if a larger
+// Generation is the fencing generation drawn by Fence, 0 before. A write
+// protected by the lease must be rejected by the store if a larger
 // generation has been seen.
-func (le *Lease) Generation() int64 { return le.gen }
+func (le *Lease) Generation() int64 {
+	le.mu.Lock()
+	defer le.mu.Unlock()
+	return le.gen
+}
 
 // Until is the local estimate of when the lease runs out unless extended.
 func (le *Lease) Until() time.Time {
@@ -313,18 +328,13 @@ func (le *Lease) extend() error {
 // reports both as "taken".
 func (le *Lease) whoHolds(ctx context.Context) error {
 	v, err := le.l.fence.Get(ctx, le.key).Result()
-	switch {
-	case errors.Is(err, redis.Nil):
+	if errors.Is(err, redis.Nil) {
 		return ErrLeaseExpired
-	case err != nil:
-		return ErrLeaseLost
-	case v == le.m.Value():
-		// Our value is still there but the extension failed: with Redlock
-		// a minority node may have answered; treat as lost to be safe.
-		return ErrLeaseLost
-	default:
-		return ErrLeaseLost
 	}
+	// Another value, or ours on too few Redlock nodes, or no answer:
+	// either way the lease can no longer be trusted.
+	_ = v
+	return ErrLeaseLost
 }
 
 // Release stops the watchdog and deletes the lock if it is still ours. It

@@ -44,6 +44,7 @@ type Cache struct {
 	wg     sync.WaitGroup
 	closed atomic.Bool
 
+	origin     string // random id of this Cache in the events it publishes
 	stats      counters
 	dropEvents atomic.Bool // test hook: drop every received event
 }
@@ -78,6 +79,7 @@ func New(rdb redis.UniversalClient, f Fetcher, opts ...Option) (*Cache, error) {
 		sub:     subscriber{ready: make(chan struct{})},
 		ctx:     ctx,
 		cancel:  cancel,
+		origin:  strconv.FormatUint(rand.Uint64(), 36),
 	}
 	c.server = c.newEntry(serverKeys(cfg.prefix, cfg.namespace), f)
 	c.wg.Add(1)
@@ -282,6 +284,9 @@ func (c *Cache) onEvent(ev Event) {
 		}
 		e.sig.fire()
 	case EventFailed:
+		if ev.Origin == c.origin {
+			return // our own failure, already recorded with its cause
+		}
 		e.recordFailure(&FetchError{
 			Code: ev.Code, Retryable: ev.Retryable, Remote: true,
 			Message: ev.Message, Until: ev.RetryAt,
@@ -402,7 +407,7 @@ func (e *entry) obtain(ctx context.Context) (Token, error) {
 			return Token{}, err
 		}
 
-		lease, err := e.c.locker.TryAcquire(ctx, e.k.lock, e.k.fence)
+		lease, err := e.c.locker.TryAcquire(ctx, e.k.lock)
 		switch {
 		case err == nil:
 			return e.refreshLocked(ctx, lease, nil)
@@ -485,7 +490,10 @@ func (e *entry) snapshotFor(rec record, ttl time.Duration, at time.Time) *snapsh
 	cfg := &e.c.cfg
 	validUntil := at.Add(ttl)
 	life := rec.lifetime()
-	due := validUntil.Add(-time.Duration(float64(life) * (1 - cfg.refreshAhead)))
+	// The issuer's expiry on our clock is the TTL's end plus the skew the
+	// writer took off; refresh-ahead is a share of the issuer's lifetime.
+	expiry := validUntil.Add(e.skewFor(life))
+	due := expiry.Add(-time.Duration(float64(life) * (1 - cfg.refreshAhead)))
 	if cfg.refreshJitter > 0 {
 		due = due.Add(time.Duration(rand.Float64() * cfg.refreshJitter * float64(life)))
 	}
@@ -592,7 +600,7 @@ func (e *entry) background(ctx context.Context) {
 	if at.Before(s.dueAt) {
 		return
 	}
-	lease, err := e.c.locker.TryAcquire(ctx, e.k.lock, e.k.fence)
+	lease, err := e.c.locker.TryAcquire(ctx, e.k.lock)
 	if err != nil {
 		if errors.Is(err, lock.ErrNotAcquired) {
 			e.c.stats.lockContended.Add(1)
@@ -660,15 +668,11 @@ func (e *entry) refreshLocked(ctx context.Context, lease *lock.Lease, done func(
 		e.install(s)
 		return s.tok, nil
 	}
-	gen := lease.Generation()
-	if r.rec.Generation >= gen {
-		// The fencing counter fell behind the stored token (it was
-		// evicted, or lost in a failover): lift it past the token.
-		if gen, err = e.c.st.raiseFence(ctx, e.k, gen, r.rec.Generation+1); err != nil {
-			return e.redisDown(ctx, err)
-		} else if gen < 0 {
-			return Token{}, fmt.Errorf("%w: a newer lease was granted during the refresh", ErrUnavailable)
-		}
+	gen, err := e.generation(ctx, lease, r)
+	if err != nil {
+		return e.redisDown(ctx, err)
+	} else if gen < 0 {
+		return Token{}, fmt.Errorf("%w: a newer lease was granted during the refresh", ErrUnavailable)
 	}
 	tok, err := e.fetch(ctx)
 	if err != nil {
@@ -710,15 +714,32 @@ func (e *entry) refreshLocked(ctx context.Context, lease *lock.Lease, done func(
 	return tok, nil
 }
 
+// generation draws the lease's fencing generation once the holder has
+// decided to write. If the counter fell behind the stored token (it was
+// evicted, or lost in a failover) it is lifted past the token. A negative
+// result means a newer lease was granted meanwhile.
+func (e *entry) generation(ctx context.Context, lease *lock.Lease, r readResult) (int64, error) {
+	gen, err := lease.Fence(ctx, e.k.fence)
+	if errors.Is(err, lock.ErrLeaseLost) || errors.Is(err, lock.ErrLeaseExpired) {
+		return -1, nil
+	} else if err != nil {
+		return 0, err
+	}
+	if r.rec.Generation >= gen {
+		return e.c.st.raiseFence(ctx, e.k, gen, r.rec.Generation+1)
+	}
+	return gen, nil
+}
+
 // ttlFor is the key TTL for tok: its remaining life minus the skew, the
 // skew capped at a fifth of the life.
 func (e *entry) ttlFor(tok Token, now time.Time) time.Duration {
 	life := tok.Expiry.Sub(now)
-	skew := e.c.cfg.skew
-	if skew > life/5 {
-		skew = life / 5
-	}
-	return life - skew
+	return life - e.skewFor(life)
+}
+
+func (e *entry) skewFor(life time.Duration) time.Duration {
+	return min(e.c.cfg.skew, life/5)
 }
 
 // fetch calls the issuer, retrying retryable errors with capped
@@ -792,7 +813,7 @@ func (e *entry) fetchFailed(ctx context.Context, err error, publish bool) *Fetch
 	if publish {
 		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), e.c.cfg.lockTTL)
 		defer cancel()
-		ev := Event{Type: EventFailed, Key: e.k.token, Code: fe.Code, Message: fe.Message, Retryable: fe.Retryable, RetryAt: fe.Until, By: e.c.cfg.host}
+		ev := Event{Type: EventFailed, Key: e.k.token, Code: fe.Code, Message: fe.Message, Retryable: fe.Retryable, RetryAt: fe.Until, By: e.c.cfg.host, Origin: e.c.origin}
 		if perr := e.c.st.publish(pctx, e.k.channel, ev); perr != nil {
 			e.c.log().Warn("tokencache: could not publish the failure", "key", e.k.token, "err", perr)
 		}
@@ -871,7 +892,7 @@ func (e *entry) writeBack(ctx context.Context, tok *Token) bool {
 		e.pending.CompareAndSwap(tok, nil)
 		return true
 	}
-	lease, err := e.c.locker.TryAcquire(ctx, e.k.lock, e.k.fence)
+	lease, err := e.c.locker.TryAcquire(ctx, e.k.lock)
 	if errors.Is(err, lock.ErrNotAcquired) {
 		return true // someone is refreshing; their token will do
 	}
@@ -888,11 +909,9 @@ func (e *entry) writeBack(ctx context.Context, tok *Token) bool {
 		e.install(e.snapshotFor(r.rec, r.pttl, issued))
 		return true
 	}
-	gen := lease.Generation()
-	if r.rec.Generation >= gen {
-		if gen, err = e.c.st.raiseFence(ctx, e.k, gen, r.rec.Generation+1); err != nil || gen < 0 {
-			return err == nil
-		}
+	gen, err := e.generation(ctx, lease, r)
+	if err != nil || gen < 0 {
+		return err == nil
 	}
 	ttl := e.ttlFor(*tok, issued)
 	rec := newRecord(*tok, gen, issued, e.c.cfg.host, e.credFP)
@@ -952,7 +971,7 @@ func (e *entry) refreshNow(ctx context.Context, minTTL time.Duration, force bool
 		return res, nil
 	}
 	seen := r.rec.Generation
-	lease, err := e.c.locker.Acquire(ctx, e.k.lock, e.k.fence)
+	lease, err := e.c.locker.Acquire(ctx, e.k.lock)
 	if err != nil {
 		return res, &RedisError{Op: "lock", Key: e.k.lock, Err: err}
 	}

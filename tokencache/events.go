@@ -24,7 +24,8 @@ type Event struct {
 	Key        string    `json:"key"`
 	Generation int64     `json:"generation,omitempty"`
 	ExpiresAt  time.Time `json:"expires_at,omitzero"`
-	By         string    `json:"by,omitempty"` // host/pid of the publisher
+	By         string    `json:"by,omitempty"`     // host/pid of the publisher
+	Origin     string    `json:"origin,omitempty"` // random id of the publishing Cache
 	// For "failed":
 	Code      string    `json:"code,omitempty"`
 	Message   string    `json:"message,omitempty"`

@@ -1,0 +1,193 @@
+package tokencache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tokencache/tokencache/internal/redistest"
+)
+
+// fakeFetcher is a hand-written issuer: it counts calls, mints unique
+// tokens with a fixed lifetime, and can be slowed, blocked or failed.
+type fakeFetcher struct {
+	calls atomic.Int64
+	life  time.Duration
+	now   func() time.Time
+	id    string
+
+	mu    sync.Mutex // guards delay, gate, errs
+	delay time.Duration
+	gate  chan struct{} // if not nil, Fetch waits for it
+	errs  []error       // returned by the next calls, in order
+}
+
+var _ Fetcher = (*fakeFetcher)(nil)
+var _ Identifier = (*fakeFetcher)(nil)
+
+func newFakeFetcher(life time.Duration) *fakeFetcher {
+	return &fakeFetcher{life: life, now: time.Now, id: "test-credential"}
+}
+
+func (f *fakeFetcher) Identity() string { return f.id }
+
+func (f *fakeFetcher) Fetch(ctx context.Context) (Token, error) {
+	n := f.calls.Add(1)
+	f.mu.Lock()
+	delay, gate := f.delay, f.gate
+	var err error
+	if len(f.errs) > 0 {
+		err, f.errs = f.errs[0], f.errs[1:]
+	}
+	f.mu.Unlock()
+	if gate != nil {
+		select {
+		case <-gate:
+		case <-ctx.Done():
+			return Token{}, ctx.Err()
+		}
+	}
+	if delay > 0 {
+		select {
+		case <-time.After(delay):
+		case <-ctx.Done():
+			return Token{}, ctx.Err()
+		}
+	}
+	if err != nil {
+		return Token{}, err
+	}
+	return Token{AccessToken: fmt.Sprintf("secret-token-%d-%d", n, time.Now().UnixNano()), TokenType: "Bearer", Expiry: f.now().Add(f.life)}, nil
+}
+
+func (f *fakeFetcher) setGate(ch chan struct{}) { f.mu.Lock(); f.gate = ch; f.mu.Unlock() }
+func (f *fakeFetcher) setDelay(d time.Duration) { f.mu.Lock(); f.delay = d; f.mu.Unlock() }
+func (f *fakeFetcher) failNext(errs ...error) {
+	f.mu.Lock()
+	f.errs = append(f.errs, errs...)
+	f.mu.Unlock()
+}
+
+// issuerErr is an issuer error with the optional methods the cache reads.
+type issuerErr struct {
+	code      string
+	retryable bool
+	after     time.Duration
+}
+
+func (e *issuerErr) Error() string             { return "issuer says " + e.code }
+func (e *issuerErr) Retryable() bool           { return e.retryable }
+func (e *issuerErr) ErrorCode() string         { return e.code }
+func (e *issuerErr) RetryAfter() time.Duration { return e.after }
+
+// fakeClock is a settable clock shared with miniredis's FastForward.
+type fakeClock struct {
+	mu sync.Mutex // guards t
+	t  time.Time
+}
+
+func newFakeClock() *fakeClock { return &fakeClock{t: time.Now()} }
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+// backend is a Redis for a test: miniredis (fast, clock control) or a real
+// redis-server (the real thing).
+type backend struct {
+	name string
+	new  func(t *testing.T) (redis.UniversalClient, *miniredis.Miniredis)
+}
+
+func miniBackend(t *testing.T) (redis.UniversalClient, *miniredis.Miniredis) {
+	t.Helper()
+	mr := miniredis.RunT(t)
+	c := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	t.Cleanup(func() { _ = c.Close() })
+	return c, mr
+}
+
+func realBackend(t *testing.T) (redis.UniversalClient, *miniredis.Miniredis) {
+	t.Helper()
+	s := redistest.Start(t)
+	return s.Client(t), nil
+}
+
+var backends = []backend{{"miniredis", miniBackend}, {"redis-server", realBackend}}
+
+// forEachBackend runs f against miniredis and a real redis-server.
+func forEachBackend(t *testing.T, f func(t *testing.T, rdb redis.UniversalClient, mr *miniredis.Miniredis)) {
+	for _, b := range backends {
+		t.Run(b.name, func(t *testing.T) {
+			rdb, mr := b.new(t)
+			f(t, rdb, mr)
+		})
+	}
+}
+
+func newCache(t testing.TB, rdb redis.UniversalClient, f Fetcher, opts ...Option) *Cache {
+	t.Helper()
+	c, err := New(rdb, f, opts...)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// fastOpts keep the waits of a test short without changing what is tested.
+func fastOpts(extra ...Option) []Option {
+	return append([]Option{
+		WithLockTTL(2 * time.Second),
+		WithWaitRecheck(100 * time.Millisecond),
+		WithRefreshTimeout(10 * time.Second),
+		WithRetry(3, 5*time.Millisecond, 20*time.Millisecond),
+	}, extra...)
+}
+
+// eventually polls cond (a count or state check, not a duration
+// assertion) until it holds or a generous bound passes.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func isFetchError(err error, code string, remote bool) bool {
+	var fe *FetchError
+	return errors.As(err, &fe) && fe.Code == code && fe.Remote == remote
+}
+
+func TestMain(m *testing.M) {
+	if os.Getenv(helperEnv) != "" {
+		os.Exit(replicaMain())
+	}
+	os.Exit(m.Run())
+}
