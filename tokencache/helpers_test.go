@@ -115,7 +115,7 @@ type backend struct {
 	new  func(t *testing.T) (redis.UniversalClient, *miniredis.Miniredis)
 }
 
-func miniBackend(t *testing.T) (redis.UniversalClient, *miniredis.Miniredis) {
+func miniBackend(t testing.TB) (redis.UniversalClient, *miniredis.Miniredis) {
 	t.Helper()
 	mr := miniredis.RunT(t)
 	c := redis.NewClient(&redis.Options{Addr: mr.Addr()})
@@ -129,7 +129,10 @@ func realBackend(t *testing.T) (redis.UniversalClient, *miniredis.Miniredis) {
 	return s.Client(t), nil
 }
 
-var backends = []backend{{"miniredis", miniBackend}, {"redis-server", realBackend}}
+var backends = []backend{
+	{"miniredis", func(t *testing.T) (redis.UniversalClient, *miniredis.Miniredis) { return miniBackend(t) }},
+	{"redis-server", realBackend},
+}
 
 // forEachBackend runs f against miniredis and a real redis-server.
 func forEachBackend(t *testing.T, f func(t *testing.T, rdb redis.UniversalClient, mr *miniredis.Miniredis)) {

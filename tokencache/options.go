@@ -82,6 +82,7 @@ type config struct {
 	failOpen       bool
 	logger         *slog.Logger
 	now            func() time.Time
+	injected       bool // now was set by WithClock
 	pubsubHealth   time.Duration
 	host           string
 }
@@ -281,7 +282,7 @@ func WithLogger(l *slog.Logger) Option {
 func WithClock(now func() time.Time) Option {
 	return func(c *config) error {
 		if now != nil {
-			c.now = now
+			c.now, c.injected = now, true
 		}
 		return nil
 	}

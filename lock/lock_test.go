@@ -1,0 +1,194 @@
+package lock
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tokencache/tokencache/internal/redistest"
+)
+
+func clients(t *testing.T) map[string]redis.UniversalClient {
+	mr := miniredis.RunT(t)
+	m := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	t.Cleanup(func() { _ = m.Close() })
+	return map[string]redis.UniversalClient{
+		"miniredis":    m,
+		"redis-server": redistest.Start(t).Client(t),
+	}
+}
+
+func forEach(t *testing.T, f func(t *testing.T, rdb redis.UniversalClient)) {
+	for name, rdb := range clients(t) {
+		t.Run(name, func(t *testing.T) { f(t, rdb) })
+	}
+}
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func TestMutualExclusionAndFence(t *testing.T) {
+	forEach(t, func(t *testing.T, rdb redis.UniversalClient) {
+		ctx := ctxT(t)
+		l := New(rdb, WithTTL(2*time.Second))
+		a, err := l.TryAcquire(ctx, "t:lock")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := l.TryAcquire(ctx, "t:lock"); !errors.Is(err, ErrNotAcquired) {
+			t.Fatalf("second TryAcquire: got %v, want ErrNotAcquired", err)
+		}
+		if g := a.Generation(); g != 0 {
+			t.Errorf("Generation before Fence = %d, want 0", g)
+		}
+		g1, err := a.Fence(ctx, "t:fence")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if again, _ := a.Fence(ctx, "t:fence"); again != g1 {
+			t.Errorf("Fence twice = %d then %d, want the same", g1, again)
+		}
+		if err := a.Release(ctx); err != nil {
+			t.Fatalf("Release: %v", err)
+		}
+		if err := a.Release(ctx); err != nil {
+			t.Fatalf("second Release: %v", err)
+		}
+		b, err := l.TryAcquire(ctx, "t:lock")
+		if err != nil {
+			t.Fatalf("TryAcquire after release: %v", err)
+		}
+		defer b.Release(ctx)
+		g2, err := b.Fence(ctx, "t:fence")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if g2 <= g1 {
+			t.Errorf("fence went from %d to %d, want it to grow", g1, g2)
+		}
+	})
+}
+
+func TestWatchdogExtendsPastTTL(t *testing.T) {
+	forEach(t, func(t *testing.T, rdb redis.UniversalClient) {
+		ctx := ctxT(t)
+		beats := make(chan error, 100)
+		l := New(rdb, WithTTL(150*time.Millisecond))
+		l.onBeat = func(err error) { beats <- err }
+		a, err := l.TryAcquire(ctx, "w:lock")
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Many beats, several TTLs: the lock must still be ours.
+		for i := range 8 {
+			if err := <-beats; err != nil {
+				t.Fatalf("beat %d: %v", i, err)
+			}
+			if _, err := l.TryAcquire(ctx, "w:lock"); !errors.Is(err, ErrNotAcquired) {
+				t.Fatalf("after beat %d another owner got in: %v", i, err)
+			}
+		}
+		if err := a.Err(); err != nil {
+			t.Fatalf("Err = %v while held", err)
+		}
+		if err := a.Release(ctx); err != nil {
+			t.Fatalf("Release: %v", err)
+		}
+	})
+}
+
+func TestLeaseLostAndExpired(t *testing.T) {
+	forEach(t, func(t *testing.T, rdb redis.UniversalClient) {
+		for _, tc := range []struct {
+			name  string
+			steal func(ctx context.Context) error
+			want  error
+		}{
+			{"expired", func(ctx context.Context) error { return rdb.Del(ctx, "l:lock").Err() }, ErrLeaseExpired},
+			{"taken", func(ctx context.Context) error { return rdb.Set(ctx, "l:lock", "someone-else", time.Minute).Err() }, ErrLeaseLost},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				ctx := ctxT(t)
+				rdb.Del(ctx, "l:lock")
+				l := New(rdb, WithTTL(150*time.Millisecond))
+				a, err := l.TryAcquire(ctx, "l:lock")
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := tc.steal(ctx); err != nil {
+					t.Fatal(err)
+				}
+				select {
+				case <-a.Lost():
+				case <-ctx.Done():
+					t.Fatal("the watchdog never noticed the lost lease")
+				}
+				if err := a.Err(); !errors.Is(err, tc.want) {
+					t.Errorf("Err = %v, want %v", err, tc.want)
+				}
+				if _, err := a.Fence(ctx, "l:fence"); !errors.Is(err, tc.want) {
+					t.Errorf("Fence after loss = %v, want %v", err, tc.want)
+				}
+				if err := a.Release(ctx); !errors.Is(err, ErrLeaseExpired) && !errors.Is(err, ErrLeaseLost) {
+					t.Errorf("Release after loss = %v, want a lease error", err)
+				}
+				if tc.want == ErrLeaseLost {
+					if v := rdb.Get(ctx, "l:lock").Val(); v != "someone-else" {
+						t.Errorf("Release deleted another owner's lock")
+					}
+				}
+			})
+		}
+	})
+}
+
+func TestAcquireWaitsAndHonoursContext(t *testing.T) {
+	forEach(t, func(t *testing.T, rdb redis.UniversalClient) {
+		ctx := ctxT(t)
+		l := New(rdb, WithTTL(2*time.Second), WithRetryDelay(5*time.Millisecond))
+		a, err := l.TryAcquire(ctx, "a:lock")
+		if err != nil {
+			t.Fatal(err)
+		}
+		short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+		defer cancel()
+		if _, err := l.Acquire(short, "a:lock"); !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("Acquire on a held lock with a short context: got %v, want context.DeadlineExceeded", err)
+		}
+		retried := make(chan struct{}, 1000)
+		l.onRetry = func() { retried <- struct{}{} }
+		got := make(chan error, 1)
+		go func() {
+			b, err := l.Acquire(ctx, "a:lock")
+			if err == nil {
+				_ = b.Release(ctx)
+			}
+			got <- err
+		}()
+		<-retried // it is waiting on the held lock
+		if err := a.Release(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-got; err != nil {
+			t.Fatalf("Acquire after release: %v", err)
+		}
+	})
+}
+
+func TestRedisDownIsAnError(t *testing.T) {
+	mr := miniredis.RunT(t)
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr(), MaxRetries: -1})
+	defer rdb.Close()
+	mr.Close()
+	_, err := New(rdb).TryAcquire(ctxT(t), "d:lock")
+	if err == nil || errors.Is(err, ErrNotAcquired) {
+		t.Fatalf("TryAcquire with redis down: got %v, want a redis error", err)
+	}
+}
