@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/sync/singleflight"
 
@@ -35,6 +36,7 @@ type Cache struct {
 	locker  *lock.Locker
 	channel string
 	server  *entry
+	users   *lru.Cache[string, *entry] // client tokens by user id; nil unless enabled
 
 	sf  singleflight.Group
 	sub subscriber
@@ -87,6 +89,9 @@ func New(rdb redis.UniversalClient, f Fetcher, opts ...Option) (*Cache, error) {
 	c.epoch = c.cfg.now()
 	c.injectedClock = cfg.injected
 	c.server = c.newEntry(serverKeys(cfg.prefix, cfg.namespace), f)
+	if cfg.clientFetcher != nil {
+		c.users = newUserLRU(cfg.maxUsers)
+	}
 	c.wg.Add(1)
 	go c.runSubscriber(ctx)
 	return c, nil
@@ -281,7 +286,23 @@ func (c *Cache) lookup(key string) *entry {
 	if key == c.server.k.token {
 		return c.server
 	}
+	if c.users != nil {
+		if id, ok := c.userOfKey(key); ok {
+			if e, ok := c.users.Peek(id); ok {
+				return e
+			}
+		}
+	}
 	return nil
+}
+
+// entries lists the server entry and the users' in memory.
+func (c *Cache) entries() []*entry {
+	out := []*entry{c.server}
+	if c.users != nil {
+		out = append(out, c.users.Values()...)
+	}
+	return out
 }
 
 func (c *Cache) onEvent(ev Event) {
@@ -317,7 +338,7 @@ func (c *Cache) onEvent(ev Event) {
 // published while we were not subscribed is lost, so waiters re-check
 // Redis and the in-memory copy is re-read.
 func (c *Cache) onSubscribed() {
-	for _, e := range []*entry{c.server} {
+	for _, e := range c.entries() {
 		e.expireSoft()
 		e.sig.fire()
 	}
@@ -380,9 +401,9 @@ func (e *entry) slow(ctx context.Context) (Token, error) {
 	if err := e.negative(); err != nil {
 		return Token{}, err
 	}
-	ch := e.c.sf.DoChan(e.k.token, func() (any, error) {
-		// The shared work runs on the cache's context, not the first
-		// caller's: a caller that gives up does not fail the others.
+	// The shared work runs on the cache's context, not the first
+	// caller's: a caller that gives up does not fail the others.
+	shared := func() (any, error) {
 		if !e.c.begin() {
 			return Token{}, ErrClosed
 		}
@@ -390,7 +411,17 @@ func (e *entry) slow(ctx context.Context) (Token, error) {
 		rctx, cancel := context.WithTimeout(e.c.ctx, e.c.cfg.refreshTimeout)
 		defer cancel()
 		return e.obtain(rctx)
-	})
+	}
+	if ctx.Done() == nil {
+		// A caller that cannot give up runs the work itself (or joins
+		// it): no goroutine hand-off.
+		v, err, _ := e.c.sf.Do(e.k.token, shared)
+		if err != nil {
+			return Token{}, err
+		}
+		return v.(Token), nil
+	}
+	ch := e.c.sf.DoChan(e.k.token, shared)
 	select {
 	case r := <-ch:
 		if r.Err != nil {

@@ -85,6 +85,8 @@ type config struct {
 	injected       bool // now was set by WithClock
 	pubsubHealth   time.Duration
 	host           string
+	clientFetcher  func(userID string) (Fetcher, error)
+	maxUsers       int
 }
 
 func defaultConfig() config {
