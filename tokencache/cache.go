@@ -362,7 +362,16 @@ type entry struct {
 	fail    *FetchError
 	failSeq uint64
 
-	warnedFP atomic.Bool // logged a credential mismatch once
+	warnedFP atomic.Bool            // logged a credential mismatch once
+	rejected atomic.Pointer[string] // fingerprint of the last token invalidated here
+}
+
+// isRejected reports whether fp is the token this replica last
+// invalidated: it must not come back from a read that raced the
+// invalidation.
+func (e *entry) isRejected(fp string) bool {
+	r := e.rejected.Load()
+	return r != nil && *r == fp
 }
 
 func (c *Cache) newEntry(k keys, f Fetcher) *entry {
@@ -412,24 +421,33 @@ func (e *entry) slow(ctx context.Context) (Token, error) {
 		defer cancel()
 		return e.obtain(rctx)
 	}
-	if ctx.Done() == nil {
-		// A caller that cannot give up runs the work itself (or joins
-		// it): no goroutine hand-off.
-		v, err, _ := e.c.sf.Do(e.k.token, shared)
-		if err != nil {
-			return Token{}, err
+	for attempt := 0; ; attempt++ {
+		var tok Token
+		if ctx.Done() == nil {
+			// A caller that cannot give up runs the work itself (or
+			// joins it): no goroutine hand-off.
+			v, err, _ := e.c.sf.Do(e.k.token, shared)
+			if err != nil {
+				return Token{}, err
+			}
+			tok = v.(Token)
+		} else {
+			select {
+			case r := <-e.c.sf.DoChan(e.k.token, shared):
+				if r.Err != nil {
+					return Token{}, r.Err
+				}
+				tok = r.Val.(Token)
+			case <-ctx.Done():
+				return Token{}, ctx.Err()
+			}
 		}
-		return v.(Token), nil
-	}
-	ch := e.c.sf.DoChan(e.k.token, shared)
-	select {
-	case r := <-ch:
-		if r.Err != nil {
-			return Token{}, r.Err
+		if attempt < 2 && e.isRejected(tok.Fingerprint()) {
+			// We joined a flight that read the token before it was
+			// invalidated here: ask again.
+			continue
 		}
-		return r.Val.(Token), nil
-	case <-ctx.Done():
-		return Token{}, ctx.Err()
+		return tok, nil
 	}
 }
 
@@ -526,6 +544,9 @@ func (e *entry) read(ctx context.Context, at time.Time) (readResult, error) {
 		e.c.stats.badValues.Add(1)
 		e.c.log().Warn("tokencache: unusable value in redis, treating as a miss", "key", e.k.token, "err", r.bad)
 	}
+	if r.found && e.isRejected(r.rec.TokenFP) {
+		r.found = false
+	}
 	if r.found && r.rec.Fingerprint != e.credFP {
 		if e.warnedFP.CompareAndSwap(false, true) {
 			e.c.log().Warn("tokencache: cached token was minted for another credential; not serving it",
@@ -559,6 +580,9 @@ func (e *entry) snapshotFor(rec record, ttl time.Duration, at time.Time) *snapsh
 // install makes s the in-memory copy, unless a newer generation that is
 // still valid is already there.
 func (e *entry) install(s *snapshot) {
+	if e.isRejected(s.fp) {
+		return
+	}
 	e.clearFailure()
 	if !e.c.cfg.l1 {
 		return
@@ -969,6 +993,9 @@ func (e *entry) writeBack(ctx context.Context, tok *Token) bool {
 }
 
 func (e *entry) invalidate(ctx context.Context, fp string, gen int64) (bool, error) {
+	if fp != "" {
+		e.rejected.Store(&fp)
+	}
 	if s := e.l1.Load(); s != nil && (fp == "" || s.fp == fp) && (gen == 0 || s.gen == gen) {
 		e.l1.CompareAndSwap(s, nil)
 	}

@@ -3,6 +3,7 @@ package tokencache
 import (
 	"fmt"
 	"log/slog"
+	"net/http"
 	"time"
 )
 
@@ -86,6 +87,7 @@ type config struct {
 	pubsubHealth   time.Duration
 	host           string
 	clientFetcher  func(userID string) (Fetcher, error)
+	rotation       func(*http.Response) (Token, bool, error)
 	maxUsers       int
 }
 
