@@ -233,6 +233,9 @@ func safeURL(u *url.URL) string {
 // statusError turns a non-2xx answer into an *Error.
 func (f *Fetcher) statusError(resp *http.Response, body []byte) *Error {
 	code, msg := errorDetails(body)
+	if code != "" && scrub(code, f.apiKey, f.clientSecret) != code {
+		code = "" // the issuer echoed a credential or a token as its "code"
+	}
 	if code == "" {
 		code = "http-" + strconv.Itoa(resp.StatusCode)
 	}
