@@ -247,27 +247,57 @@ func ccCode(code, secret string) string {
 	return code
 }
 
-// ccScrub removes the secret from an issuer message, drops control
-// characters and shortens it to 200 bytes.
+// ccScrub makes an issuer message safe for an error: it removes the secret,
+// replaces anything shaped like a token (a run of base64 characters 24 long
+// with a digit, or 40 long: access tokens, JWTs, keys, but not words) with
+// "[redacted]", drops control characters and shortens it to 200 bytes.
 func ccScrub(msg, secret string) string {
 	if secret != "" {
 		msg = strings.ReplaceAll(msg, secret, "[redacted]")
 	}
-	msg = strings.Map(func(r rune) rune {
-		if r < ' ' || r == 0x7f || r == utf8.RuneError {
-			return ' '
+	var b strings.Builder
+	word := func(w string) {
+		digits := strings.ContainsAny(w, "0123456789")
+		if len(w) >= 40 || len(w) >= 24 && digits {
+			w = "[redacted]"
 		}
-		return r
-	}, msg)
-	msg = strings.TrimSpace(msg)
-	if len(msg) > 200 {
+		b.WriteString(w)
+	}
+	start := -1 // start of the current run of token characters
+	for i, r := range msg {
+		if r < utf8.RuneSelf && ccIsTokenByte(byte(r)) {
+			if start < 0 {
+				start = i
+			}
+			continue
+		}
+		if start >= 0 {
+			word(msg[start:i])
+			start = -1
+		}
+		if r < ' ' || r == 0x7f || r == utf8.RuneError {
+			r = ' '
+		}
+		b.WriteRune(r)
+	}
+	if start >= 0 {
+		word(msg[start:])
+	}
+	out := strings.TrimSpace(b.String())
+	if len(out) > 200 {
 		cut := 200
-		for cut > 0 && !utf8.RuneStart(msg[cut]) {
+		for cut > 0 && !utf8.RuneStart(out[cut]) {
 			cut--
 		}
-		msg = msg[:cut] + "..."
+		out = out[:cut] + "..."
 	}
-	return msg
+	return out
+}
+
+// ccIsTokenByte reports whether c may appear in a base64 or base64url token.
+func ccIsTokenByte(c byte) bool {
+	return 'A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' || '0' <= c && c <= '9' ||
+		c == '-' || c == '_' || c == '.' || c == '=' || c == '+' || c == '/' || c == '~'
 }
 
 // ccSafeURL prints a URL without user info, query or fragment.
