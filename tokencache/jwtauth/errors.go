@@ -128,7 +128,8 @@ func (e *Error) Unwrap() error { return e.Err }
 // Retryable reports whether calling the issuer again may succeed: true for
 // 5xx, 408, 429 and network errors; false for other 4xx answers (400, 401,
 // 403, 404: the request or the credentials are wrong), for a misconfigured
-// Fetcher (ErrConfig), and for a successful
+// Fetcher (ErrConfig) or a redirect to another host (ErrRedirect), and for a
+// successful
 // answer carrying an unusable token (expired on arrival, unsigned, without
 // exp), which the same request would only produce again.
 func (e *Error) Retryable() bool {
@@ -137,7 +138,7 @@ func (e *Error) Retryable() bool {
 		return true
 	case s >= 400:
 		return false
-	case errors.Is(e.Err, tokencache.ErrInvalidToken), errors.Is(e.Err, ErrConfig):
+	case errors.Is(e.Err, tokencache.ErrInvalidToken), errors.Is(e.Err, ErrConfig), errors.Is(e.Err, ErrRedirect):
 		return false
 	default:
 		return true
