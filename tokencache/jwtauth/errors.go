@@ -45,10 +45,26 @@ var (
 	ErrResponseTooLarge error = &tokenError{"jwtauth: authenticate response too large"}
 )
 
+// Conditions of the Fetcher's configuration and of the issuer's routing.
+// Both are permanent.
+var (
+	// ErrConfig is wrapped by the error Fetch returns when the Fetcher itself is
+	// misconfigured (no base URL, or one that is not http or https). It is
+	// permanent: no retry will fix it.
+	ErrConfig = errors.New("jwtauth: invalid configuration")
+
+	// ErrRedirect is wrapped by the error Fetch returns when the issuer
+	// redirects the authenticate request to another host (scheme, host or port):
+	// the request body holds the credentials, and a redirect must not carry
+	// them elsewhere. It is permanent: fix the base URL.
+	ErrRedirect = errors.New("jwtauth: refusing to follow a redirect to another host with the credentials")
+)
+
 // errNotObject is internal: a JSON value that should be an object is not.
 var errNotObject = errors.New("not a JSON object")
 
-// tokenError is the type of the sentinels above. Its Is method makes each
+// tokenError is the type of the token sentinels (ErrMalformedToken to
+// ErrResponseTooLarge). Its Is method makes each
 // of them match tokencache.ErrInvalidToken too.
 type tokenError struct{ msg string }
 

@@ -27,17 +27,6 @@ const maxBodySize = 64 << 10
 // misconfigured proxy than advice the fleet should follow blindly.
 const maxRetryAfter = 24 * time.Hour
 
-// ErrConfig is wrapped by the error Fetch returns when the Fetcher itself is
-// misconfigured (no base URL, or one that is not http or https). It is
-// permanent: no retry will fix it.
-var ErrConfig = errors.New("jwtauth: invalid configuration")
-
-// ErrRedirect is wrapped by the error Fetch returns when the issuer
-// redirects the authenticate request to another host (scheme, host or port):
-// the request body holds the credentials, and a redirect must not carry
-// them elsewhere. It is permanent: fix the base URL.
-var ErrRedirect = errors.New("jwtauth: refusing to follow a redirect to another host with the credentials")
-
 // Fetcher obtains a JWT from an authenticate-and-rotate issuer: it POSTs
 // {"apiKey":…,"clientSecret":…} to {base}/authenticate and takes the token's
 // expiry from its exp claim. It implements tokencache.Fetcher and
