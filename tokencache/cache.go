@@ -37,6 +37,7 @@ type Cache struct {
 	channel string
 	server  *entry
 	users   *lru.Cache[string, *entry] // client tokens by user id; nil unless enabled
+	budget  *budget                    // fleet-wide issuer budget; nil if disabled
 
 	sf  singleflight.Group
 	sub subscriber
@@ -89,6 +90,8 @@ func New(rdb redis.UniversalClient, f Fetcher, opts ...Option) (*Cache, error) {
 	c.epoch = c.cfg.now()
 	c.injectedClock = cfg.injected
 	c.server = c.newEntry(serverKeys(cfg.prefix, cfg.namespace), f)
+	c.budget = newBudget(budgetKey(cfg.prefix, cfg.namespace), cfg.budgetLimit, cfg.budgetWindow)
+	c.stats.budgetLeft.Store(-1)
 	if cfg.clientFetcher != nil {
 		c.users = newUserLRU(cfg.maxUsers)
 	}
@@ -253,6 +256,7 @@ type Stats struct {
 	FencedWrites  uint64 // writes rejected because a newer lease or token existed
 	BadValues     uint64 // unusable values found in Redis
 	FailOpen      uint64 // direct issuer fetches while Redis was unreachable
+	BudgetLeft    int64  // issuer calls left in the fleet's budget window, as last seen (-1: unknown or no budget)
 	Resubscribes  uint64 // subscriptions replaced after a failed probe
 }
 
@@ -260,6 +264,7 @@ type counters struct {
 	issuerCalls, issuerErrors, refreshes, redisReads, redisErrors atomic.Uint64
 	lockContended, waits, events, fenced, badValues, failOpen     atomic.Uint64
 	resubscribes                                                  atomic.Uint64
+	budgetLeft                                                    atomic.Int64
 }
 
 // Stats returns a snapshot of the cache's counters.
@@ -270,7 +275,7 @@ func (c *Cache) Stats() Stats {
 		Refreshes: s.refreshes.Load(), RedisReads: s.redisReads.Load(), RedisErrors: s.redisErrors.Load(),
 		LockContended: s.lockContended.Load(), Waits: s.waits.Load(), Events: s.events.Load(),
 		FencedWrites: s.fenced.Load(), BadValues: s.badValues.Load(), FailOpen: s.failOpen.Load(),
-		Resubscribes: s.resubscribes.Load(),
+		Resubscribes: s.resubscribes.Load(), BudgetLeft: s.budgetLeft.Load(),
 	}
 }
 
@@ -815,8 +820,11 @@ func (e *entry) skewFor(life time.Duration) time.Duration {
 // exponential backoff and full jitter (or the issuer's Retry-After).
 func (e *entry) fetch(ctx context.Context) (Token, error) {
 	for attempt := 1; ; attempt++ {
-		e.c.stats.issuerCalls.Add(1)
-		tok, err := e.callFetcher(ctx)
+		tok, err := Token{}, e.c.takeBudget(ctx)
+		if err == nil {
+			e.c.stats.issuerCalls.Add(1)
+			tok, err = e.callFetcher(ctx)
+		}
 		if err == nil {
 			if err = e.check(tok); err == nil {
 				return tok, nil

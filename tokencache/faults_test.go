@@ -2,6 +2,7 @@ package tokencache
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
@@ -209,4 +210,63 @@ func TestEvictedKeysCostOneRefresh(t *testing.T) {
 	if got := f.calls.Load(); got != 2 {
 		t.Errorf("issuer calls = %d, want 2 (one refresh after the eviction)", got)
 	}
+}
+
+// However many replicas loop through refreshes, issuer calls stay under
+// the fleet-wide budget, and the still-valid token keeps being served.
+func TestIssuerBudgetIsFleetWide(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, rdb redis.UniversalClient, _ *miniredis.Miniredis) {
+		f := newFakeFetcher(time.Hour)
+		opts := fastOpts(WithIssuerBudget(3, time.Minute), WithRetry(1, time.Millisecond, time.Millisecond))
+		a := newCache(t, rdb, f, opts...)
+		b := newCache(t, rdb, f, opts...)
+		ctx := ctxT(t)
+		var last Token
+		var exhausted int
+		for i := range 6 {
+			c := []*Cache{a, b}[i%2]
+			res, err := c.Refresh(ctx, 0, true)
+			switch {
+			case err == nil:
+				last = res.Token
+			case errors.Is(err, ErrBudgetExhausted) && isFetchError(err, "issuer-budget-exhausted", false):
+				exhausted++
+			default:
+				t.Fatalf("refresh %d: %v", i, err)
+			}
+		}
+		if got := f.calls.Load(); got != 3 {
+			t.Errorf("issuer calls = %d, want 3 (the budget)", got)
+		}
+		if exhausted != 3 {
+			t.Errorf("refreshes refused = %d, want 3", exhausted)
+		}
+		if left := a.Stats().BudgetLeft + b.Stats().BudgetLeft; left != 0 {
+			t.Errorf("budget left = %d, want 0", left)
+		}
+		if tok, err := a.Token(ctx); err != nil || tok.AccessToken != last.AccessToken {
+			t.Errorf("with the budget spent: %v, %v; want the valid token", tok, err)
+		}
+	})
+}
+
+func TestIssuerBudgetWithoutRedis(t *testing.T) {
+	rdb, mr := miniBackend(t)
+	f := newFakeFetcher(time.Hour)
+	c := newCache(t, rdb, f, fastOpts(WithIssuerBudget(2, time.Hour), WithRetry(1, time.Millisecond, time.Millisecond))...)
+	mr.Close()
+	ctx := ctxT(t)
+	tok, err := c.Token(ctx)
+	if err != nil {
+		t.Fatalf("fail-open fetch: %v", err)
+	}
+	c.server.l1.Store(nil) // as if the token had been rejected
+	c.server.pending.Store(nil)
+	if _, err := c.Token(ctx); !errors.Is(err, ErrBudgetExhausted) {
+		t.Errorf("second fail-open fetch in the window: got %v, want ErrBudgetExhausted", err)
+	}
+	if got := f.calls.Load(); got != 1 {
+		t.Errorf("issuer calls = %d, want 1", got)
+	}
+	_ = tok
 }

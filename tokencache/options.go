@@ -99,6 +99,8 @@ type config struct {
 	clientFetcher  func(userID string) (Fetcher, error)
 	rotation       func(*http.Response) (Token, bool, error)
 	maxUsers       int
+	budgetLimit    int
+	budgetWindow   time.Duration
 }
 
 func defaultConfig() config {
@@ -123,6 +125,8 @@ func defaultConfig() config {
 		pubsubHealth:   3 * time.Second,
 		probeInterval:  DefaultProbeInterval,
 		probeTimeout:   DefaultProbeTimeout,
+		budgetLimit:    DefaultBudgetLimit,
+		budgetWindow:   DefaultBudgetWindow,
 	}
 }
 

@@ -357,3 +357,5 @@ func clientKeys(prefix, ns, user string) keys {
 }
 
 func eventsChannel(prefix, ns string) string { return prefix + ":{" + ns + "}:events" }
+
+func budgetKey(prefix, ns string) string { return prefix + ":{" + ns + "}:budget" }

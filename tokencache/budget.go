@@ -1,0 +1,112 @@
+package tokencache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/time/rate"
+)
+
+// Default issuer budget: at most 300 token requests per 5 minutes for the
+// whole fleet sharing a namespace, a fifth of Basiq's 1,500 per 5 minutes,
+// so that a fleet looping through faults can never exhaust the API key's
+// rate limit for everything else that uses it.
+const (
+	DefaultBudgetLimit  = 300
+	DefaultBudgetWindow = 5 * time.Minute
+)
+
+// ErrBudgetExhausted is wrapped by the error returned when the fleet-wide
+// issuer budget (WithIssuerBudget) allows no more calls in this window.
+var ErrBudgetExhausted = errors.New("tokencache: issuer budget exhausted")
+
+// WithIssuerBudget caps the issuer calls of every replica sharing the
+// namespace at limit per window, counted in Redis (the key
+// "<prefix>:{<namespace>}:budget"); while Redis is unreachable each
+// process keeps to the same rate on its own. limit 0 disables the budget.
+// Default DefaultBudgetLimit per DefaultBudgetWindow.
+func WithIssuerBudget(limit int, window time.Duration) Option {
+	return func(c *config) error {
+		if limit < 0 || (limit > 0 && window <= 0) {
+			return fmt.Errorf("tokencache: invalid issuer budget %d per %v", limit, window)
+		}
+		c.budgetLimit, c.budgetWindow = limit, window
+		return nil
+	}
+}
+
+// budgetScript counts one issuer call in a fixed window.
+//
+//	KEYS[1] budget key
+//	ARGV[1] limit, ARGV[2] window ms
+//	returns {allowed 1|0, ms until the window resets, calls counted}
+var budgetScript = redis.NewScript(`
+local n = redis.call('INCR', KEYS[1])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  ttl = tonumber(ARGV[2])
+end
+if n > tonumber(ARGV[1]) then return {0, ttl, n} end
+return {1, ttl, n}
+`)
+
+// budget is the cache's issuer budget.
+type budget struct {
+	key    string
+	limit  int
+	window time.Duration
+	local  *rate.Limiter // while Redis is unreachable
+}
+
+func newBudget(key string, limit int, window time.Duration) *budget {
+	if limit == 0 {
+		return nil
+	}
+	return &budget{key: key, limit: limit, window: window,
+		local: rate.NewLimiter(rate.Every(window/time.Duration(limit)), max(1, limit/10))}
+}
+
+// budgetError says the budget is spent until the window resets. It is
+// retryable after RetryAfter.
+type budgetError struct {
+	reset time.Duration
+	local bool
+}
+
+func (e *budgetError) Error() string {
+	where := "fleet-wide"
+	if e.local {
+		where = "in this process (redis unreachable)"
+	}
+	return fmt.Sprintf("%v %s; next call allowed in %v", ErrBudgetExhausted, where, e.reset.Round(time.Millisecond))
+}
+func (e *budgetError) Unwrap() error             { return ErrBudgetExhausted }
+func (e *budgetError) Retryable() bool           { return true }
+func (e *budgetError) RetryAfter() time.Duration { return e.reset }
+func (e *budgetError) ErrorCode() string         { return "issuer-budget-exhausted" }
+
+// take spends one call from the budget, or says when the next is allowed.
+func (c *Cache) takeBudget(ctx context.Context) error {
+	b := c.budget
+	if b == nil {
+		return nil
+	}
+	res, err := budgetScript.Run(ctx, c.rdb, []string{b.key}, b.limit, b.window.Milliseconds()).Int64Slice()
+	if err != nil || len(res) != 3 {
+		r := b.local.Reserve()
+		if d := r.Delay(); d > 0 {
+			r.Cancel()
+			return &budgetError{reset: d, local: true}
+		}
+		return nil
+	}
+	c.stats.budgetLeft.Store(max(0, int64(b.limit)-res[2]))
+	if res[0] == 0 {
+		return &budgetError{reset: time.Duration(res[1]) * time.Millisecond}
+	}
+	return nil
+}
