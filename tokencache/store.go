@@ -123,8 +123,10 @@ return {v, pttl}
 
 // writeScript stores a token only if its fencing generation is current.
 //
-//	KEYS[1] token key, KEYS[2] fence key, KEYS[3] events channel (same slot)
-//	ARGV[1] value JSON, ARGV[2] generation, ARGV[3] TTL ms, ARGV[4] event JSON
+//	KEYS[1] token key, KEYS[2] fence key
+//	ARGV[1] value JSON, ARGV[2] generation, ARGV[3] TTL ms, ARGV[4] event JSON,
+//	ARGV[5] events channel (a channel, not a key: a user's keys live in
+//	another cluster slot than the namespace's channel)
 //	returns 1 written, -1 a newer lease exists (fence > generation),
 //	        -2 the stored token has the same or a newer generation
 var writeScript = redis.NewScript(`
@@ -140,7 +142,7 @@ if type(cur) == 'string' then
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
 if not fence or fence < gen then redis.call('SET', KEYS[2], ARGV[2]) end
-redis.call('PUBLISH', KEYS[3], ARGV[4])
+redis.call('PUBLISH', ARGV[5], ARGV[4])
 return 1
 `)
 
@@ -163,10 +165,10 @@ return tonumber(ARGV[2])
 // stored one (newest expiry wins) and it was minted for the same
 // credential.
 //
-//	KEYS[1] token key, KEYS[2] events channel
+//	KEYS[1] token key
 //	ARGV[1] value JSON (generation filled in by the script: stored + 1),
 //	ARGV[2] expires_at (expiryLayout), ARGV[3] TTL ms, ARGV[4] credential fingerprint,
-//	ARGV[5] event JSON template
+//	ARGV[5] event JSON template, ARGV[6] events channel
 //	returns the new generation, or 0 if the stored token expires as late or later
 var offerScript = redis.NewScript(`
 local gen = 1
@@ -185,15 +187,16 @@ val.generation = gen
 local ev = cjson.decode(ARGV[5])
 ev.generation = gen
 redis.call('SET', KEYS[1], cjson.encode(val), 'PX', ARGV[3])
-redis.call('PUBLISH', KEYS[2], cjson.encode(ev))
+redis.call('PUBLISH', ARGV[6], cjson.encode(ev))
 return gen
 `)
 
 // invalidateScript deletes the token only if it is still the one the
 // caller means (compare-and-delete) and publishes "invalidated".
 //
-//	KEYS[1] token key, KEYS[2] events channel
-//	ARGV[1] token fingerprint or "" (any), ARGV[2] generation or "" (any)
+//	KEYS[1] token key
+//	ARGV[1] token fingerprint or "" (any), ARGV[2] generation or "" (any),
+//	ARGV[3] events channel
 //	returns {1, generation} deleted, {0, 0} not (missing or another token)
 var invalidateScript = redis.NewScript(`
 local cur = redis.pcall('GET', KEYS[1])
@@ -211,7 +214,7 @@ if ARGV[2] ~= '' and tostring(rec.generation) ~= ARGV[2] then return {0, 0} end
 local gen = 0
 if type(rec.generation) == 'number' then gen = rec.generation end
 redis.call('DEL', KEYS[1])
-redis.call('PUBLISH', KEYS[2], cjson.encode({type = 'invalidated', key = KEYS[1], generation = gen}))
+redis.call('PUBLISH', ARGV[3], cjson.encode({type = 'invalidated', key = KEYS[1], generation = gen}))
 return {1, gen}
 `)
 
@@ -281,8 +284,8 @@ func (s *store) write(ctx context.Context, k keys, rec record, ttl time.Duration
 	if err != nil {
 		return 0, err
 	}
-	n, err := writeScript.Run(ctx, s.rdb, []string{k.token, k.fence, k.channel},
-		val, rec.Generation, ttl.Milliseconds(), evb).Int64()
+	n, err := writeScript.Run(ctx, s.rdb, []string{k.token, k.fence},
+		val, rec.Generation, ttl.Milliseconds(), evb, k.channel).Int64()
 	if err != nil {
 		return 0, &RedisError{Op: "write", Key: k.token, Err: err}
 	}
@@ -306,8 +309,8 @@ func (s *store) offer(ctx context.Context, k keys, rec record, ttl time.Duration
 	if err != nil {
 		return 0, err
 	}
-	n, err := offerScript.Run(ctx, s.rdb, []string{k.token, k.channel},
-		val, rec.ExpiresAt, ttl.Milliseconds(), rec.Fingerprint, evb).Int64()
+	n, err := offerScript.Run(ctx, s.rdb, []string{k.token},
+		val, rec.ExpiresAt, ttl.Milliseconds(), rec.Fingerprint, evb, k.channel).Int64()
 	if err != nil {
 		return 0, &RedisError{Op: "offer", Key: k.token, Err: err}
 	}
@@ -319,7 +322,7 @@ func (s *store) invalidate(ctx context.Context, k keys, tokenFP string, gen int6
 	if gen > 0 {
 		g = strconv.FormatInt(gen, 10)
 	}
-	res, err := invalidateScript.Run(ctx, s.rdb, []string{k.token, k.channel}, tokenFP, g).Int64Slice()
+	res, err := invalidateScript.Run(ctx, s.rdb, []string{k.token}, tokenFP, g, k.channel).Int64Slice()
 	if err != nil {
 		return false, 0, &RedisError{Op: "invalidate", Key: k.token, Err: err}
 	}
@@ -340,8 +343,9 @@ func (s *store) publish(ctx context.Context, channel string, ev Event) error {
 	return nil
 }
 
-// keys are the Redis names of one cached token. They share a hash tag, so
-// they live in one cluster slot and one script may touch them all.
+// keys are the Redis names of one cached token. The keys share a hash tag,
+// so they live in one cluster slot and one script may touch them all; the
+// channel is the namespace's, shared by its users' tokens.
 type keys struct {
 	token, lock, fence, channel string
 }
