@@ -1,0 +1,178 @@
+package jwtauth
+
+import (
+	"bytes"
+	"encoding/json"
+	"strings"
+	"unicode/utf8"
+)
+
+// maxMessageLen bounds the issuer message kept in an *Error.
+const maxMessageLen = 200
+
+// errorDetails pulls a code and a message out of an error body. It knows the
+// common JSON shapes — {"code","message"}, RFC 6749's {"error",
+// "error_description"}, {"error":{…}}, and lists under "errors" or "data"
+// (Basiq's {"data":[{"code","title","detail"}]}) — and otherwise takes the
+// first line of a text body. HTML pages yield nothing.
+func errorDetails(body []byte) (code, msg string) {
+	b := bytes.TrimSpace(body)
+	if len(b) == 0 {
+		return "", ""
+	}
+	if b[0] == '{' {
+		var m map[string]json.RawMessage
+		if err := decodeObject(b, &m); err != nil {
+			return "", ""
+		}
+		return detailsFromObject(m, 0)
+	}
+	if b[0] == '<' || b[0] == '[' {
+		return "", ""
+	}
+	line, _, _ := bytes.Cut(b, []byte("\n"))
+	return "", string(line)
+}
+
+func detailsFromObject(m map[string]json.RawMessage, depth int) (code, msg string) {
+	for _, k := range []string{"code", "error_code", "errorCode", "error"} {
+		if c := codeValue(m[k]); c != "" {
+			code = c
+			break
+		}
+	}
+	for _, k := range []string{"message", "error_description", "detail", "title", "errorMessage", "msg"} {
+		if s := stringValue(m[k]); s != "" {
+			msg = s
+			break
+		}
+	}
+	if (code != "" && msg != "") || depth > 2 {
+		return code, msg
+	}
+	// Nested shapes: {"error":{…}}, {"errors":[{…}]}, {"data":[{…}]}.
+	for _, k := range []string{"error", "errors", "data"} {
+		v := bytes.TrimSpace(m[k])
+		if len(v) == 0 {
+			continue
+		}
+		var inner map[string]json.RawMessage
+		switch v[0] {
+		case '{':
+			_ = json.Unmarshal(v, &inner)
+		case '[':
+			var list []json.RawMessage
+			if json.Unmarshal(v, &list) == nil && len(list) > 0 {
+				_ = json.Unmarshal(list[0], &inner)
+			}
+		}
+		if inner == nil {
+			continue
+		}
+		c, s := detailsFromObject(inner, depth+1)
+		if code == "" {
+			code = c
+		}
+		if msg == "" {
+			msg = s
+		}
+		break
+	}
+	return code, msg
+}
+
+// codeValue accepts a short identifier-like string or an integer as a code.
+func codeValue(raw json.RawMessage) string {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 {
+		return ""
+	}
+	var s string
+	if raw[0] == '"' {
+		if json.Unmarshal(raw, &s) != nil {
+			return ""
+		}
+	} else if raw[0] >= '0' && raw[0] <= '9' {
+		s = string(raw)
+	}
+	if s == "" || len(s) > 64 {
+		return ""
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return ""
+		}
+	}
+	return s
+}
+
+func stringValue(raw json.RawMessage) string {
+	var s string
+	if len(raw) == 0 || raw[0] != '"' || json.Unmarshal(raw, &s) != nil {
+		return ""
+	}
+	return s
+}
+
+// scrub makes an issuer message safe to put in an error: it removes every
+// occurrence of the given secrets, replaces anything that looks like a token
+// (a run of base64/base64url characters 24 long with a digit, or 40 long:
+// JWTs, API keys and opaque tokens, but not ordinary words) with
+// "[redacted]", drops control characters,
+// and shortens the result.
+func scrub(msg string, secrets ...string) string {
+	for _, s := range secrets {
+		if s != "" {
+			msg = strings.ReplaceAll(msg, s, "[redacted]")
+		}
+	}
+	var b strings.Builder
+	run, digits := 0, false // the current run of token characters in msg
+	start := 0
+	flush := func(end int) {
+		if run >= 40 || run >= 24 && digits {
+			b.WriteString("[redacted]")
+		} else {
+			b.WriteString(msg[start:end])
+		}
+	}
+	for i := 0; i < len(msg); {
+		c := msg[i]
+		if isTokenByte(c) || c == '+' || c == '/' {
+			if run == 0 {
+				start, digits = i, false
+			}
+			digits = digits || '0' <= c && c <= '9'
+			run++
+			i++
+			continue
+		}
+		if run > 0 {
+			flush(i)
+			run = 0
+		}
+		r, size := utf8.DecodeRuneInString(msg[i:])
+		switch {
+		case r == utf8.RuneError && size <= 1:
+			b.WriteByte('?')
+		case r < 0x20 || r == 0x7f:
+			b.WriteByte(' ')
+		default:
+			b.WriteString(msg[i : i+size])
+		}
+		i += size
+	}
+	if run > 0 {
+		flush(len(msg))
+	}
+	out := strings.TrimSpace(b.String())
+	if len(out) > maxMessageLen {
+		cut := maxMessageLen
+		for cut > 0 && !utf8.RuneStart(out[cut]) {
+			cut--
+		}
+		out = out[:cut] + "..."
+	}
+	return out
+}

@@ -1,0 +1,8 @@
+package jwtauth
+
+// ParseAuthenticateResponse exposes parseAuthenticateResponse to the
+// external tests and fuzz targets.
+var ParseAuthenticateResponse = parseAuthenticateResponse
+
+// Scrub exposes scrub to the external tests.
+var Scrub = scrub

@@ -1,0 +1,349 @@
+package jwtauth
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/tokencache/tokencache/tokencache"
+)
+
+// DefaultPath is the authenticate endpoint's path under the base URL.
+const DefaultPath = "/authenticate"
+
+// maxBodySize bounds how much of an issuer answer is read: a token answer is
+// a few KiB at most, and an error page larger than this says nothing more.
+const maxBodySize = 64 << 10
+
+// maxRetryAfter caps the issuer's Retry-After: a longer wait is more likely a
+// misconfigured proxy than advice the fleet should follow blindly.
+const maxRetryAfter = 24 * time.Hour
+
+// ErrConfig is wrapped by the error Fetch returns when the Fetcher itself is
+// misconfigured (no base URL, or one that is not http or https). It is
+// permanent: no retry will fix it.
+var ErrConfig = errors.New("jwtauth: invalid configuration")
+
+// Fetcher obtains a JWT from an authenticate-and-rotate issuer: it POSTs
+// {"apiKey":…,"clientSecret":…} to {base}/authenticate and takes the token's
+// expiry from its exp claim. It implements tokencache.Fetcher and
+// tokencache.Identifier, and is safe for concurrent use.
+type Fetcher struct {
+	apiKey       string
+	clientSecret string
+	baseURL      string
+	path         string
+	client       *http.Client
+	now          func() time.Time
+	verify       bool
+}
+
+var (
+	_ tokencache.Fetcher    = (*Fetcher)(nil)
+	_ tokencache.Identifier = (*Fetcher)(nil)
+)
+
+// Option configures a Fetcher.
+type Option func(*Fetcher)
+
+// WithBaseURL sets the issuer's base URL, such as "https://api.example.com"
+// or "https://example.com/api/v1"; the path (default "/authenticate") is
+// appended to it. There is no default: Fetch fails with ErrConfig until a
+// base URL is set.
+func WithBaseURL(u string) Option { return func(f *Fetcher) { f.baseURL = u } }
+
+// WithPath replaces the authenticate path appended to the base URL.
+// Default: DefaultPath, "/authenticate".
+func WithPath(p string) Option { return func(f *Fetcher) { f.path = p } }
+
+// WithHTTPClient sets the HTTP client used to call the issuer. Default:
+// http.DefaultClient. Its Timeout, if any, bounds each call in addition to
+// the context passed to Fetch.
+func WithHTTPClient(c *http.Client) Option {
+	return func(f *Fetcher) {
+		if c != nil {
+			f.client = c
+		}
+	}
+}
+
+// WithClock sets the clock used to reject tokens that are already expired
+// and to read an HTTP-date Retry-After. Default: time.Now.
+func WithClock(now func() time.Time) Option {
+	return func(f *Fetcher) {
+		if now != nil {
+			f.now = now
+		}
+	}
+}
+
+// WithHMACVerification makes Fetch verify each token's HS256 signature with
+// the client secret as the HMAC key, as the issuer's guide does with
+// jwt.verify(token, clientSecret). A token whose alg is not HS256 ("none"
+// included) is refused with ErrAlgorithm, one whose signature does not match
+// with ErrSignature. Default: off, because the token came straight from the
+// issuer over the connection the caller configured, and not every issuer
+// signs with the client secret.
+func WithHMACVerification() Option { return func(f *Fetcher) { f.verify = true } }
+
+// New returns a Fetcher for the given credentials. Set the issuer with
+// WithBaseURL.
+func New(apiKey, clientSecret string, opts ...Option) *Fetcher {
+	f := &Fetcher{
+		apiKey:       apiKey,
+		clientSecret: clientSecret,
+		path:         DefaultPath,
+		client:       http.DefaultClient,
+		now:          time.Now,
+	}
+	for _, o := range opts {
+		o(f)
+	}
+	return f
+}
+
+// Identity names the endpoint and the credential the tokens are minted for.
+// It contains the API key and the client secret: the cache only ever stores
+// or sends a salted hash of it.
+func (f *Fetcher) Identity() string {
+	var b strings.Builder
+	b.WriteString("jwtauth")
+	for _, s := range []string{f.endpointString(), f.apiKey, f.clientSecret} {
+		// Length-prefixed, so no two different triples share an identity.
+		b.WriteByte('|')
+		b.WriteString(strconv.Itoa(len(s)))
+		b.WriteByte(':')
+		b.WriteString(s)
+	}
+	return b.String()
+}
+
+// Fetch authenticates and returns the JWT as a Bearer token expiring at its
+// exp claim. Every error is an *Error; see its Retryable method for which
+// failures are worth retrying.
+func (f *Fetcher) Fetch(ctx context.Context) (tokencache.Token, error) {
+	endpoint, err := f.endpoint()
+	if err != nil {
+		return tokencache.Token{}, &Error{Code: "invalid-config", Err: err}
+	}
+	body, err := json.Marshal(struct {
+		APIKey       string `json:"apiKey"`
+		ClientSecret string `json:"clientSecret"`
+	}{f.apiKey, f.clientSecret})
+	if err != nil { // cannot happen for two strings; never echo them
+		return tokencache.Token{}, &Error{Code: "invalid-config", Err: ErrConfig}
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, endpoint.String(), bytes.NewReader(body))
+	if err != nil {
+		return tokencache.Token{}, &Error{Code: "invalid-config", Err: ErrConfig, Message: "cannot build request"}
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "application/json, text/plain;q=0.9, */*;q=0.5")
+
+	resp, err := f.client.Do(req)
+	if err != nil {
+		return tokencache.Token{}, transportError(ctx, endpoint, err)
+	}
+	defer resp.Body.Close()
+	data, tooLarge, readErr := readLimited(resp.Body, maxBodySize)
+
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		return tokencache.Token{}, f.statusError(resp, data)
+	}
+	fail := func(code string, err error) (tokencache.Token, error) {
+		return tokencache.Token{}, &Error{StatusCode: resp.StatusCode, Code: code, Err: err}
+	}
+	switch {
+	case readErr != nil:
+		return tokencache.Token{}, transportError(ctx, endpoint, readErr)
+	case tooLarge:
+		return fail("invalid-response", ErrResponseTooLarge)
+	}
+	raw, err := parseAuthenticateResponse(data)
+	if err != nil {
+		return fail("invalid-response", err)
+	}
+	p, err := parseJWT(raw)
+	if err != nil {
+		return fail("invalid-token", err)
+	}
+	if f.verify {
+		if err := verifyHS256(p, []byte(f.clientSecret)); err != nil {
+			return fail("invalid-signature", err)
+		}
+	}
+	if now := f.now(); !p.exp.After(now) {
+		return fail("expired-token", &detailError{ErrExpired,
+			"exp " + p.exp.Format(time.RFC3339) + " is not after now " + now.UTC().Format(time.RFC3339)})
+	}
+	return tokencache.Token{AccessToken: raw, TokenType: "Bearer", Expiry: p.exp}, nil
+}
+
+// endpointString is the endpoint as configured, for Identity.
+func (f *Fetcher) endpointString() string {
+	return strings.TrimRight(f.baseURL, "/") + "/" + strings.TrimLeft(f.path, "/")
+}
+
+// endpoint validates and returns the authenticate URL.
+func (f *Fetcher) endpoint() (*url.URL, error) {
+	if f.baseURL == "" {
+		return nil, &detailError{ErrConfig, "no base URL (use WithBaseURL)"}
+	}
+	u, err := url.Parse(f.endpointString())
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, &detailError{ErrConfig, "base URL is not an absolute http or https URL"}
+	}
+	return u, nil
+}
+
+// transportError describes a failure to get an answer. The URL is named
+// without credentials or query; the cause stays in the chain so callers can
+// test for context.DeadlineExceeded or *net.OpError.
+func transportError(ctx context.Context, endpoint *url.URL, err error) *Error {
+	var uerr *url.Error
+	if errors.As(err, &uerr) {
+		err = uerr.Err
+	}
+	code := "network"
+	var nerr net.Error
+	switch {
+	case errors.Is(err, context.Canceled) || errors.Is(ctx.Err(), context.Canceled):
+		code = "canceled"
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &nerr) && nerr.Timeout():
+		code = "timeout"
+	}
+	return &Error{Code: code, Message: "POST " + safeURL(endpoint), Err: err}
+}
+
+// safeURL prints u without user info, query or fragment.
+func safeURL(u *url.URL) string {
+	c := *u
+	c.User, c.RawQuery, c.ForceQuery, c.Fragment, c.RawFragment = nil, "", false, "", ""
+	return c.String()
+}
+
+// statusError turns a non-2xx answer into an *Error.
+func (f *Fetcher) statusError(resp *http.Response, body []byte) *Error {
+	code, msg := errorDetails(body)
+	if code != "" && scrub(code, f.apiKey, f.clientSecret) != code {
+		code = "" // the issuer echoed a credential or a token as its "code"
+	}
+	if code == "" {
+		code = "http-" + strconv.Itoa(resp.StatusCode)
+	}
+	return &Error{
+		StatusCode: resp.StatusCode,
+		Code:       code,
+		Message:    scrub(msg, f.apiKey, f.clientSecret),
+		retryAfter: parseRetryAfter(resp.Header.Get("Retry-After"), f.now()),
+	}
+}
+
+// readLimited reads at most limit bytes of r and reports whether there was
+// more.
+func readLimited(r io.Reader, limit int64) (data []byte, tooLarge bool, err error) {
+	data, err = io.ReadAll(io.LimitReader(r, limit+1))
+	if int64(len(data)) > limit {
+		return data[:limit], true, err
+	}
+	return data, false, err
+}
+
+// parseRetryAfter reads a Retry-After value: delay-seconds or an HTTP date
+// (RFC 9110 §10.2.3). Anything else, or a date in the past, is 0.
+func parseRetryAfter(v string, now time.Time) time.Duration {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0
+	}
+	var d time.Duration
+	if n, err := strconv.ParseInt(v, 10, 64); err == nil {
+		if n <= 0 {
+			return 0
+		}
+		if n > int64(maxRetryAfter/time.Second) {
+			return maxRetryAfter
+		}
+		d = time.Duration(n) * time.Second
+	} else if t, err := http.ParseTime(v); err == nil {
+		d = t.Sub(now)
+	}
+	return min(max(d, 0), maxRetryAfter)
+}
+
+// parseAuthenticateResponse extracts the token from a successful
+// authenticate answer: the JWT as plain text (surrounding whitespace, quotes
+// and a "Bearer " prefix tolerated), as a JSON string, or as a JSON object
+// holding it under "token", "access_token" or "jwt" (tried in that order).
+// It does not validate the JWT itself; parseJWT does.
+func parseAuthenticateResponse(body []byte) (string, error) {
+	b := bytes.TrimSpace(bytes.TrimPrefix(bytes.TrimSpace(body), []byte("\xef\xbb\xbf")))
+	if len(b) == 0 {
+		return "", &detailError{ErrResponse, "empty body"}
+	}
+	switch b[0] {
+	case '{':
+		var m map[string]json.RawMessage
+		if err := decodeObject(b, &m); err != nil {
+			return "", &detailError{ErrResponse, "body starts like JSON but is not a JSON object"}
+		}
+		for _, k := range []string{"token", "access_token", "jwt"} {
+			v, ok := m[k]
+			if !ok {
+				continue
+			}
+			var s string
+			if err := json.Unmarshal(v, &s); err != nil {
+				continue // a null or an object: try the next field
+			}
+			if s, err := cleanToken(s); err == nil {
+				return s, nil
+			}
+		}
+		return "", &detailError{ErrResponse, "JSON object has no non-empty token, access_token or jwt string field"}
+	case '[':
+		return "", &detailError{ErrResponse, "body is a JSON array"}
+	case '"':
+		var s string
+		if err := json.Unmarshal(b, &s); err == nil {
+			return cleanToken(s)
+		}
+		// Not a valid JSON string (a stray quote): treat it as text.
+	}
+	return cleanToken(string(b))
+}
+
+// cleanToken strips whitespace, one pair of surrounding quotes and a Bearer
+// prefix, then checks that what is left could be a token.
+func cleanToken(s string) (string, error) {
+	s = strings.TrimSpace(s)
+	for _, q := range []string{`"`, `'`} {
+		if len(s) >= 2 && strings.HasPrefix(s, q) && strings.HasSuffix(s, q) {
+			s = strings.TrimSpace(s[1 : len(s)-1])
+			break
+		}
+	}
+	if len(s) > 7 && strings.EqualFold(s[:7], "bearer ") {
+		s = strings.TrimSpace(s[7:])
+	}
+	if s == "" {
+		return "", &detailError{ErrResponse, "empty token"}
+	}
+	if len(s) > maxTokenLen {
+		return "", &detailError{ErrResponse, "token longer than " + strconv.Itoa(maxTokenLen) + " bytes"}
+	}
+	for i := 0; i < len(s); i++ {
+		if !isTokenByte(s[i]) {
+			return "", &detailError{ErrResponse, "body is neither JSON nor a bare token"}
+		}
+	}
+	return s, nil
+}
