@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"strings"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/tokencache/tokencache/tokencache"
 )
 
@@ -49,6 +51,7 @@ type openOpts struct {
 // open connects to Redis, builds the provider's fetcher and the cache.
 func (a *app) open(ctx context.Context, o openOpts, opts ...tokencache.Option) (*session, error) {
 	a.log = a.g.logger(a)
+	redis.SetLogger(redisLogger{a.log})
 	var f tokencache.Fetcher = noFetcher{}
 	if !o.noFetch {
 		var err error

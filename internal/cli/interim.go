@@ -1,8 +1,7 @@
 package cli
 
-// Interim fetchers, until the issuers (tokencache/basiq) and jwt
-// (tokencache/jwtauth) branches are merged; each is replaced by the real
-// package's constructor then.
+// An interim Basiq fetcher, until the issuers branch (tokencache/basiq) is
+// merged; it is replaced by basiq's constructor then.
 
 import (
 	"context"
@@ -134,8 +133,4 @@ func firstNonEmpty(s ...string) string {
 		}
 	}
 	return ""
-}
-
-func newJWTFetcher(_ *http.Client, _, _, _ string) (tokencache.Fetcher, error) {
-	return nil, usagef("--provider jwt is not in this build yet (tokencache/jwtauth)")
 }

@@ -10,6 +10,7 @@ import (
 	"golang.org/x/oauth2/clientcredentials"
 
 	"github.com/tokencache/tokencache/tokencache"
+	"github.com/tokencache/tokencache/tokencache/jwtauth"
 )
 
 // issuerTimeout bounds one issuer call.
@@ -36,7 +37,7 @@ func (a *app) fetcher() (tokencache.Fetcher, error) {
 		if err != nil {
 			return nil, err
 		}
-		return newJWTFetcher(hc, a.g.issuerURL, key, secret)
+		return jwtauth.New(key, secret, jwtauth.WithBaseURL(a.g.issuerURL), jwtauth.WithHTTPClient(hc)), nil
 	case "oauth2":
 		if a.g.tokenURL == "" {
 			return nil, usagef("--provider oauth2 needs --token-url")

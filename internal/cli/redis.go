@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/url"
 	"strconv"
@@ -232,4 +233,15 @@ func parseURLHost(raw string) (string, error) {
 		return "", redactURLErr(err)
 	}
 	return u.Host, nil
+}
+
+// redisLogger routes go-redis's internal messages (dial retries, pool
+// warnings) to the command's logger at debug level, instead of go-redis's
+// default of printing them on stderr. go-redis has one process-wide
+// logger; this package is the program, so setting it here is the
+// program's choice.
+type redisLogger struct{ log *slog.Logger }
+
+func (l redisLogger) Printf(ctx context.Context, format string, v ...any) {
+	l.log.DebugContext(ctx, "go-redis: "+fmt.Sprintf(format, v...))
 }
