@@ -111,3 +111,20 @@ func benchCache(b *testing.B, rdb redis.UniversalClient, opts ...Option) *Cache 
 	b.Cleanup(func() { _ = c.Close() })
 	return c
 }
+
+// BenchmarkRedisGET is the floor BenchmarkTokenRedis is measured against:
+// one plain GET round trip with go-redis on the same server.
+func BenchmarkRedisGET(b *testing.B) {
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		b.Skip("redis-server not installed")
+	}
+	rdb := redistest.Start(b).Client(b)
+	ctx := context.Background()
+	rdb.Set(ctx, "k", "v", 0)
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := rdb.Get(ctx, "k").Err(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

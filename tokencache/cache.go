@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/sync/singleflight"
 
@@ -35,6 +36,7 @@ type Cache struct {
 	locker  *lock.Locker
 	channel string
 	server  *entry
+	users   *lru.Cache[string, *entry] // client tokens by user id; nil unless enabled
 
 	sf  singleflight.Group
 	sub subscriber
@@ -87,6 +89,9 @@ func New(rdb redis.UniversalClient, f Fetcher, opts ...Option) (*Cache, error) {
 	c.epoch = c.cfg.now()
 	c.injectedClock = cfg.injected
 	c.server = c.newEntry(serverKeys(cfg.prefix, cfg.namespace), f)
+	if cfg.clientFetcher != nil {
+		c.users = newUserLRU(cfg.maxUsers)
+	}
 	c.wg.Add(1)
 	go c.runSubscriber(ctx)
 	return c, nil
@@ -281,7 +286,23 @@ func (c *Cache) lookup(key string) *entry {
 	if key == c.server.k.token {
 		return c.server
 	}
+	if c.users != nil {
+		if id, ok := c.userOfKey(key); ok {
+			if e, ok := c.users.Peek(id); ok {
+				return e
+			}
+		}
+	}
 	return nil
+}
+
+// entries lists the server entry and the users' in memory.
+func (c *Cache) entries() []*entry {
+	out := []*entry{c.server}
+	if c.users != nil {
+		out = append(out, c.users.Values()...)
+	}
+	return out
 }
 
 func (c *Cache) onEvent(ev Event) {
@@ -317,7 +338,7 @@ func (c *Cache) onEvent(ev Event) {
 // published while we were not subscribed is lost, so waiters re-check
 // Redis and the in-memory copy is re-read.
 func (c *Cache) onSubscribed() {
-	for _, e := range []*entry{c.server} {
+	for _, e := range c.entries() {
 		e.expireSoft()
 		e.sig.fire()
 	}
@@ -341,7 +362,16 @@ type entry struct {
 	fail    *FetchError
 	failSeq uint64
 
-	warnedFP atomic.Bool // logged a credential mismatch once
+	warnedFP atomic.Bool            // logged a credential mismatch once
+	rejected atomic.Pointer[string] // fingerprint of the last token invalidated here
+}
+
+// isRejected reports whether fp is the token this replica last
+// invalidated: it must not come back from a read that raced the
+// invalidation.
+func (e *entry) isRejected(fp string) bool {
+	r := e.rejected.Load()
+	return r != nil && *r == fp
 }
 
 func (c *Cache) newEntry(k keys, f Fetcher) *entry {
@@ -380,9 +410,9 @@ func (e *entry) slow(ctx context.Context) (Token, error) {
 	if err := e.negative(); err != nil {
 		return Token{}, err
 	}
-	ch := e.c.sf.DoChan(e.k.token, func() (any, error) {
-		// The shared work runs on the cache's context, not the first
-		// caller's: a caller that gives up does not fail the others.
+	// The shared work runs on the cache's context, not the first
+	// caller's: a caller that gives up does not fail the others.
+	shared := func() (any, error) {
 		if !e.c.begin() {
 			return Token{}, ErrClosed
 		}
@@ -390,15 +420,34 @@ func (e *entry) slow(ctx context.Context) (Token, error) {
 		rctx, cancel := context.WithTimeout(e.c.ctx, e.c.cfg.refreshTimeout)
 		defer cancel()
 		return e.obtain(rctx)
-	})
-	select {
-	case r := <-ch:
-		if r.Err != nil {
-			return Token{}, r.Err
+	}
+	for attempt := 0; ; attempt++ {
+		var tok Token
+		if ctx.Done() == nil {
+			// A caller that cannot give up runs the work itself (or
+			// joins it): no goroutine hand-off.
+			v, err, _ := e.c.sf.Do(e.k.token, shared)
+			if err != nil {
+				return Token{}, err
+			}
+			tok = v.(Token)
+		} else {
+			select {
+			case r := <-e.c.sf.DoChan(e.k.token, shared):
+				if r.Err != nil {
+					return Token{}, r.Err
+				}
+				tok = r.Val.(Token)
+			case <-ctx.Done():
+				return Token{}, ctx.Err()
+			}
 		}
-		return r.Val.(Token), nil
-	case <-ctx.Done():
-		return Token{}, ctx.Err()
+		if attempt < 2 && e.isRejected(tok.Fingerprint()) {
+			// We joined a flight that read the token before it was
+			// invalidated here: ask again.
+			continue
+		}
+		return tok, nil
 	}
 }
 
@@ -495,6 +544,9 @@ func (e *entry) read(ctx context.Context, at time.Time) (readResult, error) {
 		e.c.stats.badValues.Add(1)
 		e.c.log().Warn("tokencache: unusable value in redis, treating as a miss", "key", e.k.token, "err", r.bad)
 	}
+	if r.found && e.isRejected(r.rec.TokenFP) {
+		r.found = false
+	}
 	if r.found && r.rec.Fingerprint != e.credFP {
 		if e.warnedFP.CompareAndSwap(false, true) {
 			e.c.log().Warn("tokencache: cached token was minted for another credential; not serving it",
@@ -528,6 +580,9 @@ func (e *entry) snapshotFor(rec record, ttl time.Duration, at time.Time) *snapsh
 // install makes s the in-memory copy, unless a newer generation that is
 // still valid is already there.
 func (e *entry) install(s *snapshot) {
+	if e.isRejected(s.fp) {
+		return
+	}
 	e.clearFailure()
 	if !e.c.cfg.l1 {
 		return
@@ -938,6 +993,9 @@ func (e *entry) writeBack(ctx context.Context, tok *Token) bool {
 }
 
 func (e *entry) invalidate(ctx context.Context, fp string, gen int64) (bool, error) {
+	if fp != "" {
+		e.rejected.Store(&fp)
+	}
 	if s := e.l1.Load(); s != nil && (fp == "" || s.fp == fp) && (gen == 0 || s.gen == gen) {
 		e.l1.CompareAndSwap(s, nil)
 	}

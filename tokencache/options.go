@@ -3,6 +3,7 @@ package tokencache
 import (
 	"fmt"
 	"log/slog"
+	"net/http"
 	"time"
 )
 
@@ -85,6 +86,9 @@ type config struct {
 	injected       bool // now was set by WithClock
 	pubsubHealth   time.Duration
 	host           string
+	clientFetcher  func(userID string) (Fetcher, error)
+	rotation       func(*http.Response) (Token, bool, error)
+	maxUsers       int
 }
 
 func defaultConfig() config {

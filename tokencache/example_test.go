@@ -1,0 +1,116 @@
+package tokencache_test
+
+import (
+	"context"
+	"fmt"
+	"log"
+	"sync/atomic"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tokencache/tokencache/tokencache"
+)
+
+// Two replicas share one Redis: the issuer is called once for both.
+func Example() {
+	mr := miniredis.NewMiniRedis() // any Redis: here an in-process one
+	if err := mr.Start(); err != nil {
+		log.Fatal(err)
+	}
+	defer mr.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	defer rdb.Close()
+
+	var calls atomic.Int32
+	issuer := tokencache.FetcherFunc(func(ctx context.Context) (tokencache.Token, error) {
+		calls.Add(1) // a real Fetcher calls POST /token here
+		return tokencache.Token{AccessToken: "eyJhbGciOi...", TokenType: "Bearer", Expiry: time.Now().Add(time.Hour)}, nil
+	})
+
+	ctx := context.Background()
+	replica1, err := tokencache.New(rdb, issuer, tokencache.WithNamespace("basiq"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer replica1.Close()
+	replica2, err := tokencache.New(rdb, issuer, tokencache.WithNamespace("basiq"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer replica2.Close()
+
+	t1, err := replica1.Token(ctx)
+	if err != nil {
+		log.Fatal(err)
+	}
+	t2, err := replica2.Token(ctx)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("same token:", t1.AccessToken == t2.AccessToken)
+	fmt.Println("issuer calls:", calls.Load())
+	fmt.Println("header:", t1.HeaderValue())
+	// Output:
+	// same token: true
+	// issuer calls: 1
+	// header: Bearer eyJhbGciOi...
+}
+
+// Inspect shows what operators see with redis-cli, without the token.
+func ExampleCache_Inspect() {
+	mr := miniredis.NewMiniRedis()
+	if err := mr.Start(); err != nil {
+		log.Fatal(err)
+	}
+	defer mr.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	defer rdb.Close()
+	cache, err := tokencache.New(rdb, tokencache.FetcherFunc(func(context.Context) (tokencache.Token, error) {
+		return tokencache.Token{AccessToken: "secret", Expiry: time.Now().Add(time.Hour)}, nil
+	}))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer cache.Close()
+	ctx := context.Background()
+	if _, err := cache.Token(ctx); err != nil {
+		log.Fatal(err)
+	}
+	st, err := cache.Inspect(ctx)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(st.Key, st.Found, st.Generation, st.TTL > 59*time.Minute)
+	// Output:
+	// tokencache:{default}:server true 1 true
+}
+
+// Invalidate after the API rejected a token with 401: only that token is
+// deleted, so a hundred replicas reporting the same 401 cause one refresh.
+func ExampleCache_Invalidate() {
+	mr := miniredis.NewMiniRedis()
+	if err := mr.Start(); err != nil {
+		log.Fatal(err)
+	}
+	defer mr.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	defer rdb.Close()
+	var n atomic.Int32
+	cache, err := tokencache.New(rdb, tokencache.FetcherFunc(func(context.Context) (tokencache.Token, error) {
+		return tokencache.Token{AccessToken: fmt.Sprint("token-", n.Add(1)), Expiry: time.Now().Add(time.Hour)}, nil
+	}))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer cache.Close()
+	ctx := context.Background()
+	bad, _ := cache.Token(ctx)
+	deleted, _ := cache.Invalidate(ctx, bad) // the first replica to see the 401
+	again, _ := cache.Invalidate(ctx, bad)   // a late report of the same 401
+	fresh, _ := cache.Token(ctx)
+	fmt.Println(deleted, again, fresh.AccessToken)
+	// Output:
+	// true false token-2
+}

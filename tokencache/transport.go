@@ -1,0 +1,172 @@
+package tokencache
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"time"
+
+	"golang.org/x/oauth2"
+)
+
+// handle is one cached token as the HTTP adapters see it: the server
+// token (*Cache) or a user's client token (*User).
+type handle interface {
+	Token(ctx context.Context) (Token, error)
+	Invalidate(ctx context.Context, tok Token) (bool, error)
+	Offer(ctx context.Context, tok Token) (bool, error)
+}
+
+var (
+	_ handle = (*Cache)(nil)
+	_ handle = (*User)(nil)
+)
+
+// WithRotation makes the cache's Transport look for rotated tokens in API
+// responses: extract returns the token a response carries (for example
+// jwtauth.FromResponse, which reads "Authorization: Bearer <jwt>"), and
+// whether it carries one. A rotated token is offered to the cache (Offer:
+// stored only if it expires later than the cached one).
+func WithRotation(extract func(*http.Response) (Token, bool, error)) Option {
+	return func(c *config) error { c.rotation = extract; return nil }
+}
+
+// Transport returns an http.RoundTripper that authorizes each request
+// with the cached token ("Authorization: Bearer …") and recovers from a
+// 401: it invalidates the token only if it is still the one that failed
+// (so a hundred replicas that see the same 401 cause one issuer call
+// between them), gets the new one through the cache, and retries the
+// request once. A request whose body cannot be rewound (no GetBody) is not
+// retried: its 401 is returned. base nil means http.DefaultTransport.
+func (c *Cache) Transport(base http.RoundTripper) http.RoundTripper {
+	return &transport{h: c, c: c, base: base}
+}
+
+// Transport is Cache.Transport for the user's client token.
+func (u *User) Transport(base http.RoundTripper) http.RoundTripper {
+	return &transport{h: u, c: u.c, base: base}
+}
+
+// Offer is Cache.Offer for the user's client token.
+func (u *User) Offer(ctx context.Context, tok Token) (bool, error) {
+	e, err := u.c.userEntry(u.id)
+	if err != nil {
+		return false, err
+	}
+	return e.offer(ctx, tok)
+}
+
+type transport struct {
+	h    handle
+	c    *Cache
+	base http.RoundTripper
+}
+
+// maxDrain bounds how much of a 401 body is read to reuse its connection.
+const maxDrain = 64 << 10
+
+func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
+	ctx := req.Context()
+	tok, err := t.h.Token(ctx)
+	if err != nil {
+		closeBody(req)
+		return nil, err
+	}
+	resp, err := t.send(req, tok, false)
+	if err != nil || resp.StatusCode != http.StatusUnauthorized {
+		return resp, err
+	}
+	if req.Body != nil && req.Body != http.NoBody && req.GetBody == nil {
+		return resp, nil // the body is spent: the caller must retry
+	}
+	if _, err := t.h.Invalidate(ctx, tok); err != nil {
+		t.c.log().Warn("tokencache: could not invalidate a token the API rejected", "token", tok, "err", err)
+	}
+	fresh, err := t.h.Token(ctx)
+	if err != nil || fresh.AccessToken == tok.AccessToken {
+		if err != nil {
+			t.c.log().Warn("tokencache: no new token after a 401", "err", err)
+		}
+		return resp, nil
+	}
+	_, _ = io.CopyN(io.Discard, resp.Body, maxDrain)
+	_ = resp.Body.Close()
+	return t.send(req, fresh, true)
+}
+
+func (t *transport) send(req *http.Request, tok Token, retry bool) (*http.Response, error) {
+	r := req.Clone(req.Context())
+	if retry && req.Body != nil && req.Body != http.NoBody {
+		body, err := req.GetBody()
+		if err != nil {
+			return nil, err
+		}
+		r.Body = body
+	}
+	r.Header.Set("Authorization", tok.HeaderValue())
+	base := t.base
+	if base == nil {
+		base = http.DefaultTransport
+	}
+	resp, err := base.RoundTrip(r)
+	if err != nil {
+		return nil, err
+	}
+	if ex := t.c.cfg.rotation; ex != nil {
+		t.rotate(req.Context(), resp, tok, ex)
+	}
+	return resp, nil
+}
+
+// rotate offers the cache a newer token carried by resp.
+func (t *transport) rotate(ctx context.Context, resp *http.Response, cur Token, ex func(*http.Response) (Token, bool, error)) {
+	nt, ok, err := ex(resp)
+	if err != nil {
+		t.c.log().Warn("tokencache: unusable rotated token in a response", "err", err)
+		return
+	}
+	if !ok || nt.AccessToken == cur.AccessToken || !nt.Expiry.After(cur.Expiry) {
+		return
+	}
+	if stored, err := t.h.Offer(ctx, nt); err != nil {
+		t.c.log().Warn("tokencache: could not store a rotated token", "token", nt, "err", err)
+	} else if stored {
+		t.c.log().Debug("tokencache: stored a rotated token", "token", nt)
+	}
+}
+
+func closeBody(req *http.Request) {
+	if req.Body != nil {
+		_ = req.Body.Close()
+	}
+}
+
+// TokenSource returns an oauth2.TokenSource over the cache, so the cache
+// plugs into oauth2.NewClient and everything built on it. oauth2's
+// TokenSource has no context, so ctx is captured here and used for every
+// Token call: this is the one place the package keeps a context. The
+// oauth2.Token's Expiry is the skewed expiry, so oauth2's own reuse never
+// outlives the cache's.
+func (c *Cache) TokenSource(ctx context.Context) oauth2.TokenSource {
+	return tokenSource{h: c, c: c, ctx: ctx}
+}
+
+// TokenSource is Cache.TokenSource for the user's client token.
+func (u *User) TokenSource(ctx context.Context) oauth2.TokenSource {
+	return tokenSource{h: u, c: u.c, ctx: ctx}
+}
+
+type tokenSource struct {
+	h   handle
+	c   *Cache
+	ctx context.Context
+}
+
+func (s tokenSource) Token() (*oauth2.Token, error) {
+	t, err := s.h.Token(s.ctx)
+	if err != nil {
+		return nil, err
+	}
+	skew := min(s.c.cfg.skew, time.Until(t.Expiry)/5)
+	return &oauth2.Token{AccessToken: t.AccessToken, TokenType: t.typ(), Expiry: t.Expiry.Add(-skew)}, nil
+}

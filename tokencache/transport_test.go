@@ -1,0 +1,233 @@
+package tokencache
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/oauth2"
+)
+
+// api is a protected resource with its own token issuer: it accepts only
+// the tokens it minted and has not revoked.
+type api struct {
+	mu     sync.Mutex // guards valid, rotate
+	valid  map[string]time.Time
+	rotate bool
+
+	minted   atomic.Int64
+	requests atomic.Int64
+	rejected atomic.Int64
+	bodies   sync.Map // request bodies seen, by token
+}
+
+func newAPI() *api { return &api{valid: map[string]time.Time{}} }
+
+func (a *api) mint(life time.Duration) Token {
+	n := a.minted.Add(1)
+	t := Token{AccessToken: fmt.Sprintf("api-token-%d", n), TokenType: "Bearer", Expiry: time.Now().Add(life)}
+	a.mu.Lock()
+	a.valid[t.AccessToken] = t.Expiry
+	a.mu.Unlock()
+	return t
+}
+
+func (a *api) fetcher() Fetcher {
+	return FetcherFunc(func(context.Context) (Token, error) { return a.mint(time.Hour), nil })
+}
+
+func (a *api) revokeAll() {
+	a.mu.Lock()
+	a.valid = map[string]time.Time{}
+	a.mu.Unlock()
+}
+
+func (a *api) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	a.requests.Add(1)
+	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	a.mu.Lock()
+	exp, known := a.valid[tok]
+	rotate := a.rotate
+	a.mu.Unlock()
+	if !ok || !known || time.Now().After(exp) {
+		a.rejected.Add(1)
+		http.Error(w, `{"error":"unauthorized"}`, http.StatusUnauthorized)
+		return
+	}
+	body, _ := io.ReadAll(r.Body)
+	a.bodies.Store(string(body), true)
+	if rotate {
+		nt := a.mint(2 * time.Hour)
+		w.Header().Set("Authorization", "Bearer "+nt.AccessToken)
+	}
+	fmt.Fprint(w, "ok")
+}
+
+// extract reads a rotated token the way the test API sends it.
+func (a *api) extract(resp *http.Response) (Token, bool, error) {
+	tok, ok := strings.CutPrefix(resp.Header.Get("Authorization"), "Bearer ")
+	if !ok {
+		return Token{}, false, nil
+	}
+	a.mu.Lock()
+	exp, known := a.valid[tok]
+	a.mu.Unlock()
+	if !known {
+		return Token{}, false, fmt.Errorf("unknown rotated token")
+	}
+	return Token{AccessToken: tok, TokenType: "Bearer", Expiry: exp}, true, nil
+}
+
+func TestTransportFleetWide401(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, rdb redis.UniversalClient, _ *miniredis.Miniredis) {
+		a := newAPI()
+		srv := httptest.NewServer(a)
+		defer srv.Close()
+		var clients []*http.Client
+		for range 5 {
+			c := newCache(t, rdb, a.fetcher(), fastOpts()...)
+			clients = append(clients, &http.Client{Transport: c.Transport(nil)})
+		}
+		get := func(hc *http.Client) error {
+			resp, err := hc.Get(srv.URL + "/accounts")
+			if err != nil {
+				return err
+			}
+			defer resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				return fmt.Errorf("status %d", resp.StatusCode)
+			}
+			return nil
+		}
+		for _, hc := range clients {
+			if err := get(hc); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if got := a.minted.Load(); got != 1 {
+			t.Fatalf("issuer calls before revocation = %d, want 1", got)
+		}
+		a.revokeAll()
+		var wg sync.WaitGroup
+		for _, hc := range clients {
+			for range 20 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					if err := get(hc); err != nil {
+						t.Errorf("request after revocation: %v", err)
+					}
+				}()
+			}
+		}
+		wg.Wait()
+		if got := a.minted.Load(); got != 2 {
+			t.Errorf("issuer calls = %d, want 2 (one after the fleet-wide 401)", got)
+		}
+		if a.rejected.Load() == 0 {
+			t.Error("no request saw the 401: the test did not test recovery")
+		}
+	})
+}
+
+func TestTransportRetriesOnlyRewindableBodies(t *testing.T) {
+	rdb, _ := miniBackend(t)
+	a := newAPI()
+	srv := httptest.NewServer(a)
+	defer srv.Close()
+	c := newCache(t, rdb, a.fetcher(), fastOpts()...)
+	hc := &http.Client{Transport: c.Transport(nil)}
+	if _, err := c.Token(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+
+	a.revokeAll()
+	resp, err := hc.Post(srv.URL, "text/plain", bytes.NewReader([]byte("payload-1"))) // GetBody is set
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("rewindable POST after a 401: status %d, want 200", resp.StatusCode)
+	}
+	if _, ok := a.bodies.Load("payload-1"); !ok {
+		t.Errorf("the retried request lost its body")
+	}
+
+	a.revokeAll()
+	req, _ := http.NewRequest(http.MethodPost, srv.URL, io.NopCloser(strings.NewReader("payload-2")))
+	resp, err = hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("non-rewindable POST after a 401: status %d, want the 401 back", resp.StatusCode)
+	}
+}
+
+func TestTransportCapturesRotation(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, rdb redis.UniversalClient, _ *miniredis.Miniredis) {
+		a := newAPI()
+		srv := httptest.NewServer(a)
+		defer srv.Close()
+		c := newCache(t, rdb, a.fetcher(), fastOpts(WithRotation(a.extract))...)
+		other := newCache(t, rdb, a.fetcher(), fastOpts()...)
+		ctx := ctxT(t)
+		first, err := c.Token(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		a.mu.Lock()
+		a.rotate = true
+		a.mu.Unlock()
+		resp, err := (&http.Client{Transport: c.Transport(nil)}).Get(srv.URL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		tok, err := c.Token(ctx)
+		if err != nil || tok.AccessToken == first.AccessToken {
+			t.Fatalf("after rotation: %v, %v; want the rotated token", tok, err)
+		}
+		eventually(t, "the other replica to see the rotated token", func() bool {
+			o, err := other.Token(ctx)
+			return err == nil && o.AccessToken == tok.AccessToken
+		})
+	})
+}
+
+func TestTokenSourceWithOAuth2Client(t *testing.T) {
+	rdb, _ := miniBackend(t)
+	a := newAPI()
+	srv := httptest.NewServer(a)
+	defer srv.Close()
+	c := newCache(t, rdb, a.fetcher(), fastOpts()...)
+	hc := oauth2.NewClient(context.Background(), c.TokenSource(context.Background()))
+	resp, err := hc.Get(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("status %d, want 200", resp.StatusCode)
+	}
+	ot, err := c.TokenSource(context.Background()).Token()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, _ := c.Token(context.Background())
+	if ot.AccessToken != tok.AccessToken || !ot.Expiry.Before(tok.Expiry) {
+		t.Errorf("oauth2 token %v, want the cached token with a skewed expiry before %v", ot.Expiry, tok.Expiry)
+	}
+}
