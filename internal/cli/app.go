@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -21,11 +22,26 @@ type app struct {
 	log     *slog.Logger
 }
 
-// session is what a command works with: Redis, the fetcher and the cache.
+// session is what a command works with: Redis, the cache, and the token
+// the command is about (the server token, or one user's client token).
 type session struct {
 	redis *redisConn
 	cache *tokencache.Cache
+	tok   tokenHandle
 }
+
+// tokenHandle is what *tokencache.Cache and *tokencache.User share.
+type tokenHandle interface {
+	Token(ctx context.Context) (tokencache.Token, error)
+	Refresh(ctx context.Context, minTTL time.Duration, force bool) (tokencache.RefreshResult, error)
+	Inspect(ctx context.Context) (tokencache.Status, error)
+	InvalidateFingerprint(ctx context.Context, fp string, gen int64) (bool, error)
+}
+
+var (
+	_ tokenHandle = (*tokencache.Cache)(nil)
+	_ tokenHandle = (*tokencache.User)(nil)
+)
 
 func (s *session) Close() {
 	if s.cache != nil {
@@ -55,12 +71,29 @@ func (a *app) open(ctx context.Context, o openOpts, opts ...tokencache.Option) (
 	var f tokencache.Fetcher = noFetcher{}
 	if !o.noFetch {
 		var err error
-		if f, err = a.fetcher(); err != nil {
+		if f, err = a.fetcherFor(a.g.scope, a.g.userID); err != nil {
 			return nil, err
+		}
+		if a.g.scope == "CLIENT_ACCESS" {
+			// The server fetcher is never used: the command is about
+			// one user's client token.
+			f = noFetcher{}
 		}
 	}
 	if o.wrap != nil {
 		f = o.wrap(f)
+	}
+	if a.g.scope == "CLIENT_ACCESS" {
+		opts = append(opts, tokencache.WithClientTokens(func(userID string) (tokencache.Fetcher, error) {
+			if o.noFetch {
+				return noFetcher{}, nil
+			}
+			uf, err := a.fetcherFor("CLIENT_ACCESS", userID)
+			if err == nil && o.wrap != nil {
+				uf = o.wrap(uf)
+			}
+			return uf, err
+		}, 16))
 	}
 	rc, err := openRedis(a.g.redisURL)
 	if err != nil {
@@ -74,7 +107,7 @@ func (a *app) open(ctx context.Context, o openOpts, opts ...tokencache.Option) (
 		}
 	}
 	base := []tokencache.Option{
-		tokencache.WithNamespace(a.namespace()),
+		tokencache.WithNamespace(a.g.namespace),
 		tokencache.WithLogger(a.log),
 		// The CLI's job is the shared token: when Redis is down, say so
 		// rather than calling the issuer from every cron host.
@@ -85,13 +118,21 @@ func (a *app) open(ctx context.Context, o openOpts, opts ...tokencache.Option) (
 		s.Close()
 		return nil, usagef("%v", err)
 	}
-	s.cache = c
+	s.cache, s.tok = c, c
+	if a.g.scope == "CLIENT_ACCESS" {
+		u, err := c.User(a.g.userID)
+		if err != nil {
+			s.Close()
+			return nil, usagef("--user-id: %v", err)
+		}
+		s.tok = u
+	}
 	return s, nil
 }
 
-// namespace is the cache namespace. A CLIENT_ACCESS token lives in its own
-// namespace "<ns>/<user>", so users spread over cluster slots.
-func (a *app) namespace() string {
+// label names the token for logs and metrics: the namespace, and the
+// user of a client token.
+func (a *app) label() string {
 	if a.g.scope == "CLIENT_ACCESS" {
 		return a.g.namespace + "/" + a.g.userID
 	}

@@ -138,7 +138,7 @@ func TestGlobalsFromEnvAndFlags(t *testing.T) {
 		t.Errorf("flag should override env and keep the rest: %+v", g)
 	}
 	a := &app{g: g}
-	if got, want := a.namespace(), "billing/u-1"; got != want {
+	if got, want := a.label(), "billing/u-1"; got != want {
 		t.Errorf("namespace %q, want %q", got, want)
 	}
 

@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+
+	"github.com/tokencache/tokencache/tokencache"
 )
 
 // Environment variables of the CLI contract (DESIGN.md).
@@ -195,13 +197,8 @@ func (g *globals) check() error {
 }
 
 func checkUserID(id string) error {
-	if len(id) > 128 {
-		return usagef("--user-id is longer than 128 bytes")
-	}
-	for i := 0; i < len(id); i++ {
-		if b := id[i]; b <= ' ' || b >= 0x7f || strings.IndexByte("{}:/\"\\", b) >= 0 {
-			return usagef("--user-id %q holds a forbidden character at byte %d", id, i)
-		}
+	if err := tokencache.ValidateUserID(id); err != nil {
+		return usagef("--user-id %q: %s", id, strings.TrimPrefix(err.Error(), "tokencache: "))
 	}
 	return nil
 }

@@ -57,7 +57,7 @@ func runDaemon(ctx context.Context, a *app, args []string) error {
 	}
 	d := &daemon{a: a, interval: *interval}
 	var stats func() tokencache.Stats
-	d.m = newMetrics(a.namespace(), func() tokencache.Stats { return stats() })
+	d.m = newMetrics(a.label(), func() tokencache.Stats { return stats() })
 	s, err := a.open(ctx, openOpts{wrap: d.m.wrap})
 	if err != nil {
 		return err
@@ -73,7 +73,7 @@ func runDaemon(ctx context.Context, a *app, args []string) error {
 	srv := &http.Server{Handler: d.handler(), ReadHeaderTimeout: 5 * time.Second}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
-	a.log.Info("tokencache daemon started", "listen", ln.Addr().String(), "key", firstKey(s.cache), "interval", *interval)
+	a.log.Info("tokencache daemon started", "listen", ln.Addr().String(), "token", a.label(), "interval", *interval)
 
 	d.loop(ctx)
 
@@ -88,11 +88,6 @@ func runDaemon(ctx context.Context, a *app, args []string) error {
 	}
 	a.log.Info("tokencache daemon stopped")
 	return nil
-}
-
-func firstKey(c *tokencache.Cache) string {
-	k, _, _, _ := c.Keys()
-	return k
 }
 
 // loop asks for the token at once and then every interval until ctx ends.
@@ -112,7 +107,7 @@ func (d *daemon) loop(ctx context.Context) {
 func (d *daemon) tick(ctx context.Context) {
 	before := d.s.cache.Stats()
 	tctx, cancel := context.WithTimeout(ctx, tokencache.DefaultRefreshTimeout)
-	tok, err := d.s.cache.Token(tctx)
+	tok, err := d.s.tok.Token(tctx)
 	cancel()
 	if ctx.Err() != nil {
 		return

@@ -98,7 +98,7 @@ func runDemo(ctx context.Context, a *app, args []string) error {
 	}
 	key, _, _, channel := s.cache.Keys()
 	// Start from nothing, so that the demo shows a cold start.
-	if _, err := s.cache.InvalidateFingerprint(ctx, "", 0); err != nil {
+	if _, err := s.tok.InvalidateFingerprint(ctx, "", 0); err != nil {
 		return err
 	}
 
@@ -166,7 +166,7 @@ func runDemo(ctx context.Context, a *app, args []string) error {
 		fmt.Fprintf(w, "  wait p50 / p99    %s / %s (the issuer alone takes %v)\n", roundDur(percentile(waits, 50)), roundDur(percentile(waits, 99)), *latency)
 	}
 	fmt.Fprintf(w, "  wall time         %s\n", roundDur(elapsed))
-	if st, err := s.cache.Inspect(ctx); err == nil && st.Found {
+	if st, err := s.tok.Inspect(ctx); err == nil && st.Found {
 		fmt.Fprintf(w, "  cached            %s generation %d, TTL %s, refreshed by %s\n", st.Key, st.Generation, roundDur(st.TTL), st.RefreshedBy)
 	}
 
@@ -350,7 +350,7 @@ func runDemoReplica(ctx context.Context, a *app, args []string) error {
 		return fmt.Errorf("demo-replica: no go signal: %w", err)
 	}
 	start := time.Now()
-	tok, err := s.cache.Token(ctx)
+	tok, err := s.tok.Token(ctx)
 	rep := replicaReport{PID: os.Getpid(), WaitMS: float64(time.Since(start)) / float64(time.Millisecond)}
 	st := s.cache.Stats()
 	rep.IssuerCalls, rep.Waited = st.IssuerCalls, st.Waits > 0

@@ -290,6 +290,30 @@ func TestE2EGetInspectInvalidate(t *testing.T) {
 	}
 }
 
+func TestE2EClientToken(t *testing.T) {
+	w := newWorld(t, 0)
+	user := []string{"--scope", "CLIENT_ACCESS", "--user-id", "u-42"}
+	r := w.run(w.env(), append([]string{"get"}, user...)...)
+	if r.code != 0 || !strings.HasPrefix(r.stdout, "fake-") {
+		t.Fatalf("get client token: %+v", r)
+	}
+	r = w.run(w.env(), append([]string{"inspect"}, user...)...)
+	if r.code != 0 || !strings.Contains(r.stdout, "tokencache:{e2e/u-42}:client") || !strings.Contains(r.stdout, "valid") {
+		t.Errorf("inspect client token: %+v", r)
+	}
+	r = w.run(w.env(), "inspect")
+	if r.code != 0 || !strings.Contains(r.stdout, "no token cached") {
+		t.Errorf("the server token should be untouched: %+v", r)
+	}
+	r = w.run(w.env(), append([]string{"refresh"}, user...)...)
+	if r.code != 0 || !strings.Contains(r.stdout, "refreshed=false") {
+		t.Errorf("refresh client token: %+v", r)
+	}
+	if got := w.issuer.Calls(); got != 1 {
+		t.Errorf("issuer calls = %d, want 1", got)
+	}
+}
+
 var normalizers = []struct {
 	re   *regexp.Regexp
 	with string

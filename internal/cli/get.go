@@ -22,7 +22,7 @@ func runGet(ctx context.Context, a *app, args []string) error {
 		return err
 	}
 	defer s.Close()
-	tok, err := s.cache.Token(ctx)
+	tok, err := s.tok.Token(ctx)
 	if err != nil {
 		return err
 	}

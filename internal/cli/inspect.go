@@ -50,7 +50,7 @@ func runInspect(ctx context.Context, a *app, args []string) error {
 		return err
 	}
 	defer s.Close()
-	st, err := s.cache.Inspect(ctx)
+	st, err := s.tok.Inspect(ctx)
 	if err != nil {
 		return err
 	}

@@ -28,7 +28,7 @@ func runInvalidate(ctx context.Context, a *app, args []string) error {
 		return err
 	}
 	defer s.Close()
-	st, err := s.cache.Inspect(ctx)
+	st, err := s.tok.Inspect(ctx)
 	if err != nil {
 		return err
 	}
@@ -40,7 +40,7 @@ func runInvalidate(ctx context.Context, a *app, args []string) error {
 	if *fp != "" {
 		wantFP, wantGen = *fp, *gen
 	}
-	ok, err := s.cache.InvalidateFingerprint(ctx, wantFP, wantGen)
+	ok, err := s.tok.InvalidateFingerprint(ctx, wantFP, wantGen)
 	if err != nil {
 		return err
 	}

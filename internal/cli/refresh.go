@@ -34,7 +34,7 @@ func runRefresh(ctx context.Context, a *app, args []string) error {
 		return err
 	}
 	defer s.Close()
-	res, err := s.cache.Refresh(ctx, *minTTL, *force)
+	res, err := s.tok.Refresh(ctx, *minTTL, *force)
 	if err != nil {
 		return err
 	}
