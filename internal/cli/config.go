@@ -3,7 +3,6 @@ package cli
 import (
 	"errors"
 	"flag"
-	"fmt"
 	"log/slog"
 	"os"
 	"strings"
@@ -231,6 +230,3 @@ func (g *globals) logger(a *app) *slog.Logger {
 	}
 	return slog.New(slog.NewTextHandler(a.env.Stderr, opts))
 }
-
-// fmtErr is shorthand for an error that exits 1.
-func fmtErr(format string, args ...any) error { return fmt.Errorf(format, args...) }

@@ -9,6 +9,7 @@ import (
 	"golang.org/x/oauth2"
 	"golang.org/x/oauth2/clientcredentials"
 
+	"github.com/tokencache/tokencache/internal/basiqlite"
 	"github.com/tokencache/tokencache/tokencache"
 	"github.com/tokencache/tokencache/tokencache/jwtauth"
 )
@@ -16,14 +17,9 @@ import (
 // issuerTimeout bounds one issuer call.
 const issuerTimeout = 15 * time.Second
 
-// fetcher builds the provider's Fetcher for the server token from the
+// fetcherFor builds the provider's Fetcher for a scope and user from the
 // global flags and the secrets in the environment (or --*-file). A missing
 // secret is a configuration error.
-func (a *app) fetcher() (tokencache.Fetcher, error) {
-	return a.fetcherFor("SERVER_ACCESS", "")
-}
-
-// fetcherFor builds the provider's Fetcher for a scope and user.
 func (a *app) fetcherFor(scope, userID string) (tokencache.Fetcher, error) {
 	if scope == "CLIENT_ACCESS" && a.g.provider != "basiq" {
 		return nil, usagef("--scope CLIENT_ACCESS is a Basiq scope; --provider %s has no per-user tokens", a.g.provider)
@@ -35,7 +31,7 @@ func (a *app) fetcherFor(scope, userID string) (tokencache.Fetcher, error) {
 		if err != nil {
 			return nil, err
 		}
-		return newBasiqFetcher(hc, a.g.issuerURL, key, scope, userID), nil
+		return basiqlite.New(hc, a.g.issuerURL, key, scope, userID), nil
 	case "jwt":
 		key, err := a.needSecret(a.g.apiKeyFile, EnvAPIKey, "--api-key-file", "the API key")
 		if err != nil {

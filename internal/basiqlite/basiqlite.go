@@ -1,7 +1,8 @@
-package cli
-
-// An interim Basiq fetcher, until the issuers branch (tokencache/basiq) is
-// merged; it is replaced by basiq's constructor then.
+// Package basiqlite is an interim, minimal Basiq token fetcher (POST
+// {base}/token with the API key as the Basic credential), used by the CLI
+// and the examples until tokencache/basiq (branch issuers) is merged; it is
+// deleted then.
+package basiqlite
 
 import (
 	"context"
@@ -18,30 +19,38 @@ import (
 	"github.com/tokencache/tokencache/tokencache"
 )
 
-// basiqFetcher fetches Basiq tokens: POST {base}/token.
-type basiqFetcher struct {
+// Fetcher fetches Basiq tokens. It implements tokencache.Fetcher and
+// tokencache.Identifier.
+type Fetcher struct {
 	hc            *http.Client
 	base, key     string
 	scope, userID string
 }
 
-func newBasiqFetcher(hc *http.Client, base, key, scope, userID string) *basiqFetcher {
-	return &basiqFetcher{hc: hc, base: strings.TrimRight(base, "/"), key: key, scope: scope, userID: userID}
+// New returns a Fetcher for the API key at base (e.g.
+// https://au-api.basiq.io) with scope SERVER_ACCESS, or CLIENT_ACCESS and
+// a userID. hc nil means a client with a 15s timeout.
+func New(hc *http.Client, base, key, scope, userID string) *Fetcher {
+	if hc == nil {
+		hc = &http.Client{Timeout: 15 * time.Second}
+	}
+	return &Fetcher{hc: hc, base: strings.TrimRight(base, "/"), key: key, scope: scope, userID: userID}
 }
 
 // Identity names the credential, scope and user.
-func (f *basiqFetcher) Identity() string {
+func (f *Fetcher) Identity() string {
 	return "basiq\x00" + f.base + "\x00" + f.key + "\x00" + f.scope + "\x00" + f.userID
 }
 
-func (f *basiqFetcher) Fetch(ctx context.Context) (tokencache.Token, error) {
+// Fetch asks the issuer for a token.
+func (f *Fetcher) Fetch(ctx context.Context) (tokencache.Token, error) {
 	form := url.Values{"scope": {f.scope}}
 	if f.userID != "" {
 		form.Set("userId", f.userID)
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, f.base+"/token", strings.NewReader(form.Encode()))
 	if err != nil {
-		return tokencache.Token{}, &issuerError{Code: "invalid-issuer-url", Detail: "cannot build the request"}
+		return tokencache.Token{}, &Error{Code: "invalid-issuer-url", Detail: "cannot build the request"}
 	}
 	auth := f.key
 	if _, err := base64.StdEncoding.DecodeString(auth); err != nil {
@@ -57,7 +66,7 @@ func (f *basiqFetcher) Fetch(ctx context.Context) (tokencache.Token, error) {
 		if errors.As(err, &ue) {
 			err = ue.Err
 		}
-		return tokencache.Token{}, &issuerError{Code: "unreachable", Detail: err.Error(), retry: true}
+		return tokencache.Token{}, &Error{Code: "unreachable", Detail: err.Error(), retry: true}
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
@@ -70,13 +79,13 @@ func (f *basiqFetcher) Fetch(ctx context.Context) (tokencache.Token, error) {
 		ExpiresIn   float64 `json:"expires_in"`
 	}
 	if json.Unmarshal(body, &ok) != nil || ok.AccessToken == "" || ok.ExpiresIn <= 0 {
-		return tokencache.Token{}, &issuerError{Code: "bad-response", Detail: "the token answer is not {access_token, expires_in}", retry: true}
+		return tokencache.Token{}, &Error{Code: "bad-response", Detail: "the token answer is not {access_token, expires_in}", retry: true}
 	}
 	return tokencache.Token{AccessToken: ok.AccessToken, TokenType: ok.TokenType, Expiry: time.Now().Add(time.Duration(ok.ExpiresIn * float64(time.Second)))}, nil
 }
 
-// issuerError is a Basiq error answer.
-type issuerError struct {
+// Error is a Basiq error answer, or a failure to get one.
+type Error struct {
 	Status        int
 	Code          string
 	Title, Detail string
@@ -84,7 +93,7 @@ type issuerError struct {
 	retry         bool
 }
 
-func (e *issuerError) Error() string {
+func (e *Error) Error() string {
 	s := "basiq"
 	if e.Status != 0 {
 		s += fmt.Sprintf(" %d", e.Status)
@@ -99,12 +108,17 @@ func (e *issuerError) Error() string {
 	return s
 }
 
-func (e *issuerError) Retryable() bool       { return e.retry }
-func (e *issuerError) ErrorCode() string     { return e.Code }
-func (e *issuerError) CorrelationID() string { return e.Correlation }
+// Retryable reports whether a later call may succeed (5xx, 429, network).
+func (e *Error) Retryable() bool { return e.retry }
+
+// ErrorCode is Basiq's error code.
+func (e *Error) ErrorCode() string { return e.Code }
+
+// CorrelationID is Basiq's correlationId of the failed request.
+func (e *Error) CorrelationID() string { return e.Correlation }
 
 func parseBasiqError(status int, body []byte) error {
-	e := &issuerError{Status: status, retry: status >= 500 || status == http.StatusTooManyRequests || status == http.StatusRequestTimeout}
+	e := &Error{Status: status, retry: status >= 500 || status == http.StatusTooManyRequests || status == http.StatusRequestTimeout}
 	var doc struct {
 		CorrelationID string `json:"correlationId"`
 		Data          []struct {
