@@ -152,3 +152,57 @@ func keys(m map[string]string) []string {
 	}
 	return ks
 }
+
+// TestK8sCronJob checks that the example CronJob runs a real subcommand
+// with flags it has.
+func TestK8sCronJob(t *testing.T) {
+	raw, err := os.ReadFile(filepath.Join(repoRoot, "examples", "k8s-cronjob.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cj struct {
+		Kind string `yaml:"kind"`
+		Spec struct {
+			JobTemplate struct {
+				Spec struct {
+					Template struct {
+						Spec struct {
+							Containers []struct {
+								Args []string `yaml:"args"`
+								Env  []struct {
+									Name  string `yaml:"name"`
+									Value string `yaml:"value"`
+								} `yaml:"env"`
+							} `yaml:"containers"`
+						} `yaml:"spec"`
+					} `yaml:"template"`
+				} `yaml:"spec"`
+			} `yaml:"jobTemplate"`
+		} `yaml:"spec"`
+	}
+	if err := yaml.Unmarshal(raw, &cj); err != nil {
+		t.Fatal(err)
+	}
+	cs := cj.Spec.JobTemplate.Spec.Template.Spec.Containers
+	if cj.Kind != "CronJob" || len(cs) != 1 {
+		t.Fatalf("kind %q with %d containers", cj.Kind, len(cs))
+	}
+	args := cs[0].Args
+	if len(args) == 0 || args[0] != "refresh" {
+		t.Fatalf("args %v: want refresh", args)
+	}
+	var g globals
+	_ = g.init(func(string) string { return "" })
+	a := &app{g: g}
+	fs := a.newFlagSet("refresh")
+	fs.Duration("min-ttl", 0, "")
+	fs.Bool("force", false, "")
+	if err := fs.Parse(args[1:]); err != nil {
+		t.Errorf("args %v: %v", args, err)
+	}
+	for _, e := range cs[0].Env {
+		if _, secret := secretEnv[e.Name]; secret && e.Value != "" {
+			t.Errorf("%s has a literal value; use a secretKeyRef", e.Name)
+		}
+	}
+}

@@ -83,7 +83,7 @@ func runDemo(ctx context.Context, a *app, args []string) error {
 		}
 		return getenv(k)
 	}
-	if a.g.logLevel < 0 || a.env.getenv(EnvLogLevel) == "" {
+	if a.env.getenv(EnvLogLevel) == "" {
 		// Keep the demo's screen for the demo: library logs only on warnings.
 		a.g.logLevel = slog.LevelWarn
 	}
