@@ -27,8 +27,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/tokencache/tokencache/internal/basiqlite"
 	"github.com/tokencache/tokencache/tokencache"
+	"github.com/tokencache/tokencache/tokencache/basiq"
 )
 
 func main() {
@@ -61,8 +61,7 @@ func run(ctx context.Context, log *slog.Logger) error {
 	rdb := redis.NewClient(opt)
 	defer rdb.Close()
 
-	// TODO(issuers): basiq.New once tokencache/basiq is merged.
-	fetcher := basiqlite.New(nil, api, key, "SERVER_ACCESS", "")
+	fetcher := basiq.New(key, basiq.WithBaseURL(api))
 	cache, err := tokencache.New(rdb, fetcher,
 		tokencache.WithNamespace(getenv("TOKENCACHE_NAMESPACE", "default")),
 		tokencache.WithLogger(log))

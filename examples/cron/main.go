@@ -15,8 +15,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/tokencache/tokencache/internal/basiqlite"
 	"github.com/tokencache/tokencache/tokencache"
+	"github.com/tokencache/tokencache/tokencache/basiq"
 )
 
 func main() {
@@ -51,8 +51,7 @@ func run() error {
 	rdb := redis.NewClient(opt)
 	defer rdb.Close()
 
-	// TODO(issuers): basiq.New once tokencache/basiq is merged.
-	f := basiqlite.New(nil, getenv("TOKENCACHE_ISSUER_URL", "https://au-api.basiq.io"), key, "SERVER_ACCESS", "")
+	f := basiq.New(key, basiq.WithBaseURL(getenv("TOKENCACHE_ISSUER_URL", basiq.DefaultBaseURL)))
 	cache, err := tokencache.New(rdb, f,
 		tokencache.WithNamespace(getenv("TOKENCACHE_NAMESPACE", "default")),
 		tokencache.WithFailOpen(false))

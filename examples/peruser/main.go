@@ -26,8 +26,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/tokencache/tokencache/internal/basiqlite"
 	"github.com/tokencache/tokencache/tokencache"
+	"github.com/tokencache/tokencache/tokencache/basiq"
 )
 
 func main() {
@@ -61,13 +61,12 @@ func run(ctx context.Context, log *slog.Logger) error {
 	rdb := redis.NewClient(opt)
 	defer rdb.Close()
 
-	// TODO(issuers): basiq.New once tokencache/basiq is merged.
-	server := basiqlite.New(nil, api, key, "SERVER_ACCESS", "")
+	server := basiq.New(key, basiq.WithBaseURL(api))
 	cache, err := tokencache.New(rdb, server,
 		tokencache.WithNamespace(getenv("TOKENCACHE_NAMESPACE", "default")),
 		tokencache.WithLogger(log),
 		tokencache.WithClientTokens(func(userID string) (tokencache.Fetcher, error) {
-			return basiqlite.New(nil, api, key, "CLIENT_ACCESS", userID), nil
+			return server.ForUser(userID)
 		}, 0))
 	if err != nil {
 		return err

@@ -11,6 +11,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tokencache/tokencache/tokencache"
+	"github.com/tokencache/tokencache/tokencache/basiq"
 )
 
 // app is one invocation: its environment, its global flags and the
@@ -173,19 +174,19 @@ func (a *app) describe(err error) string {
 
 func (a *app) describeFetch(fe *tokencache.FetchError) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "issuer %s refused the token request", a.issuerName())
+	fmt.Fprintf(&b, "issuer %s: token request failed", a.issuerName())
 	if fe.Remote {
 		b.WriteString(" (reported by the replica holding the lock)")
 	}
 	if fe.Code != "" {
 		fmt.Fprintf(&b, ": code %s", fe.Code)
 	}
-	if id := correlationID(fe.Err); id != "" {
-		fmt.Fprintf(&b, " (correlationId %s)", id)
-	}
 	msg := fe.Message
 	if fe.Err != nil {
 		msg = fe.Err.Error()
+	}
+	if id := correlationID(fe.Err); id != "" && !strings.Contains(msg, id) {
+		fmt.Fprintf(&b, " (correlationId %s)", id)
 	}
 	if msg != "" {
 		fmt.Fprintf(&b, ": %s", msg)
@@ -198,9 +199,9 @@ func (a *app) describeFetch(fe *tokencache.FetchError) string {
 
 // correlationID finds an issuer correlation id in err's chain.
 func correlationID(err error) string {
-	var c interface{ CorrelationID() string }
-	if err != nil && errors.As(err, &c) {
-		return c.CorrelationID()
+	var be *basiq.Error
+	if err != nil && errors.As(err, &be) {
+		return be.CorrelationID
 	}
 	return ""
 }

@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tokencache/tokencache/internal/basiqlite"
 	"github.com/tokencache/tokencache/tokencache"
+	"github.com/tokencache/tokencache/tokencache/basiq"
 )
 
 // runArgs runs the CLI in-process with the given environment.
@@ -210,7 +210,7 @@ func TestHelp(t *testing.T) {
 
 func TestExplainFetchError(t *testing.T) {
 	a := &app{g: globals{issuerURL: "https://au-api.basiq.io", provider: "basiq"}, secrets: []string{"sk-SECRET-xyz"}}
-	inner := &basiqlite.Error{Status: 403, Code: "access-denied", Correlation: "corr-1", Detail: "bad key sk-SECRET-xyz"}
+	inner := &basiq.Error{Status: 403, Code: "access-denied", CorrelationID: "corr-1", Detail: "bad key sk-SECRET-xyz"}
 	err := a.explain(&tokencache.FetchError{Code: "access-denied", Err: inner, Until: time.Now()})
 	msg := err.Error()
 	for _, want := range []string{"https://au-api.basiq.io", "access-denied", "correlationId corr-1", "[redacted]"} {
@@ -294,14 +294,14 @@ func TestInspectTableNeverShowsToken(t *testing.T) {
 
 func TestMetricsWrapKeepsIdentity(t *testing.T) {
 	m := newMetrics("default", func() tokencache.Stats { return tokencache.Stats{} })
-	f := basiqlite.New(nil, "https://x", "k", "SERVER_ACCESS", "")
+	f := basiq.New("k", basiq.WithBaseURL("https://x"))
 	w := m.wrap(f)
 	id, ok := w.(tokencache.Identifier)
 	if !ok || id.Identity() != f.Identity() {
 		t.Fatalf("wrapped fetcher lost its identity")
 	}
 	plain := m.wrap(tokencache.FetcherFunc(func(context.Context) (tokencache.Token, error) {
-		return tokencache.Token{}, &basiqlite.Error{Code: "invalid-grant"}
+		return tokencache.Token{}, &basiq.Error{Code: "invalid-grant"}
 	}))
 	if _, ok := plain.(tokencache.Identifier); ok {
 		t.Error("wrapper invented an identity")
@@ -309,7 +309,7 @@ func TestMetricsWrapKeepsIdentity(t *testing.T) {
 	if _, err := plain.Fetch(context.Background()); err == nil {
 		t.Fatal("want error")
 	}
-	if got := resultOf(&basiqlite.Error{Code: "invalid-grant"}); got != "invalid-grant" {
+	if got := resultOf(&basiq.Error{Code: "invalid-grant"}); got != "invalid-grant" {
 		t.Errorf("resultOf = %q", got)
 	}
 	if n, err := m.reg.Gather(); err != nil || len(n) == 0 {

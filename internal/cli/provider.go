@@ -9,8 +9,8 @@ import (
 	"golang.org/x/oauth2"
 	"golang.org/x/oauth2/clientcredentials"
 
-	"github.com/tokencache/tokencache/internal/basiqlite"
 	"github.com/tokencache/tokencache/tokencache"
+	"github.com/tokencache/tokencache/tokencache/basiq"
 	"github.com/tokencache/tokencache/tokencache/jwtauth"
 )
 
@@ -31,7 +31,18 @@ func (a *app) fetcherFor(scope, userID string) (tokencache.Fetcher, error) {
 		if err != nil {
 			return nil, err
 		}
-		return basiqlite.New(hc, a.g.issuerURL, key, scope, userID), nil
+		f := basiq.New(key, basiq.WithBaseURL(a.g.issuerURL), basiq.WithHTTPClient(hc))
+		if err := f.Validate(); err != nil {
+			return nil, usagef("%v", err)
+		}
+		if scope == basiq.ScopeClient {
+			uf, err := f.ForUser(userID)
+			if err != nil {
+				return nil, usagef("%v", err)
+			}
+			return uf, nil
+		}
+		return f, nil
 	case "jwt":
 		key, err := a.needSecret(a.g.apiKeyFile, EnvAPIKey, "--api-key-file", "the API key")
 		if err != nil {
