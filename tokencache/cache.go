@@ -253,11 +253,13 @@ type Stats struct {
 	FencedWrites  uint64 // writes rejected because a newer lease or token existed
 	BadValues     uint64 // unusable values found in Redis
 	FailOpen      uint64 // direct issuer fetches while Redis was unreachable
+	Resubscribes  uint64 // subscriptions replaced after a failed probe
 }
 
 type counters struct {
 	issuerCalls, issuerErrors, refreshes, redisReads, redisErrors atomic.Uint64
 	lockContended, waits, events, fenced, badValues, failOpen     atomic.Uint64
+	resubscribes                                                  atomic.Uint64
 }
 
 // Stats returns a snapshot of the cache's counters.
@@ -268,6 +270,7 @@ func (c *Cache) Stats() Stats {
 		Refreshes: s.refreshes.Load(), RedisReads: s.redisReads.Load(), RedisErrors: s.redisErrors.Load(),
 		LockContended: s.lockContended.Load(), Waits: s.waits.Load(), Events: s.events.Load(),
 		FencedWrites: s.fenced.Load(), BadValues: s.badValues.Load(), FailOpen: s.failOpen.Load(),
+		Resubscribes: s.resubscribes.Load(),
 	}
 }
 

@@ -78,22 +78,58 @@ type subscriber struct {
 	readyOnce sync.Once
 }
 
+// EventProbe is the type of the liveness probes a cache publishes on its
+// own events channel when it has heard nothing for a while.
+const EventProbe = "probe"
+
+// runSubscriber owns the cache's one subscription. Besides dispatching
+// events it proves the subscription alive: go-redis's health check only
+// writes a PING and never notices a half-open connection that swallows
+// messages. Any message received is proof of life; after a quiet
+// probeInterval the cache publishes a probe to its own channel, and if
+// that does not come back within probeTimeout it drops the connection and
+// subscribes again. Fleet-wide this costs about one PUBLISH per interval,
+// not one per replica, since every replica hears the first probe.
 func (c *Cache) runSubscriber(ctx context.Context) {
 	defer c.wg.Done()
-	ps := c.rdb.Subscribe(ctx, c.channel)
-	defer ps.Close()
-	msgs := ps.ChannelWithSubscriptions(
-		redis.WithChannelSize(256),
-		redis.WithChannelHealthCheckInterval(c.cfg.pubsubHealth),
-	)
+	ps, msgs := c.subscribe(ctx)
+	defer func() { _ = ps.Close() }()
+
+	lastHeard := time.Now()
+	var probeSent time.Time // zero: no probe outstanding
+	tick := time.NewTimer(jitter(c.cfg.probeInterval))
+	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-tick.C:
+			now := time.Now()
+			switch {
+			case !probeSent.IsZero() && now.Sub(probeSent) >= c.cfg.probeTimeout:
+				c.stats.resubscribes.Add(1)
+				c.log().Warn("tokencache: subscription delivered nothing, not even our probe; subscribing again", "channel", c.channel)
+				_ = ps.Close()
+				ps, msgs = c.subscribe(ctx)
+				probeSent, lastHeard = time.Time{}, now
+			case probeSent.IsZero() && now.Sub(lastHeard) >= c.cfg.probeInterval:
+				// A probe that cannot even be published counts as sent: if
+				// it does not come back, subscribing again is harmless.
+				pctx, cancel := context.WithTimeout(ctx, c.cfg.probeTimeout)
+				_ = c.st.publish(pctx, c.channel, Event{Type: EventProbe, Key: c.channel, Origin: c.origin})
+				cancel()
+				probeSent = now
+			}
+			next := c.cfg.probeInterval - now.Sub(lastHeard)
+			if !probeSent.IsZero() {
+				next = c.cfg.probeTimeout - now.Sub(probeSent)
+			}
+			tick.Reset(max(next, 10*time.Millisecond) + jitter(c.cfg.probeInterval/10))
 		case m, ok := <-msgs:
 			if !ok {
 				return
 			}
+			lastHeard = time.Now()
 			switch v := m.(type) {
 			case *redis.Subscription:
 				if v.Kind == "subscribe" {
@@ -104,12 +140,28 @@ func (c *Cache) runSubscriber(ctx context.Context) {
 				if c.dropEvents.Load() {
 					continue // test hook: a lost message
 				}
-				if ev, ok := decodeEvent(v.Payload); ok {
-					c.onEvent(ev)
+				ev, ok := decodeEvent(v.Payload)
+				if !ok {
+					continue
 				}
+				if ev.Type == EventProbe {
+					if ev.Origin == c.origin {
+						probeSent = time.Time{}
+					}
+					continue
+				}
+				c.onEvent(ev)
 			}
 		}
 	}
+}
+
+func (c *Cache) subscribe(ctx context.Context) (*redis.PubSub, <-chan any) {
+	ps := c.rdb.Subscribe(ctx, c.channel)
+	return ps, ps.ChannelWithSubscriptions(
+		redis.WithChannelSize(256),
+		redis.WithChannelHealthCheckInterval(c.cfg.pubsubHealth),
+	)
 }
 
 // waitSubscribed waits, at most d, for the first confirmed subscription.

@@ -86,7 +86,7 @@ func httpFetcher(url string) FetcherFunc {
 func replicaMain() int {
 	rdb := redis.NewClient(&redis.Options{Addr: os.Getenv("TC_REDIS"), PoolSize: 20})
 	defer rdb.Close()
-	c, err := New(rdb, httpFetcher(os.Getenv("TC_ISSUER")), WithLockTTL(5*time.Second))
+	c, err := New(rdb, httpFetcher(os.Getenv("TC_ISSUER")), WithLockTTL(5*time.Second), WithL1MaxAge(200*time.Millisecond))
 	if err != nil {
 		fmt.Println("err", err)
 		return 1
@@ -103,8 +103,14 @@ func replicaMain() int {
 	for in.Scan() {
 		switch in.Text() {
 		case "wait-invalidated":
+			// An invalidation event drops the copy at once; a raw DEL is
+			// seen by the background re-check that the first call after
+			// the copy's max age starts.
 			deadline := time.Now().Add(10 * time.Second)
 			for c.server.l1.Load() != nil && time.Now().Before(deadline) {
+				if s := c.server.l1.Load(); s != nil && c.monoNow() >= s.softUntil {
+					_, _ = c.Token(context.Background())
+				}
 				time.Sleep(time.Millisecond)
 			}
 			fmt.Fprintln(out, "ready")
@@ -230,8 +236,8 @@ func TestMultiProcessStampede(t *testing.T) {
 		}
 		sort.Slice(got, func(i, j int) bool { return got[i].Before(got[j]) })
 		answered := issuer.lastAnswer()
-		t.Logf("%s: %d callers in %d processes, 1 issuer call; after the issuer's answer the median caller had the token in %v, the last in %v (goal: under 5ms)",
-			name, len(got), procs, got[len(got)/2].Sub(answered), got[len(got)-1].Sub(answered))
+		t.Logf("%s: %d callers in %d processes, %d issuer calls in all; after the issuer's answer the median caller had the token in %v, the last in %v (goal: under 5ms)",
+			name, len(got), procs, issuer.calls.Load(), got[len(got)/2].Sub(answered), got[len(got)-1].Sub(answered))
 	}
 	round("cold start", 1)
 
@@ -252,4 +258,18 @@ func TestMultiProcessStampede(t *testing.T) {
 		p.expect(t, "ready")
 	}
 	round("after invalidation", 2)
+
+	// And the raw way: redis-cli DEL, no event.
+	if err := srv.Client(t).Del(context.Background(), "tokencache:{default}:server").Err(); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range reps {
+		if _, err := io.WriteString(p.stdin, "wait-invalidated\n"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, p := range reps {
+		p.expect(t, "ready")
+	}
+	round("after a raw DEL", 3)
 }

@@ -60,6 +60,14 @@ const (
 	// calling the issuer again.
 	DefaultNegativeTTL = 10 * time.Second
 
+	// DefaultProbeInterval is how long the subscription may stay silent
+	// before the cache probes it by publishing to its own channel, and
+	// DefaultProbeTimeout how long the probe may take to come back before
+	// the cache subscribes again: a half-open subscription is replaced
+	// within about seven seconds.
+	DefaultProbeInterval = 5 * time.Second
+	DefaultProbeTimeout  = 2 * time.Second
+
 	// DefaultMaxAttempts is the number of issuer calls one refresh makes
 	// for retryable errors (5xx, 429, timeouts) before giving up.
 	DefaultMaxAttempts = 4
@@ -85,6 +93,8 @@ type config struct {
 	now            func() time.Time
 	injected       bool // now was set by WithClock
 	pubsubHealth   time.Duration
+	probeInterval  time.Duration
+	probeTimeout   time.Duration
 	host           string
 	clientFetcher  func(userID string) (Fetcher, error)
 	rotation       func(*http.Response) (Token, bool, error)
@@ -111,6 +121,8 @@ func defaultConfig() config {
 		logger:         slog.New(slog.DiscardHandler),
 		now:            time.Now,
 		pubsubHealth:   3 * time.Second,
+		probeInterval:  DefaultProbeInterval,
+		probeTimeout:   DefaultProbeTimeout,
 	}
 }
 
@@ -268,6 +280,20 @@ func WithRetry(attempts int, base, max time.Duration) Option {
 // Redis returns; false returns ErrRedisUnavailable at once.
 func WithFailOpen(on bool) Option {
 	return func(c *config) error { c.failOpen = on; return nil }
+}
+
+// WithSubscriptionProbe sets how long the events subscription may stay
+// silent before it is probed, and how long the probe may take to come
+// back before the cache subscribes again. Defaults DefaultProbeInterval,
+// DefaultProbeTimeout.
+func WithSubscriptionProbe(interval, timeout time.Duration) Option {
+	return func(c *config) error {
+		if interval <= 0 || timeout <= 0 {
+			return fmt.Errorf("tokencache: probe interval %v and timeout %v must be positive", interval, timeout)
+		}
+		c.probeInterval, c.probeTimeout = interval, timeout
+		return nil
+	}
 }
 
 // WithLogger sets the logger. Default: discard. Logs carry fingerprints,

@@ -45,10 +45,26 @@ var (
 	ErrResponseTooLarge error = &tokenError{"jwtauth: authenticate response too large"}
 )
 
+// Conditions of the Fetcher's configuration and of the issuer's routing.
+// Both are permanent.
+var (
+	// ErrConfig is wrapped by the error Fetch returns when the Fetcher itself is
+	// misconfigured (no base URL, or one that is not http or https). It is
+	// permanent: no retry will fix it.
+	ErrConfig = errors.New("jwtauth: invalid configuration")
+
+	// ErrRedirect is wrapped by the error Fetch returns when the issuer
+	// redirects the authenticate request to another host (scheme, host or port):
+	// the request body holds the credentials, and a redirect must not carry
+	// them elsewhere. It is permanent: fix the base URL.
+	ErrRedirect = errors.New("jwtauth: refusing to follow a redirect to another host with the credentials")
+)
+
 // errNotObject is internal: a JSON value that should be an object is not.
 var errNotObject = errors.New("not a JSON object")
 
-// tokenError is the type of the sentinels above. Its Is method makes each
+// tokenError is the type of the token sentinels (ErrMalformedToken to
+// ErrResponseTooLarge). Its Is method makes each
 // of them match tokencache.ErrInvalidToken too.
 type tokenError struct{ msg string }
 
@@ -128,7 +144,8 @@ func (e *Error) Unwrap() error { return e.Err }
 // Retryable reports whether calling the issuer again may succeed: true for
 // 5xx, 408, 429 and network errors; false for other 4xx answers (400, 401,
 // 403, 404: the request or the credentials are wrong), for a misconfigured
-// Fetcher (ErrConfig), and for a successful
+// Fetcher (ErrConfig) or a redirect to another host (ErrRedirect), and for a
+// successful
 // answer carrying an unusable token (expired on arrival, unsigned, without
 // exp), which the same request would only produce again.
 func (e *Error) Retryable() bool {
@@ -137,7 +154,7 @@ func (e *Error) Retryable() bool {
 		return true
 	case s >= 400:
 		return false
-	case errors.Is(e.Err, tokencache.ErrInvalidToken), errors.Is(e.Err, ErrConfig):
+	case errors.Is(e.Err, tokencache.ErrInvalidToken), errors.Is(e.Err, ErrConfig), errors.Is(e.Err, ErrRedirect):
 		return false
 	default:
 		return true

@@ -6,3 +6,6 @@ var ParseAuthenticateResponse = parseAuthenticateResponse
 
 // Scrub exposes scrub to the external tests.
 var Scrub = scrub
+
+// ErrorDetails exposes errorDetails to the fuzz targets.
+var ErrorDetails = errorDetails

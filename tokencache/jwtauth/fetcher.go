@@ -27,11 +27,6 @@ const maxBodySize = 64 << 10
 // misconfigured proxy than advice the fleet should follow blindly.
 const maxRetryAfter = 24 * time.Hour
 
-// ErrConfig is wrapped by the error Fetch returns when the Fetcher itself is
-// misconfigured (no base URL, or one that is not http or https). It is
-// permanent: no retry will fix it.
-var ErrConfig = errors.New("jwtauth: invalid configuration")
-
 // Fetcher obtains a JWT from an authenticate-and-rotate issuer: it POSTs
 // {"apiKey":…,"clientSecret":…} to {base}/authenticate and takes the token's
 // expiry from its exp claim. It implements tokencache.Fetcher and
@@ -66,13 +61,37 @@ func WithPath(p string) Option { return func(f *Fetcher) { f.path = p } }
 
 // WithHTTPClient sets the HTTP client used to call the issuer. Default:
 // http.DefaultClient. Its Timeout, if any, bounds each call in addition to
-// the context passed to Fetch.
+// the context passed to Fetch. The Fetcher uses a copy whose redirect policy
+// refuses, before c's own policy is asked, any redirect to another host.
 func WithHTTPClient(c *http.Client) Option {
 	return func(f *Fetcher) {
 		if c != nil {
 			f.client = c
 		}
 	}
+}
+
+// sameHostRedirects returns a copy of c that refuses redirects to another
+// scheme, host or port, then defers to c's own redirect policy.
+func sameHostRedirects(c *http.Client) *http.Client {
+	cp := *c
+	next := c.CheckRedirect
+	cp.CheckRedirect = func(req *http.Request, via []*http.Request) error {
+		if len(via) > 0 {
+			from := via[0].URL
+			if req.URL.Scheme != from.Scheme || req.URL.Host != from.Host {
+				return ErrRedirect
+			}
+		}
+		if next != nil {
+			return next(req, via)
+		}
+		if len(via) >= 10 {
+			return errors.New("stopped after 10 redirects")
+		}
+		return nil
+	}
+	return &cp
 }
 
 // WithClock sets the clock used to reject tokens that are already expired
@@ -107,6 +126,7 @@ func New(apiKey, clientSecret string, opts ...Option) *Fetcher {
 	for _, o := range opts {
 		o(f)
 	}
+	f.client = sameHostRedirects(f.client)
 	return f
 }
 
@@ -215,6 +235,8 @@ func transportError(ctx context.Context, endpoint *url.URL, err error) *Error {
 	code := "network"
 	var nerr net.Error
 	switch {
+	case errors.Is(err, ErrRedirect):
+		code = "redirect"
 	case errors.Is(err, context.Canceled) || errors.Is(ctx.Err(), context.Canceled):
 		code = "canceled"
 	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &nerr) && nerr.Timeout():

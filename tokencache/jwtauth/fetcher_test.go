@@ -497,3 +497,54 @@ func TestErrorsNeverLeak(t *testing.T) {
 		}
 	}
 }
+
+func TestFetchRedirects(t *testing.T) {
+	tok := tokenExpiring(testNow.Add(time.Hour), "svc")
+	var elsewhere atomic.Int32
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		elsewhere.Add(1)
+		_, _ = io.WriteString(w, tok)
+	}))
+	defer other.Close()
+	mux := http.NewServeMux()
+	mux.HandleFunc("/authenticate", func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, other.URL+"/authenticate", http.StatusTemporaryRedirect)
+	})
+	mux.HandleFunc("/old/authenticate", func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, "/new/authenticate", http.StatusPermanentRedirect)
+	})
+	mux.HandleFunc("/new/authenticate", func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, tok)
+	})
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+
+	t.Run("to another host: refused", func(t *testing.T) {
+		f := jwtauth.New(testAPIKey, testSecret, jwtauth.WithBaseURL(srv.URL), jwtauth.WithClock(fixedClock))
+		_, err := f.Fetch(context.Background())
+		if !errors.Is(err, jwtauth.ErrRedirect) {
+			t.Fatalf("Fetch: got %v, want ErrRedirect", err)
+		}
+		var e *jwtauth.Error
+		if !errors.As(err, &e) || e.Retryable() || e.ErrorCode() != "redirect" {
+			t.Errorf("Fetch: got %v, want a permanent *Error with code redirect", err)
+		}
+		if n := elsewhere.Load(); n != 0 {
+			t.Errorf("other host: got %d requests, want 0", n)
+		}
+	})
+	t.Run("same host: followed", func(t *testing.T) {
+		var asked atomic.Bool
+		client := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { asked.Store(true); return nil }}
+		f := jwtauth.New(testAPIKey, testSecret, jwtauth.WithBaseURL(srv.URL+"/old"), jwtauth.WithClock(fixedClock), jwtauth.WithHTTPClient(client))
+		if _, err := f.Fetch(context.Background()); err != nil {
+			t.Fatalf("Fetch: got %v, want nil", err)
+		}
+		if !asked.Load() {
+			t.Errorf("the client's own CheckRedirect was not consulted")
+		}
+		if client.CheckRedirect == nil {
+			t.Errorf("the caller's client was modified")
+		}
+	})
+}

@@ -1,0 +1,255 @@
+package tokencache
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"golang.org/x/oauth2"
+	"golang.org/x/oauth2/clientcredentials"
+)
+
+// ClientCredentials returns a Fetcher for any OAuth2 client-credentials
+// issuer (RFC 6749 §4.4), configured as for golang.org/x/oauth2.
+//
+// Each Fetch asks the token endpoint for a new token through cfg.Token: it
+// keeps no token of its own, since caching is the Cache's job (and
+// cfg.TokenSource, which caches per process, would hide refreshes from the
+// fleet). The HTTP client is the one x/oauth2 takes from the Fetch context
+// (see oauth2.HTTPClient), else http.DefaultClient. cfg must not change once
+// the Fetcher is in use.
+//
+// The token's type defaults to "Bearer", and its expiry is the one x/oauth2
+// derives from expires_in: an answer without expires_in cannot be shared, and
+// Fetch refuses it with an error wrapping ErrInvalidToken. Failures are
+// *OAuth2Error values that carry the RFC 6749 error code and never the
+// client secret, a token, or the raw response body.
+//
+// The Fetcher also implements Identifier: its identity covers the token URL,
+// the client id and secret, the scopes and the extra endpoint parameters.
+func ClientCredentials(cfg *clientcredentials.Config) Fetcher {
+	return &clientCredentialsFetcher{cfg: cfg, now: time.Now}
+}
+
+// clientCredentialsFetcher is the Fetcher ClientCredentials returns.
+type clientCredentialsFetcher struct {
+	cfg *clientcredentials.Config
+	now func() time.Time
+}
+
+var (
+	_ Fetcher    = (*clientCredentialsFetcher)(nil)
+	_ Identifier = (*clientCredentialsFetcher)(nil)
+)
+
+// Fetch requests a new token from the token endpoint.
+func (c *clientCredentialsFetcher) Fetch(ctx context.Context) (Token, error) {
+	if c.cfg == nil {
+		return Token{}, &OAuth2Error{Code: "invalid-config", Description: "nil clientcredentials.Config"}
+	}
+	t, err := c.cfg.Token(ctx)
+	if err != nil {
+		return Token{}, c.translate(ctx, err)
+	}
+	invalid := func(desc string) (Token, error) {
+		return Token{}, &OAuth2Error{Code: "invalid-token", Description: desc, Err: ErrInvalidToken}
+	}
+	if t == nil || t.AccessToken == "" {
+		return invalid("the answer holds no access_token")
+	}
+	now := c.now()
+	exp := t.Expiry
+	if exp.IsZero() && t.ExpiresIn > 0 {
+		exp = now.Add(time.Duration(t.ExpiresIn) * time.Second)
+	}
+	switch {
+	case exp.IsZero():
+		return invalid("the answer holds no expires_in, so the token cannot be aged out")
+	case !exp.After(now):
+		return invalid("the token is already expired")
+	}
+	return Token{AccessToken: t.AccessToken, TokenType: t.Type(), Expiry: exp}, nil
+}
+
+// Identity names the endpoint, credential, scopes and parameters the tokens
+// are minted for. It contains the client secret: the cache only ever stores
+// or sends a salted hash of it.
+func (c *clientCredentialsFetcher) Identity() string {
+	if c.cfg == nil {
+		return "oauth2-client-credentials|nil"
+	}
+	var b strings.Builder
+	b.WriteString("oauth2-client-credentials")
+	for _, s := range []string{
+		c.cfg.TokenURL,
+		c.cfg.ClientID,
+		c.cfg.ClientSecret,
+		strings.Join(c.cfg.Scopes, " "),
+		c.cfg.EndpointParams.Encode(), // sorted by key: audience, resource, ...
+	} {
+		// Length-prefixed, so no two different configurations collide.
+		b.WriteByte('|')
+		b.WriteString(strconv.Itoa(len(s)))
+		b.WriteByte(':')
+		b.WriteString(s)
+	}
+	return b.String()
+}
+
+// translate turns an x/oauth2 error into an *OAuth2Error. A
+// *oauth2.RetrieveError is not kept in the chain: its Error method prints
+// the raw response body, which may hold anything the issuer chose to echo.
+func (c *clientCredentialsFetcher) translate(ctx context.Context, err error) *OAuth2Error {
+	var rerr *oauth2.RetrieveError
+	if errors.As(err, &rerr) {
+		e := &OAuth2Error{
+			Code:        ccCode(rerr.ErrorCode, c.cfg.ClientSecret),
+			Description: ccScrub(rerr.ErrorDescription, c.cfg.ClientSecret),
+		}
+		if rerr.Response != nil {
+			e.StatusCode = rerr.Response.StatusCode
+			e.retryAfter = ccRetryAfter(rerr.Response.Header.Get("Retry-After"), c.now())
+		}
+		switch s := e.StatusCode; {
+		case s == http.StatusTooManyRequests || s == http.StatusRequestTimeout || s >= 500:
+			e.retryable = true
+		case s >= 400 || e.Code != "": // 4xx, or an RFC 6749 error in a 2xx
+			e.retryable = false
+		default:
+			e.retryable = true
+		}
+		if e.Code == "" {
+			e.Code = "http-" + strconv.Itoa(e.StatusCode)
+		}
+		return e
+	}
+
+	var uerr *url.Error
+	var nerr net.Error
+	where := "POST " + ccSafeURL(c.cfg.TokenURL)
+	switch {
+	case errors.Is(err, context.Canceled) || errors.Is(ctx.Err(), context.Canceled):
+		return &OAuth2Error{Code: "canceled", Description: where, Err: ccUnwrapURL(err), retryable: true}
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &nerr) && nerr.Timeout():
+		return &OAuth2Error{Code: "timeout", Description: where, Err: ccUnwrapURL(err), retryable: true}
+	case errors.As(err, &uerr):
+		return &OAuth2Error{Code: "network", Description: where, Err: uerr.Err, retryable: true}
+	}
+	// x/oauth2's own errors: "server response missing access_token",
+	// "cannot parse json: …" (a bad 2xx answer), "cannot fetch token: …" (a
+	// failed body read). None of them quotes the body.
+	msg := err.Error()
+	if strings.Contains(msg, "missing access_token") || strings.Contains(msg, "cannot parse") {
+		return &OAuth2Error{Code: "invalid-response", Description: ccScrub(msg, c.cfg.ClientSecret), Err: ErrInvalidToken}
+	}
+	return &OAuth2Error{Code: "oauth2", Description: ccScrub(msg, c.cfg.ClientSecret), retryable: true}
+}
+
+const ccMaxRetryAfter = 24 * time.Hour
+
+// ccRetryAfter reads delay-seconds or an HTTP date; anything else is 0.
+func ccRetryAfter(v string, now time.Time) time.Duration {
+	v = strings.TrimSpace(v)
+	var d time.Duration
+	if n, err := strconv.ParseInt(v, 10, 64); err == nil {
+		if n > int64(ccMaxRetryAfter/time.Second) {
+			return ccMaxRetryAfter
+		}
+		d = time.Duration(n) * time.Second
+	} else if t, err := http.ParseTime(v); err == nil {
+		d = t.Sub(now)
+	}
+	return min(max(d, 0), ccMaxRetryAfter)
+}
+
+// ccCode keeps an RFC 6749 error code if it is short and plain (RFC 6749
+// limits it to printable ASCII without quotes or backslashes) and does not
+// echo the secret.
+func ccCode(code, secret string) string {
+	if code == "" || len(code) > 64 || (secret != "" && strings.Contains(code, secret)) {
+		return ""
+	}
+	for i := 0; i < len(code); i++ {
+		if c := code[i]; c <= ' ' || c >= 0x7f || c == '"' || c == '\\' {
+			return ""
+		}
+	}
+	return code
+}
+
+// ccScrub makes an issuer message safe for an error: it removes the secret,
+// replaces anything shaped like a token (a run of base64 characters 24 long
+// with a digit, or 40 long: access tokens, JWTs, keys, but not words) with
+// "[redacted]", drops control characters and shortens it to 200 bytes.
+func ccScrub(msg, secret string) string {
+	if secret != "" {
+		msg = strings.ReplaceAll(msg, secret, "[redacted]")
+	}
+	var b strings.Builder
+	word := func(w string) {
+		digits := strings.ContainsAny(w, "0123456789")
+		if len(w) >= 40 || len(w) >= 24 && digits {
+			w = "[redacted]"
+		}
+		b.WriteString(w)
+	}
+	start := -1 // start of the current run of token characters
+	for i, r := range msg {
+		if r < utf8.RuneSelf && ccIsTokenByte(byte(r)) {
+			if start < 0 {
+				start = i
+			}
+			continue
+		}
+		if start >= 0 {
+			word(msg[start:i])
+			start = -1
+		}
+		if r < ' ' || r == 0x7f || r == utf8.RuneError {
+			r = ' '
+		}
+		b.WriteRune(r)
+	}
+	if start >= 0 {
+		word(msg[start:])
+	}
+	out := strings.TrimSpace(b.String())
+	if len(out) > 200 {
+		cut := 200
+		for cut > 0 && !utf8.RuneStart(out[cut]) {
+			cut--
+		}
+		out = out[:cut] + "..."
+	}
+	return out
+}
+
+// ccIsTokenByte reports whether c may appear in a base64 or base64url token.
+func ccIsTokenByte(c byte) bool {
+	return 'A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' || '0' <= c && c <= '9' ||
+		c == '-' || c == '_' || c == '.' || c == '=' || c == '+' || c == '/' || c == '~'
+}
+
+// ccSafeURL prints a URL without user info, query or fragment.
+func ccSafeURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "the token URL"
+	}
+	return (&url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path}).String()
+}
+
+// ccUnwrapURL drops the *url.Error layer, whose message repeats the URL.
+func ccUnwrapURL(err error) error {
+	var uerr *url.Error
+	if errors.As(err, &uerr) {
+		return uerr.Err
+	}
+	return err
+}

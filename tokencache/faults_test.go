@@ -1,0 +1,212 @@
+package tokencache
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tokencache/tokencache/internal/faultproxy"
+	"github.com/tokencache/tokencache/internal/redistest"
+)
+
+// A half-open subscription (writes accepted, nothing delivered) is not
+// noticed by go-redis's health check; the cache's probe must notice it and
+// subscribe again, and events must flow afterwards.
+func TestHalfOpenSubscriptionIsReplaced(t *testing.T) {
+	srv := redistest.Start(t)
+	proxy, err := faultproxy.New(srv.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer proxy.Close()
+	viaProxy := redis.NewClient(&redis.Options{Addr: proxy.Addr, ReadTimeout: 500 * time.Millisecond, WriteTimeout: 500 * time.Millisecond})
+	defer viaProxy.Close()
+	direct := srv.Client(t)
+
+	f := newFakeFetcher(time.Hour)
+	a := newCache(t, viaProxy, f, fastOpts(WithSubscriptionProbe(200*time.Millisecond, 300*time.Millisecond), WithL1MaxAge(0))...)
+	b := newCache(t, direct, f, fastOpts()...)
+	ctx := ctxT(t)
+	if _, err := a.Token(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !a.waitSubscribed(ctx, 5*time.Second) {
+		t.Fatal("never subscribed")
+	}
+	if n := proxy.SwallowExisting(); n == 0 {
+		t.Fatal("no connection to make half-open")
+	}
+	if _, err := b.Refresh(ctx, 0, true); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the cache to replace its silent subscription", func() bool { return a.Stats().Resubscribes > 0 })
+	before := a.Stats().Events
+	res, err := b.Refresh(ctx, 0, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "events to flow on the new subscription", func() bool { return a.Stats().Events > before })
+	eventually(t, "the cache to serve the newest token", func() bool {
+		tok, err := a.Token(ctx)
+		return err == nil && tok.AccessToken == res.Token.AccessToken
+	})
+}
+
+// Redis restarted on the same port: memory keeps serving, and the cache
+// recovers (subscription included) without a restart of its own.
+func TestRedisRestartRecovers(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	f := newFakeFetcher(time.Hour)
+	a := newCache(t, rdb, f, fastOpts()...)
+	b := newCache(t, srv.Client(t), f, fastOpts()...)
+	ctx := ctxT(t)
+	first, err := a.Token(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Restart() // empty: the token is gone from Redis
+	for range 100 {
+		tok, err := a.Token(ctx)
+		if err != nil || tok.AccessToken != first.AccessToken {
+			t.Fatalf("while redis restarts: %v, %v; want the token from memory", tok, err)
+		}
+	}
+	// The replica notices the empty Redis on its next re-check, and new
+	// events reach it.
+	res, err := b.Refresh(ctx, 0, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "replica a to follow the new token", func() bool {
+		tok, err := a.Token(context.Background())
+		return err == nil && tok.AccessToken == res.Token.AccessToken
+	})
+}
+
+// Replicas whose clocks are two minutes fast or slow never serve an
+// expired token: freshness comes from the key's PTTL on Redis's clock.
+func TestClockSkewNeverServesExpired(t *testing.T) {
+	rdb, mr := miniBackend(t)
+	clock := newFakeClock()
+	fast := func() time.Time { return clock.Now().Add(2 * time.Minute) }
+	slow := func() time.Time { return clock.Now().Add(-2 * time.Minute) }
+	f := newFakeFetcher(10 * time.Minute) // the issuer's lifetime, on the writer's clock
+	f.now = fast
+	writer := newCache(t, rdb, f, fastOpts(WithClock(fast), WithRefreshJitter(0))...)
+	reader := newCache(t, rdb, f, fastOpts(WithClock(slow), WithRefreshJitter(0))...)
+	ctx := ctxT(t)
+	tok, err := writer.Token(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := reader.Token(ctx); err != nil || got.AccessToken != tok.AccessToken {
+		t.Fatalf("slow-clock reader: %v, %v; want the shared token", got, err)
+	}
+	// Stop refreshes so the old token would be served as long as allowed.
+	f.failNext(errorsN(100, &issuerErr{code: "internal-server-error", retryable: true})...)
+	ttl := 10*time.Minute - DefaultExpirySkew
+	step := func(d time.Duration) { clock.Advance(d); mr.FastForward(d) }
+	step(ttl - time.Second)
+	for _, c := range []*Cache{writer, reader} {
+		if got, err := c.Token(ctx); err != nil || got.AccessToken != tok.AccessToken {
+			t.Fatalf("before the TTL ends: %v, %v; want the token", got, err)
+		}
+	}
+	step(2 * time.Second)
+	for name, c := range map[string]*Cache{"fast": writer, "slow": reader} {
+		if got, err := c.Token(ctx); err == nil && got.AccessToken == tok.AccessToken {
+			t.Errorf("%s-clock replica served the token after its TTL ended", name)
+		}
+	}
+}
+
+// After SCRIPT FLUSH the scripts are reloaded transparently.
+func TestScriptFlush(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	f := newFakeFetcher(time.Hour)
+	c := newCache(t, rdb, f, fastOpts(WithL1(false))...)
+	ctx := ctxT(t)
+	if _, err := c.Token(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.ScriptFlush(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Token(ctx); err != nil {
+		t.Fatalf("after SCRIPT FLUSH: %v", err)
+	}
+	if _, err := c.Refresh(ctx, 0, true); err != nil {
+		t.Fatalf("refresh after SCRIPT FLUSH: %v", err)
+	}
+	if got := f.calls.Load(); got != 2 {
+		t.Errorf("issuer calls = %d, want 2", got)
+	}
+}
+
+// A replica restarted while Redis is warm is served from Redis.
+func TestWarmRestartMakesNoIssuerCall(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, rdb redis.UniversalClient, _ *miniredis.Miniredis) {
+		f := newFakeFetcher(time.Hour)
+		ctx := ctxT(t)
+		first := newCache(t, rdb, f, fastOpts()...)
+		tok, err := first.Token(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = first.Close()
+		restarted := newCache(t, rdb, f, fastOpts()...)
+		got, err := restarted.Token(ctx)
+		if err != nil || got.AccessToken != tok.AccessToken {
+			t.Fatalf("restarted replica: %v, %v; want the cached token", got, err)
+		}
+		if n := f.calls.Load(); n != 1 {
+			t.Errorf("issuer calls = %d, want 1", n)
+		}
+	})
+}
+
+// The token or lock key evicted under memory pressure: one refresh, no herd.
+func TestEvictedKeysCostOneRefresh(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	f := newFakeFetcher(time.Hour)
+	f.setDelay(50 * time.Millisecond)
+	var caches []*Cache
+	for range 5 {
+		caches = append(caches, newCache(t, rdb, f, fastOpts(WithL1MaxAge(0))...))
+	}
+	ctx := ctxT(t)
+	for _, c := range caches {
+		if _, err := c.Token(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Evicted: no event. Replicas drop their copies when they re-check.
+	rdb.Del(ctx, "tokencache:{default}:server", "tokencache:{default}:server:fence")
+	for _, c := range caches {
+		c.server.expireSoft()
+		_, _ = c.Token(ctx) // starts the background re-check
+	}
+	for _, c := range caches {
+		eventually(t, "the replica to notice the eviction", func() bool { return c.server.l1.Load() == nil })
+	}
+	done := make(chan error, len(caches)*10)
+	for _, c := range caches {
+		for range 10 {
+			go func() { _, err := c.Token(ctx); done <- err }()
+		}
+	}
+	for range len(caches) * 10 {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := f.calls.Load(); got != 2 {
+		t.Errorf("issuer calls = %d, want 2 (one refresh after the eviction)", got)
+	}
+}
