@@ -183,7 +183,7 @@ func (a *app) describeFetch(fe *tokencache.FetchError) string {
 	}
 	msg := fe.Message
 	if fe.Err != nil {
-		msg = fe.Err.Error()
+		msg = strings.TrimPrefix(fe.Err.Error(), "tokencache: ")
 	}
 	if id := correlationID(fe.Err); id != "" && !strings.Contains(msg, id) {
 		fmt.Fprintf(&b, " (correlationId %s)", id)

@@ -5,6 +5,9 @@ import (
 	"context"
 	"errors"
 	"flag"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -314,5 +317,32 @@ func TestMetricsWrapKeepsIdentity(t *testing.T) {
 	}
 	if n, err := m.reg.Gather(); err != nil || len(n) == 0 {
 		t.Errorf("gather: %v", err)
+	}
+}
+
+func TestGetOAuth2Embedded(t *testing.T) {
+	const secret = "oauth2-SECRET-abcdef"
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if id, sec, ok := r.BasicAuth(); !ok || id != "client-1" || sec != secret {
+			w.WriteHeader(http.StatusUnauthorized)
+			_, _ = io.WriteString(w, `{"error":"invalid_client"}`)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"access_token":"oa-tok","token_type":"bearer","expires_in":3600}`)
+	}))
+	defer srv.Close()
+	env := map[string]string{EnvClientID: "client-1", EnvClientSecret: secret}
+	stdout, stderr, err := runArgs(t, env, "get", "--redis", "embedded", "--provider", "oauth2", "--token-url", srv.URL)
+	if err != nil || stdout != "oa-tok\n" {
+		t.Fatalf("get: %v, stdout %q, stderr %q", err, stdout, stderr)
+	}
+	env[EnvClientSecret] = "wrong-SECRET-123456"
+	_, stderr, err = runArgs(t, env, "get", "--redis", "embedded", "--provider", "oauth2", "--token-url", srv.URL)
+	if ExitCode(err) != 1 || !strings.Contains(err.Error(), "401") {
+		t.Fatalf("wrong secret: %v", err)
+	}
+	if strings.Contains(err.Error()+stderr, "wrong-SECRET-123456") {
+		t.Errorf("secret leaked: %v %s", err, stderr)
 	}
 }

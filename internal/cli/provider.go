@@ -1,12 +1,9 @@
 package cli
 
 import (
-	"context"
 	"net/http"
-	"strings"
 	"time"
 
-	"golang.org/x/oauth2"
 	"golang.org/x/oauth2/clientcredentials"
 
 	"github.com/tokencache/tokencache/tokencache"
@@ -65,7 +62,9 @@ func (a *app) fetcherFor(scope, userID string) (tokencache.Fetcher, error) {
 		if err != nil {
 			return nil, err
 		}
-		return newOAuth2Fetcher(hc, a.g.tokenURL, id, secret), nil
+		// x/oauth2 uses http.DefaultClient here; the cache's refresh
+		// timeout bounds each call through the context.
+		return tokencache.ClientCredentials(&clientcredentials.Config{ClientID: id, ClientSecret: secret, TokenURL: a.g.tokenURL}), nil
 	}
 	return nil, usagef("--provider %q: want basiq, jwt or oauth2", a.g.provider)
 }
@@ -81,46 +80,4 @@ func (a *app) needSecret(file, envKey, fileFlag, what string) (string, error) {
 	}
 	a.secrets = append(a.secrets, s)
 	return s, nil
-}
-
-// oauth2Fetcher is a client-credentials Fetcher on golang.org/x/oauth2.
-//
-// TODO(jwt branch): replace with tokencache.ClientCredentials once merged.
-type oauth2Fetcher struct {
-	cfg *clientcredentials.Config
-	hc  *http.Client
-}
-
-func newOAuth2Fetcher(hc *http.Client, tokenURL, id, secret string) *oauth2Fetcher {
-	return &oauth2Fetcher{cfg: &clientcredentials.Config{ClientID: id, ClientSecret: secret, TokenURL: tokenURL}, hc: hc}
-}
-
-func (f *oauth2Fetcher) Fetch(ctx context.Context) (tokencache.Token, error) {
-	ctx = context.WithValue(ctx, oauth2.HTTPClient, f.hc)
-	t, err := f.cfg.Token(ctx)
-	if err != nil {
-		return tokencache.Token{}, scrubErr(err, f.cfg.ClientSecret)
-	}
-	return tokencache.Token{AccessToken: t.AccessToken, TokenType: t.TokenType, Expiry: t.Expiry}, nil
-}
-
-// Identity names the credential the tokens are minted for.
-func (f *oauth2Fetcher) Identity() string {
-	return "oauth2\x00" + f.cfg.TokenURL + "\x00" + f.cfg.ClientID + "\x00" + f.cfg.ClientSecret
-}
-
-type scrubbedError struct {
-	msg string
-	err error
-}
-
-func (e *scrubbedError) Error() string { return e.msg }
-func (e *scrubbedError) Unwrap() error { return e.err }
-
-// scrubErr removes secret from err's text, keeping the chain for errors.As.
-func scrubErr(err error, secret string) error {
-	if secret == "" || !strings.Contains(err.Error(), secret) {
-		return err
-	}
-	return &scrubbedError{msg: strings.ReplaceAll(err.Error(), secret, "[redacted]"), err: err}
 }
