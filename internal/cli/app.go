@@ -1,0 +1,259 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tokencache/tokencache/tokencache"
+	"github.com/tokencache/tokencache/tokencache/basiq"
+)
+
+// app is one invocation: its environment, its global flags and the
+// secrets it has read (kept to scrub them from any message).
+type app struct {
+	env     Env
+	g       globals
+	secrets []string
+	log     *slog.Logger
+}
+
+// session is what a command works with: Redis, the cache, and the token
+// the command is about (the server token, or one user's client token).
+type session struct {
+	redis *redisConn
+	cache *tokencache.Cache
+	tok   tokenHandle
+}
+
+// tokenHandle is what *tokencache.Cache and *tokencache.User share.
+type tokenHandle interface {
+	Token(ctx context.Context) (tokencache.Token, error)
+	Refresh(ctx context.Context, minTTL time.Duration, force bool) (tokencache.RefreshResult, error)
+	Inspect(ctx context.Context) (tokencache.Status, error)
+	InvalidateFingerprint(ctx context.Context, fp string, gen int64) (bool, error)
+}
+
+var (
+	_ tokenHandle = (*tokencache.Cache)(nil)
+	_ tokenHandle = (*tokencache.User)(nil)
+)
+
+func (s *session) Close() {
+	if s.cache != nil {
+		_ = s.cache.Close()
+	}
+	if s.redis != nil {
+		_ = s.redis.Close()
+	}
+}
+
+// openOpts says what a command needs from open.
+type openOpts struct {
+	// ping makes Redis answer first, so that a one-shot command fails
+	// with the Redis address rather than a timeout.
+	ping bool
+	// noFetch is for commands that only read or delete (inspect,
+	// invalidate): they run without credentials.
+	noFetch bool
+	// wrap, if not nil, wraps the provider's fetcher (metrics).
+	wrap func(tokencache.Fetcher) tokencache.Fetcher
+}
+
+// open connects to Redis, builds the provider's fetcher and the cache.
+func (a *app) open(ctx context.Context, o openOpts, opts ...tokencache.Option) (*session, error) {
+	a.log = a.g.logger(a)
+	redis.SetLogger(redisLogger{a.log})
+	var f tokencache.Fetcher = noFetcher{}
+	if !o.noFetch {
+		var err error
+		if f, err = a.fetcherFor(a.g.scope, a.g.userID); err != nil {
+			return nil, err
+		}
+		if a.g.scope == "CLIENT_ACCESS" {
+			// The server fetcher is never used: the command is about
+			// one user's client token.
+			f = noFetcher{}
+		}
+	}
+	if o.wrap != nil {
+		f = o.wrap(f)
+	}
+	if a.g.scope == "CLIENT_ACCESS" {
+		opts = append(opts, tokencache.WithClientTokens(func(userID string) (tokencache.Fetcher, error) {
+			if o.noFetch {
+				return noFetcher{}, nil
+			}
+			uf, err := a.fetcherFor("CLIENT_ACCESS", userID)
+			if err == nil && o.wrap != nil {
+				uf = o.wrap(uf)
+			}
+			return uf, err
+		}, 16))
+	}
+	rc, err := openRedis(a.g.redisURL)
+	if err != nil {
+		return nil, err
+	}
+	s := &session{redis: rc}
+	if o.ping {
+		if err := rc.ping(ctx); err != nil {
+			s.Close()
+			return nil, err
+		}
+	}
+	base := []tokencache.Option{
+		tokencache.WithNamespace(a.g.namespace),
+		tokencache.WithLogger(a.log),
+		// The CLI's job is the shared token: when Redis is down, say so
+		// rather than calling the issuer from every cron host.
+		tokencache.WithFailOpen(false),
+	}
+	c, err := tokencache.New(rc.client, f, append(base, opts...)...)
+	if err != nil {
+		s.Close()
+		return nil, usagef("%v", err)
+	}
+	s.cache, s.tok = c, c
+	if a.g.scope == "CLIENT_ACCESS" {
+		u, err := c.User(a.g.userID)
+		if err != nil {
+			s.Close()
+			return nil, usagef("--user-id: %v", err)
+		}
+		s.tok = u
+	}
+	return s, nil
+}
+
+// label names the token for logs and metrics: the namespace, and the
+// user of a client token.
+func (a *app) label() string {
+	if a.g.scope == "CLIENT_ACCESS" {
+		return a.g.namespace + "/" + a.g.userID
+	}
+	return a.g.namespace
+}
+
+// explain turns an error into the one line the user sees: the cause named
+// (issuer code and correlationId, Redis address), secrets scrubbed. Usage
+// errors stay usage errors.
+func (a *app) explain(err error) error {
+	var ue *UsageError
+	if errors.As(err, &ue) {
+		return &UsageError{msg: a.scrub(ue.msg)}
+	}
+	return &failure{msg: a.scrub(a.describe(err)), err: err}
+}
+
+func (a *app) describe(err error) string {
+	var (
+		fe *tokencache.FetchError
+		re *tokencache.RedisError
+		rf *redisFailure
+	)
+	switch {
+	case errors.Is(err, context.Canceled):
+		return "interrupted"
+	case errors.As(err, &fe):
+		return a.describeFetch(fe)
+	case errors.As(err, &rf):
+		return rf.Error()
+	case errors.As(err, &re):
+		return fmt.Sprintf("redis %s: %s %s: %v", a.redisAddr(), re.Op, re.Key, re.Err)
+	case errors.Is(err, tokencache.ErrRedisUnavailable):
+		return fmt.Sprintf("redis %s: unavailable: %v", a.redisAddr(), err)
+	}
+	return strings.TrimPrefix(err.Error(), "tokencache: ")
+}
+
+func (a *app) describeFetch(fe *tokencache.FetchError) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "issuer %s: token request failed", a.issuerName())
+	if fe.Remote {
+		b.WriteString(" (reported by the replica holding the lock)")
+	}
+	if fe.Code != "" {
+		fmt.Fprintf(&b, ": code %s", fe.Code)
+	}
+	msg := fe.Message
+	if fe.Err != nil {
+		msg = strings.TrimPrefix(fe.Err.Error(), "tokencache: ")
+	}
+	if id := correlationID(fe.Err); id != "" && !strings.Contains(msg, id) {
+		fmt.Fprintf(&b, " (correlationId %s)", id)
+	}
+	if msg != "" {
+		fmt.Fprintf(&b, ": %s", msg)
+	}
+	if !fe.Until.IsZero() {
+		b.WriteString("; not retrying for a while (permanent error)")
+	}
+	return b.String()
+}
+
+// correlationID finds an issuer correlation id in err's chain.
+func correlationID(err error) string {
+	var be *basiq.Error
+	if err != nil && errors.As(err, &be) {
+		return be.CorrelationID
+	}
+	return ""
+}
+
+func (a *app) issuerName() string {
+	if a.g.provider == "oauth2" && a.g.tokenURL != "" {
+		return redactURL(a.g.tokenURL)
+	}
+	return redactURL(a.g.issuerURL)
+}
+
+func (a *app) redisAddr() string {
+	if rc, err := redisAddrOf(a.g.redisURL); err == nil {
+		return rc
+	}
+	return "(unparsable URL)"
+}
+
+// redisAddrOf names the server(s) of a Redis URL without its password.
+func redisAddrOf(raw string) (string, error) {
+	if raw == "embedded" {
+		return "embedded", nil
+	}
+	if strings.Contains(raw, ",") || strings.Contains(raw, "+sentinel://") {
+		return redactURL(raw), nil
+	}
+	u, err := parseURLHost(raw)
+	return u, err
+}
+
+// scrub replaces every secret this invocation read by [redacted].
+func (a *app) scrub(s string) string {
+	for _, sec := range a.secrets {
+		if len(sec) >= 4 {
+			s = strings.ReplaceAll(s, sec, "[redacted]")
+		}
+	}
+	return s
+}
+
+// failure is a scrubbed, explained error that exits 1.
+type failure struct {
+	msg string
+	err error
+}
+
+func (f *failure) Error() string { return f.msg }
+func (f *failure) Unwrap() error { return f.err }
+
+// noFetcher is the fetcher of commands that never fetch.
+type noFetcher struct{}
+
+func (noFetcher) Fetch(context.Context) (tokencache.Token, error) {
+	return tokencache.Token{}, errors.New("this command does not fetch tokens")
+}

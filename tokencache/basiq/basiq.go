@@ -1,0 +1,451 @@
+package basiq
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/tokencache/tokencache/tokencache"
+)
+
+// Defaults, each used when its option is not given.
+const (
+	// DefaultBaseURL is Basiq's production API root.
+	DefaultBaseURL = "https://au-api.basiq.io"
+
+	// DefaultVersion is the basiq-version header value, as in Basiq's
+	// current quick start.
+	DefaultVersion = "3.0"
+
+	// DefaultTimeout bounds one token request, connection to last byte.
+	// /token answers in well under a second; 15s rides out a slow TLS
+	// handshake yet stays well inside a refresh lock's lease, so a stuck
+	// request fails and is retried before another replica takes over.
+	DefaultTimeout = 15 * time.Second
+)
+
+// Limits on what Basiq may send back.
+const (
+	// MaxResponseBytes is the largest response body read. A token answer
+	// is about 1 KiB; anything past 64 KiB is not from Basiq's /token.
+	MaxResponseBytes = 64 << 10
+
+	// MaxExpiresIn is the longest token lifetime accepted. Basiq issues
+	// 60-minute tokens; a lifetime beyond a day is a garbled answer, and
+	// caching it would serve a dead token for that long.
+	MaxExpiresIn = 24 * time.Hour
+
+	// MaxUserIDLen is the longest user id ValidateUserID accepts, in bytes.
+	MaxUserIDLen = 128
+)
+
+// Token scopes, the values of the scope form field.
+const (
+	// ScopeServer grants access to every endpoint; never hand it to a
+	// browser or app.
+	ScopeServer = "SERVER_ACCESS"
+	// ScopeClient is restricted and bound to one userId; it is meant for
+	// client-side use, e.g. Basiq's Consent UI.
+	ScopeClient = "CLIENT_ACCESS"
+)
+
+// Fetcher obtains Basiq access tokens from POST {base}/token with one API
+// key, for SERVER_ACCESS (from New) or for CLIENT_ACCESS bound to one user
+// (from ForUser or NewClient). It implements tokencache.Fetcher and
+// tokencache.Identifier and is safe for concurrent use; it is immutable
+// once built.
+//
+// Printing a Fetcher (fmt, slog) shows its base URL, scope, user and a
+// fingerprint of the key, never the key.
+type Fetcher struct {
+	apiKey  string
+	baseURL string // no trailing slash
+	version string
+	client  *http.Client
+	now     func() time.Time
+	timeout time.Duration
+	scope   string
+	userID  string
+
+	tokenURL string
+	op       string // "POST /token", for errors
+	cfgErr   error  // first configuration problem, from Validate and Fetch
+	redact   *redactor
+}
+
+var (
+	_ tokencache.Fetcher    = (*Fetcher)(nil)
+	_ tokencache.Identifier = (*Fetcher)(nil)
+)
+
+// Option configures a Fetcher.
+type Option func(*Fetcher)
+
+// WithBaseURL sets the API root the token endpoint hangs off: {base}/token.
+// Default DefaultBaseURL. It must be an absolute http or https URL without
+// credentials, query or fragment; a path prefix (for a proxy) is kept.
+func WithBaseURL(base string) Option {
+	return func(f *Fetcher) { f.baseURL = base }
+}
+
+// WithHTTPClient sets the client used for token requests. Default: a
+// client on http.DefaultTransport that does not follow redirects (a
+// redirected POST would carry the API key to wherever it points). A nil
+// client keeps the default.
+func WithHTTPClient(c *http.Client) Option {
+	return func(f *Fetcher) {
+		if c != nil {
+			f.client = c
+		}
+	}
+}
+
+// WithVersion sets the basiq-version header. Default DefaultVersion.
+func WithVersion(v string) Option {
+	return func(f *Fetcher) { f.version = v }
+}
+
+// WithClock sets the clock that turns expires_in into Token.Expiry and
+// HTTP-date Retry-After headers into delays. Default time.Now. For tests.
+func WithClock(now func() time.Time) Option {
+	return func(f *Fetcher) {
+		if now != nil {
+			f.now = now
+		}
+	}
+}
+
+// WithTimeout bounds each token request, on top of the caller's context.
+// Default DefaultTimeout; zero or negative leaves only the context (and
+// the http.Client's own Timeout) in charge.
+func WithTimeout(d time.Duration) Option {
+	return func(f *Fetcher) { f.timeout = d }
+}
+
+// New returns a Fetcher of SERVER_ACCESS tokens for apiKey, the key from
+// Basiq's dashboard, sent verbatim as "Authorization: Basic <apiKey>" (it
+// is already encoded; do not base64 it again).
+//
+// New does not fail: a configuration problem (an empty key, a bad base
+// URL) is reported by Validate, and by every Fetch as a *ConfigError.
+func New(apiKey string, opts ...Option) *Fetcher {
+	f := &Fetcher{
+		apiKey:  apiKey,
+		baseURL: DefaultBaseURL,
+		version: DefaultVersion,
+		now:     time.Now,
+		timeout: DefaultTimeout,
+		scope:   ScopeServer,
+	}
+	for _, opt := range opts {
+		opt(f)
+	}
+	if f.client == nil {
+		f.client = &http.Client{
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		}
+	}
+	f.redact = newRedactor(apiKey, "Basic "+apiKey)
+	f.cfgErr = f.check()
+	return f
+}
+
+// NewClient returns a Fetcher of CLIENT_ACCESS tokens bound to userID. It
+// is New(apiKey, opts...).ForUser(userID).
+func NewClient(apiKey, userID string, opts ...Option) (*Fetcher, error) {
+	return New(apiKey, opts...).ForUser(userID)
+}
+
+// ForUser returns a Fetcher of CLIENT_ACCESS tokens bound to userID, with
+// f's key and options. Basiq requires a userId for CLIENT_ACCESS: an id
+// that ValidateUserID rejects, empty included, gives a *UserIDError; a
+// misconfigured f gives its *ConfigError.
+func (f *Fetcher) ForUser(userID string) (*Fetcher, error) {
+	if err := f.Validate(); err != nil {
+		return nil, err
+	}
+	if err := ValidateUserID(userID); err != nil {
+		return nil, err
+	}
+	c := *f
+	c.scope = ScopeClient
+	c.userID = userID
+	return &c, nil
+}
+
+// Scope returns ScopeServer or ScopeClient.
+func (f *Fetcher) Scope() string { return f.scope }
+
+// UserID returns the user a CLIENT_ACCESS Fetcher is bound to, else "".
+func (f *Fetcher) UserID() string { return f.userID }
+
+// BaseURL returns the API root, without a trailing slash.
+func (f *Fetcher) BaseURL() string { return f.baseURL }
+
+// Validate reports whether f can make requests, without making one: the
+// API key is present and printable, the base URL and version are sound.
+// The error, if any, is a *ConfigError and never holds the key.
+func (f *Fetcher) Validate() error {
+	if f == nil || f.redact == nil { // nil or zero Fetcher, not from New
+		return &ConfigError{Field: "api key", Reason: "missing; build the Fetcher with basiq.New"}
+	}
+	return f.cfgErr
+}
+
+// check validates the configuration once, in New, and precomputes the
+// token URL.
+func (f *Fetcher) check() error {
+	switch {
+	case f.apiKey == "":
+		return &ConfigError{Field: "api key", Reason: "empty (set BASIQ_API_KEY)"}
+	case len(f.apiKey) > 4096:
+		return &ConfigError{Field: "api key", Reason: "longer than 4096 bytes"}
+	case len(f.apiKey) > 6 && strings.EqualFold(f.apiKey[:6], "basic "):
+		return &ConfigError{Field: "api key", Reason: `starts with "Basic "; pass the key alone, the prefix is added`}
+	}
+	for i := 0; i < len(f.apiKey); i++ {
+		if c := f.apiKey[i]; c <= ' ' || c >= 0x7f {
+			return &ConfigError{Field: "api key", Reason: "holds whitespace, a control or a non-ASCII character at byte " + strconv.Itoa(i)}
+		}
+	}
+	if f.version == "" {
+		return &ConfigError{Field: "version", Reason: "empty"}
+	}
+	for i := 0; i < len(f.version); i++ {
+		if c := f.version[i]; c <= ' ' || c >= 0x7f {
+			return &ConfigError{Field: "version", Reason: "holds whitespace or a control character"}
+		}
+	}
+	u, err := url.Parse(f.baseURL)
+	if err != nil {
+		return &ConfigError{Field: "base URL", Reason: "not a URL"}
+	}
+	switch {
+	case u.Scheme != "http" && u.Scheme != "https":
+		return &ConfigError{Field: "base URL", Reason: "scheme must be http or https"}
+	case u.Host == "":
+		return &ConfigError{Field: "base URL", Reason: "no host"}
+	case u.User != nil:
+		return &ConfigError{Field: "base URL", Reason: "must not hold credentials"}
+	case u.RawQuery != "" || u.ForceQuery || u.Fragment != "":
+		return &ConfigError{Field: "base URL", Reason: "must not have a query or fragment"}
+	}
+	u.Path = strings.TrimRight(u.Path, "/")
+	u.RawPath = ""
+	f.baseURL = u.String()
+	f.tokenURL = f.baseURL + "/token"
+	f.op = "POST " + u.Path + "/token"
+	return nil
+}
+
+// Fetch requests a new token. On failure the error is a *ConfigError
+// (permanent, nothing sent) or an *Error carrying Basiq's status, code,
+// correlationId and Retry-After; both implement Retryable, RetryAfter
+// (Error only) and ErrorCode as tokencache.Fetcher describes.
+//
+// Token.Expiry is the time the request was sent plus expires_in, so it
+// errs early by the request's latency, never late.
+func (f *Fetcher) Fetch(ctx context.Context) (tokencache.Token, error) {
+	if err := f.Validate(); err != nil {
+		return tokencache.Token{}, err
+	}
+	if f.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, f.timeout)
+		defer cancel()
+	}
+	form := url.Values{"scope": {f.scope}}
+	if f.scope == ScopeClient {
+		form.Set("userId", f.userID)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, f.tokenURL, strings.NewReader(form.Encode()))
+	if err != nil {
+		return tokencache.Token{}, &ConfigError{Field: "base URL", Reason: "cannot build a request"}
+	}
+	req.Header.Set("Authorization", "Basic "+f.apiKey)
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("basiq-version", f.version)
+	req.Header.Set("Accept", "application/json")
+
+	sent := f.now()
+	resp, err := f.client.Do(req)
+	if err != nil {
+		return tokencache.Token{}, transportError(f.op, f.scope, err, f.redact)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxResponseBytes+1))
+	if err != nil {
+		return tokencache.Token{}, transportError(f.op, f.scope, err, f.redact)
+	}
+	if len(body) > MaxResponseBytes {
+		return tokencache.Token{}, &Error{
+			Op: f.op, Scope: f.scope, Status: resp.StatusCode, Code: CodeResponseTooLarge,
+			cause: "body exceeds " + strconv.Itoa(MaxResponseBytes) + " bytes",
+		}
+	}
+	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
+		tok, perr := parseTokenResponse(body, sent)
+		if perr != nil {
+			return tokencache.Token{}, &Error{
+				Op: f.op, Scope: f.scope, Status: resp.StatusCode, Code: perr.code,
+				Err: perr.err, cause: perr.msg,
+			}
+		}
+		return tok, nil
+	}
+	return tokencache.Token{}, f.errorFromResponse(resp, body)
+}
+
+// errorFromResponse builds the *Error for a non-2xx answer.
+func (f *Fetcher) errorFromResponse(resp *http.Response, body []byte) *Error {
+	e := &Error{Op: f.op, Scope: f.scope, Status: resp.StatusCode}
+	if ae, ok := parseErrorBody(body); ok {
+		e.Code = f.redact.clean(ae.Code, 64)
+		e.Title = f.redact.clean(ae.Title, maxFieldLen)
+		e.Detail = f.redact.clean(ae.Detail, maxFieldLen)
+		e.CorrelationID = f.redact.clean(ae.CorrelationID, 128)
+		e.Source = f.redact.clean(ae.Source, 128)
+	}
+	if e.Code == "" {
+		// No Basiq error object (an HTML page from a proxy, an empty
+		// body): the status is all we trust. The body is not echoed.
+		e.Code = "http-" + strconv.Itoa(resp.StatusCode)
+		if e.Title == "" {
+			e.Title = http.StatusText(resp.StatusCode)
+		}
+	}
+	if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable {
+		e.RetryAfterDelay = parseRetryAfter(resp.Header.Get("Retry-After"), f.now())
+	}
+	return e
+}
+
+// parseRetryAfter reads a Retry-After value, delay-seconds or HTTP-date,
+// as a delay from now, clamped to [0, MaxRetryAfter]. Garbage gives 0.
+func parseRetryAfter(v string, now time.Time) time.Duration {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0
+	}
+	if n, err := strconv.ParseUint(v, 10, 64); err == nil {
+		if n > uint64(MaxRetryAfter/time.Second) {
+			return MaxRetryAfter
+		}
+		return time.Duration(n) * time.Second
+	}
+	t, err := http.ParseTime(v)
+	if err != nil {
+		return 0
+	}
+	d := t.Sub(now)
+	switch {
+	case d < 0:
+		return 0
+	case d > MaxRetryAfter:
+		return MaxRetryAfter
+	}
+	return d
+}
+
+// Identity names the credential, endpoint, version, scope and user this
+// Fetcher mints tokens for (tokencache.Identifier). It contains the API
+// key: the cache only ever stores a salted hash of it. Never log it.
+func (f *Fetcher) Identity() string {
+	return strings.Join([]string{"basiq/v1", f.baseURL, f.version, f.scope, f.userID, f.apiKey}, "\x00")
+}
+
+// String describes the Fetcher without its key, e.g.
+// "basiq.Fetcher(https://au-api.basiq.io SERVER_ACCESS key sha256:0123456789abcdef)".
+func (f *Fetcher) String() string {
+	if f == nil {
+		return "basiq.Fetcher(nil)"
+	}
+	s := "basiq.Fetcher(" + f.baseURL + " " + f.scope
+	if f.userID != "" {
+		s += " user " + f.userID
+	}
+	return s + " key " + keyFingerprint(f.apiKey) + ")"
+}
+
+// GoString is String, so %#v does not print the key either.
+func (f *Fetcher) GoString() string { return f.String() }
+
+// Format prints String for every verb, so no fmt verb can reveal the key.
+func (f *Fetcher) Format(s fmt.State, verb rune) {
+	out := f.String()
+	if verb == 'q' {
+		out = strconv.Quote(out)
+	}
+	_, _ = io.WriteString(s, out)
+}
+
+// LogValue implements slog.LogValuer with the same redacted fields.
+func (f *Fetcher) LogValue() slog.Value {
+	if f == nil {
+		return slog.StringValue("basiq.Fetcher(nil)")
+	}
+	attrs := []slog.Attr{
+		slog.String("base_url", f.baseURL),
+		slog.String("scope", f.scope),
+		slog.String("key", keyFingerprint(f.apiKey)),
+	}
+	if f.userID != "" {
+		attrs = append(attrs, slog.String("user_id", f.userID))
+	}
+	return slog.GroupValue(attrs...)
+}
+
+// keyFingerprint is a short, non-reversible name for an API key, so
+// operators can tell two keys apart without seeing either.
+func keyFingerprint(key string) string {
+	if key == "" {
+		return "none"
+	}
+	sum := sha256.Sum256([]byte("tokencache/basiq key\x00" + key))
+	return "sha256:" + hex.EncodeToString(sum[:8])
+}
+
+// ValidateUserID reports whether id can be sent as a CLIENT_ACCESS userId
+// and used in a cache key: 1 to MaxUserIDLen bytes of ASCII letters,
+// digits, '-', '_' and '.', which covers Basiq's UUIDs and hex ids. Braces,
+// colons and slashes (which could break out of a Redis key or hash tag),
+// whitespace, control and non-ASCII characters are rejected. The error is
+// a *UserIDError wrapping tokencache.ErrInvalidUserID.
+func ValidateUserID(id string) error {
+	if id == "" {
+		return &UserIDError{Reason: "empty; CLIENT_ACCESS tokens must be bound to a userId", Offset: -1}
+	}
+	if len(id) > MaxUserIDLen {
+		return &UserIDError{Reason: "longer than " + strconv.Itoa(MaxUserIDLen) + " bytes", Offset: -1}
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9', c == '-', c == '_', c == '.':
+			continue
+		case c == '{' || c == '}':
+			return &UserIDError{Reason: "holds a brace", Offset: i}
+		case c == ':':
+			return &UserIDError{Reason: "holds a colon", Offset: i}
+		case c == '/' || c == '\\':
+			return &UserIDError{Reason: "holds a slash", Offset: i}
+		case c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f':
+			return &UserIDError{Reason: "holds whitespace", Offset: i}
+		case c < 0x20 || c == 0x7f:
+			return &UserIDError{Reason: "holds a control character", Offset: i}
+		case c >= 0x80:
+			return &UserIDError{Reason: "holds a non-ASCII byte", Offset: i}
+		default:
+			return &UserIDError{Reason: "holds a character other than letters, digits, '-', '_' and '.'", Offset: i}
+		}
+	}
+	return nil
+}
