@@ -249,6 +249,7 @@ type Stats struct {
 	IssuerErrors  uint64 // Fetch calls that failed
 	Refreshes     uint64 // tokens this replica stored in Redis
 	RedisReads    uint64 // value reads (one round trip each)
+	RedisHits     uint64 // Token calls answered from Redis (the in-memory copy was empty or stale)
 	RedisErrors   uint64 // failed Redis operations
 	LockContended uint64 // lock attempts that found another holder
 	Waits         uint64 // waits for another replica's event
@@ -262,6 +263,7 @@ type Stats struct {
 
 type counters struct {
 	issuerCalls, issuerErrors, refreshes, redisReads, redisErrors atomic.Uint64
+	redisHits                                                     atomic.Uint64
 	lockContended, waits, events, fenced, badValues, failOpen     atomic.Uint64
 	resubscribes                                                  atomic.Uint64
 	budgetLeft                                                    atomic.Int64
@@ -272,7 +274,7 @@ func (c *Cache) Stats() Stats {
 	s := &c.stats
 	return Stats{
 		IssuerCalls: s.issuerCalls.Load(), IssuerErrors: s.issuerErrors.Load(),
-		Refreshes: s.refreshes.Load(), RedisReads: s.redisReads.Load(), RedisErrors: s.redisErrors.Load(),
+		Refreshes: s.refreshes.Load(), RedisReads: s.redisReads.Load(), RedisHits: s.redisHits.Load(), RedisErrors: s.redisErrors.Load(),
 		LockContended: s.lockContended.Load(), Waits: s.waits.Load(), Events: s.events.Load(),
 		FencedWrites: s.fenced.Load(), BadValues: s.badValues.Load(), FailOpen: s.failOpen.Load(),
 		Resubscribes: s.resubscribes.Load(), BudgetLeft: s.budgetLeft.Load(),
@@ -468,6 +470,7 @@ func (e *entry) obtain(ctx context.Context) (Token, error) {
 			return e.redisDown(ctx, err)
 		}
 		if ok {
+			e.c.stats.redisHits.Add(1)
 			return tok, nil
 		}
 		// Subscribe first, then re-check: a "refreshed" published between

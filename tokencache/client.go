@@ -83,6 +83,12 @@ func (c *Cache) ClientToken(ctx context.Context, userID string) (Token, error) {
 // ID returns the user id.
 func (u *User) ID() string { return u.id }
 
+// Keys reports the Redis names used for the user's client token.
+func (u *User) Keys() (token, lock, fence, channel string) {
+	k := clientKeys(u.c.cfg.prefix, u.c.cfg.namespace, u.id)
+	return k.token, k.lock, k.fence, k.channel
+}
+
 // Token returns a valid client token for the user, exactly as
 // Cache.Token does for the server token.
 func (u *User) Token(ctx context.Context) (Token, error) {

