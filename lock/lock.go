@@ -145,7 +145,9 @@ func (l *Locker) acquire(ctx context.Context, key string, wait bool) (*Lease, er
 		m := l.rs.NewMutex(key,
 			redsync.WithExpiry(l.ttl),
 			redsync.WithTries(1),
-			redsync.WithTimeoutFactor(0.05),
+			// Each attempt may take a quarter of the TTL: redsync's default
+			// (5%) makes a merely slow Redis look like a failed one.
+			redsync.WithTimeoutFactor(0.25),
 		)
 		start := time.Now()
 		err := m.TryLockContext(ctx)
@@ -176,10 +178,11 @@ func (l *Locker) acquire(ctx context.Context, key string, wait bool) (*Lease, er
 	}
 }
 
+// isTaken reports whether redsync found the lock held by another owner (or
+// could not take a majority without an error to show for it).
 func isTaken(err error) bool {
 	var taken *redsync.ErrTaken
-	var nodeTaken *redsync.ErrNodeTaken
-	return errors.Is(err, redsync.ErrFailed) || errors.As(err, &taken) || errors.As(err, &nodeTaken)
+	return errors.Is(err, redsync.ErrFailed) || errors.As(err, &taken)
 }
 
 func (l *Locker) newLease(m *redsync.Mutex, key string, start time.Time) *Lease {
@@ -327,14 +330,21 @@ func (le *Lease) extend() error {
 // whoHolds tells an expired lease from one taken by another owner; redsync
 // reports both as "taken".
 func (le *Lease) whoHolds(ctx context.Context) error {
-	v, err := le.l.fence.Get(ctx, le.key).Result()
-	if errors.Is(err, redis.Nil) {
+	_, err := le.l.fence.Get(ctx, le.key).Result()
+	switch {
+	case errors.Is(err, redis.Nil):
 		return ErrLeaseExpired
+	case err != nil:
+		// No answer: not proof of loss. The next beat tries again, and
+		// the lease is given up once its TTL has surely passed.
+		if time.Now().After(le.Until()) {
+			return ErrLeaseExpired
+		}
+		return fmt.Errorf("lock: extend %s: %w", le.key, err)
+	default:
+		// Another value, or ours on too few Redlock nodes.
+		return ErrLeaseLost
 	}
-	// Another value, or ours on too few Redlock nodes, or no answer:
-	// either way the lease can no longer be trusted.
-	_ = v
-	return ErrLeaseLost
 }
 
 // Release stops the watchdog and deletes the lock if it is still ours. It

@@ -329,6 +329,10 @@ func (c *Cache) onEvent(ev Event) {
 		}
 		e.sync()
 	case EventInvalidated:
+		if ev.TokenFP != "" {
+			fp := ev.TokenFP
+			e.rejected.Store(&fp) // a read racing the deletion must not bring it back
+		}
 		if s := e.l1.Load(); s != nil && (ev.Generation == 0 || s.gen <= ev.Generation) {
 			e.l1.CompareAndSwap(s, nil)
 		}
@@ -337,10 +341,13 @@ func (c *Cache) onEvent(ev Event) {
 		if ev.Origin == c.origin {
 			return // our own failure, already recorded with its cause
 		}
-		e.recordFailure(&FetchError{
-			Code: ev.Code, Retryable: ev.Retryable, Remote: true,
-			Message: ev.Message, Until: ev.RetryAt,
-		})
+		fe := &FetchError{Code: ev.Code, Retryable: ev.Retryable, Remote: true, Message: ev.Message}
+		if !ev.Retryable && ev.RetryInMS > 0 {
+			// The window is the sender's, but never longer than ours: a
+			// sender (or anyone who can PUBLISH) cannot silence us longer.
+			fe.Until = c.now().Add(min(time.Duration(ev.RetryInMS)*time.Millisecond, c.cfg.negativeTTL))
+		}
+		e.recordFailure(fe)
 	}
 }
 
@@ -417,9 +424,6 @@ func (e *entry) slow(ctx context.Context) (Token, error) {
 	if e.c.closed.Load() {
 		return Token{}, ErrClosed
 	}
-	if err := e.negative(); err != nil {
-		return Token{}, err
-	}
 	// The shared work runs on the cache's context, not the first
 	// caller's: a caller that gives up does not fail the others.
 	shared := func() (any, error) {
@@ -495,7 +499,11 @@ func (e *entry) obtain(ctx context.Context) (Token, error) {
 		case ctx.Err() != nil:
 			return Token{}, e.ctxErr(ctx)
 		default:
-			return e.redisDown(ctx, &RedisError{Op: "lock", Key: e.k.lock, Err: err})
+			// Redis answered the read just before: a failed lock attempt
+			// (a slow Redis, a timeout) is a reason to wait and look
+			// again, not to call the issuer from every replica.
+			e.c.stats.redisErrors.Add(1)
+			e.c.log().Warn("tokencache: lock attempt failed; waiting and re-checking", "key", e.k.lock, "err", err)
 		}
 
 		// Another replica is refreshing: wait for its event, bounded by a
@@ -709,14 +717,19 @@ func (e *entry) sync() {
 		return
 	}
 	if !e.c.goBackground(func(ctx context.Context) {
-		defer e.syncing.Store(false)
 		for {
 			e.syncAgain.Store(false)
 			rctx, cancel := context.WithTimeout(ctx, e.c.cfg.lockTTL)
 			_, _, err := e.readAndInstall(rctx)
 			cancel()
 			e.sig.fire()
-			if err != nil || !e.syncAgain.Load() {
+			if err == nil && e.syncAgain.Load() {
+				continue
+			}
+			e.syncing.Store(false)
+			// An event that arrived between the check above and the
+			// store saw syncing still set and only raised syncAgain.
+			if err != nil || !e.syncAgain.Load() || !e.syncing.CompareAndSwap(false, true) {
 				return
 			}
 		}
@@ -753,20 +766,22 @@ func (e *entry) refreshLocked(ctx context.Context, lease *lock.Lease, done func(
 	}
 	tok, err := e.fetch(ctx)
 	if err != nil {
+		if e.c.ctx.Err() != nil {
+			return Token{}, ErrClosed // shutting down is not the issuer's failure
+		}
 		return Token{}, e.fetchFailed(ctx, err, true)
 	}
 	issued := e.c.now()
 	ttl := e.ttlFor(tok, issued)
 	rec := newRecord(tok, gen, issued, e.c.cfg.host, e.credFP)
-	ev := Event{Type: EventRefreshed, Key: e.k.token, Generation: gen, ExpiresAt: tok.Expiry.UTC(), By: e.c.cfg.host}
-	n, err := e.c.st.write(ctx, e.k, rec, ttl, ev)
+	n, err := e.write(ctx, &rec, ttl, !r.found)
 	if err != nil {
 		// The token is good; Redis is not. Serve it and write it back later.
 		e.c.stats.redisErrors.Add(1)
 		e.c.log().Warn("tokencache: could not store the new token; serving it from memory", "key", e.k.token, "err", err)
 		e.pending.Store(&tok)
 		s := e.snapshotFor(rec, ttl, issued)
-		s.softUntil = e.c.monoAt(issued) + mono(jitter(e.c.cfg.waitRecheck))
+		s.softUntil = min(s.validUntil, e.c.monoAt(issued)+mono(jitter(e.c.cfg.waitRecheck)))
 		e.install(s)
 		return tok, nil
 	}
@@ -789,6 +804,29 @@ func (e *entry) refreshLocked(ctx context.Context, lease *lock.Lease, done func(
 	e.c.log().Info("tokencache: token refreshed", "key", e.k.token, "generation", gen, "token", tok)
 	e.install(e.snapshotFor(rec, ttl, issued))
 	return tok, nil
+}
+
+// write stores rec with its fencing generation and publishes "refreshed".
+// It returns 1 when stored, negative when fenced out. If lift is set (the
+// holder found no usable token when it re-checked) and the stored value
+// claims a generation at or above ours without the fence to back it (a
+// hand edit, or a value written before the fence was lost), the fence is
+// lifted past it and the write tried once more: garbage must not block
+// writes forever.
+func (e *entry) write(ctx context.Context, rec *record, ttl time.Duration, lift bool) (int64, error) {
+	for attempt := 0; ; attempt++ {
+		ev := Event{Type: EventRefreshed, Key: e.k.token, Generation: rec.Generation, By: e.c.cfg.host}
+		ev.ExpiresAt, _ = rec.expiry()
+		code, seen, err := e.c.st.write(ctx, e.k, *rec, ttl, ev)
+		if err != nil || code != -2 || !lift || attempt > 0 {
+			return code, err
+		}
+		gen, err := e.c.st.raiseFence(ctx, e.k, rec.Generation, seen+1)
+		if err != nil || gen < 0 {
+			return -1, err
+		}
+		rec.Generation = gen
+	}
 }
 
 // generation draws the lease's fencing generation once the holder has
@@ -893,7 +931,10 @@ func (e *entry) fetchFailed(ctx context.Context, err error, publish bool) *Fetch
 	if publish {
 		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), e.c.cfg.lockTTL)
 		defer cancel()
-		ev := Event{Type: EventFailed, Key: e.k.token, Code: fe.Code, Message: fe.Message, Retryable: fe.Retryable, RetryAt: fe.Until, By: e.c.cfg.host, Origin: e.c.origin}
+		ev := Event{Type: EventFailed, Key: e.k.token, Code: fe.Code, Message: fe.Message, Retryable: fe.Retryable, By: e.c.cfg.host, Origin: e.c.origin}
+		if !fe.Until.IsZero() {
+			ev.RetryInMS = e.c.cfg.negativeTTL.Milliseconds()
+		}
 		if perr := e.c.st.publish(pctx, e.k.channel, ev); perr != nil {
 			e.c.log().Warn("tokencache: could not publish the failure", "key", e.k.token, "err", perr)
 		}
@@ -949,13 +990,16 @@ func (e *entry) redisDown(ctx context.Context, rerr error) (Token, error) {
 	e.c.log().Warn("tokencache: redis unavailable; fetching from the issuer directly", "key", e.k.token, "err", rerr)
 	tok, err := e.fetch(ctx)
 	if err != nil {
+		if e.c.ctx.Err() != nil {
+			return Token{}, ErrClosed
+		}
 		return Token{}, e.fetchFailed(ctx, err, false)
 	}
 	issued := e.c.now()
 	ttl := e.ttlFor(tok, issued)
 	rec := newRecord(tok, 0, issued, e.c.cfg.host, e.credFP)
 	s := e.snapshotFor(rec, ttl, issued)
-	s.softUntil = e.c.monoAt(issued) + mono(jitter(e.c.cfg.waitRecheck))
+	s.softUntil = min(s.validUntil, e.c.monoAt(issued)+mono(jitter(e.c.cfg.waitRecheck)))
 	e.pending.Store(&tok)
 	if e.c.cfg.l1 {
 		e.l1.Store(s)
@@ -995,8 +1039,7 @@ func (e *entry) writeBack(ctx context.Context, tok *Token) bool {
 	}
 	ttl := e.ttlFor(*tok, issued)
 	rec := newRecord(*tok, gen, issued, e.c.cfg.host, e.credFP)
-	ev := Event{Type: EventRefreshed, Key: e.k.token, Generation: gen, ExpiresAt: tok.Expiry.UTC(), By: e.c.cfg.host}
-	if n, err := e.c.st.write(ctx, e.k, rec, ttl, ev); err != nil {
+	if n, err := e.write(ctx, &rec, ttl, true); err != nil {
 		e.pending.CompareAndSwap(nil, tok)
 		return false
 	} else if n > 0 {
@@ -1107,12 +1150,14 @@ func (e *entry) inspect(ctx context.Context) (Status, error) {
 	return st, nil
 }
 
+// isRetryable: only an error that says so is permanent. Timeouts,
+// cancellations and unknown errors are worth another try later.
 func isRetryable(err error) bool {
 	var r interface{ Retryable() bool }
 	if errors.As(err, &r) {
 		return r.Retryable()
 	}
-	return !errors.Is(err, context.Canceled)
+	return true
 }
 
 func retryAfter(err error) time.Duration {

@@ -127,23 +127,24 @@ return {v, pttl}
 //	ARGV[1] value JSON, ARGV[2] generation, ARGV[3] TTL ms, ARGV[4] event JSON,
 //	ARGV[5] events channel (a channel, not a key: a user's keys live in
 //	another cluster slot than the namespace's channel)
-//	returns 1 written, -1 a newer lease exists (fence > generation),
-//	        -2 the stored token has the same or a newer generation
+//	returns {1, generation} written, {-1, fence} a newer lease exists,
+//	        {-2, stored generation} the stored value has the same or a newer
+//	        generation (a real token, or a hand edit the caller judged garbage)
 var writeScript = redis.NewScript(`
 local gen = tonumber(ARGV[2])
 local fence = tonumber(redis.call('GET', KEYS[2]))
-if fence and fence > gen then return -1 end
+if fence and fence > gen then return {-1, fence} end
 local cur = redis.pcall('GET', KEYS[1])
 if type(cur) == 'string' then
   local ok, rec = pcall(cjson.decode, cur)
   if ok and type(rec) == 'table' and type(rec.generation) == 'number' and rec.generation >= gen then
-    return -2
+    return {-2, rec.generation}
   end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
 if not fence or fence < gen then redis.call('SET', KEYS[2], ARGV[2]) end
 redis.call('PUBLISH', ARGV[5], ARGV[4])
-return 1
+return {1, gen}
 `)
 
 // raiseFenceScript lifts a fencing counter that fell behind the stored
@@ -214,7 +215,7 @@ if ARGV[2] ~= '' and tostring(rec.generation) ~= ARGV[2] then return {0, 0} end
 local gen = 0
 if type(rec.generation) == 'number' then gen = rec.generation end
 redis.call('DEL', KEYS[1])
-redis.call('PUBLISH', ARGV[3], cjson.encode({type = 'invalidated', key = KEYS[1], generation = gen}))
+redis.call('PUBLISH', ARGV[3], cjson.encode({type = 'invalidated', key = KEYS[1], generation = gen, token_fp = rec.token_fp}))
 return {1, gen}
 `)
 
@@ -274,22 +275,26 @@ type store struct {
 	rdb redis.UniversalClient
 }
 
-// write runs writeScript. It reports whether the token was stored.
-func (s *store) write(ctx context.Context, k keys, rec record, ttl time.Duration, ev Event) (int64, error) {
+// write runs writeScript: code 1 stored, -1 or -2 fenced out, with the
+// generation that decided it.
+func (s *store) write(ctx context.Context, k keys, rec record, ttl time.Duration, ev Event) (code, gen int64, err error) {
 	val, err := json.Marshal(rec)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	evb, err := json.Marshal(ev)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	n, err := writeScript.Run(ctx, s.rdb, []string{k.token, k.fence},
-		val, rec.Generation, ttl.Milliseconds(), evb, k.channel).Int64()
+	res, err := writeScript.Run(ctx, s.rdb, []string{k.token, k.fence},
+		val, rec.Generation, ttl.Milliseconds(), evb, k.channel).Int64Slice()
+	if err == nil && len(res) != 2 {
+		err = fmt.Errorf("unexpected script reply of %d elements", len(res))
+	}
 	if err != nil {
-		return 0, &RedisError{Op: "write", Key: k.token, Err: err}
+		return 0, 0, &RedisError{Op: "write", Key: k.token, Err: err}
 	}
-	return n, nil
+	return res[0], res[1], nil
 }
 
 func (s *store) raiseFence(ctx context.Context, k keys, ours, want int64) (int64, error) {

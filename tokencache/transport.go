@@ -167,6 +167,21 @@ func (s tokenSource) Token() (*oauth2.Token, error) {
 	if err != nil {
 		return nil, err
 	}
-	skew := min(s.c.cfg.skew, time.Until(t.Expiry)/5)
-	return &oauth2.Token{AccessToken: t.AccessToken, TokenType: t.typ(), Expiry: t.Expiry.Add(-skew)}, nil
+	return &oauth2.Token{AccessToken: t.AccessToken, TokenType: t.typ(), Expiry: s.c.servedUntil(s.h, t)}, nil
+}
+
+// servedUntil is when the cache stops serving t: the end of its in-memory
+// copy's validity, or, without one, the issuer's expiry minus the skew the
+// writer took off (a fifth of the lifetime at most, as ttlFor does).
+func (c *Cache) servedUntil(h handle, t Token) time.Time {
+	e := c.server
+	if u, ok := h.(*User); ok {
+		if ue, err := c.userEntry(u.id); err == nil {
+			e = ue
+		}
+	}
+	if s := e.l1.Load(); s != nil && s.fp == t.Fingerprint() {
+		return c.epoch.Add(time.Duration(s.validUntil))
+	}
+	return t.Expiry.Add(-c.cfg.skew)
 }
