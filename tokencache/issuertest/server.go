@@ -93,6 +93,8 @@ type Server struct {
 	closed    chan struct{} // closed by Close: cuts latency sleeps short
 }
 
+var _ http.Handler = (*Server)(nil)
+
 // issued is a token the server minted.
 type issued struct {
 	expiry time.Time
