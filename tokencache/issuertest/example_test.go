@@ -47,22 +47,24 @@ func ExampleServer_FailNext() {
 
 	f := issuertest.Fail(429, "")
 	f.RetryAfter = "30"
-	srv.FailNext(2, f) // two rate-limited answers, then tokens again
+	srv.FailNext(2, f) // two rate-limited answers, then the usual checks again
 
 	for range 3 {
+		// No Authorization or basiq-version: once the injected failures
+		// are used up, the fake rejects this request as Basiq would.
 		resp, err := http.Post(srv.URL()+"/token", "application/x-www-form-urlencoded", strings.NewReader("scope=SERVER_ACCESS"))
 		if err != nil {
 			fmt.Println(err)
 			return
 		}
 		resp.Body.Close()
-		fmt.Println(resp.StatusCode, resp.Header.Get("Retry-After"))
+		fmt.Printf("%d Retry-After=%q\n", resp.StatusCode, resp.Header.Get("Retry-After"))
 	}
 	st, _ := issuertest.FetchStats(context.Background(), srv.URL()) // works from any process
 	fmt.Println("token calls:", st.TokenCalls, "injected:", st.Injected)
 	// Output:
-	// 429 30
-	// 429 30
-	// 400
+	// 429 Retry-After="30"
+	// 429 Retry-After="30"
+	// 400 Retry-After=""
 	// token calls: 3 injected: 2
 }
