@@ -275,7 +275,7 @@ func (f *Fetcher) Fetch(ctx context.Context) (tokencache.Token, error) {
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, f.tokenURL, strings.NewReader(form.Encode()))
 	if err != nil {
-		return tokencache.Token{}, &ConfigError{Field: "base URL", Reason: "cannot build a request"}
+		return tokencache.Token{}, &ConfigError{Field: "request", Reason: "cannot build it: " + sanitize(err.Error(), maxFieldLen)}
 	}
 	req.Header.Set("Authorization", "Basic "+f.apiKey.reveal())
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")

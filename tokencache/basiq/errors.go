@@ -170,7 +170,7 @@ func retryableStatus(status int) bool {
 // key, a key holding whitespace or control characters, a malformed base
 // URL). It is permanent: Retryable reports false. It never holds the key.
 type ConfigError struct {
-	Field  string // "api key", "base URL", "version", "user id"
+	Field  string // "api key", "base URL", "version", "request"
 	Reason string
 	Err    error // e.g. a *UserIDError, or nil
 }

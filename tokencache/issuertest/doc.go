@@ -14,6 +14,31 @@
 //	tok, err := f.Fetch(ctx)
 //	if got := srv.Stats().TokenCalls; got != 1 { ... }
 //
+// POST /token checks, in this order, and answers the first failure:
+//
+//	method not POST                              405 invalid-request
+//	no basiq-version header                      400 parameter-not-valid (parameter basiq-version)
+//	basiq-version not accepted (WithVersions)    400 parameter-not-valid (parameter basiq-version)
+//	no "Authorization: Basic <something>"        400 parameter-not-valid (parameter Authorization)
+//	not exactly "Basic <the key>" (re-encoded?)  401 invalid-client (parameter Authorization)
+//	Content-Type not form-urlencoded             400 invalid-request
+//	grant_type other than client_credentials     400 unsupported-grant-type
+//	scope=CLIENT_ACCESS without userId           400 parameter-not-valid (parameter userId)
+//	scope not SERVER_ACCESS nor CLIENT_ACCESS    400 invalid-request (parameter scope)
+//
+// and otherwise 200 {"access_token","token_type":"Bearer","expires_in"}
+// with a fresh random token. The resource (any path under /users/ or
+// /api/) answers 401 unauthorized-access to a missing, unknown, expired or
+// revoked token, 403 access-denied to a CLIENT_ACCESS token used on
+// another user's /users/{id}, and 200 otherwise.
+//
+// POST /authenticate takes {"apiKey","clientSecret"} as JSON (401 if
+// either is wrong) and returns a JWT signed HS256 with the client secret,
+// its exp claim the token's expiry, as text or under "token",
+// "access_token" or "jwt" (WithAuthFormat). With WithRotation, every 200
+// from the resource to a JWT carries a newer JWT in its Authorization
+// response header ("Bearer <jwt>").
+//
 // Faults are injected at run time and are safe to change while requests
 // are in flight: FailNext and FailAlways answer issuer calls with a given
 // status and Basiq error code (and Retry-After); GarbleNext and

@@ -163,7 +163,8 @@ func WithClientSecret(secret string) Option { return func(s *Server) { s.clientS
 
 // WithLifetime sets the lifetime of new tokens. Default DefaultLifetime.
 // A sub-second lifetime gives a fractional expires_in; JWT exp claims are
-// whole seconds, rounded up.
+// whole seconds, rounded up. Zero or negative issues tokens that are
+// already expired (expires_in <= 0), which a strict client rejects.
 func WithLifetime(d time.Duration) Option { return func(s *Server) { s.lifetime = d } }
 
 // WithClock sets the server's clock, which stamps expiries and judges

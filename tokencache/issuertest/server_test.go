@@ -129,7 +129,9 @@ func TestTokenValidation(t *testing.T) {
 		{name: "client_credentials grant", form: url.Values{"scope": {"SERVER_ACCESS"}, "grant_type": {"client_credentials"}}, wantStatus: 200},
 		{name: "version 2.0", form: server, edit: func(r *http.Request) { r.Header.Set("basiq-version", "2.0") }, wantStatus: 200},
 		{name: "content type with charset", form: server,
-			edit: func(r *http.Request) { r.Header.Set("Content-Type", "application/x-www-form-urlencoded; charset=utf-8") }, wantStatus: 200},
+			edit: func(r *http.Request) {
+				r.Header.Set("Content-Type", "application/x-www-form-urlencoded; charset=utf-8")
+			}, wantStatus: 200},
 		{name: "GET", form: server, edit: func(r *http.Request) { r.Method = "GET" }, wantStatus: 405, wantCode: "invalid-request"},
 		{name: "no version", form: server, edit: func(r *http.Request) { r.Header.Del("basiq-version") },
 			wantStatus: 400, wantCode: "parameter-not-valid", wantSource: "basiq-version"},
