@@ -66,7 +66,7 @@ const (
 // Printing a Fetcher (fmt, slog) shows its base URL, scope, user and a
 // fingerprint of the key, never the key.
 type Fetcher struct {
-	apiKey  string
+	apiKey  secret
 	baseURL string // no trailing slash
 	version string
 	client  *http.Client
@@ -138,7 +138,7 @@ func WithTimeout(d time.Duration) Option {
 // URL) is reported by Validate, and by every Fetch as a *ConfigError.
 func New(apiKey string, opts ...Option) *Fetcher {
 	f := &Fetcher{
-		apiKey:  apiKey,
+		apiKey:  newSecret(apiKey),
 		baseURL: DefaultBaseURL,
 		version: DefaultVersion,
 		now:     time.Now,
@@ -155,6 +155,12 @@ func New(apiKey string, opts ...Option) *Fetcher {
 	}
 	f.redact = newRedactor(apiKey, "Basic "+apiKey)
 	f.cfgErr = f.check()
+	if f.cfgErr != nil {
+		// An unusable base URL may hold credentials: keep none of it.
+		if ce, ok := f.cfgErr.(*ConfigError); ok && ce.Field == "base URL" {
+			f.baseURL = ""
+		}
+	}
 	return f
 }
 
@@ -203,16 +209,17 @@ func (f *Fetcher) Validate() error {
 // check validates the configuration once, in New, and precomputes the
 // token URL.
 func (f *Fetcher) check() error {
+	key := f.apiKey.reveal()
 	switch {
-	case f.apiKey == "":
+	case key == "":
 		return &ConfigError{Field: "api key", Reason: "empty (set BASIQ_API_KEY)"}
-	case len(f.apiKey) > 4096:
+	case len(key) > 4096:
 		return &ConfigError{Field: "api key", Reason: "longer than 4096 bytes"}
-	case len(f.apiKey) > 6 && strings.EqualFold(f.apiKey[:6], "basic "):
+	case len(key) > 6 && strings.EqualFold(key[:6], "basic "):
 		return &ConfigError{Field: "api key", Reason: `starts with "Basic "; pass the key alone, the prefix is added`}
 	}
-	for i := 0; i < len(f.apiKey); i++ {
-		if c := f.apiKey[i]; c <= ' ' || c >= 0x7f {
+	for i := 0; i < len(key); i++ {
+		if c := key[i]; c <= ' ' || c >= 0x7f {
 			return &ConfigError{Field: "api key", Reason: "holds whitespace, a control or a non-ASCII character at byte " + strconv.Itoa(i)}
 		}
 	}
@@ -268,9 +275,9 @@ func (f *Fetcher) Fetch(ctx context.Context) (tokencache.Token, error) {
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, f.tokenURL, strings.NewReader(form.Encode()))
 	if err != nil {
-		return tokencache.Token{}, &ConfigError{Field: "base URL", Reason: "cannot build a request"}
+		return tokencache.Token{}, &ConfigError{Field: "request", Reason: "cannot build it: " + sanitize(err.Error(), maxFieldLen)}
 	}
-	req.Header.Set("Authorization", "Basic "+f.apiKey)
+	req.Header.Set("Authorization", "Basic "+f.apiKey.reveal())
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	req.Header.Set("basiq-version", f.version)
 	req.Header.Set("Accept", "application/json")
@@ -335,9 +342,10 @@ func parseRetryAfter(v string, now time.Time) time.Duration {
 	if v == "" {
 		return 0
 	}
-	if n, err := strconv.ParseUint(v, 10, 64); err == nil {
-		if n > uint64(MaxRetryAfter/time.Second) {
-			return MaxRetryAfter
+	if strings.Trim(v, "0123456789") == "" {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil || n > uint64(MaxRetryAfter/time.Second) {
+			return MaxRetryAfter // too many digits to parse: a long wait
 		}
 		return time.Duration(n) * time.Second
 	}
@@ -359,7 +367,7 @@ func parseRetryAfter(v string, now time.Time) time.Duration {
 // Fetcher mints tokens for (tokencache.Identifier). It contains the API
 // key: the cache only ever stores a salted hash of it. Never log it.
 func (f *Fetcher) Identity() string {
-	return strings.Join([]string{"basiq/v1", f.baseURL, f.version, f.scope, f.userID, f.apiKey}, "\x00")
+	return strings.Join([]string{"basiq/v1", f.baseURL, f.version, f.scope, f.userID, f.apiKey.reveal()}, "\x00")
 }
 
 // String describes the Fetcher without its key, e.g.
@@ -368,7 +376,11 @@ func (f *Fetcher) String() string {
 	if f == nil {
 		return "basiq.Fetcher(nil)"
 	}
-	s := "basiq.Fetcher(" + f.baseURL + " " + f.scope
+	base := f.baseURL
+	if base == "" {
+		base = "(invalid base URL)"
+	}
+	s := "basiq.Fetcher(" + base + " " + f.scope
 	if f.userID != "" {
 		s += " user " + f.userID
 	}
@@ -405,11 +417,11 @@ func (f *Fetcher) LogValue() slog.Value {
 
 // keyFingerprint is a short, non-reversible name for an API key, so
 // operators can tell two keys apart without seeing either.
-func keyFingerprint(key string) string {
-	if key == "" {
+func keyFingerprint(key secret) string {
+	if key.reveal() == "" {
 		return "none"
 	}
-	sum := sha256.Sum256([]byte("tokencache/basiq key\x00" + key))
+	sum := sha256.Sum256([]byte("tokencache/basiq key\x00" + key.reveal()))
 	return "sha256:" + hex.EncodeToString(sum[:8])
 }
 
@@ -448,4 +460,19 @@ func ValidateUserID(id string) error {
 		}
 	}
 	return nil
+}
+
+// secret holds a credential inside a closure. fmt and slog print a func
+// as an address, so no verb — not even %#v or %s on a copy of a struct
+// holding one — can reveal it.
+type secret func() string
+
+func newSecret(s string) secret { return func() string { return s } }
+
+// reveal returns the credential; "" for a nil secret.
+func (s secret) reveal() string {
+	if s == nil {
+		return ""
+	}
+	return s()
 }

@@ -170,7 +170,7 @@ func retryableStatus(status int) bool {
 // key, a key holding whitespace or control characters, a malformed base
 // URL). It is permanent: Retryable reports false. It never holds the key.
 type ConfigError struct {
-	Field  string // "api key", "base URL", "version", "user id"
+	Field  string // "api key", "base URL", "version", "request"
 	Reason string
 	Err    error // e.g. a *UserIDError, or nil
 }
@@ -230,7 +230,7 @@ func transportError(op, scope string, err error, r *redactor) *Error {
 
 // redactor removes secrets from text bound for an error message.
 type redactor struct {
-	secrets []string
+	secrets []secret
 }
 
 func newRedactor(secrets ...string) *redactor {
@@ -238,7 +238,7 @@ func newRedactor(secrets ...string) *redactor {
 	for _, s := range secrets {
 		// Very short "secrets" would redact ordinary words; keys are long.
 		if len(s) >= 4 {
-			r.secrets = append(r.secrets, s)
+			r.secrets = append(r.secrets, newSecret(s))
 		}
 	}
 	return r
@@ -249,7 +249,7 @@ func newRedactor(secrets ...string) *redactor {
 func (r *redactor) clean(s string, max int) string {
 	if r != nil {
 		for _, secret := range r.secrets {
-			s = strings.ReplaceAll(s, secret, "[REDACTED]")
+			s = strings.ReplaceAll(s, secret.reveal(), "[REDACTED]")
 		}
 	}
 	return sanitize(s, max)

@@ -184,7 +184,10 @@ func parseErrorBody(body []byte) (e apiError, ok bool) {
 		e.Code = jsonText(l.OAuthError)
 		e.Detail = jsonText(l.OAuthDescription)
 	}
-	return e, e.Code != "" || e.Title != "" || e.Detail != "" || e.CorrelationID != ""
+	if e.Code == "" && e.Title == "" && e.Detail == "" && e.CorrelationID == "" {
+		return apiError{}, false
+	}
+	return e, true
 }
 
 // jsonText renders a JSON string or number as text; anything else is "".
