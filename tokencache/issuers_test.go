@@ -1,0 +1,250 @@
+package tokencache_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tokencache/tokencache/internal/redistest"
+	"github.com/tokencache/tokencache/tokencache"
+	"github.com/tokencache/tokencache/tokencache/basiq"
+	"github.com/tokencache/tokencache/tokencache/issuertest"
+	"github.com/tokencache/tokencache/tokencache/jwtauth"
+)
+
+// The cache against the real issuers (Basiq, authenticate-and-rotate) as
+// the fake issuer implements them.
+
+func mini(t *testing.T) redis.UniversalClient {
+	t.Helper()
+	mr := miniredis.RunT(t)
+	c := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+func newCache(t *testing.T, rdb redis.UniversalClient, f tokencache.Fetcher, opts ...tokencache.Option) *tokencache.Cache {
+	t.Helper()
+	opts = append([]tokencache.Option{
+		tokencache.WithRetry(3, time.Millisecond, 5*time.Millisecond),
+		tokencache.WithWaitRecheck(100 * time.Millisecond),
+		tokencache.WithLockTTL(2 * time.Second),
+	}, opts...)
+	c, err := tokencache.New(rdb, f, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+func TestBasiqErrorCodesThroughTheCache(t *testing.T) {
+	cases := []struct {
+		status     int
+		code       string
+		retryAfter string
+		retryable  bool
+	}{
+		{400, "invalid-request", "", false},
+		{400, "parameter-not-valid", "", false},
+		{400, "unsupported-grant-type", "", false},
+		{400, "invalid-grant", "", false},
+		{403, "access-denied", "", false},
+		{404, "parameter-not-valid", "", false},
+		{500, "internal-server-error", "", true},
+		{503, "service-unavailable", "1", true},
+		{429, "too-many-requests", "1", true},
+	}
+	for _, tc := range cases {
+		t.Run(fmt.Sprint(tc.status, " ", tc.code), func(t *testing.T) {
+			srv := issuertest.RunT(t)
+			srv.FailAlways(issuertest.Failure{Status: tc.status, Code: tc.code, Title: "t", Detail: "d", RetryAfter: tc.retryAfter})
+			c := newCache(t, mini(t), basiq.New(srv.APIKey(), basiq.WithBaseURL(srv.URL())))
+			_, err := c.Token(context.Background())
+			var fe *tokencache.FetchError
+			if !errors.As(err, &fe) || fe.Code != tc.code || fe.Retryable != tc.retryable {
+				t.Fatalf("got %v, want a FetchError %s (retryable %v)", err, tc.code, tc.retryable)
+			}
+			var be *basiq.Error
+			if !errors.As(err, &be) || be.Status != tc.status || be.CorrelationID == "" {
+				t.Errorf("got %v, want a *basiq.Error with status %d and a correlationId", err, tc.status)
+			}
+			want := 1
+			if tc.retryable {
+				want = 3 // the retry budget of newCache
+			}
+			if got := srv.Stats().TokenCalls; int(got) != want {
+				t.Errorf("issuer calls = %d, want %d", got, want)
+			}
+		})
+	}
+}
+
+func TestWrongKeyLosesNothing(t *testing.T) {
+	srv := issuertest.RunT(t)
+	rdb := mini(t)
+	ctx := context.Background()
+	good := newCache(t, rdb, basiq.New(srv.APIKey(), basiq.WithBaseURL(srv.URL())))
+	tok, err := good.Token(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, _ := rdb.Get(ctx, "tokencache:{default}:server").Result()
+
+	const wrongKey = "d3Jvbmcta2V5LXRoYXQtbXVzdC1uZXZlci1sZWFr"
+	bad := newCache(t, rdb, basiq.New(wrongKey, basiq.WithBaseURL(srv.URL())))
+	_, err = bad.Token(ctx)
+	var be *basiq.Error
+	if !errors.As(err, &be) || be.Status != http.StatusUnauthorized {
+		t.Fatalf("wrong key: got %v, want a 401 *basiq.Error", err)
+	}
+	if strings.Contains(err.Error(), wrongKey) || strings.Contains(fmt.Sprintf("%+v", err), wrongKey) {
+		t.Fatalf("the error shows the key: %v", err)
+	}
+	after, _ := rdb.Get(ctx, "tokencache:{default}:server").Result()
+	if after != before {
+		t.Fatalf("a failed refresh with the wrong key changed the cached value")
+	}
+	if got, err := good.Token(ctx); err != nil || got.AccessToken != tok.AccessToken {
+		t.Fatalf("the right replica after the wrong one: %v, %v; want its valid token", got, err)
+	}
+	// A forced refresh that fails leaves the valid token in place too.
+	srv.FailNext(1, issuertest.Fail(http.StatusForbidden, "access-denied"))
+	if _, err := good.Refresh(ctx, 0, true); err == nil {
+		t.Fatal("forced refresh against a failing issuer succeeded")
+	}
+	if got, err := good.Token(ctx); err != nil || got.AccessToken != tok.AccessToken {
+		t.Fatalf("after a failed forced refresh: %v, %v; want the valid token", got, err)
+	}
+}
+
+func TestFleetWide401WithBasiq(t *testing.T) {
+	srv := issuertest.RunT(t)
+	rdb := redistest.Start(t).Client(t)
+	var clients []*http.Client
+	for range 5 {
+		c := newCache(t, rdb, basiq.New(srv.APIKey(), basiq.WithBaseURL(srv.URL())))
+		clients = append(clients, &http.Client{Transport: c.Transport(nil)})
+	}
+	get := func(hc *http.Client) error {
+		resp, err := hc.Get(srv.URL() + "/users/abc/accounts")
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("status %d", resp.StatusCode)
+		}
+		return nil
+	}
+	for _, hc := range clients {
+		if err := get(hc); err != nil {
+			t.Fatal(err)
+		}
+	}
+	srv.RevokeAll()
+	var wg sync.WaitGroup
+	for _, hc := range clients {
+		for range 20 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if err := get(hc); err != nil {
+					t.Errorf("after revocation: %v", err)
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	if got := srv.Stats().TokenCalls; got != 2 {
+		t.Errorf("issuer calls = %d, want 2 (one more after the fleet-wide 401)", got)
+	}
+}
+
+func TestClientTokensWithBasiq(t *testing.T) {
+	srv := issuertest.RunT(t)
+	f := basiq.New(srv.APIKey(), basiq.WithBaseURL(srv.URL()))
+	c := newCache(t, mini(t), f, tokencache.WithClientTokens(func(id string) (tokencache.Fetcher, error) {
+		return f.ForUser(id)
+	}, 100))
+	ctx := context.Background()
+	u, err := c.User("ea3a81a9-0d2c-4a63-b7b2-3c9b3e2f5b1a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc := &http.Client{Transport: u.Transport(nil)}
+	for path, want := range map[string]int{
+		"/users/ea3a81a9-0d2c-4a63-b7b2-3c9b3e2f5b1a": http.StatusOK,
+		"/users/someone-else":                          http.StatusForbidden,
+	} {
+		resp, err := hc.Get(srv.URL() + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("GET %s with the user's client token: %d, want %d", path, resp.StatusCode, want)
+		}
+	}
+	if _, err := c.ClientToken(ctx, "bad:id"); !errors.Is(err, tokencache.ErrInvalidUserID) {
+		t.Errorf("bad user id: got %v, want ErrInvalidUserID", err)
+	}
+}
+
+func TestJWTRotationLaterExpiryWins(t *testing.T) {
+	srv := issuertest.RunT(t)
+	rdb := mini(t)
+	f := jwtauth.New(srv.APIKey(), srv.ClientSecret(), jwtauth.WithBaseURL(srv.URL()))
+	c := newCache(t, rdb, f, tokencache.WithRotation(jwtauth.FromResponse))
+	ctx := context.Background()
+	cur, err := c.Token(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	jwt := func(exp time.Time) tokencache.Token {
+		s, err := issuertest.SignHS256(srv.ClientSecret(), map[string]any{"sub": "x", "exp": exp.Unix()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tokencache.Token{AccessToken: s, TokenType: "Bearer", Expiry: time.Unix(exp.Unix(), 0)}
+	}
+	later, earlier := jwt(cur.Expiry.Add(20*time.Minute)), jwt(cur.Expiry.Add(10*time.Minute))
+	// Two responses carry rotated tokens; they arrive out of order.
+	var wg sync.WaitGroup
+	for _, tok := range []tokencache.Token{later, earlier} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := c.Offer(ctx, tok); err != nil {
+				t.Errorf("Offer: %v", err)
+			}
+		}()
+	}
+	wg.Wait()
+	got, err := c.Token(ctx)
+	if err != nil || got.AccessToken != later.AccessToken {
+		t.Fatalf("after the race: %v, %v; want the later-expiring token", got, err)
+	}
+	// And through the transport: the resource rotates on every 200.
+	srv.SetRotation(true)
+	hc := &http.Client{Transport: c.Transport(nil)}
+	resp, err := hc.Get(srv.URL() + "/api/me")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	if srv.Stats().Rotations == 0 {
+		t.Fatal("the resource did not rotate")
+	}
+}
