@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log"
+	"net/http"
 	"sync/atomic"
 	"time"
 
@@ -11,6 +12,8 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tokencache/tokencache/tokencache"
+	"github.com/tokencache/tokencache/tokencache/basiq"
+	"github.com/tokencache/tokencache/tokencache/issuertest"
 )
 
 // Two replicas share one Redis: the issuer is called once for both.
@@ -113,4 +116,43 @@ func ExampleCache_Invalidate() {
 	fmt.Println(deleted, again, fresh.AccessToken)
 	// Output:
 	// true false token-2
+}
+
+// The README's quick start, against the fake Basiq issuer: a real program
+// uses basiq.New(os.Getenv("BASIQ_API_KEY")) and the default base URL.
+func Example_basiq() {
+	issuer := issuertest.NewServer() // stands in for https://au-api.basiq.io
+	defer issuer.Close()
+	mr := miniredis.NewMiniRedis() // stands in for your Redis
+	if err := mr.Start(); err != nil {
+		log.Fatal(err)
+	}
+	defer mr.Close()
+
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	fetcher := basiq.New(issuer.APIKey(), basiq.WithBaseURL(issuer.URL()))
+	cache, err := tokencache.New(rdb, fetcher, tokencache.WithNamespace("basiq"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer cache.Close()
+
+	tok, err := cache.Token(context.Background()) // memory, else Redis, else one refresh for the fleet
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(tok.TokenType, "token, expires in about", time.Until(tok.Expiry).Round(time.Hour))
+
+	// Every request through this client carries the shared token; a 401
+	// invalidates it (once for the fleet) and the request is retried.
+	api := &http.Client{Transport: cache.Transport(nil)}
+	resp, err := api.Get(issuer.URL() + "/users/ea3a81a9/accounts")
+	if err != nil {
+		log.Fatal(err)
+	}
+	resp.Body.Close()
+	fmt.Println(resp.Status, "issuer calls:", issuer.Stats().TokenCalls)
+	// Output:
+	// Bearer token, expires in about 1h0m0s
+	// 200 OK issuer calls: 1
 }
