@@ -9,8 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode/utf8"
 
+	"github.com/tokencache/tokencache/internal/httpx"
 	"golang.org/x/oauth2"
 	"golang.org/x/oauth2/clientcredentials"
 )
@@ -110,11 +110,11 @@ func (c *clientCredentialsFetcher) translate(ctx context.Context, err error) *OA
 	if errors.As(err, &rerr) {
 		e := &OAuth2Error{
 			Code:        ccCode(rerr.ErrorCode, c.cfg.ClientSecret),
-			Description: ccScrub(rerr.ErrorDescription, c.cfg.ClientSecret),
+			Description: httpx.Scrub(rerr.ErrorDescription, 200, c.cfg.ClientSecret),
 		}
 		if rerr.Response != nil {
 			e.StatusCode = rerr.Response.StatusCode
-			e.retryAfter = ccRetryAfter(rerr.Response.Header.Get("Retry-After"), c.now())
+			e.retryAfter = httpx.RetryAfter(rerr.Response.Header.Get("Retry-After"), c.now(), ccMaxRetryAfter)
 		}
 		switch s := e.StatusCode; {
 		case s == http.StatusTooManyRequests || s == http.StatusRequestTimeout || s >= 500:
@@ -146,27 +146,12 @@ func (c *clientCredentialsFetcher) translate(ctx context.Context, err error) *OA
 	// failed body read). None of them quotes the body.
 	msg := err.Error()
 	if strings.Contains(msg, "missing access_token") || strings.Contains(msg, "cannot parse") {
-		return &OAuth2Error{Code: "invalid-response", Description: ccScrub(msg, c.cfg.ClientSecret), Err: ErrInvalidToken}
+		return &OAuth2Error{Code: "invalid-response", Description: httpx.Scrub(msg, 200, c.cfg.ClientSecret), Err: ErrInvalidToken}
 	}
-	return &OAuth2Error{Code: "oauth2", Description: ccScrub(msg, c.cfg.ClientSecret), retryable: true}
+	return &OAuth2Error{Code: "oauth2", Description: httpx.Scrub(msg, 200, c.cfg.ClientSecret), retryable: true}
 }
 
 const ccMaxRetryAfter = 24 * time.Hour
-
-// ccRetryAfter reads delay-seconds or an HTTP date; anything else is 0.
-func ccRetryAfter(v string, now time.Time) time.Duration {
-	v = strings.TrimSpace(v)
-	var d time.Duration
-	if n, err := strconv.ParseInt(v, 10, 64); err == nil {
-		if n > int64(ccMaxRetryAfter/time.Second) {
-			return ccMaxRetryAfter
-		}
-		d = time.Duration(n) * time.Second
-	} else if t, err := http.ParseTime(v); err == nil {
-		d = t.Sub(now)
-	}
-	return min(max(d, 0), ccMaxRetryAfter)
-}
 
 // ccCode keeps an RFC 6749 error code if it is short and plain (RFC 6749
 // limits it to printable ASCII without quotes or backslashes) and does not
@@ -181,59 +166,6 @@ func ccCode(code, secret string) string {
 		}
 	}
 	return code
-}
-
-// ccScrub makes an issuer message safe for an error: it removes the secret,
-// replaces anything shaped like a token (a run of base64 characters 24 long
-// with a digit, or 40 long: access tokens, JWTs, keys, but not words) with
-// "[redacted]", drops control characters and shortens it to 200 bytes.
-func ccScrub(msg, secret string) string {
-	if secret != "" {
-		msg = strings.ReplaceAll(msg, secret, "[redacted]")
-	}
-	var b strings.Builder
-	word := func(w string) {
-		digits := strings.ContainsAny(w, "0123456789")
-		if len(w) >= 40 || len(w) >= 24 && digits {
-			w = "[redacted]"
-		}
-		b.WriteString(w)
-	}
-	start := -1 // start of the current run of token characters
-	for i, r := range msg {
-		if r < utf8.RuneSelf && ccIsTokenByte(byte(r)) {
-			if start < 0 {
-				start = i
-			}
-			continue
-		}
-		if start >= 0 {
-			word(msg[start:i])
-			start = -1
-		}
-		if r < ' ' || r == 0x7f || r == utf8.RuneError {
-			r = ' '
-		}
-		b.WriteRune(r)
-	}
-	if start >= 0 {
-		word(msg[start:])
-	}
-	out := strings.TrimSpace(b.String())
-	if len(out) > 200 {
-		cut := 200
-		for cut > 0 && !utf8.RuneStart(out[cut]) {
-			cut--
-		}
-		out = out[:cut] + "..."
-	}
-	return out
-}
-
-// ccIsTokenByte reports whether c may appear in a base64 or base64url token.
-func ccIsTokenByte(c byte) bool {
-	return 'A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' || '0' <= c && c <= '9' ||
-		c == '-' || c == '_' || c == '.' || c == '=' || c == '+' || c == '/' || c == '~'
 }
 
 // ccSafeURL prints a URL without user info, query or fragment.

@@ -88,58 +88,6 @@ func (a *api) extract(resp *http.Response) (Token, bool, error) {
 	return Token{AccessToken: tok, TokenType: "Bearer", Expiry: exp}, true, nil
 }
 
-func TestTransportFleetWide401(t *testing.T) {
-	forEachBackend(t, func(t *testing.T, rdb redis.UniversalClient, _ *miniredis.Miniredis) {
-		a := newAPI()
-		srv := httptest.NewServer(a)
-		defer srv.Close()
-		var clients []*http.Client
-		for range 5 {
-			c := newCache(t, rdb, a.fetcher(), fastOpts()...)
-			clients = append(clients, &http.Client{Transport: c.Transport(nil)})
-		}
-		get := func(hc *http.Client) error {
-			resp, err := hc.Get(srv.URL + "/accounts")
-			if err != nil {
-				return err
-			}
-			defer resp.Body.Close()
-			if resp.StatusCode != http.StatusOK {
-				return fmt.Errorf("status %d", resp.StatusCode)
-			}
-			return nil
-		}
-		for _, hc := range clients {
-			if err := get(hc); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if got := a.minted.Load(); got != 1 {
-			t.Fatalf("issuer calls before revocation = %d, want 1", got)
-		}
-		a.revokeAll()
-		var wg sync.WaitGroup
-		for _, hc := range clients {
-			for range 20 {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					if err := get(hc); err != nil {
-						t.Errorf("request after revocation: %v", err)
-					}
-				}()
-			}
-		}
-		wg.Wait()
-		if got := a.minted.Load(); got != 2 {
-			t.Errorf("issuer calls = %d, want 2 (one after the fleet-wide 401)", got)
-		}
-		if a.rejected.Load() == 0 {
-			t.Error("no request saw the 401: the test did not test recovery")
-		}
-	})
-}
-
 func TestTransportRetriesOnlyRewindableBodies(t *testing.T) {
 	rdb, _ := miniBackend(t)
 	a := newAPI()

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tokencache/tokencache/internal/httpx"
 	"github.com/tokencache/tokencache/tokencache"
 )
 
@@ -330,37 +331,9 @@ func (f *Fetcher) errorFromResponse(resp *http.Response, body []byte) *Error {
 		}
 	}
 	if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable {
-		e.RetryAfterDelay = parseRetryAfter(resp.Header.Get("Retry-After"), f.now())
+		e.RetryAfterDelay = httpx.RetryAfter(resp.Header.Get("Retry-After"), f.now(), MaxRetryAfter)
 	}
 	return e
-}
-
-// parseRetryAfter reads a Retry-After value, delay-seconds or HTTP-date,
-// as a delay from now, clamped to [0, MaxRetryAfter]. Garbage gives 0.
-func parseRetryAfter(v string, now time.Time) time.Duration {
-	v = strings.TrimSpace(v)
-	if v == "" {
-		return 0
-	}
-	if strings.Trim(v, "0123456789") == "" {
-		n, err := strconv.ParseUint(v, 10, 64)
-		if err != nil || n > uint64(MaxRetryAfter/time.Second) {
-			return MaxRetryAfter // too many digits to parse: a long wait
-		}
-		return time.Duration(n) * time.Second
-	}
-	t, err := http.ParseTime(v)
-	if err != nil {
-		return 0
-	}
-	d := t.Sub(now)
-	switch {
-	case d < 0:
-		return 0
-	case d > MaxRetryAfter:
-		return MaxRetryAfter
-	}
-	return d
 }
 
 // Identity names the credential, endpoint, version, scope and user this

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 	"unicode/utf8"
+
+	"github.com/tokencache/tokencache/internal/httpx"
 )
 
 // addFixtures seeds f with the files in testdata matching pattern.
@@ -139,8 +141,8 @@ func TestParseRetryAfter(t *testing.T) {
 		{"Sat, 14 Mar 2026 09:00:00 GMT", MaxRetryAfter},
 	}
 	for _, tt := range tests {
-		if got := parseRetryAfter(tt.in, now); got != tt.want {
-			t.Errorf("parseRetryAfter(%q): got %v, want %v", tt.in, got, tt.want)
+		if got := httpx.RetryAfter(tt.in, now, MaxRetryAfter); got != tt.want {
+			t.Errorf("RetryAfter(%q): got %v, want %v", tt.in, got, tt.want)
 		}
 	}
 }

@@ -3,8 +3,8 @@ package jwtauth
 import (
 	"bytes"
 	"encoding/json"
-	"strings"
-	"unicode/utf8"
+
+	"github.com/tokencache/tokencache/internal/httpx"
 )
 
 // maxMessageLen bounds the issuer message kept in an *Error.
@@ -115,64 +115,7 @@ func stringValue(raw json.RawMessage) string {
 	return s
 }
 
-// scrub makes an issuer message safe to put in an error: it removes every
-// occurrence of the given secrets, replaces anything that looks like a token
-// (a run of base64/base64url characters 24 long with a digit, or 40 long:
-// JWTs, API keys and opaque tokens, but not ordinary words) with
-// "[redacted]", drops control characters,
-// and shortens the result.
+// scrub makes an issuer message safe to put in an error (httpx.Scrub).
 func scrub(msg string, secrets ...string) string {
-	for _, s := range secrets {
-		if s != "" {
-			msg = strings.ReplaceAll(msg, s, "[redacted]")
-		}
-	}
-	var b strings.Builder
-	run, digits := 0, false // the current run of token characters in msg
-	start := 0
-	flush := func(end int) {
-		if run >= 40 || run >= 24 && digits {
-			b.WriteString("[redacted]")
-		} else {
-			b.WriteString(msg[start:end])
-		}
-	}
-	for i := 0; i < len(msg); {
-		c := msg[i]
-		if isTokenByte(c) || c == '+' || c == '/' {
-			if run == 0 {
-				start, digits = i, false
-			}
-			digits = digits || '0' <= c && c <= '9'
-			run++
-			i++
-			continue
-		}
-		if run > 0 {
-			flush(i)
-			run = 0
-		}
-		r, size := utf8.DecodeRuneInString(msg[i:])
-		switch {
-		case r == utf8.RuneError && size <= 1:
-			b.WriteByte('?')
-		case r < 0x20 || r == 0x7f:
-			b.WriteByte(' ')
-		default:
-			b.WriteString(msg[i : i+size])
-		}
-		i += size
-	}
-	if run > 0 {
-		flush(len(msg))
-	}
-	out := strings.TrimSpace(b.String())
-	if len(out) > maxMessageLen {
-		cut := maxMessageLen
-		for cut > 0 && !utf8.RuneStart(out[cut]) {
-			cut--
-		}
-		out = out[:cut] + "..."
-	}
-	return out
+	return httpx.Scrub(msg, maxMessageLen, secrets...)
 }

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tokencache/tokencache/internal/httpx"
 	"github.com/tokencache/tokencache/tokencache"
 )
 
@@ -265,7 +266,7 @@ func (f *Fetcher) statusError(resp *http.Response, body []byte) *Error {
 		StatusCode: resp.StatusCode,
 		Code:       code,
 		Message:    scrub(msg, f.apiKey, f.clientSecret),
-		retryAfter: parseRetryAfter(resp.Header.Get("Retry-After"), f.now()),
+		retryAfter: httpx.RetryAfter(resp.Header.Get("Retry-After"), f.now(), maxRetryAfter),
 	}
 }
 
@@ -277,28 +278,6 @@ func readLimited(r io.Reader, limit int64) (data []byte, tooLarge bool, err erro
 		return data[:limit], true, err
 	}
 	return data, false, err
-}
-
-// parseRetryAfter reads a Retry-After value: delay-seconds or an HTTP date
-// (RFC 9110 §10.2.3). Anything else, or a date in the past, is 0.
-func parseRetryAfter(v string, now time.Time) time.Duration {
-	v = strings.TrimSpace(v)
-	if v == "" {
-		return 0
-	}
-	var d time.Duration
-	if n, err := strconv.ParseInt(v, 10, 64); err == nil {
-		if n <= 0 {
-			return 0
-		}
-		if n > int64(maxRetryAfter/time.Second) {
-			return maxRetryAfter
-		}
-		d = time.Duration(n) * time.Second
-	} else if t, err := http.ParseTime(v); err == nil {
-		d = t.Sub(now)
-	}
-	return min(max(d, 0), maxRetryAfter)
 }
 
 // parseAuthenticateResponse extracts the token from a successful
