@@ -183,7 +183,7 @@ func TestClientTokensWithBasiq(t *testing.T) {
 	hc := &http.Client{Transport: u.Transport(nil)}
 	for path, want := range map[string]int{
 		"/users/ea3a81a9-0d2c-4a63-b7b2-3c9b3e2f5b1a": http.StatusOK,
-		"/users/someone-else":                          http.StatusForbidden,
+		"/users/someone-else":                         http.StatusForbidden,
 	} {
 		resp, err := hc.Get(srv.URL() + path)
 		if err != nil {
