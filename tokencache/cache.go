@@ -224,6 +224,7 @@ type Status struct {
 	RefreshedBy      string        // host/pid of the writer
 	Fingerprint      string        // of the credential that minted it
 	TokenFingerprint string        // of the token
+	KeyID            string        // the encryption key id, when the token is encrypted at rest
 	LockKey          string
 	LockHeld         bool
 	LockTTL          time.Duration
@@ -566,6 +567,14 @@ func (e *entry) read(ctx context.Context, at time.Time) (readResult, error) {
 	if r.found && e.isRejected(r.rec.TokenFP) {
 		r.found = false
 	}
+	if r.found && r.rec.Ciphertext != "" {
+		tok, err := e.c.cfg.keyring.open(e.k.token, r.rec.KeyID, r.rec.Ciphertext)
+		if err != nil {
+			e.c.log().Error("tokencache: cannot decrypt the cached token", "key", e.k.token, "key_id", r.rec.KeyID, "err", err)
+			return readResult{}, err
+		}
+		r.rec.AccessToken = tok
+	}
 	if r.found && r.rec.Fingerprint != e.credFP {
 		if e.warnedFP.CompareAndSwap(false, true) {
 			e.c.log().Warn("tokencache: cached token was minted for another credential; not serving it",
@@ -814,10 +823,15 @@ func (e *entry) refreshLocked(ctx context.Context, lease *lock.Lease, done func(
 // lifted past it and the write tried once more: garbage must not block
 // writes forever.
 func (e *entry) write(ctx context.Context, rec *record, ttl time.Duration, lift bool) (int64, error) {
+	stored, err := e.seal(*rec)
+	if err != nil {
+		return 0, err
+	}
 	for attempt := 0; ; attempt++ {
 		ev := Event{Type: EventRefreshed, Key: e.k.token, Generation: rec.Generation, By: e.c.cfg.host}
 		ev.ExpiresAt, _ = rec.expiry()
-		code, seen, err := e.c.st.write(ctx, e.k, *rec, ttl, ev)
+		stored.Generation = rec.Generation
+		code, seen, err := e.c.st.write(ctx, e.k, stored, ttl, ev)
 		if err != nil || code != -2 || !lift || attempt > 0 {
 			return code, err
 		}
@@ -827,6 +841,21 @@ func (e *entry) write(ctx context.Context, rec *record, ttl time.Duration, lift 
 		}
 		rec.Generation = gen
 	}
+}
+
+// seal returns rec as it is stored: with the token encrypted when the cache
+// has a key ring.
+func (e *entry) seal(rec record) (record, error) {
+	kr := e.c.cfg.keyring
+	if kr == nil {
+		return rec, nil
+	}
+	id, sealed, err := kr.seal(e.k.token, rec.AccessToken)
+	if err != nil {
+		return rec, fmt.Errorf("tokencache: encrypting the token: %w", err)
+	}
+	rec.AccessToken, rec.Ciphertext, rec.KeyID = "", sealed, id
+	return rec, nil
 }
 
 // generation draws the lease's fencing generation once the holder has
@@ -980,6 +1009,9 @@ func (e *entry) negative() error {
 // fails: under fail-open, a token fetched directly (one call per process,
 // this runs inside the singleflight) and written back later.
 func (e *entry) redisDown(ctx context.Context, rerr error) (Token, error) {
+	if errors.Is(rerr, ErrDecrypt) {
+		return Token{}, rerr // Redis is fine; this replica's keys are not
+	}
 	if !e.c.cfg.failOpen {
 		return Token{}, fmt.Errorf("%w: %w", ErrRedisUnavailable, rerr)
 	}
@@ -1074,7 +1106,11 @@ func (e *entry) offer(ctx context.Context, tok Token) (bool, error) {
 	ttl := e.ttlFor(tok, issued)
 	rec := newRecord(tok, 0, issued, e.c.cfg.host, e.credFP)
 	ev := Event{Type: EventRefreshed, Key: e.k.token, ExpiresAt: tok.Expiry.UTC(), By: e.c.cfg.host}
-	gen, err := e.c.st.offer(ctx, e.k, rec, ttl, ev)
+	stored, err := e.seal(rec)
+	if err != nil {
+		return false, err
+	}
+	gen, err := e.c.st.offer(ctx, e.k, stored, ttl, ev)
 	if err != nil || gen <= 0 {
 		return false, err
 	}
@@ -1136,7 +1172,7 @@ func (e *entry) inspect(ctx context.Context) (Status, error) {
 	if r.bad != nil {
 		st.Problem = r.bad.Error()
 	}
-	if r.found || r.rec.AccessToken != "" {
+	if r.found || r.rec.AccessToken != "" || r.rec.Ciphertext != "" {
 		st.Found = r.found
 		st.Generation = r.rec.Generation
 		st.TokenType = r.rec.TokenType
@@ -1146,6 +1182,7 @@ func (e *entry) inspect(ctx context.Context) (Status, error) {
 		st.RefreshedBy = r.rec.RefreshedBy
 		st.Fingerprint = r.rec.Fingerprint
 		st.TokenFingerprint = r.rec.TokenFP
+		st.KeyID = r.rec.KeyID
 	}
 	return st, nil
 }

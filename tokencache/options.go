@@ -100,6 +100,7 @@ type config struct {
 	rotation       func(*http.Response) (Token, bool, error)
 	maxUsers       int
 	budgetLimit    int
+	keyring        *KeyRing
 	budgetWindow   time.Duration
 }
 
@@ -296,6 +297,21 @@ func WithSubscriptionProbe(interval, timeout time.Duration) Option {
 			return fmt.Errorf("tokencache: probe interval %v and timeout %v must be positive", interval, timeout)
 		}
 		c.probeInterval, c.probeTimeout = interval, timeout
+		return nil
+	}
+}
+
+// WithEncryption encrypts every token this cache stores with the ring's
+// active key (AES-256-GCM, bound to its Redis key) and decrypts with any
+// key of the ring. Every replica sharing the namespace needs the keys in
+// use. Default: no encryption (the token is stored as JSON text, readable
+// by whoever can GET the key).
+func WithEncryption(kr *KeyRing) Option {
+	return func(c *config) error {
+		if kr == nil {
+			return fmt.Errorf("tokencache: WithEncryption needs a key ring")
+		}
+		c.keyring = kr
 		return nil
 	}
 }

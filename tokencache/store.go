@@ -33,7 +33,9 @@ const expiryLayout = "2006-01-02T15:04:05.000Z"
 // record is the JSON value stored at the token key, readable with
 // `redis-cli GET`.
 type record struct {
-	AccessToken string `json:"access_token"`
+	AccessToken string `json:"access_token,omitempty"` // absent when encrypted
+	Ciphertext  string `json:"ciphertext,omitempty"`   // AES-256-GCM, base64(nonce|sealed)
+	KeyID       string `json:"key_id,omitempty"`       // the key that sealed it
 	TokenType   string `json:"token_type"`
 	ExpiresAt   string `json:"expires_at"` // expiryLayout, UTC
 	IssuedAt    string `json:"issued_at"`  // expiryLayout, UTC
@@ -75,8 +77,8 @@ func decodeRecord(key string, raw []byte) (record, error) {
 			return r, &ValueError{Key: key, Reason: "not a JSON object"}
 		}
 	}
-	if r.AccessToken == "" {
-		return r, &ValueError{Key: key, Reason: "no access_token"}
+	if r.AccessToken == "" && (r.Ciphertext == "" || r.KeyID == "") {
+		return r, &ValueError{Key: key, Reason: "no access_token (nor ciphertext and key_id)"}
 	}
 	exp, err := r.expiry()
 	if err != nil {

@@ -1,0 +1,168 @@
+package tokencache
+
+import (
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+)
+
+// A KeyRing holds the AES-256 keys that encrypt cached tokens at rest. One
+// key is active and encrypts every new token; every key in the ring
+// decrypts, so keys rotate without a flag day: add the new key to every
+// replica, then make it active, then, after a token lifetime, remove the
+// old one. Each ciphertext records its key's id and is bound to its Redis
+// key (AES-GCM associated data), so a value copied to another key does not
+// decrypt. The metadata beside it (expiry, generation, fingerprints,
+// refreshed_by) stays readable for redis-cli and Inspect.
+type KeyRing struct {
+	active string
+	aeads  map[string]cipher.AEAD
+}
+
+// NewKeyRing returns a ring whose active key is activeID. Every key must
+// be 32 bytes; ids are 1-32 letters, digits, '-' or '_'.
+func NewKeyRing(activeID string, keys map[string][]byte) (*KeyRing, error) {
+	kr := &KeyRing{active: activeID, aeads: map[string]cipher.AEAD{}}
+	for id, k := range keys {
+		if !validKeyID(id) {
+			return nil, fmt.Errorf("tokencache: encryption key id %q: use 1-32 letters, digits, '-' or '_'", id)
+		}
+		if len(k) != 32 {
+			return nil, fmt.Errorf("tokencache: encryption key %q is %d bytes, want 32 (AES-256)", id, len(k))
+		}
+		block, err := aes.NewCipher(k)
+		if err != nil {
+			return nil, fmt.Errorf("tokencache: encryption key %q: %w", id, err)
+		}
+		aead, err := cipher.NewGCM(block)
+		if err != nil {
+			return nil, fmt.Errorf("tokencache: encryption key %q: %w", id, err)
+		}
+		kr.aeads[id] = aead
+	}
+	if _, ok := kr.aeads[activeID]; !ok {
+		return nil, fmt.Errorf("tokencache: the active encryption key %q is not in the ring", activeID)
+	}
+	return kr, nil
+}
+
+// ParseKeyRing reads a ring from "id:base64key[,id:base64key...]" (standard
+// or URL base64 of 32 bytes); the first key is the active one. Generate a
+// key with `openssl rand -base64 32`.
+func ParseKeyRing(spec string) (*KeyRing, error) {
+	keys := map[string][]byte{}
+	var active string
+	for i, part := range strings.Split(strings.TrimSpace(spec), ",") {
+		id, b64, ok := strings.Cut(strings.TrimSpace(part), ":")
+		if !ok || id == "" {
+			return nil, fmt.Errorf("tokencache: encryption key %d: want id:base64key", i+1)
+		}
+		k, err := base64.StdEncoding.DecodeString(b64)
+		if err != nil {
+			if k, err = base64.URLEncoding.DecodeString(b64); err != nil {
+				return nil, fmt.Errorf("tokencache: encryption key %q is not base64", id)
+			}
+		}
+		if _, dup := keys[id]; dup {
+			return nil, fmt.Errorf("tokencache: encryption key %q given twice", id)
+		}
+		keys[id] = k
+		if i == 0 {
+			active = id
+		}
+	}
+	return NewKeyRing(active, keys)
+}
+
+// LoadKeyRing reads a ring from the environment variable env or, if that is
+// empty, from the file named by fileEnv (the file holds the same
+// "id:base64key,..." text). It returns nil, nil when neither is set.
+func LoadKeyRing(env, fileEnv string) (*KeyRing, error) {
+	spec := os.Getenv(env)
+	if spec == "" {
+		if path := os.Getenv(fileEnv); path != "" {
+			b, err := os.ReadFile(path)
+			if err != nil {
+				return nil, fmt.Errorf("tokencache: reading encryption keys: %w", err)
+			}
+			spec = string(b)
+		}
+	}
+	if strings.TrimSpace(spec) == "" {
+		return nil, nil
+	}
+	return ParseKeyRing(spec)
+}
+
+// ActiveKeyID is the id of the key that encrypts new tokens.
+func (kr *KeyRing) ActiveKeyID() string { return kr.active }
+
+func validKeyID(id string) bool {
+	if id == "" || len(id) > 32 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+// KeyError reports a cached token this replica cannot decrypt: its key id
+// is not in the ring (or there is no ring), or the ciphertext does not
+// open under it (a wrong key with the right id, a value moved from another
+// Redis key, tampering). It names the key id, never a key.
+type KeyError struct {
+	Key    string // the Redis key
+	KeyID  string // the id recorded in the value
+	Reason string
+}
+
+func (e *KeyError) Error() string {
+	return fmt.Sprintf("tokencache: cannot decrypt the token at %s with key id %q: %s", e.Key, e.KeyID, e.Reason)
+}
+
+// ErrDecrypt is matched (errors.Is) by every *KeyError.
+var ErrDecrypt = errors.New("tokencache: cannot decrypt the cached token")
+
+// Is makes errors.Is(err, ErrDecrypt) true for a *KeyError.
+func (e *KeyError) Is(target error) bool { return target == ErrDecrypt }
+
+// seal encrypts a token for the Redis key redisKey: base64(nonce|ciphertext).
+func (kr *KeyRing) seal(redisKey, token string) (keyID, sealed string, err error) {
+	aead := kr.aeads[kr.active]
+	nonce := make([]byte, aead.NonceSize(), aead.NonceSize()+len(token)+aead.Overhead())
+	if _, err := rand.Read(nonce); err != nil {
+		return "", "", err
+	}
+	out := aead.Seal(nonce, nonce, []byte(token), []byte(redisKey))
+	return kr.active, base64.StdEncoding.EncodeToString(out), nil
+}
+
+// open decrypts what seal produced for the same Redis key.
+func (kr *KeyRing) open(redisKey, keyID, sealed string) (string, error) {
+	fail := func(reason string) error { return &KeyError{Key: redisKey, KeyID: keyID, Reason: reason} }
+	if kr == nil {
+		return "", fail("no encryption keys are configured on this replica")
+	}
+	aead, ok := kr.aeads[keyID]
+	if !ok {
+		return "", fail("the key id is not in this replica's key ring")
+	}
+	raw, err := base64.StdEncoding.DecodeString(sealed)
+	if err != nil || len(raw) < aead.NonceSize()+aead.Overhead() {
+		return "", fail("the ciphertext is malformed")
+	}
+	pt, err := aead.Open(nil, raw[:aead.NonceSize()], raw[aead.NonceSize():], []byte(redisKey))
+	if err != nil {
+		return "", fail("authentication failed (a wrong key, or a value moved or altered)")
+	}
+	return string(pt), nil
+}

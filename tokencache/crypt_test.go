@@ -1,0 +1,160 @@
+package tokencache
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+)
+
+func testKey(t *testing.T) []byte {
+	k := make([]byte, 32)
+	if _, err := rand.Read(k); err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+func ring(t *testing.T, active string, keys map[string][]byte) *KeyRing {
+	t.Helper()
+	kr, err := NewKeyRing(active, keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kr
+}
+
+// redisHolds reports whether any key or value in Redis contains s.
+func redisHolds(t *testing.T, rdb redis.UniversalClient, s string) bool {
+	t.Helper()
+	ctx := context.Background()
+	keys, err := rdb.Keys(ctx, "*").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		if strings.Contains(k, s) {
+			return true
+		}
+		if v, err := rdb.Get(ctx, k).Result(); err == nil && strings.Contains(v, s) {
+			return true
+		}
+	}
+	return false
+}
+
+func TestEncryptionAtRest(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, rdb redis.UniversalClient, _ *miniredis.Miniredis) {
+		k1, k2 := testKey(t), testKey(t)
+		ctx := ctxT(t)
+		f := newFakeFetcher(time.Hour)
+		a := newCache(t, rdb, f, fastOpts(WithEncryption(ring(t, "k1", map[string][]byte{"k1": k1, "k2": k2})))...)
+		b := newCache(t, rdb, f, fastOpts(WithEncryption(ring(t, "k2", map[string][]byte{"k1": k1, "k2": k2})))...)
+		tok, err := a.Token(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if redisHolds(t, rdb, tok.AccessToken) {
+			t.Fatal("the token is readable in Redis despite encryption")
+		}
+		st, err := a.Inspect(ctx)
+		if err != nil || st.KeyID != "k1" || st.Generation != 1 || st.ExpiresAt.IsZero() || st.TokenFingerprint != tok.Fingerprint() {
+			t.Fatalf("Inspect of an encrypted token: %+v, %v; want its metadata and key id k1", st, err)
+		}
+		// b reads a's token (k1), then rotates to its own active key (k2).
+		if got, err := b.Token(ctx); err != nil || got.AccessToken != tok.AccessToken {
+			t.Fatalf("replica with the ring: %v, %v", got, err)
+		}
+		res, err := b.Refresh(ctx, 0, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st, _ := b.Inspect(ctx); st.KeyID != "k2" {
+			t.Errorf("after b's refresh the key id is %q, want k2", st.KeyID)
+		}
+		eventually(t, "a to read the k2 token", func() bool {
+			got, err := a.Token(ctx)
+			return err == nil && got.AccessToken == res.Token.AccessToken
+		})
+	})
+}
+
+func TestEncryptionWrongOrMissingKey(t *testing.T) {
+	rdb, _ := miniBackend(t)
+	ctx := ctxT(t)
+	k1 := testKey(t)
+	f := newFakeFetcher(time.Hour)
+	writer := newCache(t, rdb, f, fastOpts(WithEncryption(ring(t, "k1", map[string][]byte{"k1": k1})))...)
+	if _, err := writer.Token(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for name, opts := range map[string][]Option{
+		"unknown key id":     {WithEncryption(ring(t, "k9", map[string][]byte{"k9": testKey(t)}))},
+		"right id wrong key": {WithEncryption(ring(t, "k1", map[string][]byte{"k1": testKey(t)}))},
+		"no key ring":        nil,
+	} {
+		t.Run(name, func(t *testing.T) {
+			c := newCache(t, rdb, f, fastOpts(opts...)...)
+			_, err := c.Token(ctx)
+			var ke *KeyError
+			if !errors.As(err, &ke) || ke.KeyID != "k1" || !errors.Is(err, ErrDecrypt) {
+				t.Fatalf("got %v, want a *KeyError naming key id k1", err)
+			}
+			if strings.Contains(err.Error(), base64.StdEncoding.EncodeToString(k1)) {
+				t.Fatal("the error shows key material")
+			}
+		})
+	}
+	if got := f.calls.Load(); got != 1 {
+		t.Errorf("issuer calls = %d, want 1: an undecryptable token must not be overwritten", got)
+	}
+}
+
+func TestEncryptionBindsTheRedisKey(t *testing.T) {
+	rdb, _ := miniBackend(t)
+	ctx := ctxT(t)
+	kr := ring(t, "k1", map[string][]byte{"k1": testKey(t)})
+	f := newFakeFetcher(time.Hour)
+	a := newCache(t, rdb, f, fastOpts(WithEncryption(kr), WithNamespace("a"))...)
+	if _, err := a.Token(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Copy a's value to namespace b's key: it must not decrypt there.
+	v, _ := rdb.Get(ctx, "tokencache:{a}:server").Result()
+	rdb.Set(ctx, "tokencache:{b}:server", v, time.Hour)
+	b := newCache(t, rdb, f, fastOpts(WithEncryption(kr), WithNamespace("b"))...)
+	if _, err := b.Token(ctx); !errors.Is(err, ErrDecrypt) {
+		t.Fatalf("a value moved to another key: got %v, want ErrDecrypt", err)
+	}
+}
+
+func TestParseKeyRing(t *testing.T) {
+	k := base64.StdEncoding.EncodeToString(make([]byte, 32))
+	short := base64.StdEncoding.EncodeToString(make([]byte, 16))
+	kr, err := ParseKeyRing("new:" + k + ", old:" + k)
+	if err != nil || kr.ActiveKeyID() != "new" {
+		t.Fatalf("ParseKeyRing: %v, %v; want active key new", kr, err)
+	}
+	for _, bad := range []string{"", "k1", ":" + k, "k1:not base64!", "k1:" + short, "k1:" + k + ",k1:" + k, "bad id:" + k, "k{1}:" + k} {
+		if _, err := ParseKeyRing(bad); err == nil {
+			t.Errorf("ParseKeyRing(%q) succeeded", bad)
+		} else if strings.Contains(err.Error(), k) {
+			t.Errorf("ParseKeyRing(%q) error shows the key: %v", bad, err)
+		}
+	}
+	t.Setenv("TC_TEST_KEYS", "")
+	t.Setenv("TC_TEST_KEYS_FILE", "")
+	if kr, err := LoadKeyRing("TC_TEST_KEYS", "TC_TEST_KEYS_FILE"); kr != nil || err != nil {
+		t.Errorf("LoadKeyRing with nothing set: %v, %v; want nil, nil", kr, err)
+	}
+	t.Setenv("TC_TEST_KEYS", "k1:"+k)
+	if kr, err := LoadKeyRing("TC_TEST_KEYS", "TC_TEST_KEYS_FILE"); err != nil || kr.ActiveKeyID() != "k1" {
+		t.Errorf("LoadKeyRing from the environment: %v, %v", kr, err)
+	}
+}
