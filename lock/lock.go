@@ -94,6 +94,9 @@ func WithRetryDelay(d time.Duration) Option {
 // the first client.
 func WithRedlock(more ...redis.UniversalClient) Option {
 	return func(l *Locker) {
+		if len(more) == 0 {
+			return
+		}
 		pools := []rsredis.Pool{goredis.NewPool(l.fence)}
 		for _, c := range more {
 			pools = append(pools, goredis.NewPool(c))

@@ -192,3 +192,45 @@ func TestRedisDownIsAnError(t *testing.T) {
 		t.Fatalf("TryAcquire with redis down: got %v, want a redis error", err)
 	}
 }
+
+// Redlock over three independent redis-servers keeps mutual exclusion, and
+// keeps working with one of them down.
+func TestRedlockWithOneNodeDown(t *testing.T) {
+	servers := []*redistest.Server{redistest.Start(t), redistest.Start(t), redistest.Start(t)}
+	var cs []redis.UniversalClient
+	for _, s := range servers {
+		cs = append(cs, redis.NewClient(&redis.Options{Addr: s.Addr, MaxRetries: -1, DialTimeout: 200 * time.Millisecond}))
+	}
+	t.Cleanup(func() {
+		for _, c := range cs {
+			_ = c.Close()
+		}
+	})
+	ctx := ctxT(t)
+	l := New(cs[0], WithTTL(2*time.Second), WithRedlock(cs[1], cs[2]))
+	a, err := l.TryAcquire(ctx, "r:lock")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.TryAcquire(ctx, "r:lock"); !errors.Is(err, ErrNotAcquired) {
+		t.Fatalf("second TryAcquire: got %v, want ErrNotAcquired", err)
+	}
+	if err := a.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	servers[2].Stop() // a minority down
+	b, err := l.TryAcquire(ctx, "r:lock")
+	if err != nil {
+		t.Fatalf("with one of three down: %v", err)
+	}
+	if _, err := l.TryAcquire(ctx, "r:lock"); !errors.Is(err, ErrNotAcquired) {
+		t.Fatalf("second TryAcquire with one node down: got %v, want ErrNotAcquired", err)
+	}
+	if err := b.Release(ctx); err != nil {
+		t.Fatalf("Release with one node down: %v", err)
+	}
+	servers[1].Stop() // a majority down
+	if _, err := l.TryAcquire(ctx, "r:lock"); err == nil || errors.Is(err, ErrNotAcquired) {
+		t.Fatalf("with two of three down: got %v, want a redis error", err)
+	}
+}

@@ -80,7 +80,7 @@ func New(rdb redis.UniversalClient, f Fetcher, opts ...Option) (*Cache, error) {
 		rdb:     rdb,
 		cfg:     cfg,
 		st:      store{rdb: rdb},
-		locker:  lock.New(rdb, lock.WithTTL(cfg.lockTTL)),
+		locker:  lock.New(rdb, lock.WithTTL(cfg.lockTTL), lock.WithRedlock(cfg.redlock...)),
 		channel: eventsChannel(cfg.prefix, cfg.namespace),
 		sub:     subscriber{ready: make(chan struct{})},
 		ctx:     ctx,

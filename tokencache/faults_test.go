@@ -274,3 +274,40 @@ func TestIssuerBudgetWithoutRedis(t *testing.T) {
 	}
 	_ = tok
 }
+
+// The refresh lock on three independent masters (Redlock): one issuer call
+// for the fleet, with one lock master down.
+func TestRedlockOption(t *testing.T) {
+	primary := redistest.Start(t)
+	l1, l2 := redistest.Start(t), redistest.Start(t)
+	client := func(s *redistest.Server) redis.UniversalClient {
+		c := redis.NewClient(&redis.Options{Addr: s.Addr, MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
+		t.Cleanup(func() { _ = c.Close() })
+		return c
+	}
+	if _, err := New(client(primary), newFakeFetcher(time.Hour), WithRedlock(client(l1))); err == nil {
+		t.Error("an even number of Redlock masters was accepted")
+	}
+	l2.Stop()
+	f := newFakeFetcher(time.Hour)
+	f.setDelay(50 * time.Millisecond)
+	var caches []*Cache
+	for range 4 {
+		caches = append(caches, newCache(t, client(primary), f, fastOpts(WithRedlock(client(l1), client(l2)))...))
+	}
+	ctx := ctxT(t)
+	done := make(chan error, 40)
+	for _, c := range caches {
+		for range 10 {
+			go func() { _, err := c.Token(ctx); done <- err }()
+		}
+	}
+	for range 40 {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := f.calls.Load(); got != 1 {
+		t.Errorf("issuer calls = %d, want 1", got)
+	}
+}

@@ -5,6 +5,8 @@ import (
 	"log/slog"
 	"net/http"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // Defaults, with the reasoning behind each.
@@ -101,6 +103,7 @@ type config struct {
 	maxUsers       int
 	budgetLimit    int
 	keyring        *KeyRing
+	redlock        []redis.UniversalClient
 	budgetWindow   time.Duration
 }
 
@@ -312,6 +315,22 @@ func WithEncryption(kr *KeyRing) Option {
 			return fmt.Errorf("tokencache: WithEncryption needs a key ring")
 		}
 		c.keyring = kr
+		return nil
+	}
+}
+
+// WithRedlock takes the refresh lock on these independent Redis masters
+// as well as on the cache's own client, with Redlock's majority rule (two
+// of three, three of five), so the lock keeps working with a minority of
+// them down. The token, the fence and the events stay on the cache's own
+// client. Remember that the lock is an efficiency device: the fenced write
+// is what keeps a token from being overwritten by an older one.
+func WithRedlock(more ...redis.UniversalClient) Option {
+	return func(c *config) error {
+		if len(more)%2 != 0 {
+			return fmt.Errorf("tokencache: Redlock needs an odd number of masters; got %d", len(more)+1)
+		}
+		c.redlock = more
 		return nil
 	}
 }
