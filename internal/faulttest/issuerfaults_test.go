@@ -182,7 +182,7 @@ func TestIssuerStorm(t *testing.T) {
 	// short token's life); margin covers the Redis round trip that
 	// measured the key's TTL.
 	servedUntil := first.Expiry.Add(-life / 5)
-	const margin = 300 * time.Millisecond
+	const margin = 500 * time.Millisecond
 	stop := make(chan struct{})
 	collect := callLoop(caches, 2, 10*time.Millisecond, 10*time.Second, stop)
 	time.Sleep(time.Until(servedUntil.Add(2 * time.Second)))
