@@ -225,6 +225,8 @@ type Status struct {
 	Fingerprint      string        // of the credential that minted it
 	TokenFingerprint string        // of the token
 	KeyID            string        // the encryption key id, when the token is encrypted at rest
+	LastFailure      string        // the fleet's last refresh failure (code: message), while nobody retries
+	FailureTTL       time.Duration // how long until the issuer is called again
 	LockKey          string
 	LockHeld         bool
 	LockTTL          time.Duration
@@ -343,10 +345,14 @@ func (c *Cache) onEvent(ev Event) {
 			return // our own failure, already recorded with its cause
 		}
 		fe := &FetchError{Code: ev.Code, Retryable: ev.Retryable, Remote: true, Message: ev.Message}
-		if !ev.Retryable && ev.RetryInMS > 0 {
+		if ev.RetryInMS > 0 {
 			// The window is the sender's, but never longer than ours: a
 			// sender (or anyone who can PUBLISH) cannot silence us longer.
-			fe.Until = c.now().Add(min(time.Duration(ev.RetryInMS)*time.Millisecond, c.cfg.negativeTTL))
+			limit := c.cfg.negativeTTL
+			if ev.Retryable {
+				limit = maxRetryWindow
+			}
+			fe.Until = c.now().Add(min(time.Duration(ev.RetryInMS)*time.Millisecond, limit))
 		}
 		e.recordFailure(fe)
 	}
@@ -376,9 +382,10 @@ type entry struct {
 	syncAgain atomic.Bool           // another event arrived during it
 	pending   atomic.Pointer[Token] // fetched while Redis was down; to write back
 
-	failMu  sync.Mutex // guards fail, failSeq
-	fail    *FetchError
-	failSeq uint64
+	failMu     sync.Mutex // guards fail, failSeq
+	fail       *FetchError
+	failSeq    uint64
+	failStreak atomic.Int32 // refreshes in a row that failed (retryable)
 
 	warnedFP atomic.Bool            // logged a credential mismatch once
 	rejected atomic.Pointer[string] // fingerprint of the last token invalidated here
@@ -574,6 +581,16 @@ func (e *entry) read(ctx context.Context, at time.Time) (readResult, error) {
 			return readResult{}, err
 		}
 		r.rec.AccessToken = tok
+	}
+	if !r.found && r.failed != nil {
+		limit := e.c.cfg.negativeTTL
+		if r.failed.Retryable {
+			limit = maxRetryWindow
+		}
+		if max := at.Add(limit); r.failed.Until.After(max) {
+			r.failed.Until = max
+		}
+		e.adoptFailure(r.failed)
 	}
 	if r.found && r.rec.Fingerprint != e.credFP {
 		if e.warnedFP.CompareAndSwap(false, true) {
@@ -952,23 +969,61 @@ func (e *entry) check(tok Token) error {
 // fleet through a "failed" event so its waiters return at once.
 func (e *entry) fetchFailed(ctx context.Context, err error, publish bool) *FetchError {
 	fe := &FetchError{Code: errorCode(err), Retryable: isRetryable(err), Message: truncate(err.Error(), 300), Err: err}
-	if !fe.Retryable && e.c.cfg.negativeTTL > 0 {
-		fe.Until = e.c.now().Add(e.c.cfg.negativeTTL)
+	window := e.failureWindow(fe, err)
+	if window > 0 {
+		fe.Until = e.c.now().Add(window)
 	}
 	e.recordFailure(fe)
-	e.c.log().Error("tokencache: refresh failed", "key", e.k.token, "code", fe.Code, "retryable", fe.Retryable, "err", err)
+	e.c.log().Error("tokencache: refresh failed", "key", e.k.token, "code", fe.Code, "retryable", fe.Retryable, "retry_in", window, "err", err)
 	if publish {
+		// The fleet learns it twice: waiters now, through the event, and
+		// replicas that ask later (or start later), through the failure
+		// key, which lives as long as the window.
 		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), e.c.cfg.lockTTL)
 		defer cancel()
-		ev := Event{Type: EventFailed, Key: e.k.token, Code: fe.Code, Message: fe.Message, Retryable: fe.Retryable, By: e.c.cfg.host, Origin: e.c.origin}
-		if !fe.Until.IsZero() {
-			ev.RetryInMS = e.c.cfg.negativeTTL.Milliseconds()
+		if window > 0 {
+			f := failure{Code: fe.Code, Message: fe.Message, Retryable: fe.Retryable, By: e.c.cfg.host}
+			if rerr := e.c.st.remember(pctx, e.k, f, window); rerr != nil {
+				e.c.log().Warn("tokencache: could not record the failure", "key", e.k.failed, "err", rerr)
+			}
 		}
+		ev := Event{Type: EventFailed, Key: e.k.token, Code: fe.Code, Message: fe.Message, Retryable: fe.Retryable,
+			RetryInMS: window.Milliseconds(), By: e.c.cfg.host, Origin: e.c.origin}
 		if perr := e.c.st.publish(pctx, e.k.channel, ev); perr != nil {
 			e.c.log().Warn("tokencache: could not publish the failure", "key", e.k.token, "err", perr)
 		}
 	}
 	return fe
+}
+
+// maxRetryWindow caps how long the fleet waits after failed refreshes of
+// a retryable kind before calling the issuer again.
+const maxRetryWindow = 30 * time.Second
+
+// failureWindow is how long nobody calls the issuer after this failure: the
+// negative TTL for a permanent error; for a retryable one, a back-off that
+// grows with each refresh in a row that failed (so callers that keep asking
+// do not turn an outage into a stream of calls), or the issuer's
+// Retry-After if longer, capped at maxRetryWindow.
+func (e *entry) failureWindow(fe *FetchError, err error) time.Duration {
+	if !fe.Retryable {
+		return e.c.cfg.negativeTTL
+	}
+	streak := e.failStreak.Add(1)
+	d := jitter(min(maxRetryWindow, e.c.cfg.backoffBase<<min(streak, 16)))
+	return min(maxRetryWindow, max(d, retryAfter(err)))
+}
+
+// adoptFailure takes on a failure the fleet recorded in Redis, unless
+// one is already remembered here.
+func (e *entry) adoptFailure(fe *FetchError) {
+	e.failMu.Lock()
+	cur := e.fail
+	e.failMu.Unlock()
+	if cur != nil && e.c.now().Before(cur.Until) {
+		return // ours is still in its window, and carries the local cause
+	}
+	e.recordFailure(fe)
 }
 
 func (e *entry) recordFailure(fe *FetchError) {
@@ -983,6 +1038,7 @@ func (e *entry) clearFailure() {
 	e.failMu.Lock()
 	e.fail = nil
 	e.failMu.Unlock()
+	e.failStreak.Store(0)
 }
 
 // failureSince returns a failure recorded after the waiter armed at seq.
@@ -995,11 +1051,12 @@ func (e *entry) failureSince(seq uint64) *FetchError {
 	return nil
 }
 
-// negative returns a remembered permanent failure still in its window.
+// negative returns a remembered failure still in its window: no issuer
+// call until it ends.
 func (e *entry) negative() error {
 	e.failMu.Lock()
 	defer e.failMu.Unlock()
-	if f := e.fail; f != nil && !f.Retryable && e.c.now().Before(f.Until) {
+	if f := e.fail; f != nil && !f.Until.IsZero() && e.c.now().Before(f.Until) {
 		return f
 	}
 	return nil
@@ -1171,6 +1228,13 @@ func (e *entry) inspect(ctx context.Context) (Status, error) {
 	}
 	if r.bad != nil {
 		st.Problem = r.bad.Error()
+	}
+	if f := r.failed; f != nil {
+		st.LastFailure = f.Code
+		if f.Message != "" {
+			st.LastFailure += ": " + f.Message
+		}
+		st.FailureTTL = f.Until.Sub(e.c.now())
 	}
 	if r.found || r.rec.AccessToken != "" || r.rec.Ciphertext != "" {
 		st.Found = r.found

@@ -3,6 +3,9 @@ package tokencache
 import (
 	"context"
 	"errors"
+	"math"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -310,4 +313,50 @@ func TestRedlockOption(t *testing.T) {
 	if got := f.calls.Load(); got != 1 {
 		t.Errorf("issuer calls = %d, want 1", got)
 	}
+}
+
+// An issuer that fails fast and says nothing of when to come back: callers
+// that keep asking get typed errors, and the fleet's calls back off across
+// refreshes instead of becoming a stream.
+func TestRetryableFailuresBackOffAcrossRefreshes(t *testing.T) {
+	rdb, _ := miniBackend(t)
+	f := newFakeFetcher(time.Hour)
+	f.failNext(errorsN(100000, &issuerErr{code: "service-unavailable", retryable: true})...)
+	const attempts = 3
+	var caches []*Cache
+	for range 5 {
+		caches = append(caches, newCache(t, rdb, f, fastOpts(WithRetry(attempts, 5*time.Millisecond, 5*time.Millisecond))...))
+	}
+	ctx := ctxT(t)
+	start := time.Now()
+	var errs atomic.Int64
+	var wg sync.WaitGroup
+	for _, c := range caches {
+		for range 10 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for time.Since(start) < 2*time.Second {
+					if _, err := c.Token(ctx); err == nil {
+						t.Error("got a token from a failing issuer")
+						return
+					} else if !isFetchError(err, "service-unavailable", false) && !isFetchError(err, "service-unavailable", true) {
+						t.Errorf("got %v, want a FetchError", err)
+						return
+					}
+					errs.Add(1)
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	// Windows double from 10ms: at most log2(elapsed/5ms)+2 refreshes in
+	// a row, each of `attempts` calls (plus one refresh per replica that
+	// raced the first failure).
+	elapsed := time.Since(start)
+	refreshes := int64(math.Log2(float64(elapsed/(5*time.Millisecond)))) + 2 + int64(len(caches))
+	if got := f.calls.Load(); got > refreshes*attempts {
+		t.Errorf("issuer calls = %d in %v while failing, want at most %d", got, elapsed, refreshes*attempts)
+	}
+	t.Logf("%d issuer calls and %d caller errors in %v", f.calls.Load(), errs.Load(), elapsed)
 }

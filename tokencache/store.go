@@ -110,22 +110,28 @@ func (r record) token() Token {
 	return Token{AccessToken: r.AccessToken, TokenType: r.TokenType, Expiry: exp}
 }
 
-// readScript returns the value and its PTTL in one round trip.
+// readScript returns the value, its PTTL and the fleet's last refresh
+// failure (if still in its back-off window) in one round trip.
 //
-//	KEYS[1] token key
-//	returns {value or nil, pttl ms, "WRONGTYPE" or nil}
+//	KEYS[1] token key, KEYS[2] failure key
+//	returns {value or nil, pttl ms, "WRONGTYPE" or nil, failure JSON or nil, failure pttl ms}
 var readScript = redis.NewScript(`
 local v = redis.pcall('GET', KEYS[1])
 local pttl = redis.call('PTTL', KEYS[1])
+local f = redis.pcall('GET', KEYS[2])
+if type(f) ~= 'string' then f = false end
+local fttl = 0
+if f then fttl = redis.call('PTTL', KEYS[2]) end
+local bad = false
 if type(v) == 'table' and v.err then
-  return {false, pttl, 'WRONGTYPE'}
+  v, bad = false, 'WRONGTYPE'
 end
-return {v, pttl}
+return {v, pttl, bad, f, fttl}
 `)
 
 // writeScript stores a token only if its fencing generation is current.
 //
-//	KEYS[1] token key, KEYS[2] fence key
+//	KEYS[1] token key, KEYS[2] fence key, KEYS[3] failure key (deleted on success)
 //	ARGV[1] value JSON, ARGV[2] generation, ARGV[3] TTL ms, ARGV[4] event JSON,
 //	ARGV[5] events channel (a channel, not a key: a user's keys live in
 //	another cluster slot than the namespace's channel)
@@ -144,6 +150,7 @@ if type(cur) == 'string' then
   end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+redis.call('DEL', KEYS[3])
 if not fence or fence < gen then redis.call('SET', KEYS[2], ARGV[2]) end
 redis.call('PUBLISH', ARGV[5], ARGV[4])
 return {1, gen}
@@ -223,17 +230,51 @@ return {1, gen}
 
 // readResult is one read of a token key.
 type readResult struct {
-	rec   record
-	pttl  time.Duration
-	found bool  // a usable record
-	bad   error // *ValueError when the key holds garbage
+	rec    record
+	pttl   time.Duration
+	found  bool        // a usable record
+	bad    error       // *ValueError when the key holds garbage
+	failed *FetchError // the fleet's last refresh failure, while in its window
+}
+
+// failedSuffix names the key that remembers the last refresh failure for
+// the fleet, for the length of its back-off window.
+const failedSuffix = ":failed"
+
+// failure is the JSON stored at the failure key: never a token or a
+// credential, only what the issuer's error says.
+type failure struct {
+	Code      string `json:"code"`
+	Message   string `json:"message,omitempty"`
+	Retryable bool   `json:"retryable"`
+	By        string `json:"by,omitempty"`
+}
+
+func decodeFailure(raw string, ttl time.Duration, now time.Time) *FetchError {
+	var f failure
+	if len(raw) > maxEventSize || json.Unmarshal([]byte(raw), &f) != nil || f.Code == "" || ttl <= 0 {
+		return nil
+	}
+	return &FetchError{Code: f.Code, Message: f.Message, Retryable: f.Retryable, Remote: true, Until: now.Add(ttl)}
+}
+
+// remember stores the fleet's last refresh failure for window.
+func (s *store) remember(ctx context.Context, k keys, f failure, window time.Duration) error {
+	b, err := json.Marshal(f)
+	if err != nil {
+		return err
+	}
+	if err := s.rdb.Set(ctx, k.failed, b, window).Err(); err != nil {
+		return &RedisError{Op: "remember failure", Key: k.failed, Err: err}
+	}
+	return nil
 }
 
 // read fetches the value and PTTL of key in one round trip. A missing key,
 // or one without a TTL, or one holding garbage, is reported as not found
 // (with bad set for garbage); only Redis failures are errors.
 func (s *store) read(ctx context.Context, key string, now time.Time) (readResult, error) {
-	res, err := readScript.Run(ctx, s.rdb, []string{key}).Slice()
+	res, err := readScript.Run(ctx, s.rdb, []string{key, key + failedSuffix}).Slice()
 	if err != nil {
 		return readResult{}, &RedisError{Op: "read", Key: key, Err: err}
 	}
@@ -243,7 +284,13 @@ func (s *store) read(ctx context.Context, key string, now time.Time) (readResult
 	}
 	pttl, _ := res[1].(int64)
 	out.pttl = time.Duration(pttl) * time.Millisecond
-	if len(res) > 2 {
+	if len(res) >= 5 {
+		if raw, ok := res[3].(string); ok {
+			fttl, _ := res[4].(int64)
+			out.failed = decodeFailure(raw, time.Duration(fttl)*time.Millisecond, now)
+		}
+	}
+	if len(res) > 2 && res[2] != nil {
 		out.bad = &ValueError{Key: key, Reason: "not a string value"}
 		return out, nil
 	}
@@ -288,7 +335,7 @@ func (s *store) write(ctx context.Context, k keys, rec record, ttl time.Duration
 	if err != nil {
 		return 0, 0, err
 	}
-	res, err := writeScript.Run(ctx, s.rdb, []string{k.token, k.fence},
+	res, err := writeScript.Run(ctx, s.rdb, []string{k.token, k.fence, k.failed},
 		val, rec.Generation, ttl.Milliseconds(), evb, k.channel).Int64Slice()
 	if err == nil && len(res) != 2 {
 		err = fmt.Errorf("unexpected script reply of %d elements", len(res))
@@ -354,17 +401,17 @@ func (s *store) publish(ctx context.Context, channel string, ev Event) error {
 // so they live in one cluster slot and one script may touch them all; the
 // channel is the namespace's, shared by its users' tokens.
 type keys struct {
-	token, lock, fence, channel string
+	token, lock, fence, failed, channel string
 }
 
 func serverKeys(prefix, ns string) keys {
 	base := prefix + ":{" + ns + "}:server"
-	return keys{token: base, lock: base + ":lock", fence: base + ":fence", channel: eventsChannel(prefix, ns)}
+	return keys{token: base, lock: base + ":lock", fence: base + ":fence", failed: base + failedSuffix, channel: eventsChannel(prefix, ns)}
 }
 
 func clientKeys(prefix, ns, user string) keys {
 	base := prefix + ":{" + ns + "/" + user + "}:client"
-	return keys{token: base, lock: base + ":lock", fence: base + ":fence", channel: eventsChannel(prefix, ns)}
+	return keys{token: base, lock: base + ":lock", fence: base + ":fence", failed: base + failedSuffix, channel: eventsChannel(prefix, ns)}
 }
 
 func eventsChannel(prefix, ns string) string { return prefix + ":{" + ns + "}:events" }
