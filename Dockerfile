@@ -1,5 +1,6 @@
 # One image for every service of docker-compose.yml: the tokencache CLI and
-# daemon, the example backend, and the fake issuer.
+# daemon, the example backend, and the fake issuer (cmd/fakeissuer, which
+# serves tokencache/issuertest).
 FROM golang:1.26 AS build
 WORKDIR /src
 COPY go.mod go.sum ./

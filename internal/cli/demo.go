@@ -15,7 +15,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/tokencache/tokencache/internal/fakeissuer"
+	"github.com/tokencache/tokencache/tokencache/issuertest"
 )
 
 // Demo defaults.
@@ -66,7 +66,10 @@ func runDemo(ctx context.Context, a *app, args []string) error {
 
 	// The demo's own settings: a fake issuer and, unless --redis or
 	// TOKENCACHE_REDIS_URL says otherwise, an embedded Redis.
-	issuer := fakeissuer.Start(demoAPIKey, *latency, time.Hour)
+	issuer := issuertest.New(issuertest.WithAPIKey(demoAPIKey), issuertest.WithLatency(*latency))
+	if err := issuer.Start(); err != nil {
+		return fmt.Errorf("demo: start the fake issuer: %w", err)
+	}
 	defer issuer.Close()
 	if !a.g.explicitRedis() {
 		a.g.redisURL = "embedded"
@@ -74,7 +77,7 @@ func runDemo(ctx context.Context, a *app, args []string) error {
 	if !a.g.visited["namespace"] && !a.g.fromEnv["namespace"] {
 		a.g.namespace = demoNamespace
 	}
-	a.g.provider, a.g.issuerURL, a.g.scope, a.g.userID = "basiq", issuer.URL, "SERVER_ACCESS", ""
+	a.g.provider, a.g.issuerURL, a.g.scope, a.g.userID = "basiq", issuer.URL(), "SERVER_ACCESS", ""
 	a.g.apiKeyFile = ""
 	getenv := a.g.getenv
 	a.g.getenv = func(k string) string {
@@ -103,13 +106,13 @@ func runDemo(ctx context.Context, a *app, args []string) error {
 	}
 
 	fmt.Fprintf(w, "tokencache demo: %d replica processes, one Redis (%s), a fake issuer (%s, %v latency)\n",
-		*n, s.redis.addr, issuer.URL, *latency)
+		*n, s.redis.addr, issuer.URL(), *latency)
 	fmt.Fprintf(w, "starting replicas...")
 
 	env := append(os.Environ(),
 		EnvRedisURL+"="+replicaURL,
 		EnvNamespace+"="+a.g.namespace,
-		EnvIssuerURL+"="+issuer.URL,
+		EnvIssuerURL+"="+issuer.URL(),
 		EnvProvider+"=basiq",
 		EnvBasiqAPIKey+"="+demoAPIKey,
 		EnvLogLevel+"=warn",
@@ -161,7 +164,7 @@ func runDemo(ctx context.Context, a *app, args []string) error {
 	fmt.Fprintf(w, "\nsummary\n")
 	fmt.Fprintf(w, "  replicas served   %d of %d\n", len(waits), len(reps))
 	fmt.Fprintf(w, "  distinct tokens   %d\n", len(fps))
-	fmt.Fprintf(w, "  issuer calls      %d\n", issuer.Calls())
+	fmt.Fprintf(w, "  issuer calls      %d\n", issuer.Stats().TokenCalls)
 	if len(waits) > 0 {
 		fmt.Fprintf(w, "  wait p50 / p99    %s / %s (the issuer alone takes %v)\n", roundDur(percentile(waits, 50)), roundDur(percentile(waits, 99)), *latency)
 	}

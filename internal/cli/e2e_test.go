@@ -22,15 +22,19 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tokencache/tokencache/internal/fakeissuer"
 	"github.com/tokencache/tokencache/internal/redistest"
+	"github.com/tokencache/tokencache/tokencache/issuertest"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
 
-// e2eAPIKey is the fake issuer's key: distinctive, so that a leak anywhere
-// in any output is found by a substring search.
-const e2eAPIKey = "sk-e2e-SECRET-7f3a9c1e5b"
+// e2eAPIKey and e2eClientSecret are the fake issuer's credentials:
+// distinctive, so that a leak anywhere in any output is found by a
+// substring search.
+const (
+	e2eAPIKey       = "sk-e2e-SECRET-7f3a9c1e5b"
+	e2eClientSecret = "cs-e2e-SECRET-2d8b4f6a0c"
+)
 
 var (
 	binOnce sync.Once
@@ -73,7 +77,7 @@ type world struct {
 	t      *testing.T
 	bin    string
 	redis  *redistest.Server
-	issuer *fakeissuer.Server
+	issuer *issuertest.Server
 	ns     string
 
 	mu      sync.Mutex // guards outputs
@@ -83,8 +87,10 @@ type world struct {
 func newWorld(t *testing.T, latency time.Duration) *world {
 	t.Helper()
 	w := &world{t: t, redis: redistest.Start(t), bin: binary(t), ns: "e2e"}
-	w.issuer = fakeissuer.Start(e2eAPIKey, latency, time.Hour)
-	t.Cleanup(w.issuer.Close)
+	w.issuer = issuertest.RunT(t,
+		issuertest.WithAPIKey(e2eAPIKey),
+		issuertest.WithClientSecret(e2eClientSecret),
+		issuertest.WithLatency(latency))
 	t.Cleanup(w.checkNoSecrets)
 	return w
 }
@@ -94,7 +100,7 @@ func (w *world) env(extra ...string) []string {
 		"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME"),
 		EnvRedisURL + "=" + w.redis.URL(),
 		EnvNamespace + "=" + w.ns,
-		EnvIssuerURL + "=" + w.issuer.URL,
+		EnvIssuerURL + "=" + w.issuer.URL(),
 		EnvBasiqAPIKey + "=" + e2eAPIKey,
 		EnvLogLevel + "=debug",
 	}
@@ -139,8 +145,14 @@ func (w *world) checkNoSecrets() {
 		if strings.Contains(s, e2eAPIKey) {
 			w.t.Errorf("the API key appears in an output:\n%s", s)
 		}
+		if strings.Contains(s, e2eClientSecret) {
+			w.t.Errorf("the client secret appears in an output:\n%s", s)
+		}
 	}
 }
+
+// correlationRE finds the correlationId of a Basiq error in a message.
+var correlationRE = regexp.MustCompile(`correlationId [0-9a-f]+`)
 
 var refreshLineRE = regexp.MustCompile(`^key=tokencache:\{e2e\}:server generation=\d+ expires_in=\S+ refreshed=(true|false)\n$`)
 
@@ -170,7 +182,7 @@ func TestE2EConcurrentRefreshOneIssuerCall(t *testing.T) {
 			refreshed++
 		}
 	}
-	if got := w.issuer.Calls(); got != 1 {
+	if got := w.issuer.Stats().TokenCalls; got != 1 {
 		t.Errorf("issuer calls = %d, want 1", got)
 	}
 	if refreshed != 1 {
@@ -184,7 +196,7 @@ func TestE2EConcurrentRefreshOneIssuerCall(t *testing.T) {
 	if r := w.run(w.env(), "refresh", "--force"); r.code != 0 || !strings.Contains(r.stdout, "refreshed=true generation") && !strings.HasSuffix(r.stdout, "refreshed=true\n") {
 		t.Errorf("forced refresh: %+v", r)
 	}
-	if got := w.issuer.Calls(); got != 2 {
+	if got := w.issuer.Stats().TokenCalls; got != 2 {
 		t.Errorf("issuer calls after --force = %d, want 2", got)
 	}
 }
@@ -209,16 +221,21 @@ func TestE2EExitCodes(t *testing.T) {
 		if r.code != 1 {
 			t.Fatalf("exit %d, want 1: %s", r.code, r.stderr)
 		}
-		for _, want := range []string{"access-denied", "correlationId corr-", w.issuer.URL} {
+		// issuertest answers a wrong key as Basiq does: 401 invalid-client
+		// with a correlationId.
+		for _, want := range []string{"401", "invalid-client", w.issuer.URL()} {
 			if !strings.Contains(r.stderr, want) {
 				t.Errorf("stderr lacks %q: %s", want, r.stderr)
 			}
+		}
+		if !correlationRE.MatchString(r.stderr) {
+			t.Errorf("stderr lacks the issuer's correlationId: %s", r.stderr)
 		}
 		if strings.Contains(r.stdout+r.stderr, wrong) {
 			t.Errorf("the wrong key leaked: %s %s", r.stdout, r.stderr)
 		}
 		r = w.run(env, "refresh")
-		if r.code != 1 || !strings.Contains(r.stderr, "access-denied") || strings.Contains(r.stdout+r.stderr, wrong) {
+		if r.code != 1 || !strings.Contains(r.stderr, "invalid-client") || strings.Contains(r.stdout+r.stderr, wrong) {
 			t.Errorf("refresh with a wrong key: %+v", r)
 		}
 	})
@@ -228,14 +245,14 @@ func TestE2EExitCodes(t *testing.T) {
 			t.Fatal(err)
 		}
 		addr := "127.0.0.1:" + strconv.Itoa(port)
-		before := w.issuer.Calls()
+		before := w.issuer.Stats().TokenCalls
 		for _, cmd := range []string{"get", "refresh", "inspect", "invalidate"} {
 			r := w.run(append(w.env(), EnvRedisURL+"=redis://"+addr+"/0"), cmd)
 			if r.code != 1 || !strings.Contains(r.stderr, addr) {
 				t.Errorf("%s with redis down: exit %d, stderr %q; want 1 naming %s", cmd, r.code, r.stderr, addr)
 			}
 		}
-		if got := w.issuer.Calls() - before; got != 0 {
+		if got := w.issuer.Stats().TokenCalls - before; got != 0 {
 			t.Errorf("issuer called %d times while Redis was down", got)
 		}
 	})
@@ -248,8 +265,8 @@ func TestE2EGetInspectInvalidate(t *testing.T) {
 		t.Fatalf("get: %+v", r)
 	}
 	tok := strings.TrimSpace(r.stdout)
-	if !strings.HasPrefix(tok, "fake-") {
-		t.Fatalf("get printed %q", r.stdout)
+	if tok == "" || strings.ContainsAny(tok, " \n") || !w.issuer.Valid(tok) {
+		t.Fatalf("get printed %q, not a token the issuer minted", r.stdout)
 	}
 	if r := w.run(w.env(), "get", "--header"); r.stdout != "Authorization: Bearer "+tok+"\n" {
 		t.Errorf("get --header printed %q", r.stdout)
@@ -285,7 +302,7 @@ func TestE2EGetInspectInvalidate(t *testing.T) {
 	if r := w.run(w.env(), "get"); r.code != 0 || strings.TrimSpace(r.stdout) == tok {
 		t.Errorf("get after invalidate should fetch a new token: %+v", r)
 	}
-	if got := w.issuer.Calls(); got != 2 {
+	if got := w.issuer.Stats().TokenCalls; got != 2 {
 		t.Errorf("issuer calls = %d, want 2", got)
 	}
 }
@@ -294,7 +311,7 @@ func TestE2EClientToken(t *testing.T) {
 	w := newWorld(t, 0)
 	user := []string{"--scope", "CLIENT_ACCESS", "--user-id", "u-42"}
 	r := w.run(w.env(), append([]string{"get"}, user...)...)
-	if r.code != 0 || !strings.HasPrefix(r.stdout, "fake-") {
+	if r.code != 0 || !w.issuer.Valid(strings.TrimSpace(r.stdout)) {
 		t.Fatalf("get client token: %+v", r)
 	}
 	r = w.run(w.env(), append([]string{"inspect"}, user...)...)
@@ -309,9 +326,70 @@ func TestE2EClientToken(t *testing.T) {
 	if r.code != 0 || !strings.Contains(r.stdout, "refreshed=false") {
 		t.Errorf("refresh client token: %+v", r)
 	}
-	if got := w.issuer.Calls(); got != 1 {
+	if got := w.issuer.Stats().TokenCalls; got != 1 {
 		t.Errorf("issuer calls = %d, want 1", got)
 	}
+}
+
+// jwtRE matches a compact JWS: three base64url segments.
+var jwtRE = regexp.MustCompile(`^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$`)
+
+func TestE2EJWTProvider(t *testing.T) {
+	w := newWorld(t, 0)
+	jwt := func(extra ...string) []string {
+		env := append(w.env(), EnvProvider+"=jwt", EnvNamespace+"=jwt")
+		for _, kv := range w.issuer.Env() {
+			// TOKENCACHE_API_KEY and TOKENCACHE_CLIENT_SECRET (the issuer
+			// URL and the Basiq key are set already).
+			if strings.HasPrefix(kv, EnvAPIKey+"=") || strings.HasPrefix(kv, EnvClientSecret+"=") {
+				env = append(env, kv)
+			}
+		}
+		return append(env, extra...)
+	}
+
+	r := w.run(jwt(), "get")
+	if r.code != 0 {
+		t.Fatalf("get: %+v", r)
+	}
+	tok := strings.TrimSpace(r.stdout)
+	if !jwtRE.MatchString(tok) || !w.issuer.Valid(tok) {
+		t.Fatalf("get printed %q, not a JWT the issuer minted", r.stdout)
+	}
+	if r := w.run(jwt(), "get", "--header"); r.code != 0 || r.stdout != "Authorization: Bearer "+tok+"\n" {
+		t.Errorf("get --header: %+v", r)
+	}
+	r = w.run(jwt(EnvLogLevel+"=warn"), "inspect")
+	if r.code != 0 || !strings.Contains(r.stdout, "tokencache:{jwt}:server") || !strings.Contains(r.stdout, "valid") || strings.Contains(r.stdout, tok) {
+		t.Errorf("inspect: %+v", r)
+	}
+	st := w.issuer.Stats()
+	if st.AuthenticateCalls != 1 || st.TokenCalls != 0 {
+		t.Errorf("issuer saw %d /authenticate and %d /token calls, want 1 and 0", st.AuthenticateCalls, st.TokenCalls)
+	}
+
+	t.Run("wrong client secret", func(t *testing.T) {
+		wrong := "cs-wrong-SECRET-9e1d3c5b7a"
+		env := jwt(EnvClientSecret+"="+wrong, EnvNamespace+"=jwt-wrong")
+		for _, cmd := range []string{"get", "refresh"} {
+			r := w.run(env, cmd)
+			if r.code != 1 {
+				t.Errorf("%s: exit %d, want 1: %s", cmd, r.code, r.stderr)
+			}
+			if r.stdout != "" && cmd == "get" {
+				t.Errorf("get printed %q on failure", r.stdout)
+			}
+			if !strings.Contains(r.stderr, "401") {
+				t.Errorf("%s: stderr does not give the issuer's status 401: %s", cmd, r.stderr)
+			}
+			if strings.Contains(r.stdout+r.stderr, wrong) {
+				t.Errorf("%s: the wrong client secret leaked: %s %s", cmd, r.stdout, r.stderr)
+			}
+		}
+		if got := w.issuer.Stats().AuthenticateCalls; got < 2 {
+			t.Errorf("the issuer saw %d /authenticate calls; the wrong secret never reached it", got)
+		}
+	})
 }
 
 var normalizers = []struct {
@@ -425,7 +503,7 @@ func TestE2EDaemon(t *testing.T) {
 		waitFor("/healthz", func() bool { c, _ := get(d.base + "/healthz"); return c == 200 })
 		waitFor("/readyz", func() bool { c, _ := get(d.base + "/readyz"); return c == 200 })
 	}
-	if got := w.issuer.Calls(); got != 1 {
+	if got := w.issuer.Stats().TokenCalls; got != 1 {
 		t.Errorf("two daemons made %d issuer calls, want 1", got)
 	}
 	_, metrics := get(d1.base + "/metrics")
