@@ -114,6 +114,14 @@ func (a *app) open(ctx context.Context, o openOpts, opts ...tokencache.Option) (
 		// rather than calling the issuer from every cron host.
 		tokencache.WithFailOpen(false),
 	}
+	kr, err := a.g.keyRing()
+	if err != nil {
+		s.Close()
+		return nil, err
+	}
+	if kr != nil {
+		base = append(base, tokencache.WithEncryption(kr))
+	}
 	c, err := tokencache.New(rc.client, f, append(base, opts...)...)
 	if err != nil {
 		s.Close()

@@ -22,6 +22,9 @@ const (
 	EnvAPIKey       = "TOKENCACHE_API_KEY"
 	EnvClientID     = "TOKENCACHE_CLIENT_ID"
 	EnvClientSecret = "TOKENCACHE_CLIENT_SECRET"
+	// EnvEncryptionKeys holds the at-rest key ring, "id:base64key[,...]",
+	// the first key active (or use --encryption-keys-file).
+	EnvEncryptionKeys = "TOKENCACHE_ENCRYPTION_KEYS"
 )
 
 // Defaults of the global flags.
@@ -36,22 +39,25 @@ const (
 // secretEnv lists the environment variables that carry secrets, with the
 // provider that reads them.
 var secretEnv = map[string]string{
-	EnvBasiqAPIKey:  "basiq: the API key (or --api-key-file)",
-	EnvAPIKey:       "jwt: the API key (or --api-key-file)",
-	EnvClientID:     "oauth2: the client id (or --client-id-file)",
-	EnvClientSecret: "jwt, oauth2: the client secret (or --client-secret-file)",
+	EnvBasiqAPIKey:    "basiq: the API key (or --api-key-file)",
+	EnvAPIKey:         "jwt: the API key (or --api-key-file)",
+	EnvClientID:       "oauth2: the client id (or --client-id-file)",
+	EnvClientSecret:   "jwt, oauth2: the client secret (or --client-secret-file)",
+	EnvEncryptionKeys: "encryption at rest: id:base64key,... (or --encryption-keys-file)",
 }
 
 // secretFlags are flags that would put a secret on the command line, where
 // ps and shell history see it; they are refused before parsing, so the
 // value is never echoed back in an error.
 var secretFlags = map[string]string{
-	"api-key":       "set BASIQ_API_KEY (basiq) or TOKENCACHE_API_KEY (jwt) in the environment, or pass --api-key-file PATH",
-	"apikey":        "set BASIQ_API_KEY (basiq) or TOKENCACHE_API_KEY (jwt) in the environment, or pass --api-key-file PATH",
-	"client-secret": "set TOKENCACHE_CLIENT_SECRET in the environment, or pass --client-secret-file PATH",
-	"secret":        "set TOKENCACHE_CLIENT_SECRET in the environment, or pass --client-secret-file PATH",
-	"client-id":     "set TOKENCACHE_CLIENT_ID in the environment, or pass --client-id-file PATH",
-	"password":      "put the Redis password in the URL from the environment (TOKENCACHE_REDIS_URL)",
+	"api-key":         "set BASIQ_API_KEY (basiq) or TOKENCACHE_API_KEY (jwt) in the environment, or pass --api-key-file PATH",
+	"apikey":          "set BASIQ_API_KEY (basiq) or TOKENCACHE_API_KEY (jwt) in the environment, or pass --api-key-file PATH",
+	"client-secret":   "set TOKENCACHE_CLIENT_SECRET in the environment, or pass --client-secret-file PATH",
+	"secret":          "set TOKENCACHE_CLIENT_SECRET in the environment, or pass --client-secret-file PATH",
+	"client-id":       "set TOKENCACHE_CLIENT_ID in the environment, or pass --client-id-file PATH",
+	"password":        "put the Redis password in the URL from the environment (TOKENCACHE_REDIS_URL)",
+	"encryption-keys": "set TOKENCACHE_ENCRYPTION_KEYS in the environment, or pass --encryption-keys-file PATH",
+	"encryption-key":  "set TOKENCACHE_ENCRYPTION_KEYS in the environment, or pass --encryption-keys-file PATH",
 }
 
 // refuseSecretFlags rejects a secret given as a plain flag value, naming
@@ -87,6 +93,7 @@ type globals struct {
 	apiKeyFile       string
 	clientIDFile     string
 	clientSecretFile string
+	encKeysFile      string
 
 	logLevel  slog.Level
 	logFormat string
@@ -99,6 +106,7 @@ type globals struct {
 var globalNames = map[string]bool{
 	"redis": true, "namespace": true, "issuer-url": true, "scope": true, "user-id": true,
 	"provider": true, "token-url": true, "api-key-file": true, "client-id-file": true, "client-secret-file": true,
+	"encryption-keys-file": true,
 }
 
 func globalFlag(name string) bool { return globalNames[name] }
@@ -155,6 +163,28 @@ func (g *globals) register(fs *flag.FlagSet) {
 	fs.StringVar(&g.apiKeyFile, "api-key-file", g.apiKeyFile, "read the API key from this file instead of the environment")
 	fs.StringVar(&g.clientIDFile, "client-id-file", g.clientIDFile, "read the oauth2 client id from this file")
 	fs.StringVar(&g.clientSecretFile, "client-secret-file", g.clientSecretFile, "read the client secret from this file")
+	fs.StringVar(&g.encKeysFile, "encryption-keys-file", g.encKeysFile, "encrypt tokens at rest with the key ring in this file (id:base64key,...; $"+EnvEncryptionKeys+")")
+}
+
+// keyRing loads the at-rest encryption keys, if any: from the file given
+// by --encryption-keys-file, else from the environment.
+func (g *globals) keyRing() (*tokencache.KeyRing, error) {
+	spec := g.getenv(EnvEncryptionKeys)
+	if g.encKeysFile != "" {
+		b, err := os.ReadFile(g.encKeysFile)
+		if err != nil {
+			return nil, usagef("--encryption-keys-file: %v", err)
+		}
+		spec = string(b)
+	}
+	if strings.TrimSpace(spec) == "" {
+		return nil, nil
+	}
+	kr, err := tokencache.ParseKeyRing(spec)
+	if err != nil {
+		return nil, usagef("encryption keys: %s", strings.TrimPrefix(err.Error(), "tokencache: "))
+	}
+	return kr, nil
 }
 
 // explicitRedis reports whether the Redis URL was chosen by a flag or the

@@ -540,3 +540,41 @@ func TestE2EDaemon(t *testing.T) {
 		}
 	}
 }
+
+func TestE2EEncryptionAtRest(t *testing.T) {
+	w := newWorld(t, 0)
+	const key1 = "ZW5jcnlwdGlvbi1rZXktb25lLTMyLWJ5dGVzLWxvbmc=" // 32 bytes
+	const key2 = "c2Vjb25kLWVuY3J5cHRpb24ta2V5LTMyLWJ5dGVzISE=" // 32 bytes
+	enc := w.env(EnvEncryptionKeys + "=k1:" + key1)
+	r := w.run(enc, "get")
+	if r.code != 0 {
+		t.Fatalf("get with encryption: exit %d\n%s", r.code, r.stderr)
+	}
+	tok := strings.TrimSpace(r.stdout)
+	raw, err := w.redis.Client(t).Get(context.Background(), "tokencache:{e2e}:server").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(raw, tok) || !strings.Contains(raw, `"key_id":"k1"`) {
+		t.Fatalf("the stored value is not encrypted with k1: %s", raw)
+	}
+	r = w.run(enc, "inspect")
+	if r.code != 0 || !strings.Contains(r.stdout, "key id k1") {
+		t.Errorf("inspect of an encrypted token: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	// A replica without k1 names the key id it lacks, and exits 1.
+	r = w.run(w.env(EnvEncryptionKeys+"=k2:"+key2), "get")
+	if r.code != 1 || !strings.Contains(r.stderr, `"k1"`) || strings.Contains(r.stdout, tok) {
+		t.Errorf("get without the key: exit %d, want 1 naming key id k1\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	// Keys never on the command line.
+	r = w.run(w.env(), "get", "--encryption-keys=k1:"+key1)
+	if r.code != 2 || strings.Contains(r.stderr, key1) {
+		t.Errorf("--encryption-keys as a flag: exit %d, want 2 without echoing it\n%s", r.code, r.stderr)
+	}
+	for _, out := range []string{r.stdout, r.stderr} {
+		if strings.Contains(out, key1) || strings.Contains(out, key2) {
+			t.Errorf("key material in the output: %s", out)
+		}
+	}
+}

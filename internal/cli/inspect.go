@@ -25,6 +25,9 @@ type inspectJSON struct {
 	RefreshedBy      string    `json:"refreshed_by,omitempty"`
 	Fingerprint      string    `json:"fingerprint,omitempty"`
 	TokenFingerprint string    `json:"token_fingerprint,omitempty"`
+	KeyID            string    `json:"key_id,omitempty"`
+	LastFailure      string    `json:"last_failure,omitempty"`
+	FailureTTLSecs   float64   `json:"failure_ttl_seconds,omitempty"`
 	LockKey          string    `json:"lock_key"`
 	LockHeld         bool      `json:"lock_held"`
 	LockTTLSeconds   float64   `json:"lock_ttl_seconds,omitempty"`
@@ -65,6 +68,7 @@ func writeInspectJSON(w io.Writer, st tokencache.Status, now time.Time) error {
 		Key: st.Key, Found: st.Found, Problem: st.Problem, Generation: st.Generation, TokenType: st.TokenType,
 		ExpiresAt: st.ExpiresAt.UTC(), IssuedAt: st.IssuedAt.UTC(), TTLSeconds: st.TTL.Seconds(),
 		RefreshedBy: st.RefreshedBy, Fingerprint: st.Fingerprint, TokenFingerprint: st.TokenFingerprint,
+		KeyID: st.KeyID, LastFailure: st.LastFailure, FailureTTLSecs: st.FailureTTL.Round(time.Millisecond).Seconds(),
 		LockKey: st.LockKey, LockHeld: st.LockHeld, LockTTLSeconds: st.LockTTL.Seconds(),
 		FenceKey: st.FenceKey, Fence: st.Fence, Channel: st.Channel,
 	}
@@ -100,6 +104,12 @@ func writeInspectTable(w io.Writer, st tokencache.Status, now time.Time) error {
 		row("REFRESHED BY", "%s", st.RefreshedBy)
 		row("CREDENTIAL", "%s", orDash(st.Fingerprint))
 		row("TOKEN", "redacted, fingerprint %s", orDash(st.TokenFingerprint))
+		if st.KeyID != "" {
+			row("ENCRYPTED", "AES-256-GCM, key id %s", st.KeyID)
+		}
+	}
+	if st.LastFailure != "" {
+		row("LAST FAILURE", "%s (no issuer call for %s)", st.LastFailure, roundDur(st.FailureTTL))
 	}
 	if st.LockHeld {
 		row("LOCK", "%s held, %s left", st.LockKey, roundDur(st.LockTTL))

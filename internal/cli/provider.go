@@ -76,7 +76,7 @@ func (a *app) needSecret(file, envKey, fileFlag, what string) (string, error) {
 		return "", err
 	}
 	if s == "" {
-		return "", usagef("no %s: set %s in the environment or pass %s PATH (--provider %s)", what, envKey, fileFlag, a.g.provider)
+		return "", usagef("%s is missing: set %s in the environment or pass %s PATH (--provider %s)", what, envKey, fileFlag, a.g.provider)
 	}
 	a.secrets = append(a.secrets, s)
 	return s, nil
