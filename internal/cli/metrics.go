@@ -143,13 +143,23 @@ func (c *statsCollector) descs() []statDesc {
 		d("tokencache_fenced_writes_total", "Token writes rejected by fencing.", func(s tokencache.Stats) uint64 { return s.FencedWrites }),
 		d("tokencache_bad_values_total", "Unusable values found in Redis.", func(s tokencache.Stats) uint64 { return s.BadValues }),
 		d("tokencache_fail_open_total", "Direct issuer fetches while Redis was unreachable.", func(s tokencache.Stats) uint64 { return s.FailOpen }),
+		d("tokencache_redis_hits_total", "Token calls answered from Redis.", func(s tokencache.Stats) uint64 { return s.RedisHits }),
+		d("tokencache_resubscribes_total", "Event subscriptions replaced after a failed liveness probe.", func(s tokencache.Stats) uint64 { return s.Resubscribes }),
 	}
+}
+
+// budgetDescName is the gauge of the fleet's issuer budget left.
+const budgetDescName = "tokencache_issuer_budget_remaining"
+
+func (c *statsCollector) budgetDesc() *prometheus.Desc {
+	return prometheus.NewDesc(budgetDescName, "Issuer calls left in the fleet's budget window, as last seen by this process (-1: not yet known).", nil, c.labels)
 }
 
 func (c *statsCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range c.descs() {
 		ch <- d.desc
 	}
+	ch <- c.budgetDesc()
 }
 
 func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
@@ -157,4 +167,5 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, d := range c.descs() {
 		ch <- prometheus.MustNewConstMetric(d.desc, prometheus.CounterValue, float64(d.get(s)))
 	}
+	ch <- prometheus.MustNewConstMetric(c.budgetDesc(), prometheus.GaugeValue, float64(s.BudgetLeft))
 }
