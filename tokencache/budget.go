@@ -27,7 +27,11 @@ var ErrBudgetExhausted = errors.New("tokencache: issuer budget exhausted")
 // namespace at limit per window, counted in Redis (the key
 // "<prefix>:{<namespace>}:budget"); while Redis is unreachable each
 // process keeps to the same rate on its own. limit 0 disables the budget.
-// Default DefaultBudgetLimit per DefaultBudgetWindow.
+// Default DefaultBudgetLimit per DefaultBudgetWindow. Every issuer call of
+// the namespace counts, per-user client tokens included: an application
+// that mints many client tokens at once (a cold start with a thousand
+// users) should raise the limit toward its issuer's own (Basiq: 1,500 per
+// 5 minutes per API key).
 func WithIssuerBudget(limit int, window time.Duration) Option {
 	return func(c *config) error {
 		if limit < 0 || (limit > 0 && window <= 0) {

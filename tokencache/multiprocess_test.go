@@ -84,7 +84,10 @@ func httpFetcher(url string) FetcherFunc {
 // each, then "done"; before answering the next "go" it waits until the
 // invalidation of the previous token has reached it.
 func replicaMain() int {
-	rdb := redis.NewClient(&redis.Options{Addr: os.Getenv("TC_REDIS"), PoolSize: 20})
+	var rdb redis.UniversalClient = redis.NewClient(&redis.Options{Addr: os.Getenv("TC_REDIS"), PoolSize: 20})
+	if seeds := os.Getenv("TC_CLUSTER"); seeds != "" {
+		rdb = redis.NewClusterClient(&redis.ClusterOptions{Addrs: strings.Split(seeds, ","), PoolSize: 20})
+	}
 	defer rdb.Close()
 	c, err := New(rdb, httpFetcher(os.Getenv("TC_ISSUER")), WithLockTTL(5*time.Second), WithL1MaxAge(200*time.Millisecond))
 	if err != nil {

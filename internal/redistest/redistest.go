@@ -195,3 +195,66 @@ func Info(ctx context.Context, c redis.UniversalClient, section string) (map[str
 	}
 	return out, sc.Err()
 }
+
+// Cluster is a Redis Cluster of masters started by StartCluster.
+type Cluster struct {
+	Nodes []*Server
+}
+
+// Addrs returns the nodes' addresses, to seed a cluster client.
+func (c *Cluster) Addrs() []string {
+	out := make([]string, len(c.Nodes))
+	for i, n := range c.Nodes {
+		out[i] = n.Addr
+	}
+	return out
+}
+
+// Client returns a cluster client seeded with every node, closed at cleanup.
+func (c *Cluster) Client(tb testing.TB) *redis.ClusterClient {
+	tb.Helper()
+	cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: c.Addrs()})
+	tb.Cleanup(func() { _ = cc.Close() })
+	return cc
+}
+
+// StartCluster starts masters redis-servers with cluster mode on, joins
+// them with `redis-cli --cluster create` (no replicas) and waits until the
+// cluster reports cluster_state:ok on every node.
+func StartCluster(tb testing.TB, masters int) *Cluster {
+	tb.Helper()
+	if _, err := exec.LookPath("redis-cli"); err != nil {
+		Binary(tb) // same skip or failure semantics as a missing server
+		tb.Fatalf("redistest: redis-cli not found on PATH (it comes with redis-server)")
+	}
+	c := &Cluster{}
+	args := []string{"--cluster", "create"}
+	for i := 0; i < masters; i++ {
+		dir := tb.TempDir()
+		n := Start(tb, "--cluster-enabled", "yes", "--cluster-config-file", filepath.Join(dir, "nodes.conf"),
+			"--cluster-node-timeout", "2000")
+		c.Nodes = append(c.Nodes, n)
+		args = append(args, n.Addr)
+	}
+	args = append(args, "--cluster-replicas", "0", "--cluster-yes")
+	if out, err := exec.Command("redis-cli", args...).CombinedOutput(); err != nil {
+		tb.Fatalf("redistest: redis-cli --cluster create: %v\n%s", err, out)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for _, n := range c.Nodes {
+		cl := redis.NewClient(&redis.Options{Addr: n.Addr})
+		for {
+			info, err := cl.ClusterInfo(context.Background()).Result()
+			if err == nil && strings.Contains(info, "cluster_state:ok") {
+				break
+			}
+			if time.Now().After(deadline) {
+				_ = cl.Close()
+				tb.Fatalf("redistest: cluster node %s not ok: %v %s", n.Addr, err, info)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		_ = cl.Close()
+	}
+	return c
+}
