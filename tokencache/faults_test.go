@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"math"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -359,4 +361,54 @@ func TestRetryableFailuresBackOffAcrossRefreshes(t *testing.T) {
 		t.Errorf("issuer calls = %d in %v while failing, want at most %d", got, elapsed, refreshes*attempts)
 	}
 	t.Logf("%d issuer calls and %d caller errors in %v", f.calls.Load(), errs.Load(), elapsed)
+}
+
+// Real memory pressure: with maxmemory and allkeys-lru, Redis evicts the
+// token (and perhaps the lock and fence) to make room; the fleet makes one
+// refresh, no herd.
+func TestMaxmemoryEviction(t *testing.T) {
+	srv := redistest.Start(t, "--maxmemory", "4mb", "--maxmemory-policy", "allkeys-lru", "--maxmemory-samples", "10")
+	rdb := srv.Client(t)
+	f := newFakeFetcher(time.Hour)
+	var caches []*Cache
+	for range 4 {
+		caches = append(caches, newCache(t, rdb, f, fastOpts(WithL1MaxAge(0))...))
+	}
+	ctx := ctxT(t)
+	for _, c := range caches {
+		if _, err := c.Token(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Fill Redis with colder data until the token is evicted.
+	junk := strings.Repeat("x", 4096)
+	for i := 0; rdb.Exists(ctx, "tokencache:{default}:server").Val() == 1; i++ {
+		if i > 20000 {
+			t.Fatal("the token was never evicted")
+		}
+		if err := rdb.Set(ctx, "junk:"+strconv.Itoa(i), junk, 0).Err(); err != nil {
+			t.Fatalf("filling redis: %v", err)
+		}
+	}
+	for _, c := range caches {
+		c.server.expireSoft()
+		_, _ = c.Token(ctx) // the background re-check finds the token gone
+	}
+	for _, c := range caches {
+		eventually(t, "the replica to notice the eviction", func() bool { return c.server.l1.Load() == nil })
+	}
+	done := make(chan error, len(caches)*10)
+	for _, c := range caches {
+		for range 10 {
+			go func() { _, err := c.Token(ctx); done <- err }()
+		}
+	}
+	for range len(caches) * 10 {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := f.calls.Load(); got != 2 {
+		t.Errorf("issuer calls = %d, want 2 (one refresh after the eviction)", got)
+	}
 }
