@@ -258,3 +258,38 @@ func StartCluster(tb testing.TB, masters int) *Cluster {
 	}
 	return c
 }
+
+// StartSentinel starts a Redis Sentinel on a free port monitoring the
+// master at masterAddr under name, with quorum 2 and a one-second
+// down-after, and registers its shutdown with tb.Cleanup.
+func StartSentinel(tb testing.TB, name, masterAddr string) *Server {
+	tb.Helper()
+	bin := Binary(tb)
+	host, port, err := net.SplitHostPort(masterAddr)
+	if err != nil {
+		tb.Fatalf("redistest: master address %q: %v", masterAddr, err)
+	}
+	s := &Server{tb: tb, Dir: tb.TempDir()}
+	p, err := FreePort()
+	if err != nil {
+		tb.Fatalf("redistest: free port: %v", err)
+	}
+	s.Port = p
+	s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(p))
+	conf := filepath.Join(s.Dir, "sentinel.conf")
+	text := fmt.Sprintf("port %d\nbind 127.0.0.1\ndir %s\nlogfile %s\n"+
+		"sentinel monitor %s %s %s 2\n"+
+		"sentinel down-after-milliseconds %s 1000\n"+
+		"sentinel failover-timeout %s 5000\n"+
+		"sentinel parallel-syncs %s 1\n",
+		p, s.Dir, filepath.Join(s.Dir, "redis.log"), name, host, port, name, name, name)
+	if err := os.WriteFile(conf, []byte(text), 0o600); err != nil {
+		tb.Fatal(err)
+	}
+	s.args = []string{conf, "--sentinel"}
+	if err := s.start(bin); err != nil {
+		tb.Fatalf("redistest: sentinel: %v", err)
+	}
+	tb.Cleanup(s.Stop)
+	return s
+}
