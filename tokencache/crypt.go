@@ -125,6 +125,7 @@ type KeyError struct {
 	Reason string
 }
 
+// Error implements the error interface.
 func (e *KeyError) Error() string {
 	return fmt.Sprintf("tokencache: cannot decrypt the token at %s with key id %q: %s", e.Key, e.KeyID, e.Reason)
 }

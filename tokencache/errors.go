@@ -53,6 +53,7 @@ type FetchError struct {
 	Err error
 }
 
+// Error implements the error interface.
 func (e *FetchError) Error() string {
 	var b []byte
 	b = append(b, "tokencache: refresh failed"...)
@@ -82,6 +83,7 @@ type RedisError struct {
 	Err error
 }
 
+// Error implements the error interface.
 func (e *RedisError) Error() string {
 	return fmt.Sprintf("tokencache: redis %s %s: %v", e.Op, e.Key, e.Err)
 }
@@ -97,6 +99,7 @@ type ValueError struct {
 	Reason string
 }
 
+// Error implements the error interface.
 func (e *ValueError) Error() string {
 	return fmt.Sprintf("tokencache: unusable value at %s: %s", e.Key, e.Reason)
 }

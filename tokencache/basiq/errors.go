@@ -175,6 +175,7 @@ type ConfigError struct {
 	Err    error // e.g. a *UserIDError, or nil
 }
 
+// Error implements the error interface.
 func (e *ConfigError) Error() string {
 	return "basiq: invalid " + e.Field + ": " + e.Reason
 }
@@ -196,6 +197,7 @@ type UserIDError struct {
 	Offset int // byte offset of the offending character, -1 if none
 }
 
+// Error implements the error interface.
 func (e *UserIDError) Error() string {
 	if e.Offset >= 0 {
 		return "basiq: invalid user id: " + e.Reason + " at byte " + strconv.Itoa(e.Offset)

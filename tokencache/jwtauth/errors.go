@@ -68,6 +68,7 @@ var errNotObject = errors.New("not a JSON object")
 // of them match tokencache.ErrInvalidToken too.
 type tokenError struct{ msg string }
 
+// Error implements the error interface.
 func (e *tokenError) Error() string { return e.msg }
 
 // Is reports whether target is tokencache.ErrInvalidToken.
@@ -79,7 +80,10 @@ type detailError struct {
 	reason   string
 }
 
+// Error implements the error interface.
 func (e *detailError) Error() string { return e.sentinel.Error() + ": " + e.reason }
+
+// Unwrap returns the underlying error.
 func (e *detailError) Unwrap() error { return e.sentinel }
 
 func malformed(reason string) error     { return &detailError{ErrMalformedToken, reason} }
