@@ -94,13 +94,19 @@ func (e *budgetError) RetryAfter() time.Duration { return e.reset }
 func (e *budgetError) ErrorCode() string         { return "issuer-budget-exhausted" }
 
 // take spends one call from the budget, or says when the next is allowed.
-func (c *Cache) takeBudget(ctx context.Context) error {
+// With redisDown (the caller just failed to reach Redis) it goes straight
+// to the per-process limiter instead of waiting out another Redis timeout.
+func (c *Cache) takeBudget(ctx context.Context, redisDown bool) error {
 	b := c.budget
 	if b == nil {
 		return nil
 	}
-	res, err := budgetScript.Run(ctx, c.rdb, []string{b.key}, b.limit, b.window.Milliseconds()).Int64Slice()
-	if err != nil || len(res) != 3 {
+	var res []int64
+	var err error
+	if !redisDown {
+		res, err = budgetScript.Run(ctx, c.rdb, []string{b.key}, b.limit, b.window.Milliseconds()).Int64Slice()
+	}
+	if redisDown || err != nil || len(res) != 3 {
 		r := b.local.Reserve()
 		if d := r.Delay(); d > 0 {
 			r.Cancel()

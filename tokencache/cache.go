@@ -332,6 +332,7 @@ func (c *Cache) onEvent(ev Event) {
 		}
 		e.sync()
 	case EventInvalidated:
+		e.clearFailure()
 		if ev.TokenFP != "" {
 			fp := ev.TokenFP
 			e.rejected.Store(&fp) // a read racing the deletion must not bring it back
@@ -341,8 +342,8 @@ func (c *Cache) onEvent(ev Event) {
 		}
 		e.sig.fire()
 	case EventFailed:
-		if ev.Origin == c.origin {
-			return // our own failure, already recorded with its cause
+		if ev.Origin == c.origin || ev.Credential != e.credFP {
+			return // our own failure (recorded with its cause), or another credential's
 		}
 		fe := &FetchError{Code: ev.Code, Retryable: ev.Retryable, Remote: true, Message: ev.Message}
 		if ev.RetryInMS > 0 {
@@ -382,9 +383,10 @@ type entry struct {
 	syncAgain atomic.Bool           // another event arrived during it
 	pending   atomic.Pointer[Token] // fetched while Redis was down; to write back
 
-	failMu     sync.Mutex // guards fail, failSeq
+	failMu     sync.Mutex // guards fail, failSeq, failGen
 	fail       *FetchError
 	failSeq    uint64
+	failGen    int64        // generation held in memory when fail happened
 	failStreak atomic.Int32 // refreshes in a row that failed (retryable)
 
 	warnedFP atomic.Bool            // logged a credential mismatch once
@@ -574,15 +576,7 @@ func (e *entry) read(ctx context.Context, at time.Time) (readResult, error) {
 	if r.found && e.isRejected(r.rec.TokenFP) {
 		r.found = false
 	}
-	if r.found && r.rec.Ciphertext != "" {
-		tok, err := e.c.cfg.keyring.open(e.k.token, r.rec.KeyID, r.rec.Ciphertext)
-		if err != nil {
-			e.c.log().Error("tokencache: cannot decrypt the cached token", "key", e.k.token, "key_id", r.rec.KeyID, "err", err)
-			return readResult{}, err
-		}
-		r.rec.AccessToken = tok
-	}
-	if !r.found && r.failed != nil {
+	if r.failed != nil && r.failedCred == e.credFP {
 		limit := e.c.cfg.negativeTTL
 		if r.failed.Retryable {
 			limit = maxRetryWindow
@@ -590,14 +584,24 @@ func (e *entry) read(ctx context.Context, at time.Time) (readResult, error) {
 		if max := at.Add(limit); r.failed.Until.After(max) {
 			r.failed.Until = max
 		}
-		e.adoptFailure(r.failed)
+		e.adoptFailure(r.failed, r.failedStreak)
 	}
 	if r.found && r.rec.Fingerprint != e.credFP {
+		// Checked before decrypting: another deployment's token is a miss
+		// to refetch and overwrite, whatever key sealed it.
 		if e.warnedFP.CompareAndSwap(false, true) {
 			e.c.log().Warn("tokencache: cached token was minted for another credential; not serving it",
 				"key", e.k.token, "stored_fingerprint", r.rec.Fingerprint, "our_fingerprint", e.credFP)
 		}
 		r.found = false
+	}
+	if r.found && r.rec.Ciphertext != "" {
+		tok, err := e.c.cfg.keyring.open(e.k.token, r.rec)
+		if err != nil {
+			e.c.log().Error("tokencache: cannot decrypt the cached token", "key", e.k.token, "key_id", r.rec.KeyID, "err", err)
+			return readResult{}, err
+		}
+		r.rec.AccessToken = tok
 	}
 	return r, nil
 }
@@ -628,7 +632,7 @@ func (e *entry) install(s *snapshot) {
 	if e.isRejected(s.fp) {
 		return
 	}
-	e.clearFailure()
+	e.clearFailureBelow(s.gen)
 	if !e.c.cfg.l1 {
 		return
 	}
@@ -711,6 +715,12 @@ func (e *entry) background(ctx context.Context) {
 	if e.c.monoAt(at) < s.dueAt {
 		return
 	}
+	if d := e.backingOff(); d > 0 {
+		// A refresh failed recently, here or anywhere in the fleet: the
+		// current token is still good, so wait out the window.
+		e.postpone(e.l1.Load(), d)
+		return
+	}
 	lease, err := e.c.locker.TryAcquire(ctx, e.k.lock)
 	if err != nil {
 		if errors.Is(err, lock.ErrNotAcquired) {
@@ -729,11 +739,20 @@ func (e *entry) background(ctx context.Context) {
 }
 
 func (e *entry) retryDelay(err error) time.Duration {
-	var fe *FetchError
-	if errors.As(err, &fe) && !fe.Retryable && !fe.Until.IsZero() {
-		return time.Until(fe.Until)
+	if d := e.backingOff(); d > 0 {
+		return d
 	}
 	return jitter(e.c.cfg.backoffMax)
+}
+
+// backingOff is how long the remembered failure's window still runs.
+func (e *entry) backingOff() time.Duration {
+	e.failMu.Lock()
+	defer e.failMu.Unlock()
+	if f := e.fail; f != nil && !f.Until.IsZero() {
+		return f.Until.Sub(e.c.now())
+	}
+	return 0
 }
 
 // sync re-reads Redis after a "refreshed" event, then wakes the waiters.
@@ -790,12 +809,18 @@ func (e *entry) refreshLocked(ctx context.Context, lease *lock.Lease, done func(
 	} else if gen < 0 {
 		return Token{}, fmt.Errorf("%w: a newer lease was granted during the refresh", ErrUnavailable)
 	}
-	tok, err := e.fetch(ctx)
+	tok, err := e.fetch(ctx, false)
 	if err != nil {
-		if e.c.ctx.Err() != nil {
+		switch {
+		case e.c.ctx.Err() != nil:
 			return Token{}, ErrClosed // shutting down is not the issuer's failure
+		case ctx.Err() != nil:
+			// The caller (a cron Refresh) or the refresh's own bound gave
+			// up: not the issuer's verdict, so the fleet is not told.
+			return Token{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
 		}
-		return Token{}, e.fetchFailed(ctx, err, true)
+		// Waiters need the failure only if there is no token to serve.
+		return Token{}, e.fetchFailed(ctx, err, true, !r.found)
 	}
 	issued := e.c.now()
 	ttl := e.ttlFor(tok, issued)
@@ -867,7 +892,7 @@ func (e *entry) seal(rec record) (record, error) {
 	if kr == nil {
 		return rec, nil
 	}
-	id, sealed, err := kr.seal(e.k.token, rec.AccessToken)
+	id, sealed, err := kr.seal(e.k.token, rec)
 	if err != nil {
 		return rec, fmt.Errorf("tokencache: encrypting the token: %w", err)
 	}
@@ -905,9 +930,9 @@ func (e *entry) skewFor(life time.Duration) time.Duration {
 
 // fetch calls the issuer, retrying retryable errors with capped
 // exponential backoff and full jitter (or the issuer's Retry-After).
-func (e *entry) fetch(ctx context.Context) (Token, error) {
+func (e *entry) fetch(ctx context.Context, redisDown bool) (Token, error) {
 	for attempt := 1; ; attempt++ {
-		tok, err := Token{}, e.c.takeBudget(ctx)
+		tok, err := Token{}, e.c.takeBudget(ctx, redisDown)
 		if err == nil {
 			e.c.stats.issuerCalls.Add(1)
 			tok, err = e.callFetcher(ctx)
@@ -967,7 +992,7 @@ func (e *entry) check(tok Token) error {
 // fetchFailed turns a Fetcher error into a *FetchError, remembers a
 // permanent one for the negative-cache window, and, if publish, tells the
 // fleet through a "failed" event so its waiters return at once.
-func (e *entry) fetchFailed(ctx context.Context, err error, publish bool) *FetchError {
+func (e *entry) fetchFailed(ctx context.Context, err error, publish, remember bool) *FetchError {
 	fe := &FetchError{Code: errorCode(err), Retryable: isRetryable(err), Message: truncate(err.Error(), 300), Err: err}
 	window := e.failureWindow(fe, err)
 	if window > 0 {
@@ -981,14 +1006,15 @@ func (e *entry) fetchFailed(ctx context.Context, err error, publish bool) *Fetch
 		// key, which lives as long as the window.
 		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), e.c.cfg.lockTTL)
 		defer cancel()
-		if window > 0 {
-			f := failure{Code: fe.Code, Message: fe.Message, Retryable: fe.Retryable, By: e.c.cfg.host}
+		if window > 0 && remember {
+			f := failure{Code: fe.Code, Message: fe.Message, Retryable: fe.Retryable, By: e.c.cfg.host,
+				Fingerprint: e.credFP, Streak: e.failStreak.Load()}
 			if rerr := e.c.st.remember(pctx, e.k, f, window); rerr != nil {
 				e.c.log().Warn("tokencache: could not record the failure", "key", e.k.failed, "err", rerr)
 			}
 		}
 		ev := Event{Type: EventFailed, Key: e.k.token, Code: fe.Code, Message: fe.Message, Retryable: fe.Retryable,
-			RetryInMS: window.Milliseconds(), By: e.c.cfg.host, Origin: e.c.origin}
+			RetryInMS: window.Milliseconds(), By: e.c.cfg.host, Origin: e.c.origin, Credential: e.credFP}
 		if perr := e.c.st.publish(pctx, e.k.channel, ev); perr != nil {
 			e.c.log().Warn("tokencache: could not publish the failure", "key", e.k.token, "err", perr)
 		}
@@ -1002,7 +1028,8 @@ const maxRetryWindow = 30 * time.Second
 
 // failureWindow is how long nobody calls the issuer after this failure: the
 // negative TTL for a permanent error; for a retryable one, a back-off that
-// grows with each refresh in a row that failed (so callers that keep asking
+// starts at the retry cap (each refresh has already retried with backoff)
+// and doubles with each refresh in a row that failed (so callers that keep asking
 // do not turn an outage into a stream of calls), or the issuer's
 // Retry-After if longer, capped at maxRetryWindow.
 func (e *entry) failureWindow(fe *FetchError, err error) time.Duration {
@@ -1010,13 +1037,16 @@ func (e *entry) failureWindow(fe *FetchError, err error) time.Duration {
 		return e.c.cfg.negativeTTL
 	}
 	streak := e.failStreak.Add(1)
-	d := jitter(min(maxRetryWindow, e.c.cfg.backoffBase<<min(streak, 16)))
+	d := jitter(min(maxRetryWindow, e.c.cfg.backoffMax<<min(streak-1, 16)))
 	return min(maxRetryWindow, max(d, retryAfter(err)))
 }
 
 // adoptFailure takes on a failure the fleet recorded in Redis, unless
-// one is already remembered here.
-func (e *entry) adoptFailure(fe *FetchError) {
+// one is already remembered here, and the fleet's count of failed
+// refreshes in a row, so the back-off grows whoever refreshes next.
+func (e *entry) adoptFailure(fe *FetchError, streak int32) {
+	for cur := e.failStreak.Load(); streak > cur && !e.failStreak.CompareAndSwap(cur, streak); cur = e.failStreak.Load() {
+	}
 	e.failMu.Lock()
 	cur := e.fail
 	e.failMu.Unlock()
@@ -1027,11 +1057,31 @@ func (e *entry) adoptFailure(fe *FetchError) {
 }
 
 func (e *entry) recordFailure(fe *FetchError) {
+	var gen int64
+	if s := e.l1.Load(); s != nil {
+		gen = s.gen
+	}
 	e.failMu.Lock()
 	e.fail = fe
+	e.failGen = gen
 	_, e.failSeq = e.sig.arm()
 	e.failMu.Unlock()
 	e.sig.fire()
+}
+
+// clearFailureBelow forgets the remembered failure once a token newer than
+// the one held when it happened is installed: re-reading the token whose
+// refresh failed is no reason to call the issuer again.
+func (e *entry) clearFailureBelow(gen int64) {
+	e.failMu.Lock()
+	clear := e.fail != nil && gen > e.failGen
+	if clear {
+		e.fail = nil
+	}
+	e.failMu.Unlock()
+	if clear {
+		e.failStreak.Store(0)
+	}
 }
 
 func (e *entry) clearFailure() {
@@ -1077,12 +1127,12 @@ func (e *entry) redisDown(ctx context.Context, rerr error) (Token, error) {
 	}
 	e.c.stats.failOpen.Add(1)
 	e.c.log().Warn("tokencache: redis unavailable; fetching from the issuer directly", "key", e.k.token, "err", rerr)
-	tok, err := e.fetch(ctx)
+	tok, err := e.fetch(ctx, true)
 	if err != nil {
 		if e.c.ctx.Err() != nil {
 			return Token{}, ErrClosed
 		}
-		return Token{}, e.fetchFailed(ctx, err, false)
+		return Token{}, e.fetchFailed(ctx, err, false, false)
 	}
 	issued := e.c.now()
 	ttl := e.ttlFor(tok, issued)
@@ -1142,6 +1192,9 @@ func (e *entry) invalidate(ctx context.Context, fp string, gen int64) (bool, err
 	if fp != "" {
 		e.rejected.Store(&fp)
 	}
+	// A token is wanted now: an earlier failure (say, of a refresh ahead)
+	// must not stand in the way of the one refetch.
+	e.clearFailure()
 	if s := e.l1.Load(); s != nil && (fp == "" || s.fp == fp) && (gen == 0 || s.gen == gen) {
 		e.l1.CompareAndSwap(s, nil)
 	}

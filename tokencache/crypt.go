@@ -136,34 +136,45 @@ var ErrDecrypt = errors.New("tokencache: cannot decrypt the cached token")
 // Is makes errors.Is(err, ErrDecrypt) true for a *KeyError.
 func (e *KeyError) Is(target error) bool { return target == ErrDecrypt }
 
-// seal encrypts a token for the Redis key redisKey: base64(nonce|ciphertext).
-func (kr *KeyRing) seal(redisKey, token string) (keyID, sealed string, err error) {
+// associatedData binds a ciphertext to its Redis key and to the metadata
+// stored beside it, so neither can be swapped without failing to open.
+func associatedData(redisKey, keyID string, rec record) []byte {
+	return []byte(strings.Join([]string{"tokencache/v1", redisKey, keyID, rec.TokenFP, rec.ExpiresAt, rec.Fingerprint}, "\x00"))
+}
+
+// seal encrypts rec's token for the Redis key redisKey:
+// base64(nonce|ciphertext), with a fresh random nonce.
+func (kr *KeyRing) seal(redisKey string, rec record) (keyID, sealed string, err error) {
 	aead := kr.aeads[kr.active]
-	nonce := make([]byte, aead.NonceSize(), aead.NonceSize()+len(token)+aead.Overhead())
+	nonce := make([]byte, aead.NonceSize(), aead.NonceSize()+len(rec.AccessToken)+aead.Overhead())
 	if _, err := rand.Read(nonce); err != nil {
 		return "", "", err
 	}
-	out := aead.Seal(nonce, nonce, []byte(token), []byte(redisKey))
+	out := aead.Seal(nonce, nonce, []byte(rec.AccessToken), associatedData(redisKey, kr.active, rec))
 	return kr.active, base64.StdEncoding.EncodeToString(out), nil
 }
 
-// open decrypts what seal produced for the same Redis key.
-func (kr *KeyRing) open(redisKey, keyID, sealed string) (string, error) {
-	fail := func(reason string) error { return &KeyError{Key: redisKey, KeyID: keyID, Reason: reason} }
+// open decrypts what seal produced for the same Redis key and metadata, and
+// checks the token against its recorded fingerprint.
+func (kr *KeyRing) open(redisKey string, rec record) (string, error) {
+	fail := func(reason string) error { return &KeyError{Key: redisKey, KeyID: rec.KeyID, Reason: reason} }
 	if kr == nil {
 		return "", fail("no encryption keys are configured on this replica")
 	}
-	aead, ok := kr.aeads[keyID]
+	aead, ok := kr.aeads[rec.KeyID]
 	if !ok {
 		return "", fail("the key id is not in this replica's key ring")
 	}
-	raw, err := base64.StdEncoding.DecodeString(sealed)
+	raw, err := base64.StdEncoding.DecodeString(rec.Ciphertext)
 	if err != nil || len(raw) < aead.NonceSize()+aead.Overhead() {
 		return "", fail("the ciphertext is malformed")
 	}
-	pt, err := aead.Open(nil, raw[:aead.NonceSize()], raw[aead.NonceSize():], []byte(redisKey))
+	pt, err := aead.Open(nil, raw[:aead.NonceSize()], raw[aead.NonceSize():], associatedData(redisKey, rec.KeyID, rec))
 	if err != nil {
 		return "", fail("authentication failed (a wrong key, or a value moved or altered)")
+	}
+	if fingerprint(string(pt)) != rec.TokenFP {
+		return "", fail("the token does not match its recorded fingerprint")
 	}
 	return string(pt), nil
 }

@@ -126,7 +126,7 @@ func defaultConfig() config {
 		failOpen:       true,
 		logger:         slog.New(slog.DiscardHandler),
 		now:            time.Now,
-		pubsubHealth:   3 * time.Second,
+		pubsubHealth:   0, // go-redis's PING only notices a failed write; the probe covers liveness
 		probeInterval:  DefaultProbeInterval,
 		probeTimeout:   DefaultProbeTimeout,
 		budgetLimit:    DefaultBudgetLimit,

@@ -175,7 +175,7 @@ return tonumber(ARGV[2])
 // stored one (newest expiry wins) and it was minted for the same
 // credential.
 //
-//	KEYS[1] token key
+//	KEYS[1] token key, KEYS[2] failure key (deleted when stored)
 //	ARGV[1] value JSON (generation filled in by the script: stored + 1),
 //	ARGV[2] expires_at (expiryLayout), ARGV[3] TTL ms, ARGV[4] credential fingerprint,
 //	ARGV[5] event JSON template, ARGV[6] events channel
@@ -197,6 +197,7 @@ val.generation = gen
 local ev = cjson.decode(ARGV[5])
 ev.generation = gen
 redis.call('SET', KEYS[1], cjson.encode(val), 'PX', ARGV[3])
+redis.call('DEL', KEYS[2])
 redis.call('PUBLISH', ARGV[6], cjson.encode(ev))
 return gen
 `)
@@ -204,7 +205,8 @@ return gen
 // invalidateScript deletes the token only if it is still the one the
 // caller means (compare-and-delete) and publishes "invalidated".
 //
-//	KEYS[1] token key
+//	KEYS[1] token key, KEYS[2] failure key (deleted with the token: a new
+//	token is wanted now, whatever failed before)
 //	ARGV[1] token fingerprint or "" (any), ARGV[2] generation or "" (any),
 //	ARGV[3] events channel
 //	returns {1, generation} deleted, {0, 0} not (missing or another token)
@@ -223,7 +225,7 @@ if ARGV[1] ~= '' and rec.token_fp ~= ARGV[1] then return {0, 0} end
 if ARGV[2] ~= '' and tostring(rec.generation) ~= ARGV[2] then return {0, 0} end
 local gen = 0
 if type(rec.generation) == 'number' then gen = rec.generation end
-redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('PUBLISH', ARGV[3], cjson.encode({type = 'invalidated', key = KEYS[1], generation = gen, token_fp = rec.token_fp}))
 return {1, gen}
 `)
@@ -235,6 +237,10 @@ type readResult struct {
 	found  bool        // a usable record
 	bad    error       // *ValueError when the key holds garbage
 	failed *FetchError // the fleet's last refresh failure, while in its window
+	// failedCred and failedStreak: the credential that failed and the
+	// fleet's count of failed refreshes in a row.
+	failedCred   string
+	failedStreak int32
 }
 
 // failedSuffix names the key that remembers the last refresh failure for
@@ -244,18 +250,20 @@ const failedSuffix = ":failed"
 // failure is the JSON stored at the failure key: never a token or a
 // credential, only what the issuer's error says.
 type failure struct {
-	Code      string `json:"code"`
-	Message   string `json:"message,omitempty"`
-	Retryable bool   `json:"retryable"`
-	By        string `json:"by,omitempty"`
+	Code        string `json:"code"`
+	Message     string `json:"message,omitempty"`
+	Retryable   bool   `json:"retryable"`
+	By          string `json:"by,omitempty"`
+	Fingerprint string `json:"fingerprint"` // of the credential that failed
+	Streak      int32  `json:"streak,omitempty"`
 }
 
-func decodeFailure(raw string, ttl time.Duration, now time.Time) *FetchError {
+func decodeFailure(raw string, ttl time.Duration, now time.Time) (*FetchError, failure) {
 	var f failure
 	if len(raw) > maxEventSize || json.Unmarshal([]byte(raw), &f) != nil || f.Code == "" || ttl <= 0 {
-		return nil
+		return nil, f
 	}
-	return &FetchError{Code: f.Code, Message: f.Message, Retryable: f.Retryable, Remote: true, Until: now.Add(ttl)}
+	return &FetchError{Code: f.Code, Message: f.Message, Retryable: f.Retryable, Remote: true, Until: now.Add(ttl)}, f
 }
 
 // remember stores the fleet's last refresh failure for window.
@@ -287,7 +295,9 @@ func (s *store) read(ctx context.Context, key string, now time.Time) (readResult
 	if len(res) >= 5 {
 		if raw, ok := res[3].(string); ok {
 			fttl, _ := res[4].(int64)
-			out.failed = decodeFailure(raw, time.Duration(fttl)*time.Millisecond, now)
+			var f failure
+			out.failed, f = decodeFailure(raw, time.Duration(fttl)*time.Millisecond, now)
+			out.failedCred, out.failedStreak = f.Fingerprint, f.Streak
 		}
 	}
 	if len(res) > 2 && res[2] != nil {
@@ -363,7 +373,7 @@ func (s *store) offer(ctx context.Context, k keys, rec record, ttl time.Duration
 	if err != nil {
 		return 0, err
 	}
-	n, err := offerScript.Run(ctx, s.rdb, []string{k.token},
+	n, err := offerScript.Run(ctx, s.rdb, []string{k.token, k.failed},
 		val, rec.ExpiresAt, ttl.Milliseconds(), rec.Fingerprint, evb, k.channel).Int64()
 	if err != nil {
 		return 0, &RedisError{Op: "offer", Key: k.token, Err: err}
@@ -376,7 +386,7 @@ func (s *store) invalidate(ctx context.Context, k keys, tokenFP string, gen int6
 	if gen > 0 {
 		g = strconv.FormatInt(gen, 10)
 	}
-	res, err := invalidateScript.Run(ctx, s.rdb, []string{k.token}, tokenFP, g, k.channel).Int64Slice()
+	res, err := invalidateScript.Run(ctx, s.rdb, []string{k.token, k.failed}, tokenFP, g, k.channel).Int64Slice()
 	if err != nil {
 		return false, 0, &RedisError{Op: "invalidate", Key: k.token, Err: err}
 	}
