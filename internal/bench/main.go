@@ -59,7 +59,7 @@ type Config struct {
 func ParseFlags(args []string, stderr io.Writer) (Config, error) {
 	var c Config
 	fs := flag.NewFlagSet("tokencache-bench", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(io.Discard) // errors come back as one line; -h prints the usage below
 	fs.StringVar(&c.Redis, "redis", "", "Redis `address` (host:port or redis:// URL); default: start redis-server on a free port (keys are namespaced per cell, nothing is flushed)")
 	ns := fs.String("n", "10,100,1000", "replica counts for goroutine replicas, comma separated")
 	procs := fs.String("procs", "20", "replica counts for OS-process replicas (each replica its own process, at most 200); empty or 0 for none")
@@ -78,6 +78,9 @@ func ParseFlags(args []string, stderr io.Writer) (Config, error) {
 	fs.StringVar(&c.CPUProfile, "cpuprofile", "", "write a CPU profile of this process (goroutine replicas, issuer, harness) to `file`")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(stderr)
+			fmt.Fprintln(stderr, "usage: tokencache-bench [flags]")
+			fs.PrintDefaults()
 			return c, err
 		}
 		return c, &UsageError{Msg: err.Error()}

@@ -41,6 +41,7 @@ func runChild(ctx context.Context, stdin io.Reader, stdout io.Writer) error {
 	if err := readJSONLine(in, &cfg); err != nil {
 		return fmt.Errorf("bench child: config: %w", err)
 	}
+	cfg.Env.counter = &cmdCounter{}
 	r, err := newReplica(cfg.Strategy, cfg.Env)
 	if err != nil {
 		return err
@@ -60,13 +61,14 @@ func runChild(ctx context.Context, stdin io.Reader, stdout io.Writer) error {
 	if err := sleepUntil(ctx, t0.Add(cfg.Warmup)); err != nil {
 		return err
 	}
-	cpu1 := processCPU()
+	cpu1, cmds1 := processCPU(), cfg.Env.counter.snapshot()
 	if err := sleepUntil(ctx, stopAt); err != nil {
 		return err
 	}
-	cpu2 := processCPU()
+	cpu2, cmds2 := processCPU(), cfg.Env.counter.snapshot()
 	run := <-done
-	run.SteadyCPU = cpu2 - cpu1
+	run.CPU = [2]time.Duration{cpu1, cpu2}
+	run.Cmds = [2]CommandStats{cmds1, cmds2}
 	return json.NewEncoder(stdout).Encode(run)
 }
 
@@ -151,16 +153,25 @@ func (e *env) runProcCell(ctx context.Context, c cell, seq int) (Result, error) 
 			_ = k.cmd.Wait()
 		})
 	}
-	m, err := e.measure(ctx, t0, c, func() time.Duration { return 0 })
+	m, err := e.measure(ctx, t0, c, func() (time.Duration, CommandStats) { return 0, nil })
 	wg.Wait()
 	if err := errors.Join(append(errs, err)...); err != nil {
 		return Result{}, err
 	}
-	var cpu time.Duration
+	// The children's own snapshots replace the parent's (empty) ones; a
+	// child counts from its start, so the cold numbers of this mode also
+	// include what it sent while connecting.
+	m.sent = [3]CommandStats{{}, {}, {}}
 	for _, r := range runs {
-		cpu += r.SteadyCPU
+		m.cpu[1] += r.CPU[0]
+		m.cpu[2] += r.CPU[1]
+		for k, v := range r.Cmds[0] {
+			m.sent[1][k] += v
+		}
+		for k, v := range r.Cmds[1] {
+			m.sent[2][k] += v
+		}
 	}
-	m.cpu1, m.cpu2 = 0, cpu
 	return e.result(c, t0, m, runs), nil
 }
 

@@ -45,7 +45,7 @@ var tableHeader = []string{
 	"mode", "N", "strategy",
 	"cold calls", "calls/renewal (max)", "calls/lifetime",
 	"p50", "p99", "max", "renewal p99", "renewal max", "cold all-ready",
-	"cmds/replica/lifetime", "top commands",
+	"cmds/replica/lifetime sent (executed)", "top commands sent",
 	"client cpu", "redis cpu", "errors", "stale",
 }
 
@@ -58,7 +58,7 @@ func tableRow(r Result) []string {
 		FormatDuration(r.Steady.P50), FormatDuration(r.Steady.P99), FormatDuration(r.Steady.Max),
 		FormatDuration(r.Renewal.P99), FormatDuration(r.Renewal.Max),
 		FormatDuration(r.ColdAllReady),
-		fmt.Sprintf("%.2f", r.CmdsPerLifetime), r.TopCommands,
+		fmt.Sprintf("%.2f (%.1f)", r.CmdsPerLifetime, r.ExecutedPerLifetime), r.TopCommands,
 		fmt.Sprintf("%.0f%%", r.ClientCPU), fmt.Sprintf("%.0f%%", r.RedisCPU),
 		strconv.Itoa(r.Errors), strconv.Itoa(r.Stale),
 	}
@@ -98,7 +98,7 @@ var csvHeader = []string{
 	"cold_all_ready_us", "cold_p50_us", "cold_p99_us", "cold_max_us",
 	"steady_calls", "steady_p50_us", "steady_p99_us", "steady_max_us",
 	"renewal_calls", "renewal_p50_us", "renewal_p99_us", "renewal_max_us",
-	"cold_cmds_per_replica", "cmds_per_replica_per_lifetime", "top_commands",
+	"cold_cmds_per_replica", "cmds_per_replica_per_lifetime", "executed_per_replica_per_lifetime", "top_commands",
 	"client_cpu_pct", "redis_cpu_pct", "calls", "errors", "stale",
 }
 
@@ -120,7 +120,7 @@ func WriteCSV(w io.Writer, results []Result) error {
 			us(r.ColdAllReady), us(r.Cold.P50), us(r.Cold.P99), us(r.Cold.Max),
 			strconv.Itoa(r.Steady.Count), us(r.Steady.P50), us(r.Steady.P99), us(r.Steady.Max),
 			strconv.Itoa(r.Renewal.Count), us(r.Renewal.P50), us(r.Renewal.P99), us(r.Renewal.Max),
-			f(r.ColdCmdsPerReplica), f(r.CmdsPerLifetime), r.TopCommands,
+			f(r.ColdCmdsPerReplica), f(r.CmdsPerLifetime), f(r.ExecutedPerLifetime), r.TopCommands,
 			f(r.ClientCPU), f(r.RedisCPU), strconv.Itoa(r.Calls), strconv.Itoa(r.Errors), strconv.Itoa(r.Stale),
 		}
 		if err := cw.Write(row); err != nil {

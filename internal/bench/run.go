@@ -55,11 +55,16 @@ type Result struct {
 	Steady       Latency       `json:"steady"`            // calls started after warm-up
 	Renewal      Latency       `json:"renewal"`           // steady calls in flight during a renewal round
 
-	// Redis commands (INFO commandstats deltas, INFO excluded).
-	ColdCmdsPerReplica float64      `json:"cold_cmds_per_replica"`
-	CmdsPerLifetime    float64      `json:"cmds_per_replica_per_lifetime"` // steady
-	TopCommands        string       `json:"top_commands"`                  // steady, per replica per lifetime
-	Commands           CommandStats `json:"commands"`                      // steady totals
+	// Redis commands the replicas sent (go-redis hooks, plus the pub/sub
+	// connections' commands from INFO commandstats), and the commands Redis
+	// executed (INFO commandstats, which also counts those a Lua script
+	// runs; INFO itself left out).
+	ColdCmdsPerReplica  float64      `json:"cold_cmds_per_replica"`         // sent during warm-up
+	CmdsPerLifetime     float64      `json:"cmds_per_replica_per_lifetime"` // sent, steady
+	TopCommands         string       `json:"top_commands"`                  // sent, steady, per replica per lifetime
+	Commands            CommandStats `json:"commands"`                      // sent, steady totals
+	ExecutedPerLifetime float64      `json:"executed_per_replica_per_lifetime"`
+	Executed            CommandStats `json:"executed"` // executed, steady totals
 
 	// CPU, steady phase, as a share of one core.
 	ClientCPU float64 `json:"client_cpu_pct"` // this process (goroutines) or the children (processes)
@@ -76,7 +81,11 @@ type replicaRun struct {
 	Errors     int           `json:"errors"`
 	Stale      int           `json:"stale"`
 	FirstToken time.Duration `json:"first_token"` // -1: never
-	SteadyCPU  time.Duration `json:"steady_cpu"`  // processes mode only
+
+	// Processes mode only: this process's CPU time and the commands it
+	// sent, at warm-up's end and at the end.
+	CPU  [2]time.Duration `json:"cpu,omitempty"`
+	Cmds [2]CommandStats  `json:"cmds,omitempty"`
 }
 
 // callLoop asks r for the token every interval (after a random first
@@ -126,6 +135,7 @@ type env struct {
 func (e *env) runCell(ctx context.Context, c cell, seq int) (Result, error) {
 	e.issuer.Reset()
 	renv := e.replicaEnv(c, seq)
+	renv.counter = &cmdCounter{}
 	reps := make([]replica, 0, c.N)
 	defer func() {
 		var wg sync.WaitGroup
@@ -151,7 +161,7 @@ func (e *env) runCell(ctx context.Context, c cell, seq int) (Result, error) {
 	for i, r := range reps {
 		wg.Go(func() { runs[i] = callLoop(ctx, r, t0, stopAt, c.Interval) })
 	}
-	m, err := e.measure(ctx, t0, c, processCPU)
+	m, err := e.measure(ctx, t0, c, func() (time.Duration, CommandStats) { return processCPU(), renv.counter.snapshot() })
 	wg.Wait()
 	if err != nil {
 		return Result{}, err
@@ -185,33 +195,32 @@ func (e *env) replicaEnv(c cell, seq int) replicaEnv {
 // serving a token at the same point.
 func skewFor(life time.Duration) time.Duration { return min(30*time.Second, life/5) }
 
-// measurement holds the snapshots taken at warm-up's end and the run's end.
+// measurement holds the snapshots taken at the start (0), at warm-up's
+// end (1) and at the end (2) of a cell.
 type measurement struct {
-	r0, r1, r2 redisSnapshot
-	cpu1, cpu2 time.Duration
+	redis [3]redisSnapshot
+	cpu   [3]time.Duration // client CPU
+	sent  [3]CommandStats  // commands the replicas sent (hooks)
 }
 
-// measure snapshots Redis and CPU at t0, at the end of warm-up and at
-// the end of the cell.
-func (e *env) measure(ctx context.Context, t0 time.Time, c cell, cpu func() time.Duration) (measurement, error) {
+// measure snapshots Redis and the replicas (local) at t0, at the end of
+// warm-up and at the end of the cell.
+func (e *env) measure(ctx context.Context, t0 time.Time, c cell, local func() (time.Duration, CommandStats)) (measurement, error) {
 	var m measurement
-	var err error
-	if m.r0, err = snapshotRedis(ctx, e.admin); err != nil {
-		return m, err
+	at := []time.Time{{}, t0.Add(c.Warmup), t0.Add(c.Warmup + c.Duration)}
+	for i := range at {
+		if i > 0 {
+			if err := sleepUntil(ctx, at[i]); err != nil {
+				return m, err
+			}
+		}
+		m.cpu[i], m.sent[i] = local()
+		var err error
+		if m.redis[i], err = snapshotRedis(ctx, e.admin); err != nil {
+			return m, err
+		}
 	}
-	if err := sleepUntil(ctx, t0.Add(c.Warmup)); err != nil {
-		return m, err
-	}
-	m.cpu1 = cpu()
-	if m.r1, err = snapshotRedis(ctx, e.admin); err != nil {
-		return m, err
-	}
-	if err := sleepUntil(ctx, t0.Add(c.Warmup+c.Duration)); err != nil {
-		return m, err
-	}
-	m.cpu2 = cpu()
-	m.r2, err = snapshotRedis(ctx, e.admin)
-	return m, err
+	return m, nil
 }
 
 func sleepUntil(ctx context.Context, t time.Time) error {
@@ -255,7 +264,7 @@ func (e *env) result(c cell, t0 time.Time, m measurement, runs []replicaRun) Res
 	}
 	res.CallsPerLifetime = float64(steadyCalls) / lifetimes
 
-	var cold, steady, renewal []time.Duration
+	var coldT, steady, renewal []time.Duration
 	for _, r := range runs {
 		res.Errors += r.Errors
 		res.Stale += r.Stale
@@ -268,7 +277,7 @@ func (e *env) result(c cell, t0 time.Time, m measurement, runs []replicaRun) Res
 		for _, s := range r.Samples {
 			switch {
 			case s.Start < c.Warmup:
-				cold = append(cold, s.Took)
+				coldT = append(coldT, s.Took)
 			default:
 				steady = append(steady, s.Took)
 				if Overlaps(s, renewals, 10*time.Millisecond) {
@@ -277,15 +286,18 @@ func (e *env) result(c cell, t0 time.Time, m measurement, runs []replicaRun) Res
 			}
 		}
 	}
-	res.Cold, res.Steady, res.Renewal = Summarize(cold), Summarize(steady), Summarize(renewal)
+	res.Cold, res.Steady, res.Renewal = Summarize(coldT), Summarize(steady), Summarize(renewal)
 
 	n := float64(c.N)
-	res.ColdCmdsPerReplica = float64(m.r1.cmds.Sub(m.r0.cmds).Total()) / n
-	res.Commands = m.r2.cmds.Sub(m.r1.cmds)
+	cold := sentCommands(m.sent[1].Sub(m.sent[0]), m.redis[1].cmds.Sub(m.redis[0].cmds))
+	res.ColdCmdsPerReplica = float64(cold.Total()) / n
+	res.Executed = m.redis[2].cmds.Sub(m.redis[1].cmds)
+	res.Commands = sentCommands(m.sent[2].Sub(m.sent[1]), res.Executed)
 	scale := 1 / n / lifetimes
 	res.CmdsPerLifetime = float64(res.Commands.Total()) * scale
+	res.ExecutedPerLifetime = float64(res.Executed.Total()) * scale
 	res.TopCommands = res.Commands.Top(4, scale)
-	res.ClientCPU = 100 * float64(m.cpu2-m.cpu1) / float64(c.Duration)
-	res.RedisCPU = 100 * float64(m.r2.cpu-m.r1.cpu) / float64(c.Duration)
+	res.ClientCPU = 100 * float64(m.cpu[2]-m.cpu[1]) / float64(c.Duration)
+	res.RedisCPU = 100 * float64(m.redis[2].cpu-m.redis[1].cpu) / float64(c.Duration)
 	return res
 }
