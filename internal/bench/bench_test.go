@@ -380,3 +380,29 @@ func TestSmoke(t *testing.T) {
 		t.Errorf("stdout lacks the table:\n%s", stdout.String())
 	}
 }
+
+func TestMainFrom(t *testing.T) {
+	dir := t.TempDir()
+	from := filepath.Join(dir, "in.json")
+	var b bytes.Buffer
+	if err := WriteJSON(&b, Report{Command: "x", Results: sampleResults(), Idle: sampleResults()[1:]}); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(from, b.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var stdout bytes.Buffer
+	out := filepath.Join(dir, "out")
+	if err := Main(context.Background(), []string{"-from", from, "-out", out}, nil, &stdout, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(stdout.String(), "Idle: 10 replicas") || !strings.Contains(stdout.String(), "oauth2") {
+		t.Errorf("stdout:\n%s", stdout.String())
+	}
+	if _, err := os.Stat(filepath.Join(out, "bench.svg")); err != nil {
+		t.Error(err)
+	}
+	if err := Main(context.Background(), []string{"-from", filepath.Join(dir, "missing.json")}, nil, io.Discard, io.Discard); err == nil {
+		t.Error("-from a missing file succeeded")
+	}
+}

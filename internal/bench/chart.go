@@ -57,10 +57,10 @@ func WriteSVG(w io.Writer, results []Result, subtitle string) error {
 	}
 	const (
 		pw, ph       = 900, 260 // one panel
-		left, top    = 70, 60
+		left, top    = 70, 80
 		plotW, plotH = 800, 180
 	)
-	height := top + len(panels)*(ph+20) + 40
+	height := top + len(panels)*(ph+20) - 40
 	var b strings.Builder
 	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="12">`+"\n", pw, height)
 	fmt.Fprintf(&b, `<rect width="100%%" height="100%%" fill="white"/>`+"\n")
@@ -68,8 +68,8 @@ func WriteSVG(w io.Writer, results []Result, subtitle string) error {
 	fmt.Fprintf(&b, `<text x="%d" y="40" fill="#555">%s</text>`+"\n", left, xmlEscape(subtitle))
 	// Legend.
 	for i, name := range names {
-		x := left + 420 + (i%3)*140
-		y := 16 + (i/3)*16
+		x := left + i*140
+		y := 50
 		fmt.Fprintf(&b, `<rect x="%d" y="%d" width="10" height="10" fill="%s"/><text x="%d" y="%d">%s</text>`+"\n",
 			x, y, color(name), x+14, y+9, xmlEscape(name))
 	}
@@ -85,6 +85,9 @@ func WriteSVG(w io.Writer, results []Result, subtitle string) error {
 			lo, hi = 1, 10
 		}
 		dlo, dhi := math.Floor(math.Log10(lo)), math.Ceil(math.Log10(hi))
+		if math.Log10(lo)-dlo < 0.3 {
+			dlo-- // keep the smallest bar visible
+		}
 		if dhi <= dlo {
 			dhi = dlo + 1
 		}

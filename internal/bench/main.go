@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -53,6 +54,7 @@ type Config struct {
 	Out          string
 	Chart        string
 	CPUProfile   string
+	From         string // a results.json to report again instead of running
 }
 
 // ParseFlags parses args (without the program name).
@@ -75,6 +77,7 @@ func ParseFlags(args []string, stderr io.Writer) (Config, error) {
 	fs.DurationVar(&c.IdleLifetime, "idle-lifetime", time.Hour, "token lifetime in the idle cells")
 	fs.StringVar(&c.Out, "out", "bench-out", "`directory` for results.csv, results.json, results.md and the chart")
 	fs.StringVar(&c.Chart, "chart", "", "chart `file` (SVG); default <out>/bench.svg")
+	fs.StringVar(&c.From, "from", "", "do not run: read a results.json `file` of an earlier run and write the table, files and chart again")
 	fs.StringVar(&c.CPUProfile, "cpuprofile", "", "write a CPU profile of this process (goroutine replicas, issuer, harness) to `file`")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -170,16 +173,27 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 	if err != nil {
 		return err
 	}
-	rep, err := Run(ctx, cfg, stderr)
-	if err != nil {
-		return err
+	var rep Report
+	if cfg.From != "" {
+		b, err := os.ReadFile(cfg.From)
+		if err != nil {
+			return err
+		}
+		if err := json.Unmarshal(b, &rep); err != nil {
+			return fmt.Errorf("bench: %s: %w", cfg.From, err)
+		}
+	} else {
+		if rep, err = Run(ctx, cfg, stderr); err != nil {
+			return err
+		}
+		rep.Command = "go run ./cmd/tokencache-bench " + strings.Join(args, " ")
 	}
-	rep.Command = "go run ./cmd/tokencache-bench " + strings.Join(args, " ")
 	if err := WriteTable(stdout, rep.Results); err != nil {
 		return err
 	}
 	if len(rep.Idle) > 0 {
-		fmt.Fprintf(stdout, "\nIdle: %d replicas, %v token, %v steady; per lifetime = extrapolated from the rate\n", cfg.IdleN, cfg.IdleLifetime, cfg.Idle)
+		i := rep.Idle[0]
+		fmt.Fprintf(stdout, "\nIdle: %d replicas, %v token, %v steady; per lifetime = extrapolated from the rate\n", i.N, i.Lifetime, i.Duration)
 		if err := WriteTable(stdout, rep.Idle); err != nil {
 			return err
 		}
@@ -311,7 +325,11 @@ func writeOutputs(cfg Config, rep Report, stdout io.Writer) error {
 			return WriteMarkdown(w, rep.Idle)
 		}},
 		{cfg.Chart, func(w io.Writer) error {
-			sub := fmt.Sprintf("%v tokens, issuer latency %v, callers every %v; %s, %d cores", cfg.Lifetime, cfg.Latency, cfg.Interval, rep.Machine.CPU, rep.Machine.Cores)
+			sub := fmt.Sprintf("%s, %d cores", rep.Machine.CPU, rep.Machine.Cores)
+			if len(rep.Results) > 0 {
+				r := rep.Results[0]
+				sub = fmt.Sprintf("%v tokens, issuer latency %v, callers every %v; %s", r.Lifetime, r.Latency, r.Interval, sub)
+			}
 			return WriteSVG(w, rep.Results, sub)
 		}},
 	}
