@@ -96,7 +96,11 @@ func (a *app) open(ctx context.Context, o openOpts, opts ...tokencache.Option) (
 			return uf, err
 		}, 16))
 	}
-	rc, err := openRedis(a.g.redisURL)
+	tc, err := a.g.redisTLS()
+	if err != nil {
+		return nil, err
+	}
+	rc, err := openRedis(a.g.redisURL, tc)
 	if err != nil {
 		return nil, err
 	}
