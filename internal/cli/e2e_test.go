@@ -86,7 +86,13 @@ type world struct {
 
 func newWorld(t *testing.T, latency time.Duration) *world {
 	t.Helper()
-	w := &world{t: t, redis: redistest.Start(t), bin: binary(t), ns: "e2e"}
+	return newWorldOn(t, redistest.Start(t), latency)
+}
+
+// newWorldOn is newWorld on a given server (a TLS one, say).
+func newWorldOn(t *testing.T, srv *redistest.Server, latency time.Duration) *world {
+	t.Helper()
+	w := &world{t: t, redis: srv, bin: binary(t), ns: "e2e"}
 	w.issuer = issuertest.RunT(t,
 		issuertest.WithAPIKey(e2eAPIKey),
 		issuertest.WithClientSecret(e2eClientSecret),
