@@ -109,9 +109,10 @@ type globals struct {
 	logLevel  slog.Level
 	logFormat string
 
-	getenv  func(string) string
-	fromEnv map[string]bool // globals set by the environment
-	visited map[string]bool // flags set on the command line
+	getenv      func(string) string
+	readSecrets []string        // secrets read from files, to scrub from messages
+	fromEnv     map[string]bool // globals set by the environment
+	visited     map[string]bool // flags set on the command line
 }
 
 var globalNames = map[string]bool{
@@ -193,6 +194,7 @@ func (g *globals) keyRing() (*tokencache.KeyRing, error) {
 			return nil, usagef("--encryption-keys-file: %v", err)
 		}
 		spec = string(b)
+		g.readSecrets = append(g.readSecrets, keySpecSecrets(spec)...)
 	}
 	if strings.TrimSpace(spec) == "" {
 		return nil, nil
