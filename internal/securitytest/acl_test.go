@@ -20,7 +20,7 @@ var cliOnly = map[string]bool{"+ping": true}
 // aclFlow creates user with rule on a fresh redis-server and runs the
 // library's whole flow as that user, returning its error and what ACL LOG
 // recorded as denied.
-func aclFlow(t *testing.T, user string, rule []string, timeout time.Duration) (error, []string) {
+func aclFlow(t *testing.T, user string, rule []string, timeout time.Duration) (denied []string, err error) {
 	t.Helper()
 	s := redistest.Start(t)
 	admin := s.Client(t)
@@ -33,8 +33,8 @@ func aclFlow(t *testing.T, user string, rule []string, timeout time.Duration) (e
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), timeout)
 	defer cancel()
-	err := libraryFlow(ctx, dial, iss, "acl")
-	return err, ACLDenials(t, admin, user)
+	err = libraryFlow(ctx, dial, iss, "acl")
+	return ACLDenials(t, admin, user), err
 }
 
 // TestACLMinimalRule creates the user that README.md documents, exactly,
@@ -45,7 +45,7 @@ func aclFlow(t *testing.T, user string, rule []string, timeout time.Duration) (e
 func TestACLMinimalRule(t *testing.T) {
 	rule := ReadmeACL(t)
 	t.Logf("README rule: %s", strings.Join(rule, " "))
-	err, denied := aclFlow(t, "tokencache", rule, time.Minute)
+	denied, err := aclFlow(t, "tokencache", rule, time.Minute)
 	if err != nil {
 		t.Fatalf("the README's ACL rule is not enough for the library: %v; ACL LOG: %v", err, denied)
 	}
@@ -61,7 +61,7 @@ func TestACLMinimalRule(t *testing.T) {
 			t.Parallel()
 			// A fresh server each: its script cache is empty, so EVAL is
 			// needed as it is after a restart or a failover.
-			err, denied := aclFlow(t, "tokencache", Without(rule, perm), 15*time.Second)
+			denied, err := aclFlow(t, "tokencache", Without(rule, perm), 15*time.Second)
 			if err == nil {
 				t.Errorf("the flow worked without %s (ACL LOG: %v): the rule is larger than needed, or the flow misses a path", perm, denied)
 			}
