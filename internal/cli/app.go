@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sort"
 	"strings"
 	"time"
 
@@ -96,7 +97,11 @@ func (a *app) open(ctx context.Context, o openOpts, opts ...tokencache.Option) (
 			return uf, err
 		}, 16))
 	}
-	rc, err := openRedis(a.g.redisURL)
+	tc, err := a.g.redisTLS()
+	if err != nil {
+		return nil, err
+	}
+	rc, err := openRedis(a.g.redisURL, tc)
 	if err != nil {
 		return nil, err
 	}
@@ -240,14 +245,51 @@ func redisAddrOf(raw string) (string, error) {
 	return u, err
 }
 
-// scrub replaces every secret this invocation read by [redacted].
+// scrub replaces by [redacted] every secret this invocation read, and
+// every secret its environment holds even if it was not read yet: a key
+// pasted into the wrong flag or argument must not come back in the usage
+// error that rejects it.
 func (a *app) scrub(s string) string {
-	for _, sec := range a.secrets {
+	for _, sec := range a.secretsToScrub() {
 		if len(sec) >= 4 {
 			s = strings.ReplaceAll(s, sec, "[redacted]")
 		}
 	}
 	return s
+}
+
+func (a *app) secretsToScrub() []string {
+	out := append(append([]string(nil), a.secrets...), a.g.readSecrets...)
+	for k := range secretEnv {
+		v := strings.TrimSpace(a.env.getenv(k))
+		switch {
+		case v == "":
+		case k == EnvEncryptionKeys:
+			out = append(out, keySpecSecrets(v)...)
+		default:
+			out = append(out, v)
+		}
+	}
+	// Longest first, so that a secret containing another is replaced whole.
+	sort.Slice(out, func(i, j int) bool { return len(out[i]) > len(out[j]) })
+	return out
+}
+
+// keySpecSecrets returns the secret parts of a key ring "id:base64key,...":
+// each entry and each key, but not the ids, which messages name.
+func keySpecSecrets(spec string) []string {
+	var out []string
+	for _, part := range strings.Split(spec, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		out = append(out, part)
+		if _, key, ok := strings.Cut(part, ":"); ok && key != "" {
+			out = append(out, key)
+		}
+	}
+	return out
 }
 
 // failure is a scrubbed, explained error that exits 1.

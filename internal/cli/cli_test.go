@@ -255,7 +255,7 @@ func TestParseRedis(t *testing.T) {
 		t.Errorf("redactURL kept the password: %q", got)
 	}
 	for _, raw := range []string{"redis://127.0.0.1:1/0", "rediss://h:6380", "h1:7000,h2:7001", "redis+sentinel://s:26379/m", "redis://s:26379?master_name=m", "embedded"} {
-		rc, err := openRedis(raw)
+		rc, err := openRedis(raw, nil)
 		if err != nil {
 			t.Errorf("openRedis(%q): %v", raw, err)
 			continue

@@ -25,6 +25,13 @@ const (
 	// EnvEncryptionKeys holds the at-rest key ring, "id:base64key[,...]",
 	// the first key active (or use --encryption-keys-file).
 	EnvEncryptionKeys = "TOKENCACHE_ENCRYPTION_KEYS"
+	// EnvRedisCAFile, EnvRedisCertFile and EnvRedisKeyFile name the PEM
+	// files of a rediss:// connection: the CA that signed the server's
+	// certificate, and the client certificate and key for a server that
+	// asks for one (tls-auth-clients).
+	EnvRedisCAFile   = "TOKENCACHE_REDIS_CA_FILE"
+	EnvRedisCertFile = "TOKENCACHE_REDIS_CERT_FILE"
+	EnvRedisKeyFile  = "TOKENCACHE_REDIS_KEY_FILE"
 )
 
 // Defaults of the global flags.
@@ -95,18 +102,23 @@ type globals struct {
 	clientSecretFile string
 	encKeysFile      string
 
+	redisCAFile   string
+	redisCertFile string
+	redisKeyFile  string
+
 	logLevel  slog.Level
 	logFormat string
 
-	getenv  func(string) string
-	fromEnv map[string]bool // globals set by the environment
-	visited map[string]bool // flags set on the command line
+	getenv      func(string) string
+	readSecrets []string        // secrets read from files, to scrub from messages
+	fromEnv     map[string]bool // globals set by the environment
+	visited     map[string]bool // flags set on the command line
 }
 
 var globalNames = map[string]bool{
 	"redis": true, "namespace": true, "issuer-url": true, "scope": true, "user-id": true,
 	"provider": true, "token-url": true, "api-key-file": true, "client-id-file": true, "client-secret-file": true,
-	"encryption-keys-file": true,
+	"encryption-keys-file": true, "redis-ca-file": true, "redis-cert-file": true, "redis-key-file": true,
 }
 
 func globalFlag(name string) bool { return globalNames[name] }
@@ -126,6 +138,9 @@ func (g *globals) init(getenv func(string) string) error {
 	g.namespace = env("namespace", EnvNamespace, DefaultNamespace)
 	g.issuerURL = env("issuer-url", EnvIssuerURL, DefaultIssuerURL)
 	g.provider = env("provider", EnvProvider, DefaultProvider)
+	g.redisCAFile = env("redis-ca-file", EnvRedisCAFile, "")
+	g.redisCertFile = env("redis-cert-file", EnvRedisCertFile, "")
+	g.redisKeyFile = env("redis-key-file", EnvRedisKeyFile, "")
 	g.scope = DefaultScope
 
 	switch lv := strings.ToLower(getenv(EnvLogLevel)); lv {
@@ -154,6 +169,9 @@ func (g *globals) init(getenv func(string) string) error {
 // register adds the global flags to fs, defaulting to their current values.
 func (g *globals) register(fs *flag.FlagSet) {
 	fs.StringVar(&g.redisURL, "redis", g.redisURL, "Redis: redis://, rediss://, a comma list for cluster, redis+sentinel://host:port,.../master/db, or embedded ($"+EnvRedisURL+")")
+	fs.StringVar(&g.redisCAFile, "redis-ca-file", g.redisCAFile, "rediss: verify the server against the CA certificates in this PEM file instead of the system's ($"+EnvRedisCAFile+")")
+	fs.StringVar(&g.redisCertFile, "redis-cert-file", g.redisCertFile, "rediss: present this PEM client certificate, with --redis-key-file ($"+EnvRedisCertFile+")")
+	fs.StringVar(&g.redisKeyFile, "redis-key-file", g.redisKeyFile, "rediss: the PEM private key of --redis-cert-file ($"+EnvRedisKeyFile+")")
 	fs.StringVar(&g.namespace, "namespace", g.namespace, "name of the shared token ($"+EnvNamespace+")")
 	fs.StringVar(&g.issuerURL, "issuer-url", g.issuerURL, "issuer base URL ($"+EnvIssuerURL+")")
 	fs.StringVar(&g.scope, "scope", g.scope, "SERVER_ACCESS or CLIENT_ACCESS (with --user-id)")
@@ -176,6 +194,7 @@ func (g *globals) keyRing() (*tokencache.KeyRing, error) {
 			return nil, usagef("--encryption-keys-file: %v", err)
 		}
 		spec = string(b)
+		g.readSecrets = append(g.readSecrets, keySpecSecrets(spec)...)
 	}
 	if strings.TrimSpace(spec) == "" {
 		return nil, nil

@@ -45,8 +45,16 @@ const (
 //	redis+sentinel://[:pass@]s1:26379,s2:26379/master[/db]   Sentinel (rediss+sentinel for TLS)
 //	redis://host:26379?master_name=m&addr=...  Sentinel, go-redis's own form
 //	embedded                                  an in-process miniredis on loopback
-func openRedis(raw string) (*redisConn, error) {
+//
+// Every TLS form gets TLS 1.2 at least and, from tc, the CA pool and the
+// client certificate of --redis-ca-file, --redis-cert-file and
+// --redis-key-file; those flags on a plain-text URL are a usage error
+// rather than silently ignored.
+func openRedis(raw string, tc *redisTLS) (*redisConn, error) {
 	raw = strings.TrimSpace(raw)
+	if tc.set() && !tlsScheme(raw) {
+		return nil, usagef("%s apply to rediss:// (or rediss+sentinel://) URLs only; --redis %s is not one", tc.flags, redactURL(raw))
+	}
 	switch {
 	case raw == "embedded":
 		m := miniredis.NewMiniRedis()
@@ -60,12 +68,18 @@ func openRedis(raw string) (*redisConn, error) {
 		if err != nil {
 			return nil, err
 		}
+		if o.TLSConfig != nil {
+			o.TLSConfig = tc.config(o.TLSConfig)
+		}
 		addr := "sentinel " + strings.Join(o.SentinelAddrs, ",") + " master " + o.MasterName
 		return &redisConn{client: redis.NewFailoverClient(o), addr: addr}, nil
 	case strings.Contains(raw, ","):
 		o, err := parseCluster(raw)
 		if err != nil {
 			return nil, err
+		}
+		if o.TLSConfig != nil {
+			o.TLSConfig = tc.config(o.TLSConfig)
 		}
 		return &redisConn{client: redis.NewClusterClient(o), addr: "cluster " + strings.Join(o.Addrs, ",")}, nil
 	case strings.HasPrefix(raw, "redis://"), strings.HasPrefix(raw, "rediss://"):
@@ -75,6 +89,9 @@ func openRedis(raw string) (*redisConn, error) {
 				return nil, usagef("--redis: %v", redactURLErr(err))
 			}
 			setFailoverTimeouts(o)
+			if o.TLSConfig != nil {
+				o.TLSConfig = tc.config(o.TLSConfig)
+			}
 			addr := "sentinel " + strings.Join(o.SentinelAddrs, ",") + " master " + o.MasterName
 			return &redisConn{client: redis.NewFailoverClient(o), addr: addr}, nil
 		}
@@ -91,10 +108,19 @@ func openRedis(raw string) (*redisConn, error) {
 		if o.WriteTimeout == 0 {
 			o.WriteTimeout = redisIOTimeout
 		}
+		if o.TLSConfig != nil {
+			o.TLSConfig = tc.config(o.TLSConfig)
+		}
 		return &redisConn{client: redis.NewClient(o), addr: o.Addr}, nil
 	default:
 		return nil, usagef("--redis %q: want redis://host:port/db, rediss://..., a comma list of cluster nodes, redis+sentinel://host:port,.../master, or embedded", redactURL(raw))
 	}
+}
+
+// tlsScheme reports whether a --redis value connects over TLS: rediss://,
+// rediss+sentinel://, or a cluster list whose first node is rediss://.
+func tlsScheme(raw string) bool {
+	return strings.HasPrefix(raw, "rediss://") || strings.HasPrefix(raw, "rediss+sentinel://")
 }
 
 func setFailoverTimeouts(o *redis.FailoverOptions) {

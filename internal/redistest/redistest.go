@@ -32,6 +32,9 @@ type Server struct {
 	Addr string // host:port
 	Port int
 	Dir  string // its working directory (logs, certificates)
+	// TLS is the server's PKI when it was started by StartTLS: it then
+	// listens for TLS only, on Addr and Port.
+	TLS *TLSFiles
 
 	tb   testing.TB
 	args []string
@@ -59,8 +62,19 @@ func Binary(tb testing.TB) string {
 // PING, and registers its shutdown with tb.Cleanup.
 func Start(tb testing.TB, extra ...string) *Server {
 	tb.Helper()
+	return start(tb, nil, extra)
+}
+
+// start starts a plain-text server or, with files, a TLS-only one.
+func start(tb testing.TB, files *TLSFiles, extra []string) *Server {
+	tb.Helper()
 	bin := Binary(tb)
-	s := &Server{tb: tb, Dir: tb.TempDir()}
+	s := &Server{tb: tb, TLS: files}
+	if files != nil {
+		s.Dir = files.Dir
+	} else {
+		s.Dir = tb.TempDir()
+	}
 	var lastErr error
 	for attempt := 0; attempt < 5; attempt++ {
 		port, err := FreePort()
@@ -69,14 +83,17 @@ func Start(tb testing.TB, extra ...string) *Server {
 		}
 		s.Port = port
 		s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-		s.args = append([]string{
-			"--port", strconv.Itoa(port),
+		ports := []string{"--port", strconv.Itoa(port)}
+		if files != nil {
+			ports = append([]string{"--port", "0", "--tls-port", strconv.Itoa(port)}, files.serverArgs()...)
+		}
+		s.args = append(append(ports,
 			"--bind", "127.0.0.1",
 			"--save", "",
 			"--appendonly", "no",
 			"--dir", s.Dir,
 			"--logfile", filepath.Join(s.Dir, "redis.log"),
-		}, extra...)
+		), extra...)
 		if lastErr = s.start(bin); lastErr == nil {
 			tb.Cleanup(s.Stop)
 			return s
@@ -95,7 +112,7 @@ func (s *Server) start(bin string) error {
 	s.cmd = cmd
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
-		c := redis.NewClient(&redis.Options{Addr: s.Addr, MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
+		c := redis.NewClient(&redis.Options{Addr: s.Addr, MaxRetries: -1, DialTimeout: 200 * time.Millisecond, TLSConfig: s.clientTLS()})
 		err := c.Ping(context.Background()).Err()
 		_ = c.Close()
 		if err == nil {
@@ -117,13 +134,20 @@ func (s *Server) Log() string {
 	return string(b)
 }
 
-// URL returns a redis:// URL for the server.
-func (s *Server) URL() string { return "redis://" + s.Addr + "/0" }
+// URL returns a redis:// URL for the server (rediss:// for a TLS server).
+func (s *Server) URL() string {
+	if s.TLS != nil {
+		return "rediss://" + s.Addr + "/0"
+	}
+	return "redis://" + s.Addr + "/0"
+}
 
 // Client returns a new go-redis client for the server, closed at cleanup.
+// For a TLS server it trusts the server's CA and presents the client
+// certificate.
 func (s *Server) Client(tb testing.TB) *redis.Client {
 	tb.Helper()
-	c := redis.NewClient(&redis.Options{Addr: s.Addr})
+	c := redis.NewClient(&redis.Options{Addr: s.Addr, TLSConfig: s.clientTLS()})
 	tb.Cleanup(func() { _ = c.Close() })
 	return c
 }
