@@ -105,8 +105,17 @@ func (c *Cache) takeBudget(ctx context.Context, redisDown bool) error {
 	var err error
 	if !redisDown {
 		res, err = budgetScript.Run(ctx, c.rdb, []string{b.key}, b.limit, b.window.Milliseconds()).Int64Slice()
+		if err == nil && len(res) != 3 {
+			err = fmt.Errorf("unexpected script reply of %d elements", len(res))
+		}
+		if err != nil {
+			// Counted and said: the fleet-wide budget is off until this
+			// works again (Redis down, or an ACL without the commands).
+			c.stats.redisErrors.Add(1)
+			c.log().Warn("tokencache: issuer budget unavailable; keeping to it in this process", "key", b.key, "err", err)
+		}
 	}
-	if redisDown || err != nil || len(res) != 3 {
+	if redisDown || err != nil {
 		r := b.local.Reserve()
 		if d := r.Delay(); d > 0 {
 			r.Cancel()
