@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/tokencache/tokencache/internal/redistest"
 )
 
 // ErrNoRedisServer reports that redis-server is not on PATH and no
@@ -44,7 +45,7 @@ func StartRedis(ctx context.Context) (*RedisServer, error) {
 	}
 	var lastErr error
 	for attempt := 0; attempt < 5; attempt++ {
-		port, err := freePort()
+		port, err := redistest.FreePort()
 		if err != nil {
 			lastErr = err
 			continue
@@ -110,21 +111,6 @@ func (s *RedisServer) Stop() {
 	}
 	s.cmd = nil
 	_ = os.RemoveAll(s.dir)
-}
-
-// freePort asks the kernel for a free loopback TCP port other than 6379.
-func freePort() (int, error) {
-	for {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return 0, err
-		}
-		port := l.Addr().(*net.TCPAddr).Port
-		_ = l.Close()
-		if port != 6379 {
-			return port, nil
-		}
-	}
 }
 
 // CommandStats maps a command name (lower case, "get", "evalsha", …) to
