@@ -1,0 +1,693 @@
+package tokencache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tokencache/tokencache/lock"
+)
+
+// This file is the life of one cached token: the hot path, the slow path
+// (Redis, the lock, waiting for another replica), refresh-ahead, and the
+// fenced write.
+
+// entry is one cached token: the server token, or one user's client token.
+type entry struct {
+	c      *Cache
+	k      keys
+	f      Fetcher
+	credFP string
+
+	l1        atomic.Pointer[snapshot]
+	sig       *signal
+	bgBusy    atomic.Bool           // a background refresh or re-check runs
+	syncing   atomic.Bool           // an event-driven re-read runs
+	syncAgain atomic.Bool           // another event arrived during it
+	pending   atomic.Pointer[Token] // fetched while Redis was down; to write back
+
+	failMu     sync.Mutex // guards fail, failSeq, failGen
+	fail       *FetchError
+	failSeq    uint64
+	failGen    int64        // generation held in memory when fail happened
+	failStreak atomic.Int32 // refreshes in a row that failed (retryable)
+
+	warnedFP atomic.Bool            // logged a credential mismatch once
+	rejected atomic.Pointer[string] // fingerprint of the last token invalidated here
+}
+
+// isRejected reports whether fp is the token this replica last
+// invalidated: it must not come back from a read that raced the
+// invalidation.
+func (e *entry) isRejected(fp string) bool {
+	r := e.rejected.Load()
+	return r != nil && *r == fp
+}
+
+func (c *Cache) newEntry(k keys, f Fetcher) *entry {
+	return &entry{c: c, k: k, f: f, credFP: identityFingerprint(f), sig: newSignal()}
+}
+
+// snapshot is an immutable in-memory copy of the token. Times are on the
+// local clock, derived from the key's PTTL when it was read.
+type snapshot struct {
+	tok        Token
+	gen        int64
+	fp         string // token fingerprint
+	validUntil mono   // never served at or after this
+	dueAt      mono   // refresh-ahead moment (jittered)
+	softUntil  mono   // before this, no background work at all
+}
+
+func (e *entry) token(ctx context.Context) (Token, error) {
+	if s := e.l1.Load(); s != nil {
+		now := e.c.monoNow()
+		if now < s.softUntil {
+			return s.tok, nil
+		}
+		if now < s.validUntil {
+			e.kick()
+			return s.tok, nil
+		}
+	}
+	return e.slow(ctx)
+}
+
+func (e *entry) slow(ctx context.Context) (Token, error) {
+	if e.c.closed.Load() {
+		return Token{}, ErrClosed
+	}
+	// The shared work runs on the cache's context, not the first
+	// caller's: a caller that gives up does not fail the others.
+	shared := func() (any, error) {
+		if !e.c.begin() {
+			return Token{}, ErrClosed
+		}
+		defer e.c.wg.Done()
+		rctx, cancel := context.WithTimeout(e.c.ctx, e.c.cfg.refreshTimeout)
+		defer cancel()
+		return e.obtain(rctx)
+	}
+	for attempt := 0; ; attempt++ {
+		var tok Token
+		if ctx.Done() == nil {
+			// A caller that cannot give up runs the work itself (or
+			// joins it): no goroutine hand-off.
+			v, err, _ := e.c.sf.Do(e.k.token, shared)
+			if err != nil {
+				return Token{}, err
+			}
+			tok = v.(Token)
+		} else {
+			select {
+			case r := <-e.c.sf.DoChan(e.k.token, shared):
+				if r.Err != nil {
+					return Token{}, r.Err
+				}
+				tok = r.Val.(Token)
+			case <-ctx.Done():
+				return Token{}, ctx.Err()
+			}
+		}
+		if attempt < 2 && e.isRejected(tok.Fingerprint()) {
+			// We joined a flight that read the token before it was
+			// invalidated here: ask again.
+			continue
+		}
+		return tok, nil
+	}
+}
+
+// obtain gets a valid token when there is none in memory: Redis, then the
+// lock, then waiting for whoever holds it.
+func (e *entry) obtain(ctx context.Context) (Token, error) {
+	for {
+		tok, ok, err := e.readAndInstall(ctx)
+		if err != nil {
+			return e.redisDown(ctx, err)
+		}
+		if ok {
+			e.c.stats.redisHits.Add(1)
+			return tok, nil
+		}
+		// Subscribe first, then re-check: a "refreshed" published between
+		// the two reads cannot be missed.
+		e.c.waitSubscribed(ctx, subscribeWait)
+		wake, seq := e.sig.arm()
+		if tok, ok, err = e.readAndInstall(ctx); err != nil {
+			return e.redisDown(ctx, err)
+		} else if ok {
+			return tok, nil
+		}
+		if err := e.negative(); err != nil {
+			return Token{}, err
+		}
+
+		lease, err := e.c.locker.TryAcquire(ctx, e.k.lock)
+		switch {
+		case err == nil:
+			return e.refreshLocked(ctx, lease, nil)
+		case errors.Is(err, lock.ErrNotAcquired):
+			e.c.stats.lockContended.Add(1)
+		case ctx.Err() != nil:
+			return Token{}, e.ctxErr(ctx)
+		default:
+			// Redis answered the read just before: a failed lock attempt
+			// (a slow Redis, a timeout) is a reason to wait and look
+			// again, not to call the issuer from every replica.
+			e.c.stats.redisErrors.Add(1)
+			e.c.log().Warn("tokencache: lock attempt failed; waiting and re-checking", "key", e.k.lock, "err", err)
+		}
+
+		// Another replica is refreshing: wait for its event, bounded by a
+		// jittered re-check so a lost message costs one interval.
+		e.c.stats.waits.Add(1)
+		t := time.NewTimer(jitter(e.c.cfg.waitRecheck))
+		select {
+		case <-wake:
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return Token{}, e.ctxErr(ctx)
+		}
+		t.Stop()
+		if s := e.l1.Load(); s != nil && e.c.monoNow() < s.validUntil {
+			return s.tok, nil
+		}
+		if fe := e.failureSince(seq); fe != nil {
+			return Token{}, fe
+		}
+	}
+}
+
+func (e *entry) ctxErr(ctx context.Context) error {
+	if e.c.ctx.Err() != nil {
+		return ErrClosed
+	}
+	return fmt.Errorf("%w within %v (%w)", ErrUnavailable, e.c.cfg.refreshTimeout, ctx.Err())
+}
+
+// readAndInstall reads Redis and, on a usable token, installs it in
+// memory. It reports the token and whether there was one.
+func (e *entry) readAndInstall(ctx context.Context) (Token, bool, error) {
+	at := e.c.now()
+	r, err := e.read(ctx, at)
+	if err != nil || !r.found {
+		return Token{}, false, err
+	}
+	s := e.snapshotFor(r.rec, r.pttl, at)
+	e.install(s)
+	if e.c.monoAt(at) >= s.dueAt {
+		e.kick()
+	}
+	return s.tok, true, nil
+}
+
+// read wraps store.read with the checks every reader makes: counting,
+// logging garbage once per value, and the credential fingerprint.
+func (e *entry) read(ctx context.Context, at time.Time) (readResult, error) {
+	e.c.stats.redisReads.Add(1)
+	r, err := e.c.st.read(ctx, e.k.token, at)
+	if err != nil {
+		e.c.stats.redisErrors.Add(1)
+		return r, err
+	}
+	if r.bad != nil {
+		e.c.stats.badValues.Add(1)
+		e.c.log().Warn("tokencache: unusable value in redis, treating as a miss", "key", e.k.token, "err", r.bad)
+	}
+	if r.found && e.isRejected(r.rec.TokenFP) {
+		r.found = false
+	}
+	if r.failed != nil && r.failedCred == e.credFP {
+		limit := e.c.cfg.negativeTTL
+		if r.failed.Retryable {
+			limit = maxRetryWindow
+		}
+		if max := at.Add(limit); r.failed.Until.After(max) {
+			r.failed.Until = max
+		}
+		e.adoptFailure(r.failed, r.failedStreak)
+	}
+	if r.found && r.rec.Fingerprint != e.credFP {
+		// Checked before decrypting: another deployment's token is a miss
+		// to refetch and overwrite, whatever key sealed it.
+		if e.warnedFP.CompareAndSwap(false, true) {
+			e.c.log().Warn("tokencache: cached token was minted for another credential; not serving it",
+				"key", e.k.token, "stored_fingerprint", r.rec.Fingerprint, "our_fingerprint", e.credFP)
+		}
+		r.found = false
+	}
+	if r.found && r.rec.Ciphertext != "" {
+		tok, err := e.c.cfg.keyring.open(e.k.token, r.rec)
+		if err != nil {
+			e.c.log().Error("tokencache: cannot decrypt the cached token", "key", e.k.token, "key_id", r.rec.KeyID, "err", err)
+			return readResult{}, err
+		}
+		r.rec.AccessToken = tok
+	}
+	return r, nil
+}
+
+func (e *entry) snapshotFor(rec record, ttl time.Duration, at time.Time) *snapshot {
+	cfg := &e.c.cfg
+	base := e.c.monoAt(at)
+	validUntil := base + mono(ttl)
+	life := rec.lifetime()
+	// The issuer's expiry on our clock is the TTL's end plus the skew the
+	// writer took off; refresh-ahead is a share of the issuer's lifetime.
+	expiry := validUntil + mono(e.skewFor(life))
+	due := expiry - mono(float64(life)*(1-cfg.refreshAhead))
+	if cfg.refreshJitter > 0 {
+		due += mono(rand.Float64() * cfg.refreshJitter * float64(life))
+	}
+	due = min(due, validUntil)
+	soft := due
+	if cfg.l1MaxAge > 0 {
+		soft = min(soft, base+mono(cfg.l1MaxAge))
+	}
+	return &snapshot{tok: rec.token(), gen: rec.Generation, fp: rec.TokenFP, validUntil: validUntil, dueAt: due, softUntil: soft}
+}
+
+// install makes s the in-memory copy, unless a newer generation that is
+// still valid is already there.
+func (e *entry) install(s *snapshot) {
+	if e.isRejected(s.fp) {
+		return
+	}
+	e.clearFailureBelow(s.gen)
+	if !e.c.cfg.l1 {
+		return
+	}
+	for {
+		cur := e.l1.Load()
+		if cur != nil && cur.gen > s.gen && cur.fp != s.fp && e.c.monoNow() < cur.validUntil {
+			return
+		}
+		if e.l1.CompareAndSwap(cur, s) {
+			return
+		}
+	}
+}
+
+// postpone delays the next background work on s by d.
+func (e *entry) postpone(s *snapshot, d time.Duration) {
+	if s == nil {
+		return
+	}
+	n := *s
+	n.softUntil = min(e.c.monoNow()+mono(d), n.validUntil)
+	n.dueAt = max(n.dueAt, n.softUntil)
+	e.l1.CompareAndSwap(s, &n)
+}
+
+// expireSoft makes the next Token call re-check Redis in the background.
+func (e *entry) expireSoft() {
+	s := e.l1.Load()
+	if s == nil {
+		return
+	}
+	n := *s
+	n.softUntil = math.MinInt64
+	e.l1.CompareAndSwap(s, &n)
+}
+
+// kick starts the background re-check / refresh-ahead, once at a time.
+func (e *entry) kick() {
+	if e.bgBusy.Load() || !e.bgBusy.CompareAndSwap(false, true) {
+		return
+	}
+	if !e.c.goBackground(func(ctx context.Context) {
+		defer e.bgBusy.Store(false)
+		e.background(ctx)
+	}) {
+		e.bgBusy.Store(false)
+	}
+}
+
+// background re-reads Redis and, if the token is due, refreshes it ahead
+// of expiry while callers keep getting the current one.
+func (e *entry) background(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, e.c.cfg.refreshTimeout)
+	defer cancel()
+	cur := e.l1.Load()
+	if p := e.pending.Load(); p != nil {
+		if !e.writeBack(ctx, p) {
+			e.postpone(cur, jitter(e.c.cfg.waitRecheck))
+			return
+		}
+		cur = e.l1.Load()
+	}
+	at := e.c.now()
+	r, err := e.read(ctx, at)
+	if err != nil {
+		// Redis is unreachable: keep serving memory, try again later.
+		e.postpone(cur, jitter(e.c.cfg.waitRecheck))
+		return
+	}
+	if !r.found {
+		// Deleted (an operator, an eviction, an invalidation whose event
+		// we missed) or garbage: stop serving the old copy.
+		if cur != nil {
+			e.l1.CompareAndSwap(cur, nil)
+		}
+		return
+	}
+	s := e.snapshotFor(r.rec, r.pttl, at)
+	e.install(s)
+	if e.c.monoAt(at) < s.dueAt {
+		return
+	}
+	if d := e.backingOff(); d > 0 {
+		// A refresh failed recently, here or anywhere in the fleet: the
+		// current token is still good, so wait out the window.
+		e.postpone(e.l1.Load(), d)
+		return
+	}
+	lease, err := e.c.locker.TryAcquire(ctx, e.k.lock)
+	if err != nil {
+		if errors.Is(err, lock.ErrNotAcquired) {
+			e.c.stats.lockContended.Add(1)
+		}
+		// Someone else is refreshing (their event will update us), or
+		// Redis failed: look again later.
+		e.postpone(e.l1.Load(), jitter(e.c.cfg.waitRecheck))
+		return
+	}
+	gen := s.gen
+	if _, err := e.refreshLocked(ctx, lease, func(r readResult) bool { return r.rec.Generation != gen }); err != nil {
+		e.c.log().Warn("tokencache: refresh ahead failed; serving the current token", "key", e.k.token, "err", err)
+		e.postpone(e.l1.Load(), e.retryDelay(err))
+	}
+}
+
+func (e *entry) retryDelay(err error) time.Duration {
+	if d := e.backingOff(); d > 0 {
+		return d
+	}
+	return jitter(e.c.cfg.backoffMax)
+}
+
+// backingOff is how long the remembered failure's window still runs.
+func (e *entry) backingOff() time.Duration {
+	e.failMu.Lock()
+	defer e.failMu.Unlock()
+	if f := e.fail; f != nil && !f.Until.IsZero() {
+		return f.Until.Sub(e.c.now())
+	}
+	return 0
+}
+
+// sync re-reads Redis after a "refreshed" event, then wakes the waiters.
+func (e *entry) sync() {
+	if !e.syncing.CompareAndSwap(false, true) {
+		e.syncAgain.Store(true)
+		return
+	}
+	if !e.c.goBackground(func(ctx context.Context) {
+		for {
+			e.syncAgain.Store(false)
+			rctx, cancel := context.WithTimeout(ctx, e.c.cfg.lockTTL)
+			_, _, err := e.readAndInstall(rctx)
+			cancel()
+			e.sig.fire()
+			if err == nil && e.syncAgain.Load() {
+				continue
+			}
+			e.syncing.Store(false)
+			// An event that arrived between the check above and the
+			// store saw syncing still set and only raised syncAgain.
+			if err != nil || !e.syncAgain.Load() || !e.syncing.CompareAndSwap(false, true) {
+				return
+			}
+		}
+	}) {
+		e.syncing.Store(false)
+	}
+}
+
+// refreshLocked runs with the lock held: re-check Redis, call the issuer,
+// write the token fenced by the lease's generation, release. done, if
+// not nil, says whether a token found on the re-check makes the refresh
+// unnecessary; nil means any usable token does.
+func (e *entry) refreshLocked(ctx context.Context, lease *lock.Lease, done func(readResult) bool) (Token, error) {
+	defer func() {
+		if err := lease.Release(ctx); err != nil {
+			e.c.log().Warn("tokencache: lock released late", "key", e.k.lock, "err", err)
+		}
+	}()
+	at := e.c.now()
+	r, err := e.read(ctx, at)
+	if err != nil {
+		return e.redisDown(ctx, err)
+	}
+	if r.found && (done == nil || done(r)) {
+		s := e.snapshotFor(r.rec, r.pttl, at)
+		e.install(s)
+		return s.tok, nil
+	}
+	gen, err := e.generation(ctx, lease, r)
+	if err != nil {
+		return e.redisDown(ctx, err)
+	} else if gen < 0 {
+		return Token{}, fmt.Errorf("%w: a newer lease was granted during the refresh", ErrUnavailable)
+	}
+	tok, err := e.fetch(ctx, false)
+	if err != nil {
+		switch {
+		case e.c.ctx.Err() != nil:
+			return Token{}, ErrClosed // shutting down is not the issuer's failure
+		case ctx.Err() != nil:
+			// The caller (a cron Refresh) or the refresh's own bound gave
+			// up: not the issuer's verdict, so the fleet is not told.
+			return Token{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
+		}
+		// Waiters need the failure only if there is no token to serve.
+		return Token{}, e.fetchFailed(ctx, err, true, !r.found)
+	}
+	issued := e.c.now()
+	ttl := e.ttlFor(tok, issued)
+	rec := newRecord(tok, gen, issued, e.c.cfg.host, e.credFP)
+	n, err := e.write(ctx, &rec, ttl, !r.found)
+	if err != nil {
+		// The token is good; Redis is not. Serve it and write it back later.
+		e.c.stats.redisErrors.Add(1)
+		e.c.log().Warn("tokencache: could not store the new token; serving it from memory", "key", e.k.token, "err", err)
+		e.pending.Store(&tok)
+		s := e.snapshotFor(rec, ttl, issued)
+		s.softUntil = min(s.validUntil, e.c.monoAt(issued)+mono(jitter(e.c.cfg.waitRecheck)))
+		e.install(s)
+		return tok, nil
+	}
+	if n < 0 {
+		// Fenced out: our lease expired and a newer holder exists, or a
+		// newer token is stored. Prefer the fleet's token.
+		e.c.stats.fenced.Add(1)
+		e.c.log().Warn("tokencache: write rejected by fencing; a newer lease or token exists", "key", e.k.token, "generation", gen)
+		if tok2, ok, err := e.readAndInstall(ctx); err == nil && ok {
+			return tok2, nil
+		}
+		// Nothing usable is stored yet: our token is still valid, so
+		// serve it from memory while the newer holder finishes.
+		s := e.snapshotFor(rec, ttl, issued)
+		s.gen = 0
+		e.install(s)
+		return tok, nil
+	}
+	e.c.stats.refreshes.Add(1)
+	e.c.log().Info("tokencache: token refreshed", "key", e.k.token, "generation", gen, "token", tok)
+	e.install(e.snapshotFor(rec, ttl, issued))
+	return tok, nil
+}
+
+// write stores rec with its fencing generation and publishes "refreshed".
+// It returns 1 when stored, negative when fenced out. If lift is set (the
+// holder found no usable token when it re-checked) and the stored value
+// claims a generation at or above ours without the fence to back it (a
+// hand edit, or a value written before the fence was lost), the fence is
+// lifted past it and the write tried once more: garbage must not block
+// writes forever.
+func (e *entry) write(ctx context.Context, rec *record, ttl time.Duration, lift bool) (int64, error) {
+	stored, err := e.seal(*rec)
+	if err != nil {
+		return 0, err
+	}
+	for attempt := 0; ; attempt++ {
+		ev := Event{Type: EventRefreshed, Key: e.k.token, Generation: rec.Generation, By: e.c.cfg.host}
+		ev.ExpiresAt, _ = rec.expiry()
+		stored.Generation = rec.Generation
+		code, seen, err := e.c.st.write(ctx, e.k, stored, ttl, ev)
+		if err != nil || code != -2 || !lift || attempt > 0 {
+			return code, err
+		}
+		gen, err := e.c.st.raiseFence(ctx, e.k, rec.Generation, seen+1)
+		if err != nil || gen < 0 {
+			return -1, err
+		}
+		rec.Generation = gen
+	}
+}
+
+// seal returns rec as it is stored: with the token encrypted when the cache
+// has a key ring.
+func (e *entry) seal(rec record) (record, error) {
+	kr := e.c.cfg.keyring
+	if kr == nil {
+		return rec, nil
+	}
+	id, sealed, err := kr.seal(e.k.token, rec)
+	if err != nil {
+		return rec, fmt.Errorf("tokencache: encrypting the token: %w", err)
+	}
+	rec.AccessToken, rec.Ciphertext, rec.KeyID = "", sealed, id
+	return rec, nil
+}
+
+// generation draws the lease's fencing generation once the holder has
+// decided to write. If the counter fell behind the stored token (it was
+// evicted, or lost in a failover) it is lifted past the token. A negative
+// result means a newer lease was granted meanwhile.
+func (e *entry) generation(ctx context.Context, lease *lock.Lease, r readResult) (int64, error) {
+	gen, err := lease.Fence(ctx, e.k.fence)
+	if errors.Is(err, lock.ErrLeaseLost) || errors.Is(err, lock.ErrLeaseExpired) {
+		return -1, nil
+	} else if err != nil {
+		return 0, err
+	}
+	if r.rec.Generation >= gen {
+		return e.c.st.raiseFence(ctx, e.k, gen, r.rec.Generation+1)
+	}
+	return gen, nil
+}
+
+// ttlFor is the key TTL for tok: its remaining life minus the skew, the
+// skew capped at a fifth of the life.
+func (e *entry) ttlFor(tok Token, now time.Time) time.Duration {
+	life := tok.Expiry.Sub(now)
+	return life - e.skewFor(life)
+}
+
+func (e *entry) skewFor(life time.Duration) time.Duration {
+	return min(e.c.cfg.skew, life/5)
+}
+
+func (e *entry) invalidate(ctx context.Context, fp string, gen int64) (bool, error) {
+	if fp != "" {
+		e.rejected.Store(&fp)
+	}
+	// A token is wanted now: an earlier failure (say, of a refresh ahead)
+	// must not stand in the way of the one refetch.
+	e.clearFailure()
+	if s := e.l1.Load(); s != nil && (fp == "" || s.fp == fp) && (gen == 0 || s.gen == gen) {
+		e.l1.CompareAndSwap(s, nil)
+	}
+	if p := e.pending.Load(); p != nil && (fp == "" || p.Fingerprint() == fp) {
+		e.pending.CompareAndSwap(p, nil)
+	}
+	ok, _, err := e.c.st.invalidate(ctx, e.k, fp, gen)
+	if ok {
+		e.c.log().Info("tokencache: token invalidated", "key", e.k.token, "token_fp", fp)
+	}
+	return ok, err
+}
+
+func (e *entry) offer(ctx context.Context, tok Token) (bool, error) {
+	if err := e.check(tok); err != nil {
+		return false, err
+	}
+	issued := e.c.now()
+	ttl := e.ttlFor(tok, issued)
+	rec := newRecord(tok, 0, issued, e.c.cfg.host, e.credFP)
+	ev := Event{Type: EventRefreshed, Key: e.k.token, ExpiresAt: tok.Expiry.UTC(), By: e.c.cfg.host}
+	stored, err := e.seal(rec)
+	if err != nil {
+		return false, err
+	}
+	gen, err := e.c.st.offer(ctx, e.k, stored, ttl, ev)
+	if err != nil || gen <= 0 {
+		return false, err
+	}
+	rec.Generation = gen
+	e.install(e.snapshotFor(rec, ttl, issued))
+	return true, nil
+}
+
+func (e *entry) refreshNow(ctx context.Context, minTTL time.Duration, force bool) (RefreshResult, error) {
+	res := RefreshResult{Key: e.k.token}
+	at := e.c.now()
+	r, err := e.read(ctx, at)
+	if err != nil {
+		return res, err
+	}
+	fresh := func(r readResult) bool { return r.found && r.pttl >= minTTL }
+	if !force && fresh(r) {
+		res.Generation, res.ExpiresIn, res.Token = r.rec.Generation, r.pttl, r.rec.token()
+		e.install(e.snapshotFor(r.rec, r.pttl, at))
+		return res, nil
+	}
+	seen := r.rec.Generation
+	lease, err := e.c.locker.Acquire(ctx, e.k.lock)
+	if err != nil {
+		return res, &RedisError{Op: "lock", Key: e.k.lock, Err: err}
+	}
+	before := e.c.stats.refreshes.Load()
+	tok, err := e.refreshLocked(ctx, lease, func(r readResult) bool {
+		// Someone else refreshed while we queued for the lock.
+		return fresh(r) && (!force || r.rec.Generation != seen)
+	})
+	if err != nil {
+		return res, err
+	}
+	res.Refreshed = e.c.stats.refreshes.Load() > before
+	res.Token = tok
+	if r, err := e.read(ctx, e.c.now()); err == nil && r.found {
+		res.Generation, res.ExpiresIn = r.rec.Generation, r.pttl
+	}
+	return res, nil
+}
+
+func (e *entry) inspect(ctx context.Context) (Status, error) {
+	st := Status{Key: e.k.token, LockKey: e.k.lock, FenceKey: e.k.fence, Channel: e.k.channel}
+	r, err := e.c.st.read(ctx, e.k.token, e.c.now())
+	if err != nil {
+		return st, err
+	}
+	pipe := e.c.rdb.Pipeline()
+	lockTTL := pipe.PTTL(ctx, e.k.lock)
+	fence := pipe.Get(ctx, e.k.fence)
+	_, _ = pipe.Exec(ctx)
+	if d, err := lockTTL.Result(); err == nil && d > 0 {
+		st.LockHeld, st.LockTTL = true, d
+	}
+	if n, err := fence.Int64(); err == nil {
+		st.Fence = n
+	}
+	if r.bad != nil {
+		st.Problem = r.bad.Error()
+	}
+	if f := r.failed; f != nil {
+		st.LastFailure = f.Code
+		if f.Message != "" {
+			st.LastFailure += ": " + f.Message
+		}
+		st.FailureTTL = f.Until.Sub(e.c.now())
+	}
+	if r.found || r.rec.AccessToken != "" || r.rec.Ciphertext != "" {
+		st.Found = r.found
+		st.Generation = r.rec.Generation
+		st.TokenType = r.rec.TokenType
+		st.ExpiresAt, _ = r.rec.expiry()
+		st.IssuedAt, _ = time.Parse(time.RFC3339Nano, r.rec.IssuedAt)
+		st.TTL = r.pttl
+		st.RefreshedBy = r.rec.RefreshedBy
+		st.Fingerprint = r.rec.Fingerprint
+		st.TokenFingerprint = r.rec.TokenFP
+		st.KeyID = r.rec.KeyID
+	}
+	return st, nil
+}
