@@ -143,12 +143,21 @@ func (a *app) newFlagSet(name string) *flag.FlagSet {
 
 // parse parses args into fs and turns flag errors into usage errors.
 func (a *app) parse(fs *flag.FlagSet, args []string) error {
-	if err := fs.Parse(args); err != nil {
+	// The flag package prints the usage on every parse error; a usage
+	// error here is one line, and the usage is printed for -h only.
+	usage := fs.Usage
+	fs.Usage = func() {}
+	err := fs.Parse(args)
+	fs.Usage = usage
+	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			if fs.Usage != nil {
-				fs.Usage()
+			if usage != nil {
+				usage()
 			}
 			return flag.ErrHelp
+		}
+		if fs.Name() == "tokencache" {
+			return usagef("%v", err)
 		}
 		return usagef("%s: %v", fs.Name(), err)
 	}

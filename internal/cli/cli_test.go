@@ -41,6 +41,7 @@ func TestUsageErrors(t *testing.T) {
 		{"no command", base, nil, "no command given"},
 		{"unknown command", base, []string{"frobnicate"}, `unknown command "frobnicate"`},
 		{"unknown flag", base, []string{"get", "--nope"}, "flag provided but not defined: -nope"},
+		{"unknown global flag", base, []string{"--nope", "get"}, "flag provided but not defined: -nope"},
 		{"bad duration", base, []string{"refresh", "--min-ttl", "soon"}, "invalid value"},
 		{"negative min-ttl", base, []string{"refresh", "--min-ttl=-1m"}, "negative"},
 		{"extra argument", base, []string{"get", "extra"}, `unexpected argument "extra"`},
@@ -74,6 +75,12 @@ func TestUsageErrors(t *testing.T) {
 			}
 			if strings.Contains(msg, "\n") {
 				t.Errorf("message spans lines: %q", msg)
+			}
+			if stdout != "" || stderr != "" {
+				t.Errorf("a usage error printed more than its one line: stdout %q, stderr %q", stdout, stderr)
+			}
+			if strings.HasPrefix(strings.TrimPrefix(msg, "tokencache: "), "tokencache") {
+				t.Errorf("message repeats its prefix: %q", msg)
 			}
 			for _, s := range []string{msg, stdout, stderr} {
 				if strings.Contains(s, secret) {
