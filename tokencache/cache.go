@@ -77,7 +77,7 @@ func New(rdb redis.UniversalClient, f Fetcher, opts ...Option) (*Cache, error) {
 	c := &Cache{
 		rdb:     rdb,
 		cfg:     cfg,
-		st:      store{rdb: rdb},
+		st:      store{rdb: rdb, ps: newPubSub(rdb, cfg.shardedPubSub)},
 		locker:  lock.New(rdb, lock.WithTTL(cfg.lockTTL), lock.WithRedlock(cfg.redlock...)),
 		channel: eventsChannel(cfg.prefix, cfg.namespace),
 		sub:     subscriber{ready: make(chan struct{})},
@@ -329,6 +329,10 @@ func (c *Cache) onEvent(ev Event) {
 			return
 		}
 		e.sync()
+	case EventRefreshing:
+		if ev.Origin != c.origin {
+			e.hold(c.cfg.lockTTL)
+		}
 	case EventInvalidated:
 		e.clearFailure()
 		if ev.TokenFP != "" {

@@ -9,9 +9,11 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/tokencache/tokencache/internal/redistest"
 )
 
@@ -132,4 +134,214 @@ func TestClusterKeysAndUsers(t *testing.T) {
 		got, err := a.ClientToken(ctx, "user-7")
 		return err == nil && got.AccessToken != first.AccessToken
 	})
+}
+
+// On a cluster the events channel is a shard channel: events stay on the
+// shard that owns its slot, reach replicas whatever node they were seeded
+// with, for the server token (published by the write script) and users'
+// tokens (published after the script: their keys are in other slots), and
+// keep reaching them after the slot is resharded to another master.
+func TestClusterShardedEventsSurviveResharding(t *testing.T) {
+	cl := redistest.StartCluster(t, 3)
+	ctx := ctxT(t)
+	uf := &userFetchers{}
+	newReplica := func() *Cache {
+		// Each replica has its own client, seeded with a different node first.
+		return newCache(t, cl.Client(t), newFakeFetcher(time.Hour),
+			fastOpts(WithClientTokens(uf.new, 100), WithSubscriptionProbe(time.Hour, 500*time.Millisecond))...)
+	}
+	a, b := newReplica(), newReplica()
+	tok, err := a.Token(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := b.Token(ctx); err != nil || got.AccessToken != tok.AccessToken {
+		t.Fatalf("b: %v, %v", got, err)
+	}
+	for name, c := range map[string]*Cache{"a": a, "b": b} {
+		if m := c.st.ps.mode.Load(); m != modeSharded {
+			t.Fatalf("replica %s uses pub/sub mode %d on a Redis 7 cluster, want sharded", name, m)
+		}
+	}
+	k := serverKeys(DefaultKeyPrefix, DefaultNamespace)
+	cc := cl.Client(t)
+	slot := int(cc.ClusterKeySlot(ctx, k.channel).Val())
+	owner := cl.Owner(t, slot)
+	subscribers := func(node int) (sharded, classic int64) {
+		c := cl.Nodes[node].Client(t)
+		sn, err := c.PubSubShardNumSub(ctx, k.channel).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, err := c.PubSubNumSub(ctx, k.channel).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return sn[k.channel], n[k.channel]
+	}
+	eventually(t, "both replicas to SSUBSCRIBE on the owner of the channel's slot", func() bool {
+		s, c := subscribers(owner)
+		return s == 2 && c == 0
+	})
+
+	// delivered proves an event from a reached b: b's event count rises.
+	delivered := func(what string, publish func()) {
+		t.Helper()
+		before := b.Stats().Events
+		publish()
+		eventually(t, what+" to reach replica b", func() bool { return b.Stats().Events > before })
+	}
+	delivered("a forced refresh of the server token", func() {
+		if _, err := a.Refresh(ctx, 0, true); err != nil {
+			t.Fatal(err)
+		}
+	})
+	ua, _ := a.User("user-1")
+	ub, _ := b.User("user-1")
+	ut, err := ua.Token(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ub.Token(ctx); err != nil {
+		t.Fatal(err)
+	}
+	delivered("a user's invalidation", func() {
+		if ok, err := ua.Invalidate(ctx, ut); err != nil || !ok {
+			t.Fatalf("invalidate: %v %v", ok, err)
+		}
+	})
+
+	// Reshard the channel's slot (and the server token's keys with it).
+	to := (owner + 1) % len(cl.Nodes)
+	resubs := b.Stats().Resubscribes
+	cl.MoveSlot(t, slot, owner, to)
+	eventually(t, "both replicas to follow the slot to its new owner", func() bool {
+		s, _ := subscribers(to)
+		return s == 2 && b.Stats().Resubscribes > resubs
+	})
+	if s, _ := subscribers(owner); s != 0 {
+		t.Errorf("%d subscriptions left on the old owner", s)
+	}
+	var fresh Token
+	delivered("a refresh after the resharding", func() {
+		r, err := a.Refresh(ctx, 0, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fresh = r.Token
+	})
+	eventually(t, "b to hold the token refreshed after the resharding", func() bool {
+		got, err := b.Token(ctx)
+		return err == nil && got.AccessToken == fresh.AccessToken
+	})
+	ut, err = ua.Token(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	delivered("a user's invalidation after the resharding", func() {
+		if ok, err := ua.Invalidate(ctx, ut); err != nil || !ok {
+			t.Fatalf("invalidate: %v %v", ok, err)
+		}
+	})
+}
+
+// The pub/sub mode: classic on a single node unless asked (no detection
+// command sent), sharded on request there too (Redis 7 has SSUBSCRIBE on
+// a single node), and classic on a cluster when told so; in every mode an
+// invalidation on one replica reaches the other, for the server token and
+// a user's.
+func TestPubSubModes(t *testing.T) {
+	type setup struct {
+		name  string
+		rdb   func(t *testing.T) (a, b redis.UniversalClient)
+		opts  []Option
+		want  int32
+		watch func(t *testing.T, rdb redis.UniversalClient, channel string) int64
+	}
+	single := func(t *testing.T) (redis.UniversalClient, redis.UniversalClient) {
+		s := redistest.Start(t)
+		return s.Client(t), s.Client(t)
+	}
+	cluster := func(t *testing.T) (redis.UniversalClient, redis.UniversalClient) {
+		cl := redistest.StartCluster(t, 3)
+		return cl.Client(t), cl.Client(t)
+	}
+	classicSubs := func(t *testing.T, rdb redis.UniversalClient, ch string) int64 {
+		return rdb.PubSubNumSub(context.Background(), ch).Val()[ch]
+	}
+	shardSubs := func(t *testing.T, rdb redis.UniversalClient, ch string) int64 {
+		return rdb.PubSubShardNumSub(context.Background(), ch).Val()[ch]
+	}
+	for _, s := range []setup{
+		{"single node, default", single, nil, modeClassic, classicSubs},
+		{"single node, sharded asked", single, []Option{WithShardedPubSub(true)}, modeSharded, shardSubs},
+		{"cluster, classic asked", cluster, []Option{WithShardedPubSub(false)}, modeClassic, classicSubs},
+	} {
+		t.Run(s.name, func(t *testing.T) {
+			ctx := ctxT(t)
+			ra, rb := s.rdb(t)
+			var cmds atomic.Int64
+			ra.AddHook(commandCounter{name: "command", n: &cmds})
+			uf := &userFetchers{}
+			opts := append(fastOpts(WithClientTokens(uf.new, 10)), s.opts...)
+			a := newCache(t, ra, newFakeFetcher(time.Hour), opts...)
+			b := newCache(t, rb, newFakeFetcher(time.Hour), opts...)
+			if _, ok := ra.(*redis.Client); ok && s.want == modeClassic && cmds.Load() != 0 {
+				t.Errorf("%d COMMAND calls on a single node: the mode needs no detection there", cmds.Load())
+			}
+			tok, err := a.Token(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := b.Token(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if m := b.st.ps.mode.Load(); m != s.want {
+				t.Fatalf("mode %d, want %d", m, s.want)
+			}
+			_, _, _, ch := b.Keys()
+			eventually(t, "both subscriptions", func() bool { return s.watch(t, rb, ch) == 2 })
+			before := b.Stats().Events
+			if ok, err := a.Invalidate(ctx, tok); err != nil || !ok {
+				t.Fatalf("invalidate: %v %v", ok, err)
+			}
+			eventually(t, "the invalidation to reach b", func() bool { return b.Stats().Events > before })
+			ua, _ := a.User("u")
+			ut, err := ua.Token(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			before = b.Stats().Events
+			if ok, err := ua.Invalidate(ctx, ut); err != nil || !ok {
+				t.Fatalf("user invalidate: %v %v", ok, err)
+			}
+			eventually(t, "the user's invalidation to reach b", func() bool { return b.Stats().Events > before })
+		})
+	}
+}
+
+// commandCounter counts the commands with a given name a client sends.
+type commandCounter struct {
+	name string
+	n    *atomic.Int64
+}
+
+func (h commandCounter) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h commandCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if h.name == "" || cmd.Name() == h.name {
+			h.n.Add(1)
+		}
+		return next(ctx, cmd)
+	}
+}
+func (h commandCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		for _, cmd := range cmds {
+			if h.name == "" || cmd.Name() == h.name {
+				h.n.Add(1)
+			}
+		}
+		return next(ctx, cmds)
+	}
 }

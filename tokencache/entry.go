@@ -306,6 +306,29 @@ func (e *entry) postpone(s *snapshot, d time.Duration) {
 	e.l1.CompareAndSwap(s, &n)
 }
 
+// hold keeps background work on the current copy off for at least d:
+// another replica is refreshing, and its "refreshed" (or "failed") will
+// tell us. It only ever pushes the moment later, never beyond the copy's
+// validity.
+func (e *entry) hold(d time.Duration) {
+	for {
+		s := e.l1.Load()
+		if s == nil {
+			return
+		}
+		until := min(e.c.monoNow()+mono(d), s.validUntil)
+		if s.softUntil >= until {
+			return
+		}
+		n := *s
+		n.softUntil = until
+		n.dueAt = max(n.dueAt, until)
+		if e.l1.CompareAndSwap(s, &n) {
+			return
+		}
+	}
+}
+
 // expireSoft makes the next Token call re-check Redis in the background.
 func (e *entry) expireSoft() {
 	s := e.l1.Load()
@@ -375,8 +398,10 @@ func (e *entry) background(ctx context.Context) {
 			e.c.stats.lockContended.Add(1)
 		}
 		// Someone else is refreshing (their event will update us), or
-		// Redis failed: look again later.
-		e.postpone(e.l1.Load(), jitter(e.c.cfg.waitRecheck))
+		// Redis failed: look again later. Only the copy we read is put
+		// off: if the event already installed a newer one, its own
+		// refresh-ahead moment stands and no extra read follows.
+		e.postpone(s, jitter(e.c.cfg.waitRecheck))
 		return
 	}
 	gen := s.gen
@@ -457,6 +482,11 @@ func (e *entry) refreshLocked(ctx context.Context, lease *lock.Lease, done func(
 	} else if gen < 0 {
 		return Token{}, fmt.Errorf("%w: a newer lease was granted during the refresh", ErrUnavailable)
 	}
+	if r.found {
+		// A refresh ahead: the fleet still has a valid token, so tell it
+		// one refresh is under way and nobody else needs to try.
+		e.announce(gen)
+	}
 	tok, err := e.fetch(ctx, false)
 	if err != nil {
 		switch {
@@ -503,6 +533,18 @@ func (e *entry) refreshLocked(ctx context.Context, lease *lock.Lease, done func(
 	e.c.log().Info("tokencache: token refreshed", "key", e.k.token, "generation", gen, "token", tok)
 	e.install(e.snapshotFor(rec, ttl, issued))
 	return tok, nil
+}
+
+// announce publishes "refreshing" for the lease of generation gen, off the
+// refresh's critical path. A lost announcement costs only the reads and
+// lock attempts it would have saved.
+func (e *entry) announce(gen int64) {
+	ev := Event{Type: EventRefreshing, Key: e.k.token, Generation: gen, By: e.c.cfg.host, Origin: e.c.origin}
+	e.c.goBackground(func(ctx context.Context) {
+		ctx, cancel := context.WithTimeout(ctx, e.c.cfg.lockTTL)
+		defer cancel()
+		_ = e.c.st.publishFor(ctx, e.k, ev)
+	})
 }
 
 // write stores rec with its fencing generation and publishes "refreshed".

@@ -14,6 +14,12 @@ const (
 	EventRefreshed   = "refreshed"
 	EventInvalidated = "invalidated"
 	EventFailed      = "failed"
+	// EventRefreshing says a replica holds the lock and is calling the
+	// issuer for a token that is still valid (refresh ahead). Replicas
+	// that hear it hold back their own refresh-ahead for one lock TTL
+	// instead of each reading Redis and trying the lock: in steady state
+	// a renewal costs every other replica one read, after "refreshed".
+	EventRefreshing = "refreshing"
 )
 
 // Event is the JSON message published on the channel
@@ -93,15 +99,42 @@ const EventProbe = "probe"
 // that does not come back within probeTimeout it drops the connection and
 // subscribes again. Fleet-wide this costs about one PUBLISH per interval,
 // not one per replica, since every replica hears the first probe.
+//
+// A (re-)subscription must be confirmed within probeTimeout too. In a
+// cluster with sharded pub/sub, the server ends a shard channel's
+// subscriptions when its slot moves to another node (a resharding, a
+// failover): the cache then reloads the slot map and subscribes again, on
+// the new owner.
 func (c *Cache) runSubscriber(ctx context.Context) {
 	defer c.wg.Done()
+	if !c.st.ps.resolve(ctx) {
+		return
+	}
 	ps, msgs := c.subscribe(ctx)
 	defer func() { _ = ps.Close() }()
 
 	lastHeard := time.Now()
-	var probeSent time.Time // zero: no probe outstanding
-	tick := time.NewTimer(jitter(c.cfg.probeInterval))
+	// probeSent is when a probe went out, or a subscription was asked for,
+	// that has not come back yet; zero when nothing is outstanding.
+	probeSent := lastHeard
+	// wait is how long an outstanding probe or subscription may take. It
+	// doubles with each failed attempt in a row (Redis is down: go-redis
+	// keeps dialling meanwhile), up to the probe interval.
+	fails := 0
+	wait := func() time.Duration {
+		return min(c.cfg.probeTimeout<<min(fails, 6), max(c.cfg.probeInterval, c.cfg.probeTimeout))
+	}
+	tick := time.NewTimer(wait())
 	defer tick.Stop()
+	resubscribe := func(why string) {
+		c.stats.resubscribes.Add(1)
+		c.log().Warn("tokencache: subscribing again", "channel", c.channel, "reason", why, "attempt", fails+1)
+		_ = ps.Close()
+		c.st.ps.reload(ctx)
+		ps, msgs = c.subscribe(ctx)
+		probeSent, lastHeard = time.Now(), time.Now()
+		tick.Reset(wait())
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -109,12 +142,10 @@ func (c *Cache) runSubscriber(ctx context.Context) {
 		case <-tick.C:
 			now := time.Now()
 			switch {
-			case !probeSent.IsZero() && now.Sub(probeSent) >= c.cfg.probeTimeout:
-				c.stats.resubscribes.Add(1)
-				c.log().Warn("tokencache: subscription delivered nothing, not even our probe; subscribing again", "channel", c.channel)
-				_ = ps.Close()
-				ps, msgs = c.subscribe(ctx)
-				probeSent, lastHeard = time.Time{}, now
+			case !probeSent.IsZero() && now.Sub(probeSent) >= wait():
+				fails++
+				resubscribe("the subscription delivered nothing, not even our probe")
+				continue
 			case probeSent.IsZero() && now.Sub(lastHeard) >= c.cfg.probeInterval:
 				// A probe that cannot even be published counts as sent: if
 				// it does not come back, subscribing again is harmless.
@@ -125,7 +156,7 @@ func (c *Cache) runSubscriber(ctx context.Context) {
 			}
 			next := c.cfg.probeInterval - now.Sub(lastHeard)
 			if !probeSent.IsZero() {
-				next = c.cfg.probeTimeout - now.Sub(probeSent)
+				next = wait() - now.Sub(probeSent)
 			}
 			tick.Reset(max(next, 10*time.Millisecond) + jitter(c.cfg.probeInterval/10))
 		case m, ok := <-msgs:
@@ -135,9 +166,14 @@ func (c *Cache) runSubscriber(ctx context.Context) {
 			lastHeard = time.Now()
 			switch v := m.(type) {
 			case *redis.Subscription:
-				if v.Kind == "subscribe" {
+				switch v.Kind {
+				case "subscribe", "ssubscribe":
+					probeSent, fails = time.Time{}, 0
 					c.sub.readyOnce.Do(func() { close(c.sub.ready) })
 					c.onSubscribed()
+				case "sunsubscribe", "unsubscribe":
+					// We never unsubscribe: the server did (the slot moved).
+					resubscribe("the server ended the subscription (" + v.Kind + ")")
 				}
 			case *redis.Message:
 				if c.dropEvents.Load() {
@@ -149,7 +185,7 @@ func (c *Cache) runSubscriber(ctx context.Context) {
 				}
 				if ev.Type == EventProbe {
 					if ev.Origin == c.origin {
-						probeSent = time.Time{}
+						probeSent, fails = time.Time{}, 0
 					}
 					continue
 				}
@@ -160,7 +196,7 @@ func (c *Cache) runSubscriber(ctx context.Context) {
 }
 
 func (c *Cache) subscribe(ctx context.Context) (*redis.PubSub, <-chan any) {
-	ps := c.rdb.Subscribe(ctx, c.channel)
+	ps := c.st.ps.subscribe(ctx, c.channel)
 	return ps, ps.ChannelWithSubscriptions(
 		redis.WithChannelSize(256),
 		redis.WithChannelHealthCheckInterval(c.cfg.pubsubHealth),

@@ -26,9 +26,10 @@ const (
 	DefaultRefreshAhead = 0.5
 
 	// DefaultRefreshJitter spreads the refresh-ahead moment of replicas
-	// over this share of the token's life, so that one replica goes first
+	// over this share of the token's life (six minutes of a 60-minute
+	// token), so that one replica goes first, announces it ("refreshing")
 	// and the others simply pick up its token from the "refreshed" event.
-	DefaultRefreshJitter = 0.05
+	DefaultRefreshJitter = 0.1
 
 	// DefaultExpirySkew is subtracted from the issuer's expiry to get the
 	// key's TTL: a token is never handed out in the last 30 seconds of its
@@ -47,10 +48,13 @@ const (
 	DefaultRefreshTimeout = 30 * time.Second
 
 	// DefaultL1MaxAge is how long a replica trusts its in-process copy
-	// before re-reading Redis in the background (one round trip, callers
-	// never wait). Events replace or drop the copy at once; the re-read
-	// catches what events cannot: a hand DEL, a lost message.
-	DefaultL1MaxAge = 30 * time.Second
+	// before re-reading Redis in the background; 0, the default, means
+	// until the copy's refresh-ahead moment. Events replace or drop the
+	// copy at once, and every (re-)subscription re-reads it, so a periodic
+	// re-read catches only what no event announces: a hand DEL with
+	// redis-cli (use "tokencache invalidate", which publishes). Each re-read
+	// is one command per replica: 30s costs 120 an hour.
+	DefaultL1MaxAge = 0
 
 	// DefaultWaitRecheck is how often a waiter re-reads Redis (jittered
 	// ±25%) when no event arrives: the bound on a lost or undelivered
@@ -66,8 +70,10 @@ const (
 	// before the cache probes it by publishing to its own channel, and
 	// DefaultProbeTimeout how long the probe may take to come back before
 	// the cache subscribes again: a half-open subscription is replaced
-	// within about seven seconds.
-	DefaultProbeInterval = 5 * time.Second
+	// within about a minute. The fleet sends about one probe per quiet
+	// interval (every replica hears the first), and a lost event only
+	// delays what the next Redis read would have found anyway.
+	DefaultProbeInterval = time.Minute
 	DefaultProbeTimeout  = 2 * time.Second
 
 	// DefaultMaxAttempts is the number of issuer calls one refresh makes
@@ -95,6 +101,7 @@ type config struct {
 	now            func() time.Time
 	injected       bool // now was set by WithClock
 	pubsubHealth   time.Duration
+	shardedPubSub  int8 // 0 auto, 1 on, -1 off
 	probeInterval  time.Duration
 	probeTimeout   time.Duration
 	host           string
@@ -232,8 +239,9 @@ func WithL1(on bool) Option {
 }
 
 // WithL1MaxAge sets how long the in-process copy is trusted before it is
-// re-read from Redis in the background. Default DefaultL1MaxAge; 0 relies on
-// events and refresh-ahead alone.
+// re-read from Redis in the background. Default DefaultL1MaxAge (0): events,
+// re-subscriptions and the refresh-ahead moment alone. A positive value also
+// catches a hand DEL within that time, at one read per replica per period.
 func WithL1MaxAge(d time.Duration) Option {
 	return func(c *config) error {
 		if d < 0 {
@@ -300,6 +308,22 @@ func WithSubscriptionProbe(interval, timeout time.Duration) Option {
 			return fmt.Errorf("tokencache: probe interval %v and timeout %v must be positive", interval, timeout)
 		}
 		c.probeInterval, c.probeTimeout = interval, timeout
+		return nil
+	}
+}
+
+// WithShardedPubSub chooses sharded pub/sub (SPUBLISH/SSUBSCRIBE) for the
+// events channel. By default the cache uses it on a *redis.ClusterClient
+// whose servers have it (Redis 7.0+), where an event then stays on the
+// shard that owns the channel instead of being copied to every node, and
+// classic pub/sub everywhere else. Every replica of a namespace must
+// agree. Operators watch a sharded channel with redis-cli SSUBSCRIBE.
+func WithShardedPubSub(on bool) Option {
+	return func(c *config) error {
+		c.shardedPubSub = -1
+		if on {
+			c.shardedPubSub = 1
+		}
 		return nil
 	}
 }

@@ -134,7 +134,8 @@ return {v, pttl, bad, f, fttl}
 //	KEYS[1] token key, KEYS[2] fence key, KEYS[3] failure key (deleted on success)
 //	ARGV[1] value JSON, ARGV[2] generation, ARGV[3] TTL ms, ARGV[4] event JSON,
 //	ARGV[5] events channel (a channel, not a key: a user's keys live in
-//	another cluster slot than the namespace's channel)
+//	another cluster slot than the namespace's channel), ARGV[6] the publish
+//	command (PUBLISH or SPUBLISH; empty: the caller publishes, see pubsub)
 //	returns {1, generation} written, {-1, fence} a newer lease exists,
 //	        {-2, stored generation} the stored value has the same or a newer
 //	        generation (a real token, or a hand edit the caller judged garbage)
@@ -152,7 +153,7 @@ end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
 redis.call('DEL', KEYS[3])
 if not fence or fence < gen then redis.call('SET', KEYS[2], ARGV[2]) end
-redis.call('PUBLISH', ARGV[5], ARGV[4])
+if ARGV[6] ~= '' then redis.call(ARGV[6], ARGV[5], ARGV[4]) end
 return {1, gen}
 `)
 
@@ -178,8 +179,9 @@ return tonumber(ARGV[2])
 //	KEYS[1] token key, KEYS[2] failure key (deleted when stored)
 //	ARGV[1] value JSON (generation filled in by the script: stored + 1),
 //	ARGV[2] expires_at (expiryLayout), ARGV[3] TTL ms, ARGV[4] credential fingerprint,
-//	ARGV[5] event JSON template, ARGV[6] events channel
-//	returns the new generation, or 0 if the stored token expires as late or later
+//	ARGV[5] event JSON template, ARGV[6] events channel, ARGV[7] publish command
+//	returns {new generation, event JSON}, or {0, ''} if the stored token
+//	expires as late or later
 var offerScript = redis.NewScript(`
 local gen = 1
 local cur = redis.pcall('GET', KEYS[1])
@@ -187,7 +189,7 @@ if type(cur) == 'string' then
   local ok, rec = pcall(cjson.decode, cur)
   if ok and type(rec) == 'table' then
     if type(rec.expires_at) == 'string' and rec.fingerprint == ARGV[4] and rec.expires_at >= ARGV[2] then
-      return 0
+      return {0, ''}
     end
     if type(rec.generation) == 'number' then gen = rec.generation + 1 end
   end
@@ -198,8 +200,9 @@ local ev = cjson.decode(ARGV[5])
 ev.generation = gen
 redis.call('SET', KEYS[1], cjson.encode(val), 'PX', ARGV[3])
 redis.call('DEL', KEYS[2])
-redis.call('PUBLISH', ARGV[6], cjson.encode(ev))
-return gen
+local payload = cjson.encode(ev)
+if ARGV[7] ~= '' then redis.call(ARGV[7], ARGV[6], payload) end
+return {gen, payload}
 `)
 
 // invalidateScript deletes the token only if it is still the one the
@@ -208,26 +211,28 @@ return gen
 //	KEYS[1] token key, KEYS[2] failure key (deleted with the token: a new
 //	token is wanted now, whatever failed before)
 //	ARGV[1] token fingerprint or "" (any), ARGV[2] generation or "" (any),
-//	ARGV[3] events channel
-//	returns {1, generation} deleted, {0, 0} not (missing or another token)
+//	ARGV[3] events channel, ARGV[4] publish command
+//	returns {1, generation, event JSON} deleted, {0, 0, ''} not (missing or
+//	another token)
 var invalidateScript = redis.NewScript(`
 local cur = redis.pcall('GET', KEYS[1])
 if type(cur) ~= 'string' then
   if type(cur) == 'table' and ARGV[1] == '' and ARGV[2] == '' then
     redis.call('DEL', KEYS[1])
-    return {1, 0}
+    return {1, 0, ''}
   end
-  return {0, 0}
+  return {0, 0, ''}
 end
 local ok, rec = pcall(cjson.decode, cur)
 if not ok or type(rec) ~= 'table' then rec = {} end
-if ARGV[1] ~= '' and rec.token_fp ~= ARGV[1] then return {0, 0} end
-if ARGV[2] ~= '' and tostring(rec.generation) ~= ARGV[2] then return {0, 0} end
+if ARGV[1] ~= '' and rec.token_fp ~= ARGV[1] then return {0, 0, ''} end
+if ARGV[2] ~= '' and tostring(rec.generation) ~= ARGV[2] then return {0, 0, ''} end
 local gen = 0
 if type(rec.generation) == 'number' then gen = rec.generation end
 redis.call('DEL', KEYS[1], KEYS[2])
-redis.call('PUBLISH', ARGV[3], cjson.encode({type = 'invalidated', key = KEYS[1], generation = gen, token_fp = rec.token_fp}))
-return {1, gen}
+local payload = cjson.encode({type = 'invalidated', key = KEYS[1], generation = gen, token_fp = rec.token_fp})
+if ARGV[4] ~= '' then redis.call(ARGV[4], ARGV[3], payload) end
+return {1, gen, payload}
 `)
 
 // readResult is one read of a token key.
@@ -332,6 +337,7 @@ func (s *store) read(ctx context.Context, key string, now time.Time) (readResult
 
 type store struct {
 	rdb redis.UniversalClient
+	ps  *pubsub
 }
 
 // write runs writeScript: code 1 stored, -1 or -2 fenced out, with the
@@ -345,13 +351,17 @@ func (s *store) write(ctx context.Context, k keys, rec record, ttl time.Duration
 	if err != nil {
 		return 0, 0, err
 	}
+	cmd, after := s.ps.command(ctx, k)
 	res, err := writeScript.Run(ctx, s.rdb, []string{k.token, k.fence, k.failed},
-		val, rec.Generation, ttl.Milliseconds(), evb, k.channel).Int64Slice()
+		val, rec.Generation, ttl.Milliseconds(), evb, k.channel, cmd).Int64Slice()
 	if err == nil && len(res) != 2 {
 		err = fmt.Errorf("unexpected script reply of %d elements", len(res))
 	}
 	if err != nil {
 		return 0, 0, &RedisError{Op: "write", Key: k.token, Err: err}
+	}
+	if res[0] == 1 && after {
+		s.ps.publishAfter(ctx, k.channel, evb)
 	}
 	return res[0], res[1], nil
 }
@@ -373,12 +383,33 @@ func (s *store) offer(ctx context.Context, k keys, rec record, ttl time.Duration
 	if err != nil {
 		return 0, err
 	}
-	n, err := offerScript.Run(ctx, s.rdb, []string{k.token, k.failed},
-		val, rec.ExpiresAt, ttl.Milliseconds(), rec.Fingerprint, evb, k.channel).Int64()
+	cmd, after := s.ps.command(ctx, k)
+	res, err := offerScript.Run(ctx, s.rdb, []string{k.token, k.failed},
+		val, rec.ExpiresAt, ttl.Milliseconds(), rec.Fingerprint, evb, k.channel, cmd).Slice()
+	n, payload, err := genAndPayload(res, err)
 	if err != nil {
 		return 0, &RedisError{Op: "offer", Key: k.token, Err: err}
 	}
+	if n > 0 && after {
+		s.ps.publishAfter(ctx, k.channel, []byte(payload))
+	}
 	return n, nil
+}
+
+// genAndPayload decodes the {number, event JSON} tail of a script reply.
+func genAndPayload(res []any, err error) (int64, string, error) {
+	if err != nil {
+		return 0, "", err
+	}
+	if len(res) < 2 {
+		return 0, "", fmt.Errorf("unexpected script reply of %d elements", len(res))
+	}
+	n, ok1 := res[len(res)-2].(int64)
+	payload, ok2 := res[len(res)-1].(string)
+	if !ok1 || !ok2 {
+		return 0, "", fmt.Errorf("unexpected script reply %T, %T", res[len(res)-2], res[len(res)-1])
+	}
+	return n, payload, nil
 }
 
 func (s *store) invalidate(ctx context.Context, k keys, tokenFP string, gen int64) (bool, int64, error) {
@@ -386,25 +417,37 @@ func (s *store) invalidate(ctx context.Context, k keys, tokenFP string, gen int6
 	if gen > 0 {
 		g = strconv.FormatInt(gen, 10)
 	}
-	res, err := invalidateScript.Run(ctx, s.rdb, []string{k.token, k.failed}, tokenFP, g, k.channel).Int64Slice()
+	cmd, after := s.ps.command(ctx, k)
+	res, err := invalidateScript.Run(ctx, s.rdb, []string{k.token, k.failed}, tokenFP, g, k.channel, cmd).Slice()
+	gen, payload, err := genAndPayload(res, err)
+	if err == nil && len(res) != 3 {
+		err = fmt.Errorf("unexpected script reply of %d elements", len(res))
+	}
 	if err != nil {
 		return false, 0, &RedisError{Op: "invalidate", Key: k.token, Err: err}
 	}
-	if len(res) != 2 {
-		return false, 0, &RedisError{Op: "invalidate", Key: k.token, Err: fmt.Errorf("unexpected script reply")}
+	deleted := res[0] == int64(1)
+	if deleted && after {
+		s.ps.publishAfter(ctx, k.channel, []byte(payload))
 	}
-	return res[0] == 1, res[1], nil
+	return deleted, gen, nil
 }
 
+// publish sends ev on channel, sharded where the cache's pub/sub is.
 func (s *store) publish(ctx context.Context, channel string, ev Event) error {
 	b, err := json.Marshal(ev)
 	if err != nil {
 		return err
 	}
-	if err := s.rdb.Publish(ctx, channel, b).Err(); err != nil {
+	if err := s.ps.publish(ctx, channel, b); err != nil {
 		return &RedisError{Op: "publish", Key: channel, Err: err}
 	}
 	return nil
+}
+
+// publishFor sends ev on the channel of k.
+func (s *store) publishFor(ctx context.Context, k keys, ev Event) error {
+	return s.publish(ctx, k.channel, ev)
 }
 
 // keys are the Redis names of one cached token. The keys share a hash tag,
@@ -412,11 +455,15 @@ func (s *store) publish(ctx context.Context, channel string, ev Event) error {
 // channel is the namespace's, shared by its users' tokens.
 type keys struct {
 	token, lock, fence, failed, channel string
+	// slotOfChannel: the keys share the channel's hash tag, so a script
+	// on them may SPUBLISH to it in a cluster.
+	slotOfChannel bool
 }
 
 func serverKeys(prefix, ns string) keys {
 	base := prefix + ":{" + ns + "}:server"
-	return keys{token: base, lock: base + ":lock", fence: base + ":fence", failed: base + failedSuffix, channel: eventsChannel(prefix, ns)}
+	return keys{token: base, lock: base + ":lock", fence: base + ":fence", failed: base + failedSuffix,
+		channel: eventsChannel(prefix, ns), slotOfChannel: true}
 }
 
 func clientKeys(prefix, ns, user string) keys {

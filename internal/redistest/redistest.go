@@ -283,6 +283,80 @@ func StartCluster(tb testing.TB, masters int) *Cluster {
 	return c
 }
 
+// Owner returns the index in Nodes of the master serving slot.
+func (c *Cluster) Owner(tb testing.TB, slot int) int {
+	tb.Helper()
+	ctx := context.Background()
+	for i, n := range c.Nodes {
+		cl := redis.NewClient(&redis.Options{Addr: n.Addr})
+		id, err := cl.ClusterMyID(ctx).Result()
+		var slots []redis.ClusterSlot
+		if err == nil {
+			slots, err = cl.ClusterSlots(ctx).Result()
+		}
+		_ = cl.Close()
+		if err != nil {
+			tb.Fatalf("redistest: cluster state of %s: %v", c.Nodes[i].Addr, err)
+		}
+		for _, r := range slots {
+			if int(r.Start) <= slot && slot <= int(r.End) && len(r.Nodes) > 0 && r.Nodes[0].ID == id {
+				return i
+			}
+		}
+	}
+	tb.Fatalf("redistest: no master serves slot %d", slot)
+	return -1
+}
+
+// MoveSlot reshards one slot, with its keys, from master from to master to,
+// the way redis-cli --cluster reshard does: IMPORTING and MIGRATING, MIGRATE
+// of every key, then SETSLOT NODE on every master.
+func (c *Cluster) MoveSlot(tb testing.TB, slot, from, to int) {
+	tb.Helper()
+	ctx := context.Background()
+	client := func(i int) *redis.Client {
+		cl := redis.NewClient(&redis.Options{Addr: c.Nodes[i].Addr})
+		tb.Cleanup(func() { _ = cl.Close() })
+		return cl
+	}
+	src, dst := client(from), client(to)
+	srcID, err := src.ClusterMyID(ctx).Result()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	dstID, err := dst.ClusterMyID(ctx).Result()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	must := func(what string, err error) {
+		if err != nil {
+			tb.Fatalf("redistest: moving slot %d: %s: %v", slot, what, err)
+		}
+	}
+	must("importing", dst.Do(ctx, "CLUSTER", "SETSLOT", slot, "IMPORTING", srcID).Err())
+	must("migrating", src.Do(ctx, "CLUSTER", "SETSLOT", slot, "MIGRATING", dstID).Err())
+	host, port, _ := net.SplitHostPort(c.Nodes[to].Addr)
+	for {
+		keys, err := src.ClusterGetKeysInSlot(ctx, slot, 100).Result()
+		must("getkeysinslot", err)
+		if len(keys) == 0 {
+			break
+		}
+		args := []any{"MIGRATE", host, port, "", 0, 5000, "KEYS"}
+		for _, k := range keys {
+			args = append(args, k)
+		}
+		must("migrate", src.Do(ctx, args...).Err())
+	}
+	must("node on target", dst.Do(ctx, "CLUSTER", "SETSLOT", slot, "NODE", dstID).Err())
+	must("node on source", src.Do(ctx, "CLUSTER", "SETSLOT", slot, "NODE", dstID).Err())
+	for i := range c.Nodes {
+		if i != from && i != to {
+			must("node on the others", client(i).Do(ctx, "CLUSTER", "SETSLOT", slot, "NODE", dstID).Err())
+		}
+	}
+}
+
 // StartSentinel starts a Redis Sentinel on a free port monitoring the
 // master at masterAddr under name, with quorum 2 and a one-second
 // down-after, and registers its shutdown with tb.Cleanup.
