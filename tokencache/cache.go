@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"hash/maphash"
 	"log/slog"
 	"math/rand/v2"
 	"os"
@@ -48,7 +49,8 @@ type Cache struct {
 
 	origin        string    // random id of this Cache in the events it publishes
 	epoch         time.Time // origin of the mono clock
-	injectedClock bool      // WithClock was given
+	jitterSeed    maphash.Seed
+	injectedClock bool // WithClock was given
 	stats         counters
 	dropEvents    atomic.Bool // test hook: drop every received event
 }
@@ -75,15 +77,16 @@ func New(rdb redis.UniversalClient, f Fetcher, opts ...Option) (*Cache, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	c := &Cache{
-		rdb:     rdb,
-		cfg:     cfg,
-		st:      store{rdb: rdb, ps: newPubSub(rdb, cfg.shardedPubSub)},
-		locker:  lock.New(rdb, lock.WithTTL(cfg.lockTTL), lock.WithRedlock(cfg.redlock...)),
-		channel: eventsChannel(cfg.prefix, cfg.namespace),
-		sub:     subscriber{ready: make(chan struct{})},
-		ctx:     ctx,
-		cancel:  cancel,
-		origin:  strconv.FormatUint(rand.Uint64(), 36),
+		rdb:        rdb,
+		cfg:        cfg,
+		st:         store{rdb: rdb, ps: newPubSub(rdb, cfg.shardedPubSub)},
+		locker:     lock.New(rdb, lock.WithTTL(cfg.lockTTL), lock.WithRedlock(cfg.redlock...)),
+		channel:    eventsChannel(cfg.prefix, cfg.namespace),
+		sub:        subscriber{ready: make(chan struct{})},
+		ctx:        ctx,
+		cancel:     cancel,
+		origin:     strconv.FormatUint(rand.Uint64(), 36),
+		jitterSeed: maphash.MakeSeed(),
 	}
 	c.epoch = c.cfg.now()
 	c.injectedClock = cfg.injected
@@ -147,6 +150,15 @@ func (c *Cache) goBackground(fn func(ctx context.Context)) bool {
 }
 
 func (c *Cache) now() time.Time { return c.cfg.now() }
+
+// jitterShare is this replica's place, in [0, 1), in the refresh jitter
+// window of the token with fingerprint fp. It differs between replicas but
+// not between reads of the same token: a replica that reaches its
+// refresh-ahead moment and re-reads the same token must not draw a later
+// moment (a wasted read), nor an earlier one (an early lock attempt).
+func (c *Cache) jitterShare(fp string) float64 {
+	return float64(maphash.String(c.jitterSeed, fp)>>11) / (1 << 53)
+}
 
 // mono is a point on the cache's monotonic clock: nanoseconds since the
 // Cache was created. Reading it costs one monotonic clock read, about half

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -264,7 +263,7 @@ func (e *entry) snapshotFor(rec record, ttl time.Duration, at time.Time) *snapsh
 	expiry := validUntil + mono(e.skewFor(life))
 	due := expiry - mono(float64(life)*(1-cfg.refreshAhead))
 	if cfg.refreshJitter > 0 {
-		due += mono(rand.Float64() * cfg.refreshJitter * float64(life))
+		due += mono(e.c.jitterShare(rec.TokenFP) * cfg.refreshJitter * float64(life))
 	}
 	due = min(due, validUntil)
 	soft := due
