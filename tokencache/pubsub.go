@@ -2,6 +2,7 @@ package tokencache
 
 import (
 	"context"
+	"errors"
 	"sync/atomic"
 	"time"
 
@@ -58,11 +59,14 @@ func (p *pubsub) sharded(ctx context.Context) (sharded, ok bool) {
 		return false, true
 	}
 	res, err := p.rdb.Do(ctx, "COMMAND", "INFO", "SPUBLISH").Slice()
-	if err != nil {
-		return false, false
+	var rerr redis.Error
+	if err != nil && !errors.As(err, &rerr) {
+		return false, false // no answer yet (Redis down): ask again later
 	}
+	// A server without the command answers nil for it; one that refuses the
+	// question (an ACL without +command|info) gets classic pub/sub.
 	m := modeClassic
-	if len(res) == 1 && res[0] != nil {
+	if err == nil && len(res) == 1 && res[0] != nil {
 		m = modeSharded
 	}
 	p.mode.CompareAndSwap(modeUnknown, m)

@@ -35,8 +35,24 @@ func TestSentinelFailover(t *testing.T) {
 	}
 	f := newFakeFetcher(time.Hour)
 	var caches []*Cache
+	var clients []redis.UniversalClient
 	for range 3 {
-		caches = append(caches, newCache(t, failover(), f, fastOpts()...))
+		clients = append(clients, failover())
+		// go-redis leaves a subscription on the demoted master after a
+		// failover: the probe is what moves it, so keep it short here.
+		caches = append(caches, newCache(t, clients[len(clients)-1], f,
+			fastOpts(WithSubscriptionProbe(300*time.Millisecond, 300*time.Millisecond))...))
+	}
+	// following reports whether every replica's client talks to server.
+	following := func(server *redistest.Server) bool {
+		port := "tcp_port:" + strings.Split(server.Addr, ":")[1] + "\r"
+		for _, c := range clients {
+			info, err := c.Info(context.Background(), "server").Result()
+			if err != nil || !strings.Contains(info, port) {
+				return false
+			}
+		}
+		return true
 	}
 	tok, err := caches[0].Token(ctx)
 	if err != nil {
@@ -106,5 +122,74 @@ func TestSentinelFailover(t *testing.T) {
 	}
 	if got := f.calls.Load(); got > 3 {
 		t.Errorf("issuer calls = %d, want at most 3 (first, at most one lost to the failover, the forced refresh)", got)
+	}
+
+	// A failover back to the first server while a refresh is in flight:
+	// the holder's write lands on the new master or, refused by the
+	// demoted one, is served from memory and written back. Callers keep
+	// being served, the fleet converges on one token, and the issuer is
+	// called at most once more than the refresh itself.
+	ctx = ctxT(t) // a fresh bound for this phase
+	mc := master.Client(t)
+	before := f.calls.Load()
+	f.setDelay(time.Second)
+	done := make(chan error, 1)
+	go func() { _, err := caches[2].Refresh(ctx, 0, true); done <- err }()
+	eventually(t, "the refresh to reach the issuer", func() bool { return f.calls.Load() > before })
+	stop = make(chan struct{})
+	errs.Store(0)
+	for _, c := range caches {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if _, err := c.Token(ctx); err != nil {
+					errs.Add(1)
+				}
+				time.Sleep(time.Millisecond)
+			}
+		}()
+	}
+	eventually(t, "the sentinels to accept a failover back", func() bool {
+		return sc.Failover(ctx, "tc").Err() == nil
+	})
+	eventually(t, "the first server to be master again", func() bool {
+		info, err := mc.Info(ctx, "replication").Result()
+		return err == nil && strings.Contains(info, "role:master")
+	})
+	if err := <-done; err != nil {
+		t.Errorf("refresh across the failover: %v", err)
+	}
+	f.setDelay(0)
+	eventually(t, "every replica's client to follow the failover back", func() bool { return following(master) })
+	// The demoted server may not have caught up before it was promoted
+	// back (replication is asynchronous): Redis may then hold an older,
+	// still valid token than the replicas' memory. Either is a valid token;
+	// the next refresh puts the fleet on one again, on the new master.
+	res, err = caches[0].Refresh(ctx, 0, true)
+	if err != nil {
+		t.Fatalf("refresh on the new master: %v", err)
+	}
+	if v := mc.Get(ctx, "tokencache:{default}:server").Val(); !strings.Contains(v, res.Token.AccessToken) {
+		t.Fatalf("the refreshed token is not on the new master")
+	}
+	for _, c := range caches {
+		eventually(t, "every replica to take the new master's token", func() bool {
+			got, err := c.Token(ctx)
+			return err == nil && got.AccessToken == res.Token.AccessToken
+		})
+	}
+	close(stop)
+	wg.Wait()
+	if n := errs.Load(); n != 0 {
+		t.Errorf("%d calls failed across the failover during a refresh", n)
+	}
+	if got := f.calls.Load() - before; got > 3 {
+		t.Errorf("issuer calls = %d for a refresh across a failover and one after, want at most 3", got)
 	}
 }
