@@ -45,8 +45,29 @@ var tableHeader = []string{
 	"mode", "N", "strategy",
 	"cold calls", "calls/renewal (max)", "calls/lifetime",
 	"p50", "p99", "max", "renewal p99", "renewal max", "cold all-ready",
-	"cmds/replica/lifetime sent (executed)", "top commands sent",
+	"cmds/replica/lifetime sent (executed)", "cmds/replica/renewal", "top commands sent",
+	"hold p99 (last)",
 	"client cpu", "redis cpu", "errors", "stale",
+}
+
+// perRenewal is the commands each replica sent per renewal round.
+func perRenewal(r Result) string {
+	if r.Renewals == 0 || r.N == 0 {
+		return ""
+	}
+	return fmt.Sprintf("%.2f", float64(r.Commands.Total())/float64(r.N)/float64(r.Renewals))
+}
+
+// hold formats the refresh-to-holding delays.
+func hold(r Result) string {
+	if r.Hold == nil || r.Hold.Refreshes == 0 {
+		return ""
+	}
+	s := FormatDuration(r.Hold.P99) + " (" + FormatDuration(r.Hold.Last) + ")"
+	if r.Hold.Missed > 0 {
+		s += fmt.Sprintf(", %d missed", r.Hold.Missed)
+	}
+	return s
 }
 
 func tableRow(r Result) []string {
@@ -58,7 +79,8 @@ func tableRow(r Result) []string {
 		FormatDuration(r.Steady.P50), FormatDuration(r.Steady.P99), FormatDuration(r.Steady.Max),
 		FormatDuration(r.Renewal.P99), FormatDuration(r.Renewal.Max),
 		FormatDuration(r.ColdAllReady),
-		fmt.Sprintf("%.2f (%.1f)", r.CmdsPerLifetime, r.ExecutedPerLifetime), r.TopCommands,
+		fmt.Sprintf("%.2f (%.1f)", r.CmdsPerLifetime, r.ExecutedPerLifetime), perRenewal(r), r.TopCommands,
+		hold(r),
 		fmt.Sprintf("%.0f%%", r.ClientCPU), fmt.Sprintf("%.0f%%", r.RedisCPU),
 		strconv.Itoa(r.Errors), strconv.Itoa(r.Stale),
 	}
@@ -100,6 +122,7 @@ var csvHeader = []string{
 	"renewal_calls", "renewal_p50_us", "renewal_p99_us", "renewal_max_us",
 	"cold_cmds_per_replica", "cmds_per_replica_per_lifetime", "executed_per_replica_per_lifetime", "top_commands",
 	"client_cpu_pct", "redis_cpu_pct", "calls", "errors", "stale",
+	"cmds_per_replica_per_renewal", "hold_refreshes", "hold_p50_us", "hold_p99_us", "hold_last_us", "hold_missed",
 }
 
 // WriteCSV writes results as CSV with a header row; durations in
@@ -122,6 +145,12 @@ func WriteCSV(w io.Writer, results []Result) error {
 			strconv.Itoa(r.Renewal.Count), us(r.Renewal.P50), us(r.Renewal.P99), us(r.Renewal.Max),
 			f(r.ColdCmdsPerReplica), f(r.CmdsPerLifetime), f(r.ExecutedPerLifetime), r.TopCommands,
 			f(r.ClientCPU), f(r.RedisCPU), strconv.Itoa(r.Calls), strconv.Itoa(r.Errors), strconv.Itoa(r.Stale),
+			perRenewal(r),
+		}
+		if h := r.Hold; h != nil {
+			row = append(row, strconv.Itoa(h.Refreshes), us(h.P50), us(h.P99), us(h.Last), strconv.Itoa(h.Missed))
+		} else {
+			row = append(row, "", "", "", "", "")
 		}
 		if err := cw.Write(row); err != nil {
 			return err

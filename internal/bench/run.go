@@ -70,6 +70,10 @@ type Result struct {
 	ClientCPU float64 `json:"client_cpu_pct"` // this process (goroutines) or the children (processes)
 	RedisCPU  float64 `json:"redis_cpu_pct"`
 
+	// Hold: from a refresh's write to each replica holding the new token
+	// (tokencache strategies, goroutines mode).
+	Hold *HoldStats `json:"hold,omitempty"`
+
 	Calls  int `json:"calls"`  // Token calls answered
 	Errors int `json:"errors"` // Token calls that failed
 	Stale  int `json:"stale"`  // tokens returned already past the issuer's expiry
@@ -136,6 +140,7 @@ func (e *env) runCell(ctx context.Context, c cell, seq int) (Result, error) {
 	e.issuer.Reset()
 	renv := e.replicaEnv(c, seq)
 	renv.counter = &cmdCounter{}
+	renv.holds = newHoldRecorder()
 	reps := make([]replica, 0, c.N)
 	defer func() {
 		var wg sync.WaitGroup
@@ -145,7 +150,7 @@ func (e *env) runCell(ctx context.Context, c cell, seq int) (Result, error) {
 		wg.Wait()
 	}()
 	for i := range c.N {
-		renv.Owner = "bench-" + strconv.Itoa(i)
+		renv.Owner, renv.index = "bench-"+strconv.Itoa(i), i
 		r, err := newReplica(c.Strategy, renv)
 		if err != nil {
 			return Result{}, err
@@ -166,7 +171,12 @@ func (e *env) runCell(ctx context.Context, c cell, seq int) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
-	return e.result(c, t0, m, runs), nil
+	res := e.result(c, t0, m, runs)
+	if c.Strategy == StrategyTokencache || c.Strategy == StrategyTokencacheMin {
+		h := renv.holds.stats(t0.Add(c.Warmup), stopAt, c.N)
+		res.Hold = &h
+	}
+	return res, nil
 }
 
 // settle gives N fresh replicas time to connect and subscribe before the

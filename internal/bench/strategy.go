@@ -65,7 +65,9 @@ type replicaEnv struct {
 	Skew      time.Duration `json:"skew"`
 	Owner     string        `json:"owner"`
 
-	counter *cmdCounter // counts the commands sent; nil: none
+	counter *cmdCounter   // counts the commands sent; nil: none
+	holds   *holdRecorder // tokencache strategies: when each replica holds each token; nil: none
+	index   int           // this replica's number, for holds
 }
 
 // replica is one application instance asking for the token.
@@ -102,6 +104,9 @@ func newReplica(strategy string, env replicaEnv) (replica, error) {
 		opts := []tokencache.Option{tokencache.WithNamespace(env.Namespace), tokencache.WithOwner(env.Owner)}
 		if strategy == StrategyTokencacheMin {
 			opts = append(opts, MinOptions()...)
+		}
+		if env.holds != nil {
+			rdb.AddHook(env.holds.hook(env.index))
 		}
 		c, err := tokencache.New(rdb, fetcher, opts...)
 		if err != nil {
