@@ -336,6 +336,13 @@ func (c *Cache) onEvent(ev Event) {
 	}
 	switch ev.Type {
 	case EventRefreshed:
+		if ev.Origin == c.origin {
+			// Our own write: we install what we stored as soon as the
+			// script returns, which may be just after this event arrives.
+			// Reading it back would be a wasted command.
+			e.sig.fire()
+			return
+		}
 		if s := e.l1.Load(); s != nil && s.gen >= ev.Generation && c.monoNow() < s.validUntil {
 			e.sig.fire()
 			return

@@ -484,7 +484,7 @@ func (e *entry) refreshLocked(ctx context.Context, lease *lock.Lease, done func(
 	if r.found {
 		// A refresh ahead: the fleet still has a valid token, so tell it
 		// one refresh is under way and nobody else needs to try.
-		e.announce(gen)
+		e.announce(ctx, gen)
 	}
 	tok, err := e.fetch(ctx, false)
 	if err != nil {
@@ -534,17 +534,20 @@ func (e *entry) refreshLocked(ctx context.Context, lease *lock.Lease, done func(
 	return tok, nil
 }
 
-// announce publishes "refreshing" for the lease of generation gen, off the
-// refresh's critical path. A lost announcement costs only the reads and
+// announce publishes "refreshing" for the lease of generation gen. It is
+// one round trip before the issuer call, made in line rather than beside
+// the refresh's other commands so that a replica needs one connection, not
+// two, and bounded tightly: a lost announcement costs only the reads and
 // lock attempts it would have saved.
-func (e *entry) announce(gen int64) {
+func (e *entry) announce(ctx context.Context, gen int64) {
 	ev := Event{Type: EventRefreshing, Key: e.k.token, Generation: gen, By: e.c.cfg.host, Origin: e.c.origin}
-	e.c.goBackground(func(ctx context.Context) {
-		ctx, cancel := context.WithTimeout(ctx, e.c.cfg.lockTTL)
-		defer cancel()
-		_ = e.c.st.publishFor(ctx, e.k, ev)
-	})
+	ctx, cancel := context.WithTimeout(ctx, announceTimeout)
+	defer cancel()
+	_ = e.c.st.publishFor(ctx, e.k, ev)
 }
+
+// announceTimeout bounds the "refreshing" announcement.
+const announceTimeout = 250 * time.Millisecond
 
 // write stores rec with its fencing generation and publishes "refreshed".
 // It returns 1 when stored, negative when fenced out. If lift is set (the
@@ -559,7 +562,7 @@ func (e *entry) write(ctx context.Context, rec *record, ttl time.Duration, lift 
 		return 0, err
 	}
 	for attempt := 0; ; attempt++ {
-		ev := Event{Type: EventRefreshed, Key: e.k.token, Generation: rec.Generation, By: e.c.cfg.host}
+		ev := Event{Type: EventRefreshed, Key: e.k.token, Generation: rec.Generation, By: e.c.cfg.host, Origin: e.c.origin}
 		ev.ExpiresAt, _ = rec.expiry()
 		stored.Generation = rec.Generation
 		code, seen, err := e.c.st.write(ctx, e.k, stored, ttl, ev)
@@ -644,7 +647,7 @@ func (e *entry) offer(ctx context.Context, tok Token) (bool, error) {
 	issued := e.c.now()
 	ttl := e.ttlFor(tok, issued)
 	rec := newRecord(tok, 0, issued, e.c.cfg.host, e.credFP)
-	ev := Event{Type: EventRefreshed, Key: e.k.token, ExpiresAt: tok.Expiry.UTC(), By: e.c.cfg.host}
+	ev := Event{Type: EventRefreshed, Key: e.k.token, ExpiresAt: tok.Expiry.UTC(), By: e.c.cfg.host, Origin: e.c.origin}
 	stored, err := e.seal(rec)
 	if err != nil {
 		return false, err

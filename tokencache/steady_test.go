@@ -110,3 +110,26 @@ func TestRefreshJitterStablePerToken(t *testing.T) {
 		t.Errorf("two tokens share one jitter draw")
 	}
 }
+
+// A replica does not read back the token it has just written: its own
+// "refreshed" event, which can arrive before the write's reply (the script
+// publishes it), is recognised by origin. Another replica's is read.
+func TestOwnRefreshedEventCostsNoRead(t *testing.T) {
+	rdb, _ := miniBackend(t)
+	c := newCache(t, rdb, newFakeFetcher(time.Hour), fastOpts()...)
+	ctx := ctxT(t)
+	if _, err := c.Token(ctx); err != nil {
+		t.Fatal(err)
+	}
+	gen := c.server.l1.Load().gen
+	reads := c.Stats().RedisReads
+	// Our own event for a generation we have not installed yet.
+	c.onEvent(Event{Type: EventRefreshed, Key: c.server.k.token, Generation: gen + 1, Origin: c.origin})
+	time.Sleep(50 * time.Millisecond) // a read-back would start at once
+	if got := c.Stats().RedisReads; got != reads {
+		t.Errorf("%d reads after our own refreshed event, want 0", got-reads)
+	}
+	// Someone else's: one read.
+	c.onEvent(Event{Type: EventRefreshed, Key: c.server.k.token, Generation: gen + 1, Origin: "another"})
+	eventually(t, "the read after another replica's event", func() bool { return c.Stats().RedisReads == reads+1 })
+}
