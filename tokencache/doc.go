@@ -34,5 +34,5 @@
 //	tokencache:{default}:server        the token: JSON readable with GET; TTL ends at the skewed expiry
 //	tokencache:{default}:server:lock   the refresh lock while a refresh runs
 //	tokencache:{default}:server:fence  the fencing counter
-//	tokencache:{default}:events        channel: refreshed / invalidated / failed, never the token
+//	tokencache:{default}:events        channel: refreshing / refreshed / invalidated / failed, never the token
 package tokencache
