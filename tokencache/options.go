@@ -69,11 +69,13 @@ const (
 	// DefaultProbeInterval is how long the subscription may stay silent
 	// before the cache probes it by publishing to its own channel, and
 	// DefaultProbeTimeout how long the probe may take to come back before
-	// the cache subscribes again: a half-open subscription is replaced
-	// within about a minute. The fleet sends about one probe per quiet
-	// interval (every replica hears the first), and a lost event only
-	// delays what the next Redis read would have found anyway.
-	DefaultProbeInterval = time.Minute
+	// the cache subscribes again: a half-open subscription, or one left on
+	// a demoted master after a Sentinel failover, is replaced within about
+	// seven seconds. The cost is the fleet's, not each replica's: about one
+	// PUBLISH per quiet interval for the whole namespace (every replica
+	// hears the first probe and stands down), 720 an hour, whatever the
+	// number of replicas.
+	DefaultProbeInterval = 5 * time.Second
 	DefaultProbeTimeout  = 2 * time.Second
 
 	// DefaultMaxAttempts is the number of issuer calls one refresh makes

@@ -290,17 +290,24 @@ func (c *Cluster) Owner(tb testing.TB, slot int) int {
 	for i, n := range c.Nodes {
 		cl := redis.NewClient(&redis.Options{Addr: n.Addr})
 		id, err := cl.ClusterMyID(ctx).Result()
-		var slots []redis.ClusterSlot
+		var shards []redis.ClusterShard
 		if err == nil {
-			slots, err = cl.ClusterSlots(ctx).Result()
+			shards, err = cl.ClusterShards(ctx).Result()
 		}
 		_ = cl.Close()
 		if err != nil {
 			tb.Fatalf("redistest: cluster state of %s: %v", c.Nodes[i].Addr, err)
 		}
-		for _, r := range slots {
-			if int(r.Start) <= slot && slot <= int(r.End) && len(r.Nodes) > 0 && r.Nodes[0].ID == id {
-				return i
+		for _, sh := range shards {
+			for _, r := range sh.Slots {
+				if int(r.Start) > slot || slot > int(r.End) {
+					continue
+				}
+				for _, n := range sh.Nodes {
+					if n.ID == id && n.Role == "master" {
+						return i
+					}
+				}
 			}
 		}
 	}
