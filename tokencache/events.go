@@ -97,8 +97,16 @@ const EventProbe = "probe"
 // messages. Any message received is proof of life; after a quiet
 // probeInterval the cache publishes a probe to its own channel, and if
 // that does not come back within probeTimeout it drops the connection and
-// subscribes again. Fleet-wide this costs about one PUBLISH per interval,
-// not one per replica, since every replica hears the first probe.
+// subscribes again.
+//
+// Every replica hears every probe, so one probe per interval proves the
+// whole fleet's subscriptions. To keep it at one, the fleet has a probe
+// leader: the replica with the smallest origin among the probes heard in
+// the last two intervals (until one is heard, every replica thinks it
+// leads). The leader probes after a quiet interval; the others wait half
+// an interval longer, so they probe only when the leader's probe did not
+// reach them: the leader is gone (the next election follows), or their own
+// subscription is dead (and their probe does not come back either).
 //
 // A (re-)subscription must be confirmed within probeTimeout too. In a
 // cluster with sharded pub/sub, the server ends a shard channel's
@@ -117,6 +125,14 @@ func (c *Cache) runSubscriber(ctx context.Context) {
 	// probeSent is when a probe went out, or a subscription was asked for,
 	// that has not come back yet; zero when nothing is outstanding.
 	probeSent := lastHeard
+	var leader string // smallest origin of the recent probes
+	var leaderHeard time.Time
+	quiet := func(now time.Time) time.Duration {
+		if leader == "" || c.origin <= leader || now.Sub(leaderHeard) > 2*c.cfg.probeInterval {
+			return c.cfg.probeInterval
+		}
+		return c.cfg.probeInterval * 3 / 2
+	}
 	// wait is how long an outstanding probe or subscription may take. It
 	// doubles with each failed attempt in a row (Redis is down: go-redis
 	// keeps dialling meanwhile), up to the probe interval.
@@ -126,6 +142,15 @@ func (c *Cache) runSubscriber(ctx context.Context) {
 	}
 	tick := time.NewTimer(wait())
 	defer tick.Stop()
+	// schedule sets the timer for the next check: the outstanding probe's
+	// deadline, or the end of the quiet time.
+	schedule := func(now time.Time) {
+		next := quiet(now) - now.Sub(lastHeard)
+		if !probeSent.IsZero() {
+			next = wait() - now.Sub(probeSent)
+		}
+		tick.Reset(max(next, 10*time.Millisecond) + jitter(c.cfg.probeInterval/10))
+	}
 	resubscribe := func(why string) {
 		c.stats.resubscribes.Add(1)
 		c.log().Warn("tokencache: subscribing again", "channel", c.channel, "reason", why, "attempt", fails+1)
@@ -146,7 +171,7 @@ func (c *Cache) runSubscriber(ctx context.Context) {
 				fails++
 				resubscribe("the subscription delivered nothing, not even our probe")
 				continue
-			case probeSent.IsZero() && now.Sub(lastHeard) >= c.cfg.probeInterval:
+			case probeSent.IsZero() && now.Sub(lastHeard) >= quiet(now):
 				// A probe that cannot even be published counts as sent: if
 				// it does not come back, subscribing again is harmless.
 				pctx, cancel := context.WithTimeout(ctx, c.cfg.probeTimeout)
@@ -154,11 +179,7 @@ func (c *Cache) runSubscriber(ctx context.Context) {
 				cancel()
 				probeSent = now
 			}
-			next := c.cfg.probeInterval - now.Sub(lastHeard)
-			if !probeSent.IsZero() {
-				next = wait() - now.Sub(probeSent)
-			}
-			tick.Reset(max(next, 10*time.Millisecond) + jitter(c.cfg.probeInterval/10))
+			schedule(now)
 		case m, ok := <-msgs:
 			if !ok {
 				return
@@ -169,6 +190,7 @@ func (c *Cache) runSubscriber(ctx context.Context) {
 				switch v.Kind {
 				case "subscribe", "ssubscribe":
 					probeSent, fails = time.Time{}, 0
+					schedule(lastHeard)
 					c.sub.readyOnce.Do(func() { close(c.sub.ready) })
 					c.onSubscribed()
 				case "sunsubscribe", "unsubscribe":
@@ -184,8 +206,12 @@ func (c *Cache) runSubscriber(ctx context.Context) {
 					continue
 				}
 				if ev.Type == EventProbe {
-					if ev.Origin == c.origin {
+					if leader == "" || ev.Origin <= leader || lastHeard.Sub(leaderHeard) > 2*c.cfg.probeInterval {
+						leader, leaderHeard = ev.Origin, lastHeard
+					}
+					if ev.Origin == c.origin && !probeSent.IsZero() {
 						probeSent, fails = time.Time{}, 0
+						schedule(lastHeard)
 					}
 					continue
 				}

@@ -133,3 +133,52 @@ func TestOwnRefreshedEventCostsNoRead(t *testing.T) {
 	c.onEvent(Event{Type: EventRefreshed, Key: c.server.k.token, Generation: gen + 1, Origin: "another"})
 	eventually(t, "the read after another replica's event", func() bool { return c.Stats().RedisReads == reads+1 })
 }
+
+// An idle fleet proves its subscriptions with about one probe per quiet
+// interval in all, not one per replica: the replicas elect a probe leader
+// (the smallest origin heard) and the others stand by. A half-open
+// subscription is still found: see the fault tests.
+func TestIdleFleetProbesOncePerInterval(t *testing.T) {
+	if testing.Short() {
+		t.Skip("idles for a few seconds")
+	}
+	const (
+		replicas  = 30
+		interval  = 200 * time.Millisecond
+		intervals = 20
+	)
+	srv := redistest.Start(t)
+	var publishes atomic.Int64
+	var caches []*Cache
+	for range replicas {
+		rdb := srv.Client(t)
+		rdb.AddHook(commandCounter{name: "publish", n: &publishes})
+		caches = append(caches, newCache(t, rdb, newFakeFetcher(time.Hour),
+			fastOpts(WithSubscriptionProbe(interval, time.Second))...))
+	}
+	ctx := ctxT(t)
+	for _, c := range caches {
+		if _, err := c.Token(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Let the first election settle, then count.
+	time.Sleep(3 * interval)
+	start := publishes.Load()
+	time.Sleep(intervals * interval)
+	n := publishes.Load() - start
+	t.Logf("%d probes from %d idle replicas in %d intervals", n, replicas, intervals)
+	if n == 0 {
+		t.Fatal("no probe at all")
+	}
+	if n > 2*intervals {
+		t.Errorf("%d probes in %d intervals: want about one per interval for the fleet", n, intervals)
+	}
+	var resubs uint64
+	for _, c := range caches {
+		resubs += c.Stats().Resubscribes
+	}
+	if resubs != 0 {
+		t.Errorf("%d re-subscriptions of healthy subscriptions", resubs)
+	}
+}
