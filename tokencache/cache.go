@@ -79,7 +79,7 @@ func New(rdb redis.UniversalClient, f Fetcher, opts ...Option) (*Cache, error) {
 	c := &Cache{
 		rdb:        rdb,
 		cfg:        cfg,
-		st:         store{rdb: rdb, ps: newPubSub(rdb, cfg.shardedPubSub)},
+		st:         store{rdb: rdb, ps: newPubSub(rdb, cfg.shardedPubSub, cfg.logger)},
 		locker:     lock.New(rdb, lock.WithTTL(cfg.lockTTL), lock.WithRedlock(cfg.redlock...)),
 		channel:    eventsChannel(cfg.prefix, cfg.namespace),
 		sub:        subscriber{ready: make(chan struct{})},
@@ -343,14 +343,16 @@ func (c *Cache) onEvent(ev Event) {
 			e.sig.fire()
 			return
 		}
-		if s := e.l1.Load(); s != nil && s.gen >= ev.Generation && c.monoNow() < s.validUntil {
+		if s := e.l1.Load(); s != nil && c.monoNow() < s.validUntil && (ev.ExpiresAt.IsZero() && s.gen >= ev.Generation ||
+			!ev.ExpiresAt.IsZero() && !ev.ExpiresAt.After(s.tok.Expiry)) {
+			// We already hold this token or a later one: nothing to read.
 			e.sig.fire()
 			return
 		}
 		e.sync()
 	case EventRefreshing:
-		if ev.Origin != c.origin {
-			e.hold(c.cfg.lockTTL)
+		if ev.Origin != c.origin && ev.Credential == e.credFP {
+			e.hold(ev.Generation, c.cfg.lockTTL)
 		}
 	case EventInvalidated:
 		e.clearFailure()

@@ -61,6 +61,18 @@ type snapshot struct {
 	validUntil mono   // never served at or after this
 	dueAt      mono   // refresh-ahead moment (jittered)
 	softUntil  mono   // before this, no background work at all
+	held       bool   // another replica's "refreshing" already put this copy's moment off
+}
+
+// newer reports whether s holds a later token than o: a later issuer
+// expiry, or the same expiry and a higher generation. Generations order the
+// writes of one Redis, but go backwards when Redis loses a write (a
+// failover, a restart without persistence); expiries do not.
+func (s *snapshot) newer(o *snapshot) bool {
+	if !s.tok.Expiry.Equal(o.tok.Expiry) {
+		return s.tok.Expiry.After(o.tok.Expiry)
+	}
+	return s.gen > o.gen
 }
 
 func (e *entry) token(ctx context.Context) (Token, error) {
@@ -262,8 +274,12 @@ func (e *entry) snapshotFor(rec record, ttl time.Duration, at time.Time) *snapsh
 	// writer took off; refresh-ahead is a share of the issuer's lifetime.
 	expiry := validUntil + mono(e.skewFor(life))
 	due := expiry - mono(float64(life)*(1-cfg.refreshAhead))
-	if cfg.refreshJitter > 0 {
-		due += mono(e.c.jitterShare(rec.TokenFP) * cfg.refreshJitter * float64(life))
+	if cfg.refreshJitter > 0 && due < validUntil {
+		// The window never reaches the end of the token's validity: with
+		// a high refresh-ahead share some replicas would otherwise draw a
+		// moment at the very end, which is no refresh ahead at all.
+		window := min(cfg.refreshJitter*float64(life), 0.8*float64(validUntil-due))
+		due += mono(e.c.jitterShare(rec.TokenFP) * window)
 	}
 	due = min(due, validUntil)
 	soft := due
@@ -273,8 +289,9 @@ func (e *entry) snapshotFor(rec record, ttl time.Duration, at time.Time) *snapsh
 	return &snapshot{tok: rec.token(), gen: rec.Generation, fp: rec.TokenFP, validUntil: validUntil, dueAt: due, softUntil: soft}
 }
 
-// install makes s the in-memory copy, unless a newer generation that is
-// still valid is already there.
+// install makes s the in-memory copy, unless a newer token that is still
+// valid is already there (see snapshot.newer). Installing the same token
+// again keeps a hold on its refresh-ahead moment.
 func (e *entry) install(s *snapshot) {
 	if e.isRejected(s.fp) {
 		return
@@ -285,43 +302,58 @@ func (e *entry) install(s *snapshot) {
 	}
 	for {
 		cur := e.l1.Load()
-		if cur != nil && cur.gen > s.gen && cur.fp != s.fp && e.c.monoNow() < cur.validUntil {
+		n := s
+		if cur != nil && cur.fp != s.fp && cur.newer(s) && e.c.monoNow() < cur.validUntil {
 			return
 		}
-		if e.l1.CompareAndSwap(cur, s) {
+		if cur != nil && cur.fp == s.fp && cur.held && cur.softUntil > s.softUntil {
+			c := *s
+			c.softUntil, c.dueAt, c.held = min(cur.softUntil, c.validUntil), max(c.dueAt, min(cur.softUntil, c.validUntil)), true
+			n = &c
+		}
+		if e.l1.CompareAndSwap(cur, n) {
 			return
 		}
 	}
 }
 
-// postpone delays the next background work on s by d.
-func (e *entry) postpone(s *snapshot, d time.Duration) {
-	if s == nil {
+// later keeps background work on the current copy off for at least d
+// (Redis is unreachable, a refresh failed, another replica holds the
+// lock). It only ever pushes the moment later, never earlier (a newer copy
+// installed meanwhile keeps its own moment) and never beyond the copy's
+// validity.
+func (e *entry) later(d time.Duration) {
+	e.putOff(e.c.monoNow()+mono(d), false)
+}
+
+// hold is later for another replica's "refreshing": its "refreshed" (or
+// "failed") will tell us. A copy is held once, for at most d (the lock
+// TTL) and at most half of its remaining validity, after which the replica
+// tries again itself whatever it heard: an announcement lost with its
+// sender, or forged, cannot keep the fleet from refreshing ahead.
+func (e *entry) hold(gen int64, d time.Duration) {
+	s := e.l1.Load()
+	if s == nil || s.held || gen <= s.gen {
 		return
 	}
-	n := *s
-	n.softUntil = min(e.c.monoNow()+mono(d), n.validUntil)
-	n.dueAt = max(n.dueAt, n.softUntil)
-	e.l1.CompareAndSwap(s, &n)
+	now := e.c.monoNow()
+	e.putOff(now+min(mono(d), (s.validUntil-now)/2), true)
 }
 
-// hold keeps background work on the current copy off for at least d:
-// another replica is refreshing, and its "refreshed" (or "failed") will
-// tell us. It only ever pushes the moment later, never beyond the copy's
-// validity.
-func (e *entry) hold(d time.Duration) {
+func (e *entry) putOff(until mono, held bool) {
 	for {
 		s := e.l1.Load()
 		if s == nil {
 			return
 		}
-		until := min(e.c.monoNow()+mono(d), s.validUntil)
-		if s.softUntil >= until {
+		until := min(until, s.validUntil)
+		if s.softUntil >= until || (held && s.held) {
 			return
 		}
 		n := *s
 		n.softUntil = until
 		n.dueAt = max(n.dueAt, until)
+		n.held = n.held || held
 		if e.l1.CompareAndSwap(s, &n) {
 			return
 		}
@@ -360,7 +392,7 @@ func (e *entry) background(ctx context.Context) {
 	cur := e.l1.Load()
 	if p := e.pending.Load(); p != nil {
 		if !e.writeBack(ctx, p) {
-			e.postpone(cur, jitter(e.c.cfg.waitRecheck))
+			e.later(jitter(e.c.cfg.waitRecheck))
 			return
 		}
 		cur = e.l1.Load()
@@ -369,7 +401,7 @@ func (e *entry) background(ctx context.Context) {
 	r, err := e.read(ctx, at)
 	if err != nil {
 		// Redis is unreachable: keep serving memory, try again later.
-		e.postpone(cur, jitter(e.c.cfg.waitRecheck))
+		e.later(jitter(e.c.cfg.waitRecheck))
 		return
 	}
 	if !r.found {
@@ -382,13 +414,29 @@ func (e *entry) background(ctx context.Context) {
 	}
 	s := e.snapshotFor(r.rec, r.pttl, at)
 	e.install(s)
-	if e.c.monoAt(at) < s.dueAt {
+	now := e.c.monoAt(at)
+	// Decide on what we serve: the copy just read, or one newer than
+	// Redis's (Redis lost a write, or an event overtook this read). The
+	// copy just read came with its own next moment; a newer one gets the
+	// one it would have had, or it would send us back here at every call.
+	if c := e.l1.Load(); c != nil && c != s {
+		s = c
+		next := s.dueAt
+		if e.c.cfg.l1MaxAge > 0 {
+			next = min(next, now+mono(e.c.cfg.l1MaxAge))
+		}
+		if now < next {
+			e.putOff(next, false)
+			return
+		}
+	}
+	if now < s.dueAt {
 		return
 	}
 	if d := e.backingOff(); d > 0 {
 		// A refresh failed recently, here or anywhere in the fleet: the
 		// current token is still good, so wait out the window.
-		e.postpone(e.l1.Load(), d)
+		e.later(d)
 		return
 	}
 	lease, err := e.c.locker.TryAcquire(ctx, e.k.lock)
@@ -397,16 +445,20 @@ func (e *entry) background(ctx context.Context) {
 			e.c.stats.lockContended.Add(1)
 		}
 		// Someone else is refreshing (their event will update us), or
-		// Redis failed: look again later. Only the copy we read is put
-		// off: if the event already installed a newer one, its own
-		// refresh-ahead moment stands and no extra read follows.
-		e.postpone(s, jitter(e.c.cfg.waitRecheck))
+		// Redis failed: look again later. A newer copy installed by the
+		// event meanwhile keeps its own, later moment.
+		e.later(jitter(e.c.cfg.waitRecheck))
 		return
 	}
-	gen := s.gen
-	if _, err := e.refreshLocked(ctx, lease, func(r readResult) bool { return r.rec.Generation != gen }); err != nil {
+	// Under the lock, a token newer than the one we serve means someone
+	// else refreshed; an older one (Redis lost a write) does not.
+	served := s
+	if _, err := e.refreshLocked(ctx, lease, func(r readResult) bool {
+		exp, _ := r.rec.expiry()
+		return exp.After(served.tok.Expiry)
+	}); err != nil {
 		e.c.log().Warn("tokencache: refresh ahead failed; serving the current token", "key", e.k.token, "err", err)
-		e.postpone(e.l1.Load(), e.retryDelay(err))
+		e.later(e.retryDelay(err))
 	}
 }
 
@@ -540,7 +592,7 @@ func (e *entry) refreshLocked(ctx context.Context, lease *lock.Lease, done func(
 // two, and bounded tightly: a lost announcement costs only the reads and
 // lock attempts it would have saved.
 func (e *entry) announce(ctx context.Context, gen int64) {
-	ev := Event{Type: EventRefreshing, Key: e.k.token, Generation: gen, By: e.c.cfg.host, Origin: e.c.origin}
+	ev := Event{Type: EventRefreshing, Key: e.k.token, Generation: gen, By: e.c.cfg.host, Origin: e.c.origin, Credential: e.credFP}
 	ctx, cancel := context.WithTimeout(ctx, announceTimeout)
 	defer cancel()
 	_ = e.c.st.publishFor(ctx, e.k, ev)
@@ -627,8 +679,11 @@ func (e *entry) invalidate(ctx context.Context, fp string, gen int64) (bool, err
 	// A token is wanted now: an earlier failure (say, of a refresh ahead)
 	// must not stand in the way of the one refetch.
 	e.clearFailure()
-	if s := e.l1.Load(); s != nil && (fp == "" || s.fp == fp) && (gen == 0 || s.gen == gen) {
-		e.l1.CompareAndSwap(s, nil)
+	for {
+		s := e.l1.Load()
+		if s == nil || (fp != "" && s.fp != fp) || (gen != 0 && s.gen != gen) || e.l1.CompareAndSwap(s, nil) {
+			break
+		}
 	}
 	if p := e.pending.Load(); p != nil && (fp == "" || p.Fingerprint() == fp) {
 		e.pending.CompareAndSwap(p, nil)

@@ -151,11 +151,21 @@ func (c *Cache) runSubscriber(ctx context.Context) {
 		}
 		tick.Reset(max(next, 10*time.Millisecond) + jitter(c.cfg.probeInterval/10))
 	}
-	resubscribe := func(why string) {
+	// pending: the old subscription is closed and a new one is due when
+	// the timer fires (msgs is nil meanwhile).
+	pending := false
+	resubscribe := func(why string, after time.Duration) {
 		c.stats.resubscribes.Add(1)
 		c.log().Warn("tokencache: subscribing again", "channel", c.channel, "reason", why, "attempt", fails+1)
 		_ = ps.Close()
 		c.st.ps.reload(ctx)
+		if after > 0 {
+			// Give the cluster client time to load the new slot map first:
+			// subscribing with the old one would ask the old owner.
+			pending, msgs = true, nil
+			tick.Reset(jitter(after))
+			return
+		}
 		ps, msgs = c.subscribe(ctx)
 		probeSent, lastHeard = time.Now(), time.Now()
 		tick.Reset(wait())
@@ -166,10 +176,17 @@ func (c *Cache) runSubscriber(ctx context.Context) {
 			return
 		case <-tick.C:
 			now := time.Now()
+			if pending {
+				pending = false
+				ps, msgs = c.subscribe(ctx)
+				probeSent, lastHeard = now, now
+				tick.Reset(wait())
+				continue
+			}
 			switch {
 			case !probeSent.IsZero() && now.Sub(probeSent) >= wait():
 				fails++
-				resubscribe("the subscription delivered nothing, not even our probe")
+				resubscribe("the subscription delivered nothing, not even our probe", 0)
 				continue
 			case probeSent.IsZero() && now.Sub(lastHeard) >= quiet(now):
 				// A probe that cannot even be published counts as sent: if
@@ -195,7 +212,7 @@ func (c *Cache) runSubscriber(ctx context.Context) {
 					c.onSubscribed()
 				case "sunsubscribe", "unsubscribe":
 					// We never unsubscribe: the server did (the slot moved).
-					resubscribe("the server ended the subscription (" + v.Kind + ")")
+					resubscribe("the server ended the subscription ("+v.Kind+")", slotMapDelay)
 				}
 			case *redis.Message:
 				if c.dropEvents.Load() {
@@ -228,6 +245,10 @@ func (c *Cache) subscribe(ctx context.Context) (*redis.PubSub, <-chan any) {
 		redis.WithChannelHealthCheckInterval(c.cfg.pubsubHealth),
 	)
 }
+
+// slotMapDelay is how long the cache waits, after the server ended its
+// subscription because the channel's slot moved, before subscribing again.
+const slotMapDelay = 200 * time.Millisecond
 
 // waitSubscribed waits, at most d, for the first confirmed subscription.
 func (c *Cache) waitSubscribed(ctx context.Context, d time.Duration) bool {

@@ -3,6 +3,8 @@ package tokencache
 import (
 	"context"
 	"errors"
+	"log/slog"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -27,6 +29,7 @@ type pubsub struct {
 	rdb  redis.UniversalClient
 	want int8         // 0 auto, 1 sharded, -1 classic (WithShardedPubSub)
 	mode atomic.Int32 // 0 not yet known, 1 classic, 2 sharded
+	log  *slog.Logger
 }
 
 const (
@@ -35,8 +38,8 @@ const (
 	modeSharded
 )
 
-func newPubSub(rdb redis.UniversalClient, want int8) *pubsub {
-	p := &pubsub{rdb: rdb, want: want}
+func newPubSub(rdb redis.UniversalClient, want int8, log *slog.Logger) *pubsub {
+	p := &pubsub{rdb: rdb, want: want, log: log}
 	_, cluster := rdb.(*redis.ClusterClient)
 	switch {
 	case want > 0:
@@ -59,12 +62,14 @@ func (p *pubsub) sharded(ctx context.Context) (sharded, ok bool) {
 		return false, true
 	}
 	res, err := p.rdb.Do(ctx, "COMMAND", "INFO", "SPUBLISH").Slice()
-	var rerr redis.Error
-	if err != nil && !errors.As(err, &rerr) {
-		return false, false // no answer yet (Redis down): ask again later
-	}
 	// A server without the command answers nil for it; one that refuses the
-	// question (an ACL without +command|info) gets classic pub/sub.
+	// question (an ACL without +command|info, a server without COMMAND
+	// INFO) gets classic pub/sub. Anything else (Redis down, LOADING,
+	// CLUSTERDOWN, ...) is no answer yet: ask again later.
+	var rerr redis.Error
+	if err != nil && !(errors.As(err, &rerr) && (strings.HasPrefix(err.Error(), "NOPERM") || strings.HasPrefix(err.Error(), "ERR unknown"))) {
+		return false, false
+	}
 	m := modeClassic
 	if err == nil && len(res) == 1 && res[0] != nil {
 		m = modeSharded
@@ -93,29 +98,61 @@ func (p *pubsub) resolve(ctx context.Context) bool {
 }
 
 // command is the publish command a script on k's keys should run, or ""
-// with after set when the caller must publish the script's event itself.
+// with after set when the caller must publish the script's event itself:
+// the keys are in another slot than the channel, or the mode is not known
+// yet (then the event goes out both ways, so that nobody misses it).
 func (p *pubsub) command(ctx context.Context, k keys) (cmd string, after bool) {
-	if s, _ := p.sharded(ctx); !s {
+	s, ok := p.sharded(ctx)
+	switch {
+	case !ok:
+		return "", true
+	case !s:
 		return "PUBLISH", false
-	}
-	if k.slotOfChannel {
+	case k.slotOfChannel:
 		return "SPUBLISH", false
 	}
 	return "", true
 }
 
 func (p *pubsub) publish(ctx context.Context, channel string, payload []byte) error {
-	if s, _ := p.sharded(ctx); s {
-		return p.rdb.SPublish(ctx, channel, payload).Err()
+	s, ok := p.sharded(ctx)
+	if s || !ok {
+		err := p.rdb.SPublish(ctx, channel, payload).Err()
+		if ok {
+			return err
+		}
 	}
 	return p.rdb.Publish(ctx, channel, payload).Err()
 }
 
-// publishAfter publishes the event of a script that could not. A lost
-// event costs its listeners one re-check interval, so the error is only
-// counted by the caller's later reads.
+// publishAfter publishes the event of a script that could not. The write
+// stands either way; a lost event costs listeners what their next read
+// finds, so a failure is logged, not returned.
 func (p *pubsub) publishAfter(ctx context.Context, channel string, payload []byte) {
-	_ = p.publish(ctx, channel, payload)
+	if len(payload) == 0 {
+		return
+	}
+	if err := p.publish(ctx, channel, payload); err != nil {
+		p.log.Warn("tokencache: could not publish an event; replicas will see the change at their next read", "channel", channel, "err", err)
+	}
+}
+
+// afterScript finishes the publishing of a script that returned its
+// event: publish it now (after), or log that the server refused the
+// script's own publish (the event then starts with "!").
+func (p *pubsub) afterScript(ctx context.Context, channel, cmd string, after bool, payload string) {
+	switch {
+	case after:
+		p.publishAfter(ctx, channel, []byte(payload))
+	case strings.HasPrefix(payload, "!"):
+		p.refused(channel, cmd)
+	}
+}
+
+// refused logs a publish command the server refused inside a script.
+func (p *pubsub) refused(channel, cmd string) {
+	p.log.Warn("tokencache: Redis refused to publish an event (check the ACL for +publish or +spublish); replicas will see the change at their next read",
+		"channel", channel, "command", cmd)
 }
 
 // subscribe subscribes to channel the way events are published.

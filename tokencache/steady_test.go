@@ -2,12 +2,14 @@ package tokencache
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/tokencache/tokencache/internal/redistest"
+	"github.com/tokencache/tokencache/lock"
 )
 
 // In steady state, with the defaults, a fleet renews its token with one
@@ -180,5 +182,120 @@ func TestIdleFleetProbesOncePerInterval(t *testing.T) {
 	}
 	if resubs != 0 {
 		t.Errorf("%d re-subscriptions of healthy subscriptions", resubs)
+	}
+}
+
+// "refreshing" announcements that never end in a refresh (the announcer
+// died, or someone publishes them by hand) cannot keep a replica from
+// refreshing ahead: it holds back once per token, for at most half of the
+// token's remaining validity, even with a lock TTL longer than the token's
+// life. Counted: the token is replaced while still valid, so no caller ever
+// has to go past memory.
+func TestRefreshingAnnouncementsCannotStarveRefreshAhead(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits most of a token's life")
+	}
+	rdb := redistest.Start(t).Client(t) // real time: the key's PTTL must run down
+	f := newFakeFetcher(4 * time.Second)
+	c := newCache(t, rdb, f, WithLockTTL(time.Minute), WithRefreshTimeout(5*time.Second))
+	ctx := ctxT(t)
+	first, err := c.Token(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() { // a stream of announcements for ever newer leases
+		defer close(done)
+		for gen := int64(100); ; gen++ {
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			c.onEvent(Event{Type: EventRefreshing, Key: c.server.k.token, Generation: gen, Origin: "elsewhere", Credential: c.server.credFP})
+		}
+	}()
+	defer func() { close(stop); <-done }()
+	var second Token
+	eventually(t, "a refresh ahead despite the announcements", func() bool {
+		tok, err := c.Token(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		second = tok
+		return tok.AccessToken != first.AccessToken
+	})
+	// The fake issuer mints a token life before its expiry: the second
+	// one was fetched while the first could still be served (its key's
+	// TTL ends a fifth of the life before its expiry), not after.
+	fetched, servedUntil := second.Expiry.Add(-f.life), first.Expiry.Add(-f.life/5)
+	if !fetched.Before(servedUntil) {
+		t.Errorf("the second token was fetched %v after the first stopped being served: not ahead", fetched.Sub(servedUntil))
+	}
+	if st := c.Stats(); st.RedisHits != 0 || st.Waits != 0 {
+		t.Errorf("callers left memory (%d Redis hits, %d waits): the refresh was not ahead", st.RedisHits, st.Waits)
+	}
+	if n := f.calls.Load(); n != 2 {
+		t.Errorf("issuer calls = %d, want 2", n)
+	}
+}
+
+// When Redis holds an older token than memory (it lost a write: a
+// failover, a restart without persistence) and another replica holds the
+// lock, a replica keeps serving its newer copy without reading Redis at
+// every call.
+func TestOlderTokenInRedisCausesNoReadStorm(t *testing.T) {
+	rdb, _ := miniBackend(t)
+	c := newCache(t, rdb, newFakeFetcher(time.Hour), fastOpts()...)
+	ctx := ctxT(t)
+	if _, err := c.Token(ctx); err != nil {
+		t.Fatal(err)
+	}
+	key, lockKey, _, _ := c.Keys()
+	older, err := rdb.Get(ctx, key).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Millisecond) // a later expiry for the next token
+	newer, err := c.Refresh(ctx, 0, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.Set(ctx, key, older, 50*time.Minute).Err(); err != nil { // the write is lost
+		t.Fatal(err)
+	}
+	lease, err := lock.New(rdb).TryAcquire(ctx, lockKey) // someone else refreshes
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = lease.Release(context.Background()) }()
+	c.onSubscribed() // a re-subscription: the copy is re-checked
+	reads := c.Stats().RedisReads
+	for range 200 {
+		tok, err := c.Token(ctx)
+		if err != nil || tok.AccessToken != newer.Token.AccessToken {
+			t.Fatalf("served %v, %v; want the newer token", tok, err)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if n := c.Stats().RedisReads - reads; n > 5 {
+		t.Errorf("%d Redis reads for 200 calls: the newer copy is re-checked at every call", n)
+	}
+}
+
+// With a late refresh-ahead share and a wide jitter, the jitter window is
+// fitted before the end of the token's validity: no replica draws a
+// refresh moment at the very end (which is no refresh ahead at all).
+func TestRefreshJitterFitsBeforeExpiry(t *testing.T) {
+	rdb, _ := miniBackend(t)
+	c := newCache(t, rdb, newFakeFetcher(time.Hour), WithRefreshAhead(0.9), WithRefreshJitter(0.3))
+	now := time.Now()
+	for i := range 500 {
+		rec := newRecord(Token{AccessToken: fmt.Sprint("tok-", i), Expiry: now.Add(time.Hour)}, 1, now, "h", "fp")
+		s := c.server.snapshotFor(rec, time.Hour-30*time.Second, now)
+		if left := time.Duration(s.validUntil - s.dueAt); left < time.Minute {
+			t.Fatalf("token %d: refresh moment %v before the end of its validity", i, left)
+		}
 	}
 }

@@ -136,7 +136,9 @@ return {v, pttl, bad, f, fttl}
 //	ARGV[5] events channel (a channel, not a key: a user's keys live in
 //	another cluster slot than the namespace's channel), ARGV[6] the publish
 //	command (PUBLISH or SPUBLISH; empty: the caller publishes, see pubsub)
-//	returns {1, generation} written, {-1, fence} a newer lease exists,
+//	returns {1, generation, published} written (published 0: the server
+//	        refused the publish command, after the write, which stands),
+//	        {-1, fence} a newer lease exists,
 //	        {-2, stored generation} the stored value has the same or a newer
 //	        generation (a real token, or a hand edit the caller judged garbage)
 var writeScript = redis.NewScript(`
@@ -153,8 +155,9 @@ end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
 redis.call('DEL', KEYS[3])
 if not fence or fence < gen then redis.call('SET', KEYS[2], ARGV[2]) end
-if ARGV[6] ~= '' then redis.call(ARGV[6], ARGV[5], ARGV[4]) end
-return {1, gen}
+local published = 1
+if ARGV[6] ~= '' and type(redis.pcall(ARGV[6], ARGV[5], ARGV[4])) == 'table' then published = 0 end
+return {1, gen, published}
 `)
 
 // raiseFenceScript lifts a fencing counter that fell behind the stored
@@ -181,7 +184,8 @@ return tonumber(ARGV[2])
 //	ARGV[2] expires_at (expiryLayout), ARGV[3] TTL ms, ARGV[4] credential fingerprint,
 //	ARGV[5] event JSON template, ARGV[6] events channel, ARGV[7] publish command
 //	returns {new generation, event JSON}, or {0, ''} if the stored token
-//	expires as late or later
+//	expires as late or later; the event JSON starts with '!' when the
+//	server refused the publish command (after the write, which stands)
 var offerScript = redis.NewScript(`
 local gen = 1
 local cur = redis.pcall('GET', KEYS[1])
@@ -201,7 +205,7 @@ ev.generation = gen
 redis.call('SET', KEYS[1], cjson.encode(val), 'PX', ARGV[3])
 redis.call('DEL', KEYS[2])
 local payload = cjson.encode(ev)
-if ARGV[7] ~= '' then redis.call(ARGV[7], ARGV[6], payload) end
+if ARGV[7] ~= '' and type(redis.pcall(ARGV[7], ARGV[6], payload)) == 'table' then payload = '!' .. payload end
 return {gen, payload}
 `)
 
@@ -213,7 +217,8 @@ return {gen, payload}
 //	ARGV[1] token fingerprint or "" (any), ARGV[2] generation or "" (any),
 //	ARGV[3] events channel, ARGV[4] publish command
 //	returns {1, generation, event JSON} deleted, {0, 0, ''} not (missing or
-//	another token)
+//	another token); the event JSON starts with '!' when the server refused
+//	the publish command (after the delete, which stands)
 var invalidateScript = redis.NewScript(`
 local cur = redis.pcall('GET', KEYS[1])
 if type(cur) ~= 'string' then
@@ -231,7 +236,7 @@ local gen = 0
 if type(rec.generation) == 'number' then gen = rec.generation end
 redis.call('DEL', KEYS[1], KEYS[2])
 local payload = cjson.encode({type = 'invalidated', key = KEYS[1], generation = gen, token_fp = rec.token_fp})
-if ARGV[4] ~= '' then redis.call(ARGV[4], ARGV[3], payload) end
+if ARGV[4] ~= '' and type(redis.pcall(ARGV[4], ARGV[3], payload)) == 'table' then payload = '!' .. payload end
 return {1, gen, payload}
 `)
 
@@ -354,14 +359,17 @@ func (s *store) write(ctx context.Context, k keys, rec record, ttl time.Duration
 	cmd, after := s.ps.command(ctx, k)
 	res, err := writeScript.Run(ctx, s.rdb, []string{k.token, k.fence, k.failed},
 		val, rec.Generation, ttl.Milliseconds(), evb, k.channel, cmd).Int64Slice()
-	if err == nil && len(res) != 2 {
+	if err == nil && (len(res) < 2 || res[0] == 1 && len(res) != 3) {
 		err = fmt.Errorf("unexpected script reply of %d elements", len(res))
 	}
 	if err != nil {
 		return 0, 0, &RedisError{Op: "write", Key: k.token, Err: err}
 	}
-	if res[0] == 1 && after {
+	switch {
+	case res[0] == 1 && after:
 		s.ps.publishAfter(ctx, k.channel, evb)
+	case res[0] == 1 && res[2] == 0:
+		s.ps.refused(k.channel, cmd)
 	}
 	return res[0], res[1], nil
 }
@@ -390,8 +398,8 @@ func (s *store) offer(ctx context.Context, k keys, rec record, ttl time.Duration
 	if err != nil {
 		return 0, &RedisError{Op: "offer", Key: k.token, Err: err}
 	}
-	if n > 0 && after {
-		s.ps.publishAfter(ctx, k.channel, []byte(payload))
+	if n > 0 {
+		s.ps.afterScript(ctx, k.channel, cmd, after, payload)
 	}
 	return n, nil
 }
@@ -427,8 +435,8 @@ func (s *store) invalidate(ctx context.Context, k keys, tokenFP string, gen int6
 		return false, 0, &RedisError{Op: "invalidate", Key: k.token, Err: err}
 	}
 	deleted := res[0] == int64(1)
-	if deleted && after {
-		s.ps.publishAfter(ctx, k.channel, []byte(payload))
+	if deleted {
+		s.ps.afterScript(ctx, k.channel, cmd, after, payload)
 	}
 	return deleted, gen, nil
 }

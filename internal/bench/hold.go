@@ -118,7 +118,7 @@ func (k holdHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 		switch nkeys := toInt(args[2]); {
 		case nkeys == 3 && len(args) == 12: // the write script
 			if c, ok := cmd.(*redis.Cmd); ok {
-				if res, _ := c.Int64Slice(); len(res) == 2 && res[0] == 1 {
+				if res, _ := c.Int64Slice(); len(res) >= 2 && res[0] == 1 {
 					gen := toInt(args[7])
 					k.h.wrote(gen, sent)
 					k.h.held(gen, k.i, time.Now())
