@@ -149,9 +149,16 @@ func TestClusterShardedEventsSurviveResharding(t *testing.T) {
 	cl := redistest.StartCluster(t, 3)
 	ctx := ctxT(t)
 	uf := &userFetchers{}
+	seed := 0
 	newReplica := func() *Cache {
-		// Each replica has its own client, seeded with a different node first.
-		return newCache(t, cl.Client(t), newFakeFetcher(time.Hour),
+		// Each replica has its own client, seeded with a different node
+		// first; its subscription goes wherever the channel's slot lives.
+		addrs := cl.Addrs()
+		seed++
+		addrs = append(addrs[seed%len(addrs):], addrs[:seed%len(addrs)]...)
+		rdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: addrs})
+		t.Cleanup(func() { _ = rdb.Close() })
+		return newCache(t, rdb, newFakeFetcher(time.Hour),
 			fastOpts(WithClientTokens(uf.new, 100), WithLockTTL(time.Minute),
 				WithSubscriptionProbe(time.Hour, 2*time.Second))...)
 	}

@@ -194,3 +194,11 @@ func TestMain(m *testing.M) {
 	}
 	os.Exit(m.Run())
 }
+
+// total sums one counter of Stats over caches.
+func total(caches []*Cache, counter func(Stats) uint64) (n uint64) {
+	for _, c := range caches {
+		n += counter(c.Stats())
+	}
+	return n
+}

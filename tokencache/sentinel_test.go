@@ -63,28 +63,34 @@ func TestSentinelFailover(t *testing.T) {
 		return rc.Exists(ctx, "tokencache:{default}:server").Val() == 1
 	})
 
-	// Steady traffic across the failover.
-	stop := make(chan struct{})
+	// traffic keeps every replica asking, every millisecond, until the
+	// returned stop is called; a call that fails, or (want not empty)
+	// returns another token, counts in errs.
 	var calls, errs atomic.Int64
-	var wg sync.WaitGroup
-	for _, c := range caches {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
+	traffic := func(want string) (stop func()) {
+		done := make(chan struct{})
+		var wg sync.WaitGroup
+		for _, c := range caches {
+			wg.Go(func() {
+				for {
+					select {
+					case <-done:
+						return
+					default:
+					}
+					if got, err := c.Token(ctx); err != nil || want != "" && got.AccessToken != want {
+						errs.Add(1)
+					}
+					calls.Add(1)
+					time.Sleep(time.Millisecond)
 				}
-				if got, err := c.Token(ctx); err != nil || got.AccessToken != tok.AccessToken {
-					errs.Add(1)
-				}
-				calls.Add(1)
-				time.Sleep(time.Millisecond)
-			}
-		}()
+			})
+		}
+		return func() { close(done); wg.Wait() }
 	}
+
+	// Steady traffic across the failover.
+	stop := traffic(tok.AccessToken)
 	sc := redis.NewSentinelClient(&redis.Options{Addr: sentinels[0]})
 	defer sc.Close()
 	if err := sc.Failover(ctx, "tc").Err(); err != nil {
@@ -99,8 +105,7 @@ func TestSentinelFailover(t *testing.T) {
 		return err == nil && strings.Contains(info, "role:master")
 	})
 	time.Sleep(300 * time.Millisecond) // some traffic on the new topology
-	close(stop)
-	wg.Wait()
+	stop()
 	if n := errs.Load(); n != 0 {
 		t.Errorf("%d of %d calls failed or changed token across the failover, want 0", n, calls.Load())
 	}
@@ -136,32 +141,10 @@ func TestSentinelFailover(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { _, err := caches[2].Refresh(ctx, 0, true); done <- err }()
 	eventually(t, "the refresh to reach the issuer", func() bool { return f.calls.Load() > before })
-	stop = make(chan struct{})
 	errs.Store(0)
-	reads := func() (n uint64) {
-		for _, c := range caches {
-			n += c.Stats().RedisReads
-		}
-		return n
-	}
+	reads := func() uint64 { return total(caches, func(s Stats) uint64 { return s.RedisReads }) }
 	readsBefore := reads()
-	for _, c := range caches {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				if _, err := c.Token(ctx); err != nil {
-					errs.Add(1)
-				}
-				time.Sleep(time.Millisecond)
-			}
-		}()
-	}
+	stop = traffic("")
 	eventually(t, "the sentinels to accept a failover back", func() bool {
 		return sc.Failover(ctx, "tc").Err() == nil
 	})
@@ -191,8 +174,7 @@ func TestSentinelFailover(t *testing.T) {
 			return err == nil && got.AccessToken == res.Token.AccessToken
 		})
 	}
-	close(stop)
-	wg.Wait()
+	stop()
 	// Redis may now hold an older token than memory (asynchronous
 	// replication): callers asking every millisecond must not turn that
 	// into a read per call.

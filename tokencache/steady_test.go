@@ -176,11 +176,7 @@ func TestIdleFleetProbesOncePerInterval(t *testing.T) {
 	if n > 2*intervals {
 		t.Errorf("%d probes in %d intervals: want about one per interval for the fleet", n, intervals)
 	}
-	var resubs uint64
-	for _, c := range caches {
-		resubs += c.Stats().Resubscribes
-	}
-	if resubs != 0 {
+	if resubs := total(caches, func(s Stats) uint64 { return s.Resubscribes }); resubs != 0 {
 		t.Errorf("%d re-subscriptions of healthy subscriptions", resubs)
 	}
 }
