@@ -103,8 +103,9 @@ const EventProbe = "probe"
 // whole fleet's subscriptions. To keep it at one, the fleet has a probe
 // leader: the replica with the smallest origin among the probes heard in
 // the last two intervals (until one is heard, every replica thinks it
-// leads). The leader probes after a quiet interval; the others wait half
-// an interval longer, so they probe only when the leader's probe did not
+// leads). The leader probes after a quiet interval; the others wait a
+// fifth of an interval longer (more than the timer's jitter), so they
+// probe only when the leader's probe did not
 // reach them: the leader is gone (the next election follows), or their own
 // subscription is dead (and their probe does not come back either).
 //
@@ -131,7 +132,7 @@ func (c *Cache) runSubscriber(ctx context.Context) {
 		if leader == "" || c.origin <= leader || now.Sub(leaderHeard) > 2*c.cfg.probeInterval {
 			return c.cfg.probeInterval
 		}
-		return c.cfg.probeInterval * 3 / 2
+		return c.cfg.probeInterval * 6 / 5
 	}
 	// wait is how long an outstanding probe or subscription may take. It
 	// doubles with each failed attempt in a row (Redis is down: go-redis

@@ -70,8 +70,9 @@ const (
 	// before the cache probes it by publishing to its own channel, and
 	// DefaultProbeTimeout how long the probe may take to come back before
 	// the cache subscribes again: a half-open subscription, or one left on
-	// a demoted master after a Sentinel failover, is replaced within about
-	// seven seconds. The cost is the fleet's, not each replica's: about one
+	// a demoted master after a Sentinel failover, is replaced within seven
+	// to nine seconds (the probe leader's; the others stand by a second
+	// longer). The cost is the fleet's, not each replica's: about one
 	// PUBLISH per quiet interval for the whole namespace (every replica
 	// hears the first probe and stands down), 720 an hour, whatever the
 	// number of replicas.
