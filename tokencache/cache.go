@@ -343,9 +343,9 @@ func (c *Cache) onEvent(ev Event) {
 			e.sig.fire()
 			return
 		}
-		if s := e.l1.Load(); s != nil && c.monoNow() < s.validUntil && (ev.ExpiresAt.IsZero() && s.gen >= ev.Generation ||
-			!ev.ExpiresAt.IsZero() && !ev.ExpiresAt.After(s.tok.Expiry)) {
-			// We already hold this token or a later one: nothing to read.
+		if s := e.l1.Load(); s != nil && c.monoNow() < s.validUntil && (ev.TokenFP != "" && ev.TokenFP == s.fp ||
+			ev.TokenFP == "" && s.gen >= ev.Generation) {
+			// We already hold this token: nothing to read.
 			e.sig.fire()
 			return
 		}
@@ -360,7 +360,11 @@ func (c *Cache) onEvent(ev Event) {
 			fp := ev.TokenFP
 			e.rejected.Store(&fp) // a read racing the deletion must not bring it back
 		}
-		if s := e.l1.Load(); s != nil && (ev.Generation == 0 || s.gen <= ev.Generation) {
+		// Drop the invalidated token, or a copy older than it (we missed
+		// its refresh); not a newer one (Redis lost a write and its
+		// generations went back).
+		if s := e.l1.Load(); s != nil && (ev.TokenFP != "" && (s.fp == ev.TokenFP || s.gen < ev.Generation) ||
+			ev.TokenFP == "" && (ev.Generation == 0 || s.gen <= ev.Generation)) {
 			e.l1.CompareAndSwap(s, nil)
 		}
 		e.sig.fire()

@@ -62,15 +62,17 @@ type snapshot struct {
 	dueAt      mono   // refresh-ahead moment (jittered)
 	softUntil  mono   // before this, no background work at all
 	held       bool   // another replica's "refreshing" already put this copy's moment off
+	issued     time.Time
 }
 
-// newer reports whether s holds a later token than o: a later issuer
-// expiry, or the same expiry and a higher generation. Generations order the
-// writes of one Redis, but go backwards when Redis loses a write (a
-// failover, a restart without persistence); expiries do not.
+// newer reports whether s holds a later token than o: issued later, or
+// issued at the same moment with a higher generation. Generations order
+// the writes of one Redis, but go backwards when Redis loses a write (a
+// failover, a restart without persistence); issue times do not. Expiries
+// would not do: an issuer may hand out a shorter-lived token next.
 func (s *snapshot) newer(o *snapshot) bool {
-	if !s.tok.Expiry.Equal(o.tok.Expiry) {
-		return s.tok.Expiry.After(o.tok.Expiry)
+	if !s.issued.Equal(o.issued) {
+		return s.issued.After(o.issued)
 	}
 	return s.gen > o.gen
 }
@@ -286,7 +288,8 @@ func (e *entry) snapshotFor(rec record, ttl time.Duration, at time.Time) *snapsh
 	if cfg.l1MaxAge > 0 {
 		soft = min(soft, base+mono(cfg.l1MaxAge))
 	}
-	return &snapshot{tok: rec.token(), gen: rec.Generation, fp: rec.TokenFP, validUntil: validUntil, dueAt: due, softUntil: soft}
+	issued, _ := time.Parse(time.RFC3339Nano, rec.IssuedAt)
+	return &snapshot{tok: rec.token(), gen: rec.Generation, fp: rec.TokenFP, validUntil: validUntil, dueAt: due, softUntil: soft, issued: issued}
 }
 
 // install makes s the in-memory copy, unless a newer token that is still
@@ -450,15 +453,19 @@ func (e *entry) background(ctx context.Context) {
 		e.later(jitter(e.c.cfg.waitRecheck))
 		return
 	}
-	// Under the lock, a token newer than the one we serve means someone
+	// Under the lock, a token issued after the one we serve means someone
 	// else refreshed; an older one (Redis lost a write) does not.
 	served := s
 	if _, err := e.refreshLocked(ctx, lease, func(r readResult) bool {
-		exp, _ := r.rec.expiry()
-		return exp.After(served.tok.Expiry)
+		iss, _ := time.Parse(time.RFC3339Nano, r.rec.IssuedAt)
+		return iss.After(served.issued)
 	}); err != nil {
 		e.c.log().Warn("tokencache: refresh ahead failed; serving the current token", "key", e.k.token, "err", err)
 		e.later(e.retryDelay(err))
+	} else if e.l1.Load() == served {
+		// Whatever happened, the copy we decided on is still there: never
+		// come straight back here.
+		e.later(jitter(e.c.cfg.waitRecheck))
 	}
 }
 
@@ -614,7 +621,7 @@ func (e *entry) write(ctx context.Context, rec *record, ttl time.Duration, lift 
 		return 0, err
 	}
 	for attempt := 0; ; attempt++ {
-		ev := Event{Type: EventRefreshed, Key: e.k.token, Generation: rec.Generation, By: e.c.cfg.host, Origin: e.c.origin}
+		ev := Event{Type: EventRefreshed, Key: e.k.token, Generation: rec.Generation, By: e.c.cfg.host, Origin: e.c.origin, TokenFP: rec.TokenFP}
 		ev.ExpiresAt, _ = rec.expiry()
 		stored.Generation = rec.Generation
 		code, seen, err := e.c.st.write(ctx, e.k, stored, ttl, ev)
@@ -702,7 +709,8 @@ func (e *entry) offer(ctx context.Context, tok Token) (bool, error) {
 	issued := e.c.now()
 	ttl := e.ttlFor(tok, issued)
 	rec := newRecord(tok, 0, issued, e.c.cfg.host, e.credFP)
-	ev := Event{Type: EventRefreshed, Key: e.k.token, ExpiresAt: tok.Expiry.UTC(), By: e.c.cfg.host, Origin: e.c.origin}
+	ev := Event{Type: EventRefreshed, Key: e.k.token, By: e.c.cfg.host, Origin: e.c.origin, TokenFP: rec.TokenFP}
+	ev.ExpiresAt, _ = rec.expiry()
 	stored, err := e.seal(rec)
 	if err != nil {
 		return false, err

@@ -3,6 +3,7 @@ package tokencache
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"sync"
 	"time"
 
@@ -152,6 +153,7 @@ func (c *Cache) runSubscriber(ctx context.Context) {
 		}
 		tick.Reset(max(next, 10*time.Millisecond) + jitter(c.cfg.probeInterval/10))
 	}
+	probeRefused := false // logged once
 	// pending: the old subscription is closed and a new one is due when
 	// the timer fires (msgs is nil meanwhile).
 	pending := false
@@ -190,12 +192,23 @@ func (c *Cache) runSubscriber(ctx context.Context) {
 				resubscribe("the subscription delivered nothing, not even our probe", 0)
 				continue
 			case probeSent.IsZero() && now.Sub(lastHeard) >= quiet(now):
-				// A probe that cannot even be published counts as sent: if
-				// it does not come back, subscribing again is harmless.
+				// A probe that could not be sent counts as sent: if it does
+				// not come back, subscribing again is harmless. One the
+				// server refused (an ACL without +publish) proves nothing
+				// either way: skip this round rather than re-subscribe.
 				pctx, cancel := context.WithTimeout(ctx, c.cfg.probeTimeout)
-				_ = c.st.publish(pctx, c.channel, Event{Type: EventProbe, Key: c.channel, Origin: c.origin})
+				err := c.st.publish(pctx, c.channel, Event{Type: EventProbe, Key: c.channel, Origin: c.origin})
 				cancel()
-				probeSent = now
+				var rerr redis.Error
+				if err != nil && errors.As(err, &rerr) {
+					if !probeRefused {
+						probeRefused = true
+						c.log().Warn("tokencache: Redis refused the subscription probe; a silent subscription will not be detected", "channel", c.channel, "err", err)
+					}
+					lastHeard = now
+				} else {
+					probeSent = now
+				}
 			}
 			schedule(now)
 		case m, ok := <-msgs:

@@ -24,7 +24,7 @@ type fakeFetcher struct {
 	now   func() time.Time
 	id    string
 
-	mu    sync.Mutex // guards delay, gate, errs
+	mu    sync.Mutex // guards delay, gate, errs, and life once the test runs
 	delay time.Duration
 	gate  chan struct{} // if not nil, Fetch waits for it
 	errs  []error       // returned by the next calls, in order
@@ -42,7 +42,7 @@ func (f *fakeFetcher) Identity() string { return f.id }
 func (f *fakeFetcher) Fetch(ctx context.Context) (Token, error) {
 	n := f.calls.Add(1)
 	f.mu.Lock()
-	delay, gate := f.delay, f.gate
+	delay, gate, life := f.delay, f.gate, f.life
 	var err error
 	if len(f.errs) > 0 {
 		err, f.errs = f.errs[0], f.errs[1:]
@@ -65,11 +65,12 @@ func (f *fakeFetcher) Fetch(ctx context.Context) (Token, error) {
 	if err != nil {
 		return Token{}, err
 	}
-	return Token{AccessToken: fmt.Sprintf("secret-token-%d-%d", n, time.Now().UnixNano()), TokenType: "Bearer", Expiry: f.now().Add(f.life)}, nil
+	return Token{AccessToken: fmt.Sprintf("secret-token-%d-%d", n, time.Now().UnixNano()), TokenType: "Bearer", Expiry: f.now().Add(life)}, nil
 }
 
 func (f *fakeFetcher) setGate(ch chan struct{}) { f.mu.Lock(); f.gate = ch; f.mu.Unlock() }
 func (f *fakeFetcher) setDelay(d time.Duration) { f.mu.Lock(); f.delay = d; f.mu.Unlock() }
+func (f *fakeFetcher) setLife(d time.Duration)  { f.mu.Lock(); f.life = d; f.mu.Unlock() }
 func (f *fakeFetcher) failNext(errs ...error) {
 	f.mu.Lock()
 	f.errs = append(f.errs, errs...)

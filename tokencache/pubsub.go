@@ -63,11 +63,11 @@ func (p *pubsub) sharded(ctx context.Context) (sharded, ok bool) {
 	}
 	res, err := p.rdb.Do(ctx, "COMMAND", "INFO", "SPUBLISH").Slice()
 	// A server without the command answers nil for it; one that refuses the
-	// question (an ACL without +command|info, a server without COMMAND
-	// INFO) gets classic pub/sub. Anything else (Redis down, LOADING,
-	// CLUSTERDOWN, ...) is no answer yet: ask again later.
+	// question (an ACL without +command|info, a proxy or server without
+	// COMMAND INFO) gets classic pub/sub. No answer (Redis down) or a
+	// passing state (LOADING, CLUSTERDOWN, ...) is asked again later.
 	var rerr redis.Error
-	if err != nil && !(errors.As(err, &rerr) && (strings.HasPrefix(err.Error(), "NOPERM") || strings.HasPrefix(err.Error(), "ERR unknown"))) {
+	if err != nil && (!errors.As(err, &rerr) || transient(err)) {
 		return false, false
 	}
 	m := modeClassic
@@ -76,6 +76,17 @@ func (p *pubsub) sharded(ctx context.Context) (sharded, ok bool) {
 	}
 	p.mode.CompareAndSwap(modeUnknown, m)
 	return p.mode.Load() == modeSharded, true
+}
+
+// transient reports whether a Redis error reply describes a passing state.
+func transient(err error) bool {
+	msg := strings.ToUpper(err.Error())
+	for _, p := range []string{"LOADING", "CLUSTERDOWN", "TRYAGAIN", "MASTERDOWN", "BUSY", "MOVED", "ASK "} {
+		if strings.HasPrefix(msg, p) {
+			return true
+		}
+	}
+	return false
 }
 
 // resolve waits until the publish mode is known, asking again with a
@@ -116,11 +127,16 @@ func (p *pubsub) command(ctx context.Context, k keys) (cmd string, after bool) {
 
 func (p *pubsub) publish(ctx context.Context, channel string, payload []byte) error {
 	s, ok := p.sharded(ctx)
-	if s || !ok {
-		err := p.rdb.SPublish(ctx, channel, payload).Err()
-		if ok {
-			return err
+	switch {
+	case !ok:
+		// Not known yet: both ways, and one that went out is enough.
+		serr := p.rdb.SPublish(ctx, channel, payload).Err()
+		if perr := p.rdb.Publish(ctx, channel, payload).Err(); perr != nil && serr != nil {
+			return perr
 		}
+		return nil
+	case s:
+		return p.rdb.SPublish(ctx, channel, payload).Err()
 	}
 	return p.rdb.Publish(ctx, channel, payload).Err()
 }

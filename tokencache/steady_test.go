@@ -3,11 +3,13 @@ package tokencache
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/tokencache/tokencache/internal/redistest"
 	"github.com/tokencache/tokencache/lock"
 )
@@ -293,5 +295,67 @@ func TestRefreshJitterFitsBeforeExpiry(t *testing.T) {
 		if left := time.Duration(s.validUntil - s.dueAt); left < time.Minute {
 			t.Fatalf("token %d: refresh moment %v before the end of its validity", i, left)
 		}
+	}
+}
+
+// An issuer that starts handing out shorter-lived tokens (an admin
+// shortened the lifetime, a session cap) must not make a replica refresh
+// in a loop: a fresh token that expires before the one it replaces is
+// still the newer one.
+func TestShorterLivedTokenIsStillNewer(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs a few token lifetimes")
+	}
+	rdb := redistest.Start(t).Client(t)
+	f := newFakeFetcher(6 * time.Second)
+	c := newCache(t, rdb, f, fastOpts()...)
+	ctx := ctxT(t)
+	if _, err := c.Token(ctx); err != nil {
+		t.Fatal(err)
+	}
+	f.setLife(2 * time.Second)
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		if _, err := c.Token(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// 6 s token due after 3 s, then 2 s tokens due every second or so.
+	if n := f.calls.Load(); n > 6 {
+		t.Errorf("issuer calls = %d in 5 s, want at most 6: a refresh loop", n)
+	}
+	if n := c.Stats().RedisReads; n > 40 {
+		t.Errorf("%d Redis reads in 5 s: a read loop", n)
+	}
+}
+
+// A Redis user who may not PUBLISH (an ACL without +publish) still gets
+// tokens cached: the scripts' publish is refused after the write, which
+// stands, and the subscription probe, refused too, does not make the
+// replica re-subscribe over and over.
+func TestPublishRefusedByACL(t *testing.T) {
+	srv := redistest.Start(t)
+	admin := srv.Client(t)
+	ctx := ctxT(t)
+	if err := admin.Do(ctx, "ACL", "SETUSER", "nopub", "on", ">pw", "~*", "&*", "+@all", "-publish", "-spublish").Err(); err != nil {
+		t.Fatal(err)
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr, Username: "nopub", Password: "pw"})
+	t.Cleanup(func() { _ = rdb.Close() })
+	f := newFakeFetcher(time.Hour)
+	c := newCache(t, rdb, f, fastOpts(WithSubscriptionProbe(50*time.Millisecond, 50*time.Millisecond))...)
+	tok, err := c.Token(ctx)
+	if err != nil {
+		t.Fatalf("Token with publish refused: %v", err)
+	}
+	key, _, _, _ := c.Keys()
+	if v := admin.Get(ctx, key).Val(); !strings.Contains(v, tok.AccessToken) {
+		t.Fatalf("the token was not stored")
+	}
+	if ok, err := c.Invalidate(ctx, tok); err != nil || !ok {
+		t.Fatalf("invalidate with publish refused: %v, %v", ok, err)
+	}
+	time.Sleep(20 * 50 * time.Millisecond) // twenty probe intervals
+	if n := c.Stats().Resubscribes; n > 1 {
+		t.Errorf("%d re-subscriptions: a refused probe is not a dead subscription", n)
 	}
 }
