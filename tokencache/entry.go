@@ -311,7 +311,8 @@ func (e *entry) install(s *snapshot) {
 		}
 		if cur != nil && cur.fp == s.fp && cur.held && cur.softUntil > s.softUntil {
 			c := *s
-			c.softUntil, c.dueAt, c.held = min(cur.softUntil, c.validUntil), max(c.dueAt, min(cur.softUntil, c.validUntil)), true
+			c.softUntil = min(cur.softUntil, c.validUntil)
+			c.dueAt, c.held = max(c.dueAt, c.softUntil), true
 			n = &c
 		}
 		if e.l1.CompareAndSwap(cur, n) {
@@ -602,7 +603,7 @@ func (e *entry) announce(ctx context.Context, gen int64) {
 	ev := Event{Type: EventRefreshing, Key: e.k.token, Generation: gen, By: e.c.cfg.host, Origin: e.c.origin, Credential: e.credFP}
 	ctx, cancel := context.WithTimeout(ctx, announceTimeout)
 	defer cancel()
-	_ = e.c.st.publishFor(ctx, e.k, ev)
+	_ = e.c.st.publish(ctx, e.k.channel, ev)
 }
 
 // announceTimeout bounds the "refreshing" announcement.

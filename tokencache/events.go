@@ -157,6 +157,11 @@ func (c *Cache) runSubscriber(ctx context.Context) {
 	// pending: the old subscription is closed and a new one is due when
 	// the timer fires (msgs is nil meanwhile).
 	pending := false
+	subscribeAgain := func(now time.Time) {
+		ps, msgs = c.subscribe(ctx)
+		probeSent, lastHeard = now, now
+		tick.Reset(wait())
+	}
 	resubscribe := func(why string, after time.Duration) {
 		c.stats.resubscribes.Add(1)
 		c.log().Warn("tokencache: subscribing again", "channel", c.channel, "reason", why, "attempt", fails+1)
@@ -169,9 +174,7 @@ func (c *Cache) runSubscriber(ctx context.Context) {
 			tick.Reset(jitter(after))
 			return
 		}
-		ps, msgs = c.subscribe(ctx)
-		probeSent, lastHeard = time.Now(), time.Now()
-		tick.Reset(wait())
+		subscribeAgain(time.Now())
 	}
 	for {
 		select {
@@ -181,9 +184,7 @@ func (c *Cache) runSubscriber(ctx context.Context) {
 			now := time.Now()
 			if pending {
 				pending = false
-				ps, msgs = c.subscribe(ctx)
-				probeSent, lastHeard = now, now
-				tick.Reset(wait())
+				subscribeAgain(now)
 				continue
 			}
 			switch {

@@ -153,9 +153,9 @@ func (p *pubsub) publishAfter(ctx context.Context, channel string, payload []byt
 	}
 }
 
-// afterScript finishes the publishing of a script that returned its
-// event: publish it now (after), or log that the server refused the
-// script's own publish (the event then starts with "!").
+// afterScript finishes the publishing of a script that changed a token:
+// publish its event now (after), or log that the server refused the
+// script's own publish (the event is then marked with a leading "!").
 func (p *pubsub) afterScript(ctx context.Context, channel, cmd string, after bool, payload string) {
 	switch {
 	case after:

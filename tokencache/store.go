@@ -365,11 +365,12 @@ func (s *store) write(ctx context.Context, k keys, rec record, ttl time.Duration
 	if err != nil {
 		return 0, 0, &RedisError{Op: "write", Key: k.token, Err: err}
 	}
-	switch {
-	case res[0] == 1 && after:
-		s.ps.publishAfter(ctx, k.channel, evb)
-	case res[0] == 1 && res[2] == 0:
-		s.ps.refused(k.channel, cmd)
+	if res[0] == 1 {
+		payload := string(evb)
+		if res[2] == 0 {
+			payload = "!" + payload // the same mark the other scripts use
+		}
+		s.ps.afterScript(ctx, k.channel, cmd, after, payload)
 	}
 	return res[0], res[1], nil
 }
@@ -451,11 +452,6 @@ func (s *store) publish(ctx context.Context, channel string, ev Event) error {
 		return &RedisError{Op: "publish", Key: channel, Err: err}
 	}
 	return nil
-}
-
-// publishFor sends ev on the channel of k.
-func (s *store) publishFor(ctx context.Context, k keys, ev Event) error {
-	return s.publish(ctx, k.channel, ev)
 }
 
 // keys are the Redis names of one cached token. The keys share a hash tag,
