@@ -43,13 +43,36 @@ const Redacted = "[redacted]"
 // run of base64 or base64url characters 40 long, or 24 long with a digit:
 // access tokens, JWTs, API keys, but not words) with "[redacted]", turns
 // control characters and invalid UTF-8 into spaces, and cuts the result at
-// limit bytes on a rune boundary, marking the cut with "...".
+// limit bytes on a rune boundary, marking the cut with "...". A secret that
+// could only be removed by removing the markers themselves (a part of
+// "[redacted]") gives "".
 func Scrub(msg string, limit int, secrets ...string) string {
+	// Secrets are removed before and after the clean-up: turning a control
+	// character into a space, or cutting, can make a secret appear that was
+	// not there byte for byte.
+	out := cut(redactSecrets(clean(redactSecrets(msg, secrets)), secrets), limit)
+	for _, s := range secrets {
+		if s != "" && strings.Contains(out, s) {
+			// Only a secret that overlaps the markers themselves gets
+			// here; nothing of the message is safe to keep.
+			return ""
+		}
+	}
+	return out
+}
+
+func redactSecrets(msg string, secrets []string) string {
 	for _, s := range secrets {
 		if s != "" {
 			msg = strings.ReplaceAll(msg, s, Redacted)
 		}
 	}
+	return msg
+}
+
+// clean replaces token-shaped words with Redacted and control characters
+// and invalid UTF-8 with spaces, and trims the result.
+func clean(msg string) string {
 	var b strings.Builder
 	start := -1 // start of the current run of token characters
 	flush := func(end int) {
@@ -83,15 +106,20 @@ func Scrub(msg string, limit int, secrets ...string) string {
 	if start >= 0 {
 		flush(len(msg))
 	}
-	out := strings.TrimSpace(b.String())
-	if len(out) > limit {
-		cut := limit
-		for cut > 0 && !utf8.RuneStart(out[cut]) {
-			cut--
-		}
-		out = out[:cut] + "..."
+	return strings.TrimSpace(b.String())
+}
+
+// cut shortens s to at most limit bytes on a rune boundary, marking the cut
+// with "...".
+func cut(s string, limit int) string {
+	if len(s) <= limit {
+		return s
 	}
-	return out
+	n := max(limit, 0)
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "..."
 }
 
 func isTokenByte(c byte) bool {
