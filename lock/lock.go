@@ -208,6 +208,21 @@ func (l *Locker) newLease(m *redsync.Mutex, key string, start time.Time) *Lease 
 // before starting it; the first call draws, later calls return the same
 // value. It fails with the lease's error if the lease is already lost.
 func (le *Lease) Fence(ctx context.Context, fenceKey string) (int64, error) {
+	return le.FenceWith(ctx, func(ctx context.Context) (int64, error) {
+		gen, err := le.l.fence.Incr(ctx, fenceKey).Result()
+		if err != nil && ctx.Err() == nil {
+			err = fmt.Errorf("lock: fence %s: %w", fenceKey, err)
+		}
+		return gen, err
+	})
+}
+
+// FenceWith is Fence with the draw done by draw, for a caller that folds
+// the counter's increment into a script of its own (one round trip for
+// the increment and whatever the protected work needs first). draw must
+// increment the same counter for every lease of the lock; a positive
+// result becomes the lease's generation.
+func (le *Lease) FenceWith(ctx context.Context, draw func(context.Context) (int64, error)) (int64, error) {
 	le.mu.Lock()
 	defer le.mu.Unlock()
 	if le.gen > 0 {
@@ -216,12 +231,15 @@ func (le *Lease) Fence(ctx context.Context, fenceKey string) (int64, error) {
 	if le.err != nil {
 		return 0, le.err
 	}
-	gen, err := le.l.fence.Incr(ctx, fenceKey).Result()
+	gen, err := draw(ctx)
 	if err != nil {
 		if ctx.Err() != nil {
 			return 0, ctx.Err()
 		}
-		return 0, fmt.Errorf("lock: fence %s: %w", fenceKey, err)
+		return 0, err
+	}
+	if gen <= 0 {
+		return 0, fmt.Errorf("lock: fence drew generation %d", gen)
 	}
 	le.gen = gen
 	return gen, nil

@@ -42,21 +42,34 @@ func WithIssuerBudget(limit int, window time.Duration) Option {
 	}
 }
 
+// budgetLua counts one issuer call in a fixed window: KEYS[kb] is the
+// budget key, ARGV[ab] the limit and ARGV[ab+1] the window in ms. It
+// leaves {allowed 1|0, ms until the window resets, calls counted} in the
+// local "spent". The refresh's begin script (store.go) runs it too, so
+// that a refresh takes its first issuer call's budget in the same round
+// trip as its fencing generation.
+func budgetLua(kb, ab int) string {
+	return fmt.Sprintf(`
+do
+  local n = redis.call('INCR', KEYS[%[1]d])
+  local ttl = redis.call('PTTL', KEYS[%[1]d])
+  if ttl < 0 then
+    redis.call('PEXPIRE', KEYS[%[1]d], ARGV[%[3]d])
+    ttl = tonumber(ARGV[%[3]d])
+  end
+  local allowed = 1
+  if n > tonumber(ARGV[%[2]d]) then allowed = 0 end
+  spent = {allowed, ttl, n}
+end
+`, kb, ab, ab+1)
+}
+
 // budgetScript counts one issuer call in a fixed window.
 //
 //	KEYS[1] budget key
 //	ARGV[1] limit, ARGV[2] window ms
 //	returns {allowed 1|0, ms until the window resets, calls counted}
-var budgetScript = redis.NewScript(`
-local n = redis.call('INCR', KEYS[1])
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl < 0 then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  ttl = tonumber(ARGV[2])
-end
-if n > tonumber(ARGV[1]) then return {0, ttl, n} end
-return {1, ttl, n}
-`)
+var budgetScript = redis.NewScript("local spent\n" + budgetLua(1, 1) + "return spent\n")
 
 // budget is the cache's issuer budget.
 type budget struct {
@@ -123,7 +136,13 @@ func (c *Cache) takeBudget(ctx context.Context, redisDown bool) error {
 		}
 		return nil
 	}
-	c.stats.budgetLeft.Store(max(0, int64(b.limit)-res[2]))
+	return c.spent(res)
+}
+
+// spent turns a budget count, {allowed 1|0, ms until the window resets,
+// calls counted}, into the verdict on one issuer call.
+func (c *Cache) spent(res []int64) error {
+	c.stats.budgetLeft.Store(max(0, int64(c.budget.limit)-res[2]))
 	if res[0] == 0 {
 		return &budgetError{reset: time.Duration(res[1]) * time.Millisecond}
 	}

@@ -122,6 +122,12 @@ func (c *Cache) Close() error {
 	c.closed.Store(true)
 	c.mu.Unlock()
 	c.cancel()
+	c.server.stopTimer()
+	if c.users != nil {
+		for _, e := range c.users.Values() {
+			e.stopTimer()
+		}
+	}
 	c.wg.Wait()
 	return nil
 }

@@ -158,7 +158,9 @@ func (c *Cache) userEntry(id string) (*entry, error) {
 }
 
 func newUserLRU(size int) *lru.Cache[string, *entry] {
-	l, _ := lru.New[string, *entry](size) // size > 0 is checked by the option
+	// size > 0 is checked by the option. An evicted entry's timer would
+	// keep it in memory until its moment.
+	l, _ := lru.NewWithEvict(size, func(_ string, e *entry) { e.stopTimer() })
 	return l
 }
 

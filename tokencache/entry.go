@@ -38,6 +38,16 @@ type entry struct {
 
 	warnedFP atomic.Bool            // logged a credential mismatch once
 	rejected atomic.Pointer[string] // fingerprint of the last token invalidated here
+
+	// used: a caller asked for the token since the timer last fired.
+	// The timer fires at the copy's next moment (its refresh-ahead
+	// moment), so a replica in use refreshes at its own jittered moment,
+	// not at whichever call comes after it: replicas whose callers run in
+	// step would otherwise all reach the lock at the same call.
+	used    atomic.Bool
+	timerMu sync.Mutex // guards timer, stopped
+	timer   *time.Timer
+	stopped bool
 }
 
 // isRejected reports whether fp is the token this replica last
@@ -81,6 +91,9 @@ func (e *entry) token(ctx context.Context) (Token, error) {
 	if s := e.l1.Load(); s != nil {
 		now := e.c.monoNow()
 		if now < s.softUntil {
+			if !e.used.Load() {
+				e.used.Store(true)
+			}
 			return s.tok, nil
 		}
 		if now < s.validUntil {
@@ -95,6 +108,7 @@ func (e *entry) slow(ctx context.Context) (Token, error) {
 	if e.c.closed.Load() {
 		return Token{}, ErrClosed
 	}
+	e.used.Store(true)
 	// The shared work runs on the cache's context, not the first
 	// caller's: a caller that gives up does not fail the others.
 	shared := func() (any, error) {
@@ -316,8 +330,56 @@ func (e *entry) install(s *snapshot) {
 			n = &c
 		}
 		if e.l1.CompareAndSwap(cur, n) {
+			e.arm(n)
 			return
 		}
+	}
+}
+
+// arm sets the entry's timer to the next moment of s. Moments that move
+// later (putOff) need no new arming: the timer finds the copy not due yet
+// and arms itself again. With an injected clock there is no timer: calls
+// alone drive background work, on the clock the test moves.
+func (e *entry) arm(s *snapshot) {
+	if e.c.injectedClock {
+		return
+	}
+	d := time.Duration(s.softUntil - e.c.monoNow())
+	e.timerMu.Lock()
+	defer e.timerMu.Unlock()
+	switch {
+	case e.stopped:
+	case e.timer == nil:
+		e.timer = time.AfterFunc(d, e.onTimer)
+	default:
+		e.timer.Reset(d)
+	}
+}
+
+// onTimer starts the background work of the copy in memory at its moment
+// if callers are using it; an unused copy waits for its next caller.
+func (e *entry) onTimer() {
+	s := e.l1.Load()
+	if s == nil || e.c.closed.Load() {
+		return
+	}
+	now := e.c.monoNow()
+	switch {
+	case now < s.softUntil:
+		e.arm(s)
+	case now < s.validUntil && e.used.Swap(false):
+		e.kick()
+	}
+}
+
+// stopTimer stops the entry's timer for good (the cache closes, or the
+// entry leaves the LRU of client tokens).
+func (e *entry) stopTimer() {
+	e.timerMu.Lock()
+	defer e.timerMu.Unlock()
+	e.stopped = true
+	if e.timer != nil {
+		e.timer.Stop()
 	}
 }
 
@@ -401,6 +463,13 @@ func (e *entry) background(ctx context.Context) {
 		}
 		cur = e.l1.Load()
 	}
+	if cur != nil && e.c.monoNow() >= cur.dueAt {
+		// Due: try the lock straight away. The holder re-reads under it,
+		// so a read first would only tell the replicas that lose the lock
+		// what the winner's "refreshed" will tell them anyway.
+		e.refreshAhead(ctx, cur)
+		return
+	}
 	at := e.c.now()
 	r, err := e.read(ctx, at)
 	if err != nil {
@@ -434,9 +503,15 @@ func (e *entry) background(ctx context.Context) {
 			return
 		}
 	}
-	if now < s.dueAt {
-		return
+	if now >= s.dueAt {
+		e.refreshAhead(ctx, s)
 	}
+}
+
+// refreshAhead refreshes the token while callers keep getting served, the
+// copy that is due: under the lock, unless the fleet is backing off after
+// a failure or another replica holds the lock (its event will update us).
+func (e *entry) refreshAhead(ctx context.Context, served *snapshot) {
 	if d := e.backingOff(); d > 0 {
 		// A refresh failed recently, here or anywhere in the fleet: the
 		// current token is still good, so wait out the window.
@@ -455,17 +530,20 @@ func (e *entry) background(ctx context.Context) {
 		return
 	}
 	// Under the lock, a token issued after the one we serve means someone
-	// else refreshed; an older one (Redis lost a write) does not.
-	served := s
+	// else refreshed; an older one (Redis lost a write) does not. A
+	// failure the re-read learns of from the fleet means waiting out its
+	// window, like one known before.
 	if _, err := e.refreshLocked(ctx, lease, func(r readResult) bool {
 		iss, _ := time.Parse(time.RFC3339Nano, r.rec.IssuedAt)
-		return iss.After(served.issued)
+		return iss.After(served.issued) || e.backingOff() > 0
 	}); err != nil {
 		e.c.log().Warn("tokencache: refresh ahead failed; serving the current token", "key", e.k.token, "err", err)
 		e.later(e.retryDelay(err))
-	} else if e.l1.Load() == served {
-		// Whatever happened, the copy we decided on is still there: never
-		// come straight back here.
+	} else if d := e.backingOff(); d > 0 {
+		e.later(d)
+	} else if c := e.l1.Load(); c == served || c != nil && c.fp == served.fp {
+		// Whatever happened, the token we decided on is still the one
+		// served: never come straight back here.
 		e.later(jitter(e.c.cfg.waitRecheck))
 	}
 }
@@ -535,18 +613,15 @@ func (e *entry) refreshLocked(ctx context.Context, lease *lock.Lease, done func(
 		e.install(s)
 		return s.tok, nil
 	}
-	gen, err := e.generation(ctx, lease, r)
+	// A refresh ahead (the fleet still has a valid token) tells the fleet
+	// one refresh is under way, so nobody else needs to try.
+	gen, spent, err := e.begin(ctx, lease, r, true, r.found)
 	if err != nil {
 		return e.redisDown(ctx, err)
 	} else if gen < 0 {
 		return Token{}, fmt.Errorf("%w: a newer lease was granted during the refresh", ErrUnavailable)
 	}
-	if r.found {
-		// A refresh ahead: the fleet still has a valid token, so tell it
-		// one refresh is under way and nobody else needs to try.
-		e.announce(ctx, gen)
-	}
-	tok, err := e.fetch(ctx, false)
+	tok, err := e.fetch(ctx, false, spent)
 	if err != nil {
 		switch {
 		case e.c.ctx.Err() != nil:
@@ -594,21 +669,6 @@ func (e *entry) refreshLocked(ctx context.Context, lease *lock.Lease, done func(
 	return tok, nil
 }
 
-// announce publishes "refreshing" for the lease of generation gen. It is
-// one round trip before the issuer call, made in line rather than beside
-// the refresh's other commands so that a replica needs one connection, not
-// two, and bounded tightly: a lost announcement costs only the reads and
-// lock attempts it would have saved.
-func (e *entry) announce(ctx context.Context, gen int64) {
-	ev := Event{Type: EventRefreshing, Key: e.k.token, Generation: gen, By: e.c.cfg.host, Origin: e.c.origin, Credential: e.credFP}
-	ctx, cancel := context.WithTimeout(ctx, announceTimeout)
-	defer cancel()
-	_ = e.c.st.publish(ctx, e.k.channel, ev)
-}
-
-// announceTimeout bounds the "refreshing" announcement.
-const announceTimeout = 250 * time.Millisecond
-
 // write stores rec with its fencing generation and publishes "refreshed".
 // It returns 1 when stored, negative when fenced out. If lift is set (the
 // holder found no usable token when it re-checked) and the stored value
@@ -652,21 +712,31 @@ func (e *entry) seal(rec record) (record, error) {
 	return rec, nil
 }
 
-// generation draws the lease's fencing generation once the holder has
-// decided to write. If the counter fell behind the stored token (it was
-// evicted, or lost in a failover) it is lifted past the token. A negative
-// result means a newer lease was granted meanwhile.
-func (e *entry) generation(ctx context.Context, lease *lock.Lease, r readResult) (int64, error) {
-	gen, err := lease.Fence(ctx, e.k.fence)
+// begin draws the lease's fencing generation once the holder has decided
+// to write (lifted past the stored token's if the counter fell behind it:
+// evicted, or lost in a failover). In the same round trip it counts the
+// first issuer call in the budget, if call and the budget key shares the
+// token's slot (spent is then the budget's reply), and, if ahead (the
+// fleet still has a valid token), announces "refreshing". A negative
+// generation means the lease was lost meanwhile.
+func (e *entry) begin(ctx context.Context, lease *lock.Lease, r readResult, call, ahead bool) (gen int64, spent []int64, err error) {
+	var b *budget
+	if call && e.k.nsSlot {
+		b = e.c.budget
+	}
+	var ev *Event
+	if ahead {
+		ev = &Event{Type: EventRefreshing, Key: e.k.token, By: e.c.cfg.host, Origin: e.c.origin, Credential: e.credFP}
+	}
+	gen, err = lease.FenceWith(ctx, func(ctx context.Context) (int64, error) {
+		var g int64
+		g, spent, err = e.c.st.begin(ctx, e.k, r.rec.Generation, b, ev)
+		return g, err
+	})
 	if errors.Is(err, lock.ErrLeaseLost) || errors.Is(err, lock.ErrLeaseExpired) {
-		return -1, nil
-	} else if err != nil {
-		return 0, err
+		return -1, nil, nil
 	}
-	if r.rec.Generation >= gen {
-		return e.c.st.raiseFence(ctx, e.k, gen, r.rec.Generation+1)
-	}
-	return gen, nil
+	return gen, spent, err
 }
 
 // ttlFor is the key TTL for tok: its remaining life minus the skew, the

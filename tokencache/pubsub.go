@@ -119,7 +119,7 @@ func (p *pubsub) command(ctx context.Context, k keys) (cmd string, after bool) {
 		return "", true
 	case !s:
 		return "PUBLISH", false
-	case k.slotOfChannel:
+	case k.nsSlot:
 		return "SPUBLISH", false
 	}
 	return "", true

@@ -15,10 +15,18 @@ import (
 // caller gets when Redis is down.
 
 // fetch calls the issuer, retrying retryable errors with capped
-// exponential backoff and full jitter (or the issuer's Retry-After).
-func (e *entry) fetch(ctx context.Context, redisDown bool) (Token, error) {
+// exponential backoff and full jitter (or the issuer's Retry-After). Each
+// attempt takes its budget first; spent, if not nil, is the first one's,
+// already taken (see entry.begin).
+func (e *entry) fetch(ctx context.Context, redisDown bool, spent []int64) (Token, error) {
 	for attempt := 1; ; attempt++ {
-		tok, err := Token{}, e.c.takeBudget(ctx, redisDown)
+		var err error
+		if attempt == 1 && spent != nil {
+			err = e.c.spent(spent)
+		} else {
+			err = e.c.takeBudget(ctx, redisDown)
+		}
+		tok := Token{}
 		if err == nil {
 			e.c.stats.issuerCalls.Add(1)
 			tok, err = e.callFetcher(ctx)
@@ -214,7 +222,7 @@ func (e *entry) redisDown(ctx context.Context, rerr error) (Token, error) {
 	}
 	e.c.stats.failOpen.Add(1)
 	e.c.log().Warn("tokencache: redis unavailable; fetching from the issuer directly", "key", e.k.token, "err", rerr)
-	tok, err := e.fetch(ctx, true)
+	tok, err := e.fetch(ctx, true, nil)
 	if err != nil {
 		if e.c.ctx.Err() != nil {
 			return Token{}, ErrClosed
@@ -259,7 +267,7 @@ func (e *entry) writeBack(ctx context.Context, tok *Token) bool {
 		e.install(e.snapshotFor(r.rec, r.pttl, issued))
 		return true
 	}
-	gen, err := e.generation(ctx, lease, r)
+	gen, _, err := e.begin(ctx, lease, r, false, false)
 	if err != nil || gen < 0 {
 		return err == nil
 	}

@@ -160,6 +160,40 @@ if ARGV[6] ~= '' and type(redis.pcall(ARGV[6], ARGV[5], ARGV[4])) == 'table' the
 return {1, gen, published}
 `)
 
+// beginScript starts a refresh the lease holder has decided on, in one
+// round trip: it draws the lease's fencing generation (lifted past the
+// stored token's when the counter fell behind it: evicted, or lost in a
+// failover), counts the first issuer call in the fleet's budget when the
+// budget key shares the token's slot, and announces "refreshing" when the
+// fleet still has a valid token to serve meanwhile.
+//
+//	KEYS[1] fence key, KEYS[2] budget key (absent: not counted here)
+//	ARGV[1] the stored token's generation (0: none), ARGV[2] budget limit,
+//	ARGV[3] budget window ms, ARGV[4] event JSON (generation filled in by
+//	the script; empty: no announcement), ARGV[5] events channel, ARGV[6]
+//	the publish command (empty: the caller publishes)
+//	returns {generation, allowed 1|0, ms until the budget window resets,
+//	        calls counted, event JSON ('!' first: the server refused the
+//	        publish command)}
+var beginScript = redis.NewScript(`
+local gen = redis.call('INCR', KEYS[1])
+local stored = tonumber(ARGV[1])
+if stored >= gen then
+  gen = stored + 1
+  redis.call('SET', KEYS[1], gen)
+end
+local spent = {1, 0, 0}
+if #KEYS > 1 then` + budgetLua(2, 2) + `end
+local payload = ''
+if ARGV[4] ~= '' then
+  local ev = cjson.decode(ARGV[4])
+  ev.generation = gen
+  payload = cjson.encode(ev)
+  if ARGV[6] ~= '' and type(redis.pcall(ARGV[6], ARGV[5], payload)) == 'table' then payload = '!' .. payload end
+end
+return {gen, spent[1], spent[2], spent[3], payload}
+`)
+
 // raiseFenceScript lifts a fencing counter that fell behind the stored
 // token's generation (the counter was evicted or lost in a failover), so
 // the lease holder can still write. It refuses if another lease was
@@ -375,6 +409,52 @@ func (s *store) write(ctx context.Context, k keys, rec record, ttl time.Duration
 	return res[0], res[1], nil
 }
 
+// begin runs beginScript for a refresh of k over a stored token of
+// generation stored. If b is not nil the first issuer call is counted
+// (spent is the budget's reply, else nil); if announce is not nil it is
+// published, with the generation drawn.
+func (s *store) begin(ctx context.Context, k keys, stored int64, b *budget, announce *Event) (gen int64, spent []int64, err error) {
+	fail := func(err error) (int64, []int64, error) {
+		return 0, nil, &RedisError{Op: "fence", Key: k.fence, Err: err}
+	}
+	keys := []string{k.fence}
+	limit, window := 0, int64(0)
+	if b != nil {
+		keys = append(keys, b.key)
+		limit, window = b.limit, b.window.Milliseconds()
+	}
+	var evb []byte
+	cmd, after := "", false
+	if announce != nil {
+		if evb, err = json.Marshal(announce); err != nil {
+			return fail(err)
+		}
+		cmd, after = s.ps.command(ctx, k)
+	}
+	res, err := beginScript.Run(ctx, s.rdb, keys, stored, limit, window, evb, k.channel, cmd).Slice()
+	if err != nil {
+		return fail(err)
+	}
+	if len(res) != 5 {
+		return fail(fmt.Errorf("unexpected script reply of %d elements", len(res)))
+	}
+	nums := make([]int64, 4)
+	for i := range nums {
+		n, ok := res[i].(int64)
+		if !ok {
+			return fail(fmt.Errorf("unexpected script reply element %T", res[i]))
+		}
+		nums[i] = n
+	}
+	if payload, _ := res[4].(string); payload != "" {
+		s.ps.afterScript(ctx, k.channel, cmd, after, payload)
+	}
+	if b != nil {
+		spent = nums[1:]
+	}
+	return nums[0], spent, nil
+}
+
 func (s *store) raiseFence(ctx context.Context, k keys, ours, want int64) (int64, error) {
 	n, err := raiseFenceScript.Run(ctx, s.rdb, []string{k.fence}, ours, want).Int64()
 	if err != nil {
@@ -459,15 +539,16 @@ func (s *store) publish(ctx context.Context, channel string, ev Event) error {
 // channel is the namespace's, shared by its users' tokens.
 type keys struct {
 	token, lock, fence, failed, channel string
-	// slotOfChannel: the keys share the channel's hash tag, so a script
-	// on them may SPUBLISH to it in a cluster.
-	slotOfChannel bool
+	// nsSlot: the keys share the namespace's hash tag, so a script on
+	// them may SPUBLISH to its channel in a cluster and count its issuer
+	// budget.
+	nsSlot bool
 }
 
 func serverKeys(prefix, ns string) keys {
 	base := prefix + ":{" + ns + "}:server"
 	return keys{token: base, lock: base + ":lock", fence: base + ":fence", failed: base + failedSuffix,
-		channel: eventsChannel(prefix, ns), slotOfChannel: true}
+		channel: eventsChannel(prefix, ns), nsSlot: true}
 }
 
 func clientKeys(prefix, ns, user string) keys {
