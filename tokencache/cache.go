@@ -82,7 +82,7 @@ func New(rdb redis.UniversalClient, f Fetcher, opts ...Option) (*Cache, error) {
 		st:         store{rdb: rdb, ps: newPubSub(rdb, cfg.shardedPubSub, cfg.logger)},
 		locker:     lock.New(rdb, lock.WithTTL(cfg.lockTTL), lock.WithRedlock(cfg.redlock...)),
 		channel:    eventsChannel(cfg.prefix, cfg.namespace),
-		sub:        subscriber{ready: make(chan struct{})},
+		sub:        subscriber{ready: make(chan struct{}), suspect: make(chan struct{}, 1)},
 		ctx:        ctx,
 		cancel:     cancel,
 		origin:     strconv.FormatUint(rand.Uint64(), 36),

@@ -153,12 +153,16 @@ func (e *entry) slow(ctx context.Context) (Token, error) {
 // obtain gets a valid token when there is none in memory: Redis, then the
 // lock, then waiting for whoever holds it.
 func (e *entry) obtain(ctx context.Context) (Token, error) {
-	for {
+	for recheck := false; ; {
 		tok, ok, err := e.readAndInstall(ctx)
 		if err != nil {
 			return e.redisDown(ctx, err)
 		}
 		if ok {
+			if recheck {
+				// The re-check, not the holder's event, found the token.
+				e.c.suspectSubscription()
+			}
 			e.c.stats.redisHits.Add(1)
 			return tok, nil
 		}
@@ -195,9 +199,11 @@ func (e *entry) obtain(ctx context.Context) (Token, error) {
 		// jittered re-check so a lost message costs one interval.
 		e.c.stats.waits.Add(1)
 		t := time.NewTimer(jitter(e.c.cfg.waitRecheck))
+		recheck = false
 		select {
 		case <-wake:
 		case <-t.C:
+			recheck = true
 		case <-ctx.Done():
 			t.Stop()
 			return Token{}, e.ctxErr(ctx)
@@ -535,7 +541,13 @@ func (e *entry) refreshAhead(ctx context.Context, served *snapshot) {
 	// window, like one known before.
 	if _, err := e.refreshLocked(ctx, lease, func(r readResult) bool {
 		iss, _ := time.Parse(time.RFC3339Nano, r.rec.IssuedAt)
-		return iss.After(served.issued) || e.backingOff() > 0
+		if iss.After(served.issued) {
+			// Another replica refreshed, and we heard neither its
+			// "refreshing" (we would be holding back) nor its "refreshed".
+			e.c.suspectSubscription()
+			return true
+		}
+		return e.backingOff() > 0
 	}); err != nil {
 		e.c.log().Warn("tokencache: refresh ahead failed; serving the current token", "key", e.k.token, "err", err)
 		e.later(e.retryDelay(err))

@@ -86,6 +86,19 @@ func (s *signal) fire() {
 type subscriber struct {
 	ready     chan struct{} // closed on the first confirmed subscription
 	readyOnce sync.Once
+	suspect   chan struct{} // an event seems to have been missed; cap 1
+}
+
+// suspectSubscription asks the subscriber to probe its subscription now:
+// the replica found in Redis a change whose event it should have heard
+// (a newer token under the lock, a waiter that the re-check woke instead
+// of the event). A probe costs one PUBLISH; a dead subscription is then
+// replaced within the probe timeout, whatever the probe interval.
+func (c *Cache) suspectSubscription() {
+	select {
+	case c.sub.suspect <- struct{}{}:
+	default:
+	}
 }
 
 // EventProbe is the type of the liveness probes a cache publishes on its
@@ -146,14 +159,35 @@ func (c *Cache) runSubscriber(ctx context.Context) {
 	defer tick.Stop()
 	// schedule sets the timer for the next check: the outstanding probe's
 	// deadline, or the end of the quiet time.
+	// The quiet time is spread by a tenth of the interval; a deadline by a
+	// tenth of itself (a tenth of an hour-long interval would be minutes).
 	schedule := func(now time.Time) {
-		next := quiet(now) - now.Sub(lastHeard)
+		next := quiet(now) - now.Sub(lastHeard) + jitter(c.cfg.probeInterval/10)
 		if !probeSent.IsZero() {
-			next = wait() - now.Sub(probeSent)
+			next = wait() - now.Sub(probeSent) + jitter(wait()/10)
 		}
-		tick.Reset(max(next, 10*time.Millisecond) + jitter(c.cfg.probeInterval/10))
+		tick.Reset(max(next, 10*time.Millisecond))
 	}
 	probeRefused := false // logged once
+	// probe publishes a probe to our own channel. One that could not be
+	// sent counts as sent: if it does not come back, subscribing again is
+	// harmless. One the server refused (an ACL without +publish) proves
+	// nothing either way: skip this round rather than re-subscribe.
+	probe := func(now time.Time) {
+		pctx, cancel := context.WithTimeout(ctx, c.cfg.probeTimeout)
+		err := c.st.publish(pctx, c.channel, Event{Type: EventProbe, Key: c.channel, Origin: c.origin})
+		cancel()
+		var rerr redis.Error
+		if err != nil && errors.As(err, &rerr) {
+			if !probeRefused {
+				probeRefused = true
+				c.log().Warn("tokencache: Redis refused the subscription probe; a silent subscription will not be detected", "channel", c.channel, "err", err)
+			}
+			lastHeard = now
+		} else {
+			probeSent = now
+		}
+	}
 	// pending: the old subscription is closed and a new one is due when
 	// the timer fires (msgs is nil meanwhile).
 	pending := false
@@ -193,25 +227,16 @@ func (c *Cache) runSubscriber(ctx context.Context) {
 				resubscribe("the subscription delivered nothing, not even our probe", 0)
 				continue
 			case probeSent.IsZero() && now.Sub(lastHeard) >= quiet(now):
-				// A probe that could not be sent counts as sent: if it does
-				// not come back, subscribing again is harmless. One the
-				// server refused (an ACL without +publish) proves nothing
-				// either way: skip this round rather than re-subscribe.
-				pctx, cancel := context.WithTimeout(ctx, c.cfg.probeTimeout)
-				err := c.st.publish(pctx, c.channel, Event{Type: EventProbe, Key: c.channel, Origin: c.origin})
-				cancel()
-				var rerr redis.Error
-				if err != nil && errors.As(err, &rerr) {
-					if !probeRefused {
-						probeRefused = true
-						c.log().Warn("tokencache: Redis refused the subscription probe; a silent subscription will not be detected", "channel", c.channel, "err", err)
-					}
-					lastHeard = now
-				} else {
-					probeSent = now
-				}
+				probe(now)
 			}
 			schedule(now)
+		case <-c.sub.suspect:
+			// Probed at once, by this replica whoever leads: it is our
+			// subscription that is in doubt.
+			if now := time.Now(); probeSent.IsZero() && !pending {
+				probe(now)
+				schedule(now)
+			}
 		case m, ok := <-msgs:
 			if !ok {
 				return

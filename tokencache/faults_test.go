@@ -49,9 +49,17 @@ func TestHalfOpenSubscriptionIsReplaced(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, "the cache to replace its silent subscription", func() bool { return a.Stats().Resubscribes > 0 })
-	// The count goes up when the new subscription is asked for, not when
-	// it is confirmed: an event published in between is not delivered,
-	// so refresh until one is.
+	eventsFlow(t, a, b)
+}
+
+// eventsFlow checks that b's refreshes reach a by event, after a replaced
+// its subscription: a then serves b's newest token.
+func eventsFlow(t *testing.T, a, b *Cache) {
+	t.Helper()
+	ctx := ctxT(t)
+	// The re-subscription count goes up when the new subscription is
+	// asked for, not when it is confirmed: an event published in between
+	// is not delivered, so refresh until one is.
 	before := a.Stats().Events
 	var res RefreshResult
 	var last time.Time
@@ -61,6 +69,7 @@ func TestHalfOpenSubscriptionIsReplaced(t *testing.T) {
 		}
 		if time.Since(last) > 250*time.Millisecond {
 			last = time.Now()
+			var err error
 			if res, err = b.Refresh(ctx, 0, true); err != nil {
 				t.Fatal(err)
 			}
@@ -71,6 +80,55 @@ func TestHalfOpenSubscriptionIsReplaced(t *testing.T) {
 		tok, err := a.Token(ctx)
 		return err == nil && tok.AccessToken == res.Token.AccessToken
 	})
+}
+
+// With the periodic probe out of the way (an hour), a half-open
+// subscription is still found: at its refresh-ahead moment the replica
+// finds under the lock a token it heard nothing about, probes at once, and
+// subscribes again when the probe does not come back.
+func TestMissedEventProbesTheSubscription(t *testing.T) {
+	srv := redistest.Start(t)
+	proxy, err := faultproxy.New(srv.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer proxy.Close()
+	viaProxy := redis.NewClient(&redis.Options{Addr: proxy.Addr, ReadTimeout: 500 * time.Millisecond, WriteTimeout: 500 * time.Millisecond})
+	defer viaProxy.Close()
+
+	f := newFakeFetcher(3 * time.Second)
+	a := newCache(t, viaProxy, f, fastOpts(WithSubscriptionProbe(time.Hour, 300*time.Millisecond))...)
+	b := newCache(t, srv.Client(t), f, fastOpts(WithSubscriptionProbe(time.Hour, 300*time.Millisecond))...)
+	ctx := ctxT(t)
+	first, err := a.Token(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !a.waitSubscribed(ctx, 5*time.Second) {
+		t.Fatal("never subscribed")
+	}
+	if n := proxy.SwallowExisting(); n == 0 {
+		t.Fatal("no connection to make half-open")
+	}
+	// b refreshes; a hears nothing of it.
+	if _, err := b.Refresh(ctx, 0, true); err != nil {
+		t.Fatal(err)
+	}
+	if got := a.Stats().Resubscribes; got != 0 {
+		t.Fatalf("%d re-subscriptions before the replica had a reason to doubt", got)
+	}
+	// a's callers keep asking; at its moment (1.5 s into its token) it
+	// takes the lock, finds b's token and doubts its subscription.
+	eventually(t, "the missed event to get the subscription replaced", func() bool {
+		if _, err := a.Token(ctx); err != nil {
+			t.Fatal(err)
+		}
+		return a.Stats().Resubscribes > 0
+	})
+	if tok, err := a.Token(ctx); err != nil || tok.AccessToken == first.AccessToken {
+		t.Errorf("after the missed event: %v, %v; want b's token or a newer one", tok, err)
+	}
+	eventsFlow(t, a, b)
 }
 
 // Redis restarted on the same port: memory keeps serving, and the cache
