@@ -304,7 +304,12 @@ func WithFailOpen(on bool) Option {
 // WithSubscriptionProbe sets how long the events subscription may stay
 // silent before it is probed, and how long the probe may take to come
 // back before the cache subscribes again. Defaults DefaultProbeInterval,
-// DefaultProbeTimeout.
+// DefaultProbeTimeout. Whatever the interval, a replica that finds in
+// Redis a change it heard nothing about (at its refresh-ahead moment, or
+// after a wait) probes at once: a small fleet with long-lived tokens can
+// set an interval of an hour and have a dead subscription replaced at the
+// next renewal instead of within seconds, for no command between
+// renewals.
 func WithSubscriptionProbe(interval, timeout time.Duration) Option {
 	return func(c *config) error {
 		if interval <= 0 || timeout <= 0 {
