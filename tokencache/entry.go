@@ -182,7 +182,7 @@ func (e *entry) obtain(ctx context.Context) (Token, error) {
 		lease, err := e.c.locker.TryAcquire(ctx, e.k.lock)
 		switch {
 		case err == nil:
-			return e.refreshLocked(ctx, lease, nil)
+			return e.refreshLocked(ctx, lease, false, nil)
 		case errors.Is(err, lock.ErrNotAcquired):
 			e.c.stats.lockContended.Add(1)
 		case ctx.Err() != nil:
@@ -336,23 +336,30 @@ func (e *entry) install(s *snapshot) {
 			n = &c
 		}
 		if e.l1.CompareAndSwap(cur, n) {
-			e.arm(n)
+			e.arm()
 			return
 		}
 	}
 }
 
-// arm sets the entry's timer to the next moment of s. Moments that move
-// later (putOff) need no new arming: the timer finds the copy not due yet
-// and arms itself again. With an injected clock there is no timer: calls
-// alone drive background work, on the clock the test moves.
-func (e *entry) arm(s *snapshot) {
+// arm sets the entry's timer to the next moment of the copy in memory,
+// after an install or a put-off (which moves the moment later: a timer
+// that already fired would otherwise leave the new moment to the next
+// call). With an injected clock there is no timer: calls alone drive
+// background work, on the clock the test moves.
+func (e *entry) arm() {
 	if e.c.injectedClock {
 		return
 	}
-	d := time.Duration(s.softUntil - e.c.monoNow())
 	e.timerMu.Lock()
 	defer e.timerMu.Unlock()
+	// The copy is loaded under the lock: two arms racing cannot leave the
+	// timer set for the older copy's moment.
+	s := e.l1.Load()
+	if s == nil {
+		return
+	}
+	d := time.Duration(s.softUntil - e.c.monoNow())
 	switch {
 	case e.stopped:
 	case e.timer == nil:
@@ -372,7 +379,7 @@ func (e *entry) onTimer() {
 	now := e.c.monoNow()
 	switch {
 	case now < s.softUntil:
-		e.arm(s)
+		e.arm()
 	case now < s.validUntil && e.used.Swap(false):
 		e.kick()
 	}
@@ -427,6 +434,7 @@ func (e *entry) putOff(until mono, held bool) {
 		n.dueAt = max(n.dueAt, until)
 		n.held = n.held || held
 		if e.l1.CompareAndSwap(s, &n) {
+			e.arm()
 			return
 		}
 	}
@@ -539,7 +547,7 @@ func (e *entry) refreshAhead(ctx context.Context, served *snapshot) {
 	// else refreshed; an older one (Redis lost a write) does not. A
 	// failure the re-read learns of from the fleet means waiting out its
 	// window, like one known before.
-	if _, err := e.refreshLocked(ctx, lease, func(r readResult) bool {
+	if _, err := e.refreshLocked(ctx, lease, true, func(r readResult) bool {
 		iss, _ := time.Parse(time.RFC3339Nano, r.rec.IssuedAt)
 		if iss.After(served.issued) {
 			// Another replica refreshed, and we heard neither its
@@ -609,27 +617,45 @@ func (e *entry) sync() {
 // write the token fenced by the lease's generation, release. done, if
 // not nil, says whether a token found on the re-check makes the refresh
 // unnecessary; nil means any usable token does.
-func (e *entry) refreshLocked(ctx context.Context, lease *lock.Lease, done func(readResult) bool) (Token, error) {
+func (e *entry) refreshLocked(ctx context.Context, lease *lock.Lease, ahead bool, done func(readResult) bool) (Token, error) {
 	defer func() {
 		if err := lease.Release(ctx); err != nil {
 			e.c.log().Warn("tokencache: lock released late", "key", e.k.lock, "err", err)
 		}
 	}()
+	// redisDown is for callers with nothing to serve. A refresh ahead
+	// (ahead: this replica serves a valid copy meanwhile) that loses Redis
+	// gives up and tries again later, without an issuer call outside the
+	// lock.
+	redisDown := func(err error) (Token, error) {
+		if ahead {
+			e.c.stats.redisErrors.Add(1)
+			return Token{}, err
+		}
+		return e.redisDown(ctx, err)
+	}
 	at := e.c.now()
 	r, err := e.read(ctx, at)
 	if err != nil {
-		return e.redisDown(ctx, err)
+		return redisDown(err)
 	}
 	if r.found && (done == nil || done(r)) {
 		s := e.snapshotFor(r.rec, r.pttl, at)
 		e.install(s)
 		return s.tok, nil
 	}
+	if ahead {
+		// The re-read may have brought the fleet's last failure: a refresh
+		// ahead waits out its window whether or not a token is stored.
+		if err := e.negative(); err != nil {
+			return Token{}, err
+		}
+	}
 	// A refresh ahead (the fleet still has a valid token) tells the fleet
 	// one refresh is under way, so nobody else needs to try.
 	gen, spent, err := e.begin(ctx, lease, r, true, r.found)
 	if err != nil {
-		return e.redisDown(ctx, err)
+		return redisDown(err)
 	} else if gen < 0 {
 		return Token{}, fmt.Errorf("%w: a newer lease was granted during the refresh", ErrUnavailable)
 	}
@@ -740,16 +766,29 @@ func (e *entry) begin(ctx context.Context, lease *lock.Lease, r readResult, call
 	if ahead {
 		ev = &Event{Type: EventRefreshing, Key: e.k.token, By: e.c.cfg.host, Origin: e.c.origin, Credential: e.credFP}
 	}
+	var announce func(context.Context)
 	gen, err = lease.FenceWith(ctx, func(ctx context.Context) (int64, error) {
 		var g int64
-		g, spent, err = e.c.st.begin(ctx, e.k, r.rec.Generation, b, ev)
+		g, spent, announce, err = e.c.st.begin(ctx, e.k, r.rec.Generation, b, ev)
 		return g, err
 	})
 	if errors.Is(err, lock.ErrLeaseLost) || errors.Is(err, lock.ErrLeaseExpired) {
 		return -1, nil, nil
 	}
+	if err == nil && announce != nil {
+		// Where the script could not publish (a user's token in a
+		// cluster, or the pub/sub mode unknown yet), the announcement
+		// costs a round trip of its own, bounded tightly: a lost one costs
+		// only the reads and lock attempts it would have saved.
+		actx, cancel := context.WithTimeout(ctx, announceTimeout)
+		announce(actx)
+		cancel()
+	}
 	return gen, spent, err
 }
+
+// announceTimeout bounds a "refreshing" announcement sent on its own.
+const announceTimeout = 250 * time.Millisecond
 
 // ttlFor is the key TTL for tok: its remaining life minus the skew, the
 // skew capped at a fifth of the life.
@@ -826,7 +865,7 @@ func (e *entry) refreshNow(ctx context.Context, minTTL time.Duration, force bool
 		return res, &RedisError{Op: "lock", Key: e.k.lock, Err: err}
 	}
 	before := e.c.stats.refreshes.Load()
-	tok, err := e.refreshLocked(ctx, lease, func(r readResult) bool {
+	tok, err := e.refreshLocked(ctx, lease, false, func(r readResult) bool {
 		// Someone else refreshed while we queued for the lock.
 		return fresh(r) && (!force || r.rec.Generation != seen)
 	})

@@ -172,9 +172,10 @@ return {1, gen, published}
 //	ARGV[3] budget window ms, ARGV[4] event JSON (generation filled in by
 //	the script; empty: no announcement), ARGV[5] events channel, ARGV[6]
 //	the publish command (empty: the caller publishes)
-//	returns {generation, allowed 1|0, ms until the budget window resets,
-//	        calls counted, event JSON ('!' first: the server refused the
-//	        publish command)}
+//	returns {generation, allowed 1|0 (-1: the budget could not be
+//	        counted, say a key of another type), ms until the budget window
+//	        resets, calls counted, event JSON ('!' first: the server refused
+//	        the publish command)}
 var beginScript = redis.NewScript(`
 local gen = redis.call('INCR', KEYS[1])
 local stored = tonumber(ARGV[1])
@@ -183,7 +184,9 @@ if stored >= gen then
   redis.call('SET', KEYS[1], gen)
 end
 local spent = {1, 0, 0}
-if #KEYS > 1 then` + budgetLua(2, 2) + `end
+if #KEYS > 1 and not pcall(function()` + budgetLua(2, 2) + `end) then
+  spent = {-1, 0, 0}
+end
 local payload = ''
 if ARGV[4] ~= '' then
   local ev = cjson.decode(ARGV[4])
@@ -411,11 +414,14 @@ func (s *store) write(ctx context.Context, k keys, rec record, ttl time.Duration
 
 // begin runs beginScript for a refresh of k over a stored token of
 // generation stored. If b is not nil the first issuer call is counted
-// (spent is the budget's reply, else nil); if announce is not nil it is
-// published, with the generation drawn.
-func (s *store) begin(ctx context.Context, k keys, stored int64, b *budget, announce *Event) (gen int64, spent []int64, err error) {
-	fail := func(err error) (int64, []int64, error) {
-		return 0, nil, &RedisError{Op: "fence", Key: k.fence, Err: err}
+// (spent is the budget's reply; nil if it could not be counted, and the
+// caller counts it on its own); if announce is not nil it is published
+// with the generation drawn, by the script or, where it cannot, by
+// finish, which the caller runs once it no longer holds anything up.
+func (s *store) begin(ctx context.Context, k keys, stored int64, b *budget, announce *Event) (gen int64, spent []int64, finish func(context.Context), err error) {
+	finish = func(context.Context) {}
+	fail := func(err error) (int64, []int64, func(context.Context), error) {
+		return 0, nil, finish, &RedisError{Op: "fence", Key: k.fence, Err: err}
 	}
 	keys := []string{k.fence}
 	limit, window := 0, int64(0)
@@ -447,12 +453,12 @@ func (s *store) begin(ctx context.Context, k keys, stored int64, b *budget, anno
 		nums[i] = n
 	}
 	if payload, _ := res[4].(string); payload != "" {
-		s.ps.afterScript(ctx, k.channel, cmd, after, payload)
+		finish = func(ctx context.Context) { s.ps.afterScript(ctx, k.channel, cmd, after, payload) }
 	}
-	if b != nil {
+	if b != nil && nums[1] >= 0 {
 		spent = nums[1:]
 	}
-	return nums[0], spent, nil
+	return nums[0], spent, finish, nil
 }
 
 func (s *store) raiseFence(ctx context.Context, k keys, ours, want int64) (int64, error) {
