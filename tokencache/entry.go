@@ -629,7 +629,6 @@ func (e *entry) refreshLocked(ctx context.Context, lease *lock.Lease, ahead bool
 	// lock.
 	redisDown := func(err error) (Token, error) {
 		if ahead {
-			e.c.stats.redisErrors.Add(1)
 			return Token{}, err
 		}
 		return e.redisDown(ctx, err)
@@ -655,6 +654,7 @@ func (e *entry) refreshLocked(ctx context.Context, lease *lock.Lease, ahead bool
 	// one refresh is under way, so nobody else needs to try.
 	gen, spent, err := e.begin(ctx, lease, r, true, r.found)
 	if err != nil {
+		e.c.stats.redisErrors.Add(1)
 		return redisDown(err)
 	} else if gen < 0 {
 		return Token{}, fmt.Errorf("%w: a newer lease was granted during the refresh", ErrUnavailable)
