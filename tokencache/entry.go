@@ -359,7 +359,10 @@ func (e *entry) arm() {
 	if s == nil {
 		return
 	}
-	d := time.Duration(s.softUntil - e.c.monoNow())
+	// A copy marked for a re-check (expireSoft: softUntil the minimum)
+	// is due now; the difference must not wrap around.
+	now := e.c.monoNow()
+	d := time.Duration(max(s.softUntil, now) - now)
 	switch {
 	case e.stopped:
 	case e.timer == nil:

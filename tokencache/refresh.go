@@ -21,9 +21,16 @@ import (
 func (e *entry) fetch(ctx context.Context, redisDown bool, spent []int64) (Token, error) {
 	for attempt := 1; ; attempt++ {
 		var err error
-		if attempt == 1 && spent != nil {
+		switch {
+		case attempt == 1 && spent != nil && spent[0] < 0:
+			// Redis could not count it (say, a key of another type at
+			// the budget key): asking again would fail the same way.
+			e.c.stats.redisErrors.Add(1)
+			e.c.log().Warn("tokencache: issuer budget could not be counted in redis; keeping to it in this process", "key", e.c.budget.key)
+			err = e.c.takeBudget(ctx, true)
+		case attempt == 1 && spent != nil:
 			err = e.c.spent(spent)
-		} else {
+		default:
 			err = e.c.takeBudget(ctx, redisDown)
 		}
 		tok := Token{}

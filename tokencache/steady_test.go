@@ -486,6 +486,8 @@ func TestRefreshWithUncountableBudget(t *testing.T) {
 	if err := rdb.HSet(ctx, c.budget.key, "x", 1).Err(); err != nil {
 		t.Fatal(err)
 	}
+	var failed atomic.Int64
+	rdb.AddHook(failedCommands{&failed})
 	if _, err := c.Token(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -496,4 +498,29 @@ func TestRefreshWithUncountableBudget(t *testing.T) {
 	if got := f.calls.Load(); got != 2 {
 		t.Errorf("%d issuer calls, want 2", got)
 	}
+	// One Redis error counted per refresh, and no command sent that fails
+	// the same way again: the budget is not asked for a second time.
+	if got := c.Stats().RedisErrors; got != 2 {
+		t.Errorf("%d Redis errors for 2 refreshes, want 2", got)
+	}
+	if got := failed.Load(); got != 0 {
+		t.Errorf("%d commands failed after the begin script could not count the budget, want 0", got)
+	}
+}
+
+// failedCommands counts commands that come back with a WRONGTYPE error.
+type failedCommands struct{ n *atomic.Int64 }
+
+func (h failedCommands) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h failedCommands) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		err := next(ctx, cmd)
+		if err != nil && strings.HasPrefix(err.Error(), "WRONGTYPE") {
+			h.n.Add(1)
+		}
+		return err
+	}
+}
+func (h failedCommands) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
 }

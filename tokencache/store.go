@@ -414,8 +414,8 @@ func (s *store) write(ctx context.Context, k keys, rec record, ttl time.Duration
 
 // begin runs beginScript for a refresh of k over a stored token of
 // generation stored. If b is not nil the first issuer call is counted
-// (spent is the budget's reply; nil if it could not be counted, and the
-// caller counts it on its own); if announce is not nil it is published
+// (spent is the budget's reply, allowed -1 if it could not be counted);
+// if announce is not nil it is published
 // with the generation drawn, by the script or, where it cannot, by
 // finish, which the caller runs once it no longer holds anything up.
 func (s *store) begin(ctx context.Context, k keys, stored int64, b *budget, announce *Event) (gen int64, spent []int64, finish func(context.Context), err error) {
@@ -455,7 +455,7 @@ func (s *store) begin(ctx context.Context, k keys, stored int64, b *budget, anno
 	if payload, _ := res[4].(string); payload != "" {
 		finish = func(ctx context.Context) { s.ps.afterScript(ctx, k.channel, cmd, after, payload) }
 	}
-	if b != nil && nums[1] >= 0 {
+	if b != nil {
 		spent = nums[1:]
 	}
 	return nums[0], spent, finish, nil
