@@ -44,8 +44,8 @@ func WithIssuerBudget(limit int, window time.Duration) Option {
 
 // budgetLua counts one issuer call in a fixed window: KEYS[kb] is the
 // budget key, ARGV[ab] the limit and ARGV[ab+1] the window in ms. It
-// leaves {allowed 1|0, ms until the window resets, calls counted} in the
-// local "spent". The refresh's begin script (store.go) runs it too, so
+// sets {allowed 1|0, ms until the window resets, calls counted} in the
+// local "spent", which the script declares before it. The refresh's begin script (store.go) runs it too, so
 // that a refresh takes its first issuer call's budget in the same round
 // trip as its fencing generation.
 func budgetLua(kb, ab int) string {

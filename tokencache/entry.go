@@ -564,7 +564,7 @@ func (e *entry) refreshAhead(ctx context.Context, served *snapshot) {
 		e.later(e.retryDelay(err))
 	} else if d := e.backingOff(); d > 0 {
 		e.later(d)
-	} else if c := e.l1.Load(); c == served || c != nil && c.fp == served.fp {
+	} else if c := e.l1.Load(); c != nil && c.fp == served.fp {
 		// Whatever happened, the token we decided on is still the one
 		// served: never come straight back here.
 		e.later(jitter(e.c.cfg.waitRecheck))

@@ -22,21 +22,34 @@ import (
 // noticed by go-redis's health check; the cache's probe must notice it and
 // subscribe again, and events must flow afterwards.
 func TestHalfOpenSubscriptionIsReplaced(t *testing.T) {
+	f := newFakeFetcher(time.Hour)
+	a, b, _ := halfOpen(t, f, []Option{WithSubscriptionProbe(200*time.Millisecond, 300*time.Millisecond), WithL1MaxAge(0)}, nil)
+	ctx := ctxT(t)
+	if _, err := b.Refresh(ctx, 0, true); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the cache to replace its silent subscription", func() bool { return a.Stats().Resubscribes > 0 })
+	eventsFlow(t, a, b)
+}
+
+// halfOpen starts replica a behind a fault proxy and replica b on Redis
+// directly (fastOpts plus aOpts, bOpts), has a take its first token and
+// subscribe, then turns a's connections half-open: what a sends reaches
+// Redis, nothing comes back.
+func halfOpen(t *testing.T, f Fetcher, aOpts, bOpts []Option) (a, b *Cache, first Token) {
+	t.Helper()
 	srv := redistest.Start(t)
 	proxy, err := faultproxy.New(srv.Addr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer proxy.Close()
+	t.Cleanup(func() { _ = proxy.Close() })
 	viaProxy := redis.NewClient(&redis.Options{Addr: proxy.Addr, ReadTimeout: 500 * time.Millisecond, WriteTimeout: 500 * time.Millisecond})
-	defer viaProxy.Close()
-	direct := srv.Client(t)
-
-	f := newFakeFetcher(time.Hour)
-	a := newCache(t, viaProxy, f, fastOpts(WithSubscriptionProbe(200*time.Millisecond, 300*time.Millisecond), WithL1MaxAge(0))...)
-	b := newCache(t, direct, f, fastOpts()...)
+	t.Cleanup(func() { _ = viaProxy.Close() })
+	a = newCache(t, viaProxy, f, fastOpts(aOpts...)...)
+	b = newCache(t, srv.Client(t), f, fastOpts(bOpts...)...)
 	ctx := ctxT(t)
-	if _, err := a.Token(ctx); err != nil {
+	if first, err = a.Token(ctx); err != nil {
 		t.Fatal(err)
 	}
 	if !a.waitSubscribed(ctx, 5*time.Second) {
@@ -45,11 +58,7 @@ func TestHalfOpenSubscriptionIsReplaced(t *testing.T) {
 	if n := proxy.SwallowExisting(); n == 0 {
 		t.Fatal("no connection to make half-open")
 	}
-	if _, err := b.Refresh(ctx, 0, true); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, "the cache to replace its silent subscription", func() bool { return a.Stats().Resubscribes > 0 })
-	eventsFlow(t, a, b)
+	return a, b, first
 }
 
 // eventsFlow checks that b's refreshes reach a by event, after a replaced
@@ -87,29 +96,10 @@ func eventsFlow(t *testing.T, a, b *Cache) {
 // finds under the lock a token it heard nothing about, probes at once, and
 // subscribes again when the probe does not come back.
 func TestMissedEventProbesTheSubscription(t *testing.T) {
-	srv := redistest.Start(t)
-	proxy, err := faultproxy.New(srv.Addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer proxy.Close()
-	viaProxy := redis.NewClient(&redis.Options{Addr: proxy.Addr, ReadTimeout: 500 * time.Millisecond, WriteTimeout: 500 * time.Millisecond})
-	defer viaProxy.Close()
-
 	f := newFakeFetcher(3 * time.Second)
-	a := newCache(t, viaProxy, f, fastOpts(WithSubscriptionProbe(time.Hour, 300*time.Millisecond))...)
-	b := newCache(t, srv.Client(t), f, fastOpts(WithSubscriptionProbe(time.Hour, 300*time.Millisecond))...)
+	noProbe := []Option{WithSubscriptionProbe(time.Hour, 300*time.Millisecond)}
+	a, b, first := halfOpen(t, f, noProbe, noProbe)
 	ctx := ctxT(t)
-	first, err := a.Token(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !a.waitSubscribed(ctx, 5*time.Second) {
-		t.Fatal("never subscribed")
-	}
-	if n := proxy.SwallowExisting(); n == 0 {
-		t.Fatal("no connection to make half-open")
-	}
 	// b refreshes; a hears nothing of it.
 	if _, err := b.Refresh(ctx, 0, true); err != nil {
 		t.Fatal(err)
