@@ -80,11 +80,15 @@ type snapshot struct {
 // the writes of one Redis, but go backwards when Redis loses a write (a
 // failover, a restart without persistence); issue times do not. Expiries
 // would not do: an issuer may hand out a shorter-lived token next.
-func (s *snapshot) newer(o *snapshot) bool {
-	if !s.issued.Equal(o.issued) {
-		return s.issued.After(o.issued)
+func (s *snapshot) newer(o *snapshot) bool { return o.before(s.issued, s.gen) }
+
+// before reports whether s holds an earlier token than the one issued at
+// issued with generation gen (see newer).
+func (s *snapshot) before(issued time.Time, gen int64) bool {
+	if !issued.Equal(s.issued) {
+		return issued.After(s.issued)
 	}
-	return s.gen > o.gen
+	return gen > s.gen
 }
 
 func (e *entry) token(ctx context.Context) (Token, error) {
@@ -546,13 +550,14 @@ func (e *entry) refreshAhead(ctx context.Context, served *snapshot) {
 		e.later(jitter(e.c.cfg.waitRecheck))
 		return
 	}
-	// Under the lock, a token issued after the one we serve means someone
+	// Under the lock, a token newer than the one we serve (issued later,
+	// or in the same millisecond with a higher generation) means someone
 	// else refreshed; an older one (Redis lost a write) does not. A
 	// failure the re-read learns of from the fleet means waiting out its
 	// window, like one known before.
 	if _, err := e.refreshLocked(ctx, lease, true, func(r readResult) bool {
 		iss, _ := time.Parse(time.RFC3339Nano, r.rec.IssuedAt)
-		if iss.After(served.issued) {
+		if served.before(iss, r.rec.Generation) {
 			// Another replica refreshed, and we heard neither its
 			// "refreshing" (we would be holding back) nor its "refreshed".
 			e.c.suspectSubscription()
