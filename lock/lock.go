@@ -267,6 +267,11 @@ type Lease struct {
 // Key is the lock's Redis key.
 func (le *Lease) Key() string { return le.key }
 
+// Value is the random value the lease holds at its key. A store that wants
+// to refuse a write from a holder whose lease has ended checks, in the same
+// atomic step as the write, that the key still holds this value.
+func (le *Lease) Value() string { return le.m.Value() }
+
 // Generation is the fencing generation drawn by Fence, 0 before. A write
 // protected by the lease must be rejected by the store if a larger
 // generation has been seen.

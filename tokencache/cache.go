@@ -363,8 +363,9 @@ func (c *Cache) onEvent(ev Event) {
 	case EventInvalidated:
 		e.clearFailure()
 		if ev.TokenFP != "" {
-			fp := ev.TokenFP
-			e.rejected.Store(&fp) // a read racing the deletion must not bring it back
+			// A read racing the deletion must not bring it back; the same
+			// token stored again (a newer generation) may.
+			e.reject(ev.TokenFP, ev.Generation)
 		}
 		// Drop the invalidated token, or a copy older than it (we missed
 		// its refresh); not a newer one (Redis lost a write and its

@@ -36,8 +36,8 @@ type entry struct {
 	failGen    int64        // generation held in memory when fail happened
 	failStreak atomic.Int32 // refreshes in a row that failed (retryable)
 
-	warnedFP atomic.Bool            // logged a credential mismatch once
-	rejected atomic.Pointer[string] // fingerprint of the last token invalidated here
+	warnedFP atomic.Bool               // logged a credential mismatch once
+	rejected atomic.Pointer[rejection] // the last token invalidated here
 
 	// used: a caller asked for the token since the timer last fired.
 	// The timer fires at the copy's next moment (its refresh-ahead
@@ -50,12 +50,34 @@ type entry struct {
 	stopped bool
 }
 
-// isRejected reports whether fp is the token this replica last
-// invalidated: it must not come back from a read that raced the
-// invalidation.
-func (e *entry) isRejected(fp string) bool {
+// rejection is the token this replica last invalidated, up to the
+// generation it was stored with: a read that raced the invalidation must
+// not bring it back. It is bounded by the generation, never a blacklist of
+// the token: an issuer may hand the same still-valid token out again, and
+// once it has, the token is stored under a newer generation and served.
+type rejection struct {
+	fp  string
+	gen int64
+}
+
+// isRejected reports whether the token fp, stored with generation gen,
+// is one this replica invalidated.
+func (e *entry) isRejected(fp string, gen int64) bool {
 	r := e.rejected.Load()
-	return r != nil && *r == fp
+	return r != nil && r.fp == fp && gen <= r.gen
+}
+
+// reject marks fp, up to generation gen, as invalidated.
+func (e *entry) reject(fp string, gen int64) {
+	e.rejected.Store(&rejection{fp: fp, gen: gen})
+}
+
+// unreject forgets the rejection of fp: the issuer has just returned it,
+// and the issuer's latest answer is authoritative.
+func (e *entry) unreject(fp string) {
+	if r := e.rejected.Load(); r != nil && r.fp == fp {
+		e.rejected.CompareAndSwap(r, nil)
+	}
 }
 
 func (c *Cache) newEntry(k keys, f Fetcher) *entry {
@@ -63,7 +85,8 @@ func (c *Cache) newEntry(k keys, f Fetcher) *entry {
 }
 
 // snapshot is an immutable in-memory copy of the token. Times are on the
-// local clock, derived from the key's PTTL when it was read.
+// local monotonic clock, derived from how long the token is still valid on
+// Redis's clock when it was read.
 type snapshot struct {
 	tok        Token
 	gen        int64
@@ -72,23 +95,24 @@ type snapshot struct {
 	dueAt      mono   // refresh-ahead moment (jittered)
 	softUntil  mono   // before this, no background work at all
 	held       bool   // another replica's "refreshing" already put this copy's moment off
-	issued     time.Time
+	storedMS   int64  // Redis's TIME when the token was stored; 0: not stored (yet)
 }
 
-// newer reports whether s holds a later token than o: issued later, or
-// issued at the same moment with a higher generation. Generations order
-// the writes of one Redis, but go backwards when Redis loses a write (a
-// failover, a restart without persistence); issue times do not. Expiries
-// would not do: an issuer may hand out a shorter-lived token next.
-func (s *snapshot) newer(o *snapshot) bool { return o.before(s.issued, s.gen) }
+// newer reports whether s holds a later token than o: a higher fencing
+// generation, or, at the same generation, stored later by Redis's clock.
+// No replica's clock takes part: replicas whose clocks differ agree on the
+// order. Generations go back when Redis loses a write (a failover, a
+// restart without persistence), so two different tokens may share one;
+// the next refresh draws above both (see entry.floor).
+func (s *snapshot) newer(o *snapshot) bool { return o.before(s.gen, s.storedMS) }
 
-// before reports whether s holds an earlier token than the one issued at
-// issued with generation gen (see newer).
-func (s *snapshot) before(issued time.Time, gen int64) bool {
-	if !issued.Equal(s.issued) {
-		return issued.After(s.issued)
+// before reports whether s holds an earlier token than the one stored with
+// generation gen at storedMS (see newer).
+func (s *snapshot) before(gen, storedMS int64) bool {
+	if gen != s.gen {
+		return gen > s.gen
 	}
-	return gen > s.gen
+	return storedMS > s.storedMS
 }
 
 func (e *entry) token(ctx context.Context) (Token, error) {
@@ -145,13 +169,24 @@ func (e *entry) slow(ctx context.Context) (Token, error) {
 				return Token{}, ctx.Err()
 			}
 		}
-		if attempt < 2 && e.isRejected(tok.Fingerprint()) {
+		if attempt < 2 && e.servedRejected(tok) {
 			// We joined a flight that read the token before it was
 			// invalidated here: ask again.
 			continue
 		}
 		return tok, nil
 	}
+}
+
+// servedRejected reports whether tok, returned by a shared flight, is the
+// token this replica invalidated meanwhile (the flight read it before).
+func (e *entry) servedRejected(tok Token) bool {
+	r := e.rejected.Load()
+	if r == nil || r.fp != tok.Fingerprint() {
+		return false
+	}
+	s := e.l1.Load()
+	return s == nil || s.fp != r.fp || s.gen <= r.gen
 }
 
 // obtain gets a valid token when there is none in memory: Redis, then the
@@ -258,7 +293,7 @@ func (e *entry) read(ctx context.Context, at time.Time) (readResult, error) {
 		e.c.stats.badValues.Add(1)
 		e.c.log().Warn("tokencache: unusable value in redis, treating as a miss", "key", e.k.token, "err", r.bad)
 	}
-	if r.found && e.isRejected(r.rec.TokenFP) {
+	if r.found && e.isRejected(r.rec.TokenFP, r.rec.Generation) {
 		r.found = false
 	}
 	if r.failed != nil && r.failedCred == e.credFP {
@@ -291,14 +326,33 @@ func (e *entry) read(ctx context.Context, at time.Time) (readResult, error) {
 	return r, nil
 }
 
+// snapshotFor makes the in-memory copy of rec, read at the local time at
+// with ttl of validity left on Redis's clock. The copy is served until the
+// earlier of that and the value's own expires_at minus the skew on the
+// local clock, with maxClockSkew of tolerance for replicas' clocks: a
+// replica whose clock is a minute off the writer's neither serves a token
+// late nor refreshes one early, and none serves one a Redis clock stretched.
+// The token's Expiry is the issuer's expiry as this replica's clock sees
+// it: the stored expires_at when the two agree within half the skew, else
+// the expiry measured on Redis's clock, so that a served token's Expiry is
+// always after the local time.
 func (e *entry) snapshotFor(rec record, ttl time.Duration, at time.Time) *snapshot {
 	cfg := &e.c.cfg
 	base := e.c.monoAt(at)
-	validUntil := base + mono(ttl)
 	life := rec.lifetime()
-	// The issuer's expiry on our clock is the TTL's end plus the skew the
-	// writer took off; refresh-ahead is a share of the issuer's lifetime.
-	expiry := validUntil + mono(e.skewFor(life))
+	skew := e.skewFor(life)
+	exp, _ := rec.expiry()
+	validUntil := min(base+mono(ttl), e.c.monoAt(exp.Add(maxClockSkew-skew)))
+	tok := rec.token()
+	if measured := at.Add(ttl + skew); absDuration(measured.Sub(exp)) > skew/2 {
+		tok.Expiry = measured
+		validUntil = min(validUntil, e.c.monoAt(measured.Add(-skew)))
+	} else {
+		validUntil = min(validUntil, e.c.monoAt(exp.Add(-skew/2)))
+	}
+	// The issuer's expiry on our clock is the validity's end plus the skew
+	// the writer took off; refresh-ahead is a share of the issuer's lifetime.
+	expiry := validUntil + mono(skew)
 	due := expiry - mono(float64(life)*(1-cfg.refreshAhead))
 	if cfg.refreshJitter > 0 && due < validUntil {
 		// The window never reaches the end of the token's validity: with
@@ -312,15 +366,21 @@ func (e *entry) snapshotFor(rec record, ttl time.Duration, at time.Time) *snapsh
 	if cfg.l1MaxAge > 0 {
 		soft = min(soft, base+mono(cfg.l1MaxAge))
 	}
-	issued, _ := time.Parse(time.RFC3339Nano, rec.IssuedAt)
-	return &snapshot{tok: rec.token(), gen: rec.Generation, fp: rec.TokenFP, validUntil: validUntil, dueAt: due, softUntil: soft, issued: issued}
+	return &snapshot{tok: tok, gen: rec.Generation, fp: rec.TokenFP, validUntil: validUntil, dueAt: due, softUntil: soft, storedMS: rec.StoredMS}
+}
+
+func absDuration(d time.Duration) time.Duration {
+	if d < 0 {
+		return -d
+	}
+	return d
 }
 
 // install makes s the in-memory copy, unless a newer token that is still
 // valid is already there (see snapshot.newer). Installing the same token
 // again keeps a hold on its refresh-ahead moment.
 func (e *entry) install(s *snapshot) {
-	if e.isRejected(s.fp) {
+	if e.isRejected(s.fp, s.gen) {
 		return
 	}
 	e.clearFailureBelow(s.gen)
@@ -556,8 +616,7 @@ func (e *entry) refreshAhead(ctx context.Context, served *snapshot) {
 	// failure the re-read learns of from the fleet means waiting out its
 	// window, like one known before.
 	if _, err := e.refreshLocked(ctx, lease, true, func(r readResult) bool {
-		iss, _ := time.Parse(time.RFC3339Nano, r.rec.IssuedAt)
-		if served.before(iss, r.rec.Generation) {
+		if served.before(r.rec.Generation, r.rec.StoredMS) {
 			// Another replica refreshed, and we heard neither its
 			// "refreshing" (we would be holding back) nor its "refreshed".
 			e.c.suspectSubscription()
@@ -660,14 +719,22 @@ func (e *entry) refreshLocked(ctx context.Context, lease *lock.Lease, ahead bool
 	}
 	// A refresh ahead (the fleet still has a valid token) tells the fleet
 	// one refresh is under way, so nobody else needs to try.
-	gen, spent, err := e.begin(ctx, lease, r, true, r.found)
+	gen, spent, err := e.begin(ctx, lease, e.floor(r), true, r.found)
 	if err != nil {
 		e.c.stats.redisErrors.Add(1)
 		return redisDown(err)
 	} else if gen < 0 {
-		return Token{}, fmt.Errorf("%w: a newer lease was granted during the refresh", ErrUnavailable)
+		return Token{}, fmt.Errorf("%w: the refresh lock's lease ended before the refresh began", ErrUnavailable)
 	}
-	tok, err := e.fetch(ctx, false, spent)
+	// The issuer call stops when the lease is lost (its owner was paused
+	// past it, or Redis lost it): another replica may be refreshing by
+	// now, and whatever this call returned would be fenced out anyway.
+	fctx, stop := leaseContext(ctx, lease)
+	tok, err := e.fetch(fctx, false, spent)
+	stop()
+	if err != nil && lease.Err() != nil && ctx.Err() == nil {
+		return Token{}, fmt.Errorf("%w: the refresh lock's lease was lost during the issuer call (%w)", ErrUnavailable, lease.Err())
+	}
 	if err != nil {
 		switch {
 		case e.c.ctx.Err() != nil:
@@ -680,10 +747,13 @@ func (e *entry) refreshLocked(ctx context.Context, lease *lock.Lease, ahead bool
 		// Waiters need the failure only if there is no token to serve.
 		return Token{}, e.fetchFailed(ctx, err, true, !r.found)
 	}
+	// The issuer's latest answer is authoritative: a token invalidated
+	// here that it hands out again is served again.
+	e.unreject(tok.Fingerprint())
 	issued := e.c.now()
 	ttl := e.ttlFor(tok, issued)
-	rec := newRecord(tok, gen, issued, e.c.cfg.host, e.credFP)
-	n, err := e.write(ctx, &rec, ttl, !r.found)
+	rec := newRecord(tok, gen, issued, ttl, e.c.cfg.host, e.credFP)
+	w, err := e.write(ctx, lease, &rec, ttl, !r.found)
 	if err != nil {
 		// The token is good; Redis is not. Serve it and write it back later.
 		e.c.stats.redisErrors.Add(1)
@@ -694,11 +764,12 @@ func (e *entry) refreshLocked(ctx context.Context, lease *lock.Lease, ahead bool
 		e.install(s)
 		return tok, nil
 	}
-	if n < 0 {
+	if !w.Stored {
 		// Fenced out: our lease expired and a newer holder exists, or a
 		// newer token is stored. Prefer the fleet's token.
 		e.c.stats.fenced.Add(1)
-		e.c.log().Warn("tokencache: write rejected by fencing; a newer lease or token exists", "key", e.k.token, "generation", gen)
+		e.c.log().Warn("tokencache: write rejected by fencing; a newer lease or token exists", "key", e.k.token,
+			"generation", gen, "fenced_by", w.FencedBy, "lease_lost", w.LeaseLost)
 		if tok2, ok, err := e.readAndInstall(ctx); err == nil && ok {
 			return tok2, nil
 		}
@@ -710,34 +781,58 @@ func (e *entry) refreshLocked(ctx context.Context, lease *lock.Lease, ahead bool
 		return tok, nil
 	}
 	e.c.stats.refreshes.Add(1)
-	e.c.log().Info("tokencache: token refreshed", "key", e.k.token, "generation", gen, "token", tok)
+	e.c.log().Info("tokencache: token refreshed", "key", e.k.token, "generation", rec.Generation, "token", tok)
+	rec.StoredMS = w.StoredMS
 	e.install(e.snapshotFor(rec, ttl, issued))
 	return tok, nil
 }
 
-// write stores rec with its fencing generation and publishes "refreshed".
-// It returns 1 when stored, negative when fenced out. If lift is set (the
-// holder found no usable token when it re-checked) and the stored value
-// claims a generation at or above ours without the fence to back it (a
-// hand edit, or a value written before the fence was lost), the fence is
-// lifted past it and the write tried once more: garbage must not block
-// writes forever.
-func (e *entry) write(ctx context.Context, rec *record, ttl time.Duration, lift bool) (int64, error) {
-	stored, err := e.seal(*rec)
-	if err != nil {
-		return 0, err
+// floor is the generation a refresh draws above: the stored token's, or
+// the one held in memory if that is newer (Redis lost the write that
+// stored it: the next token must still order after it everywhere).
+func (e *entry) floor(r readResult) int64 {
+	f := r.rec.Generation
+	if s := e.l1.Load(); s != nil && s.gen > f {
+		f = s.gen
 	}
+	return f
+}
+
+// leaseContext is ctx, cancelled as well when lease is lost. Cancel it
+// when done: that also ends its watching goroutine.
+func leaseContext(ctx context.Context, lease *lock.Lease) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(ctx)
+	go func() {
+		select {
+		case <-lease.Lost():
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
+}
+
+// write stores rec with its fencing generation under lease and publishes
+// "refreshed". If lift is set (the holder found no usable token when it
+// re-checked) and the stored value claims a generation at or above ours
+// without the fence to back it (a hand edit, or a value written before the
+// fence was lost), the fence is lifted past it and the write tried once
+// more: garbage must not block writes forever.
+func (e *entry) write(ctx context.Context, lease *lock.Lease, rec *record, ttl time.Duration, lift bool) (writeResult, error) {
 	for attempt := 0; ; attempt++ {
+		stored, err := e.seal(*rec)
+		if err != nil {
+			return writeResult{}, err
+		}
 		ev := Event{Type: EventRefreshed, Key: e.k.token, Generation: rec.Generation, By: e.c.cfg.host, Origin: e.c.origin, TokenFP: rec.TokenFP}
 		ev.ExpiresAt, _ = rec.expiry()
-		stored.Generation = rec.Generation
-		code, seen, err := e.c.st.write(ctx, e.k, stored, ttl, ev)
-		if err != nil || code != -2 || !lift || attempt > 0 {
-			return code, err
+		w, err := e.c.st.write(ctx, e.k, stored, ttl, ev, lease.Value())
+		if err != nil || !w.Stale || !lift || attempt > 0 {
+			return w, err
 		}
-		gen, err := e.c.st.raiseFence(ctx, e.k, rec.Generation, seen+1)
+		gen, err := e.c.st.raiseFence(ctx, e.k, rec.Generation, w.FencedBy+1, ttl)
 		if err != nil || gen < 0 {
-			return -1, err
+			return writeResult{}, err
 		}
 		rec.Generation = gen
 	}
@@ -765,7 +860,7 @@ func (e *entry) seal(rec record) (record, error) {
 // token's slot (spent is then the budget's reply), and, if ahead (the
 // fleet still has a valid token), announces "refreshing". A negative
 // generation means the lease was lost meanwhile.
-func (e *entry) begin(ctx context.Context, lease *lock.Lease, r readResult, call, ahead bool) (gen int64, spent []int64, err error) {
+func (e *entry) begin(ctx context.Context, lease *lock.Lease, floor int64, call, ahead bool) (gen int64, spent []int64, err error) {
 	var b *budget
 	if call && e.k.nsSlot {
 		b = e.c.budget
@@ -777,7 +872,10 @@ func (e *entry) begin(ctx context.Context, lease *lock.Lease, r readResult, call
 	var announce func(context.Context)
 	gen, err = lease.FenceWith(ctx, func(ctx context.Context) (int64, error) {
 		var g int64
-		g, spent, announce, err = e.c.st.begin(ctx, e.k, r.rec.Generation, b, ev)
+		g, spent, announce, err = e.c.st.begin(ctx, e.k, lease.Value(), floor, b, ev)
+		if err == nil && g == 0 {
+			err = lock.ErrLeaseLost // another owner holds the lock
+		}
 		return g, err
 	})
 	if errors.Is(err, lock.ErrLeaseLost) || errors.Is(err, lock.ErrLeaseExpired) {
@@ -811,13 +909,20 @@ func (e *entry) skewFor(life time.Duration) time.Duration {
 
 func (e *entry) invalidate(ctx context.Context, fp string, gen int64) (bool, error) {
 	if fp != "" {
-		e.rejected.Store(&fp)
+		// Until Redis says which generation it deleted, every copy of the
+		// token is rejected: a read racing the deletion must not bring
+		// it back.
+		e.reject(fp, math.MaxInt64)
 	}
 	// A token is wanted now: an earlier failure (say, of a refresh ahead)
 	// must not stand in the way of the one refetch.
 	e.clearFailure()
+	var localGen int64
 	for {
 		s := e.l1.Load()
+		if s != nil && s.fp == fp {
+			localGen = s.gen
+		}
 		if s == nil || (fp != "" && s.fp != fp) || (gen != 0 && s.gen != gen) || e.l1.CompareAndSwap(s, nil) {
 			break
 		}
@@ -825,7 +930,18 @@ func (e *entry) invalidate(ctx context.Context, fp string, gen int64) (bool, err
 	if p := e.pending.Load(); p != nil && (fp == "" || p.Fingerprint() == fp) {
 		e.pending.CompareAndSwap(p, nil)
 	}
-	ok, _, err := e.c.st.invalidate(ctx, e.k, fp, gen)
+	ok, deleted, err := e.c.st.invalidate(ctx, e.k, fp, gen)
+	if fp != "" {
+		// The rejection ends at the generation deleted (or asked for):
+		// the same token stored again later, by an issuer that hands it
+		// out again, is served.
+		// (If Redis did not answer, the rejection stands until the issuer
+		// next returns the token.)
+		upTo := max(deleted, gen, localGen)
+		if r := e.rejected.Load(); err == nil && r != nil && r.fp == fp {
+			e.rejected.CompareAndSwap(r, &rejection{fp: fp, gen: upTo})
+		}
+	}
 	if ok {
 		e.c.log().Info("tokencache: token invalidated", "key", e.k.token, "token_fp", fp)
 	}
@@ -838,18 +954,18 @@ func (e *entry) offer(ctx context.Context, tok Token) (bool, error) {
 	}
 	issued := e.c.now()
 	ttl := e.ttlFor(tok, issued)
-	rec := newRecord(tok, 0, issued, e.c.cfg.host, e.credFP)
+	rec := newRecord(tok, 0, issued, ttl, e.c.cfg.host, e.credFP)
 	ev := Event{Type: EventRefreshed, Key: e.k.token, By: e.c.cfg.host, Origin: e.c.origin, TokenFP: rec.TokenFP}
 	ev.ExpiresAt, _ = rec.expiry()
 	stored, err := e.seal(rec)
 	if err != nil {
 		return false, err
 	}
-	gen, err := e.c.st.offer(ctx, e.k, stored, ttl, ev)
+	gen, storedMS, err := e.c.st.offer(ctx, e.k, stored, ttl, ev)
 	if err != nil || gen <= 0 {
 		return false, err
 	}
-	rec.Generation = gen
+	rec.Generation, rec.StoredMS = gen, storedMS
 	e.install(e.snapshotFor(rec, ttl, issued))
 	return true, nil
 }

@@ -236,9 +236,10 @@ func (e *entry) redisDown(ctx context.Context, rerr error) (Token, error) {
 		}
 		return Token{}, e.fetchFailed(ctx, err, false, false)
 	}
+	e.unreject(tok.Fingerprint())
 	issued := e.c.now()
 	ttl := e.ttlFor(tok, issued)
-	rec := newRecord(tok, 0, issued, e.c.cfg.host, e.credFP)
+	rec := newRecord(tok, 0, issued, ttl, e.c.cfg.host, e.credFP)
 	s := e.snapshotFor(rec, ttl, issued)
 	s.softUntil = min(s.validUntil, e.c.monoAt(issued)+mono(jitter(e.c.cfg.waitRecheck)))
 	e.pending.Store(&tok)
@@ -274,17 +275,18 @@ func (e *entry) writeBack(ctx context.Context, tok *Token) bool {
 		e.install(e.snapshotFor(r.rec, r.pttl, issued))
 		return true
 	}
-	gen, _, err := e.begin(ctx, lease, r, false, false)
+	gen, _, err := e.begin(ctx, lease, e.floor(r), false, false)
 	if err != nil || gen < 0 {
 		return err == nil
 	}
 	ttl := e.ttlFor(*tok, issued)
-	rec := newRecord(*tok, gen, issued, e.c.cfg.host, e.credFP)
-	if n, err := e.write(ctx, &rec, ttl, true); err != nil {
+	rec := newRecord(*tok, gen, issued, ttl, e.c.cfg.host, e.credFP)
+	if w, err := e.write(ctx, lease, &rec, ttl, true); err != nil {
 		e.pending.CompareAndSwap(nil, tok)
 		return false
-	} else if n > 0 {
-		e.c.log().Info("tokencache: wrote back a token fetched while redis was down", "key", e.k.token, "generation", gen)
+	} else if w.Stored {
+		e.c.log().Info("tokencache: wrote back a token fetched while redis was down", "key", e.k.token, "generation", rec.Generation)
+		rec.StoredMS = w.StoredMS
 		e.install(e.snapshotFor(rec, ttl, issued))
 	}
 	return true

@@ -167,7 +167,7 @@ func TestRegressionTokenSourceSkew(t *testing.T) {
 	key := "tokencache:{default}:server"
 	now := time.Now()
 	exp := now.Add(60 * time.Second)
-	rec := newRecord(Token{AccessToken: "t", Expiry: exp}, 1, now.Add(-59*time.Minute), "w", identityFingerprint(f))
+	rec := newRecord(Token{AccessToken: "t", Expiry: exp}, 1, now.Add(-59*time.Minute), 0, "w", identityFingerprint(f))
 	b, _ := json.Marshal(rec)
 	rdb.Set(ctx, key, b, 30*time.Second) // what the writer set: 60s left - 30s skew
 	c := newCache(t, rdb, f, fastOpts()...)

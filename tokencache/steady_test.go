@@ -212,7 +212,7 @@ func TestRefreshJitterStablePerToken(t *testing.T) {
 	a := newCache(t, rdb, newFakeFetcher(time.Hour), WithRefreshJitter(0.3))
 	b := newCache(t, rdb, newFakeFetcher(time.Hour), WithRefreshJitter(0.3))
 	now := time.Now()
-	rec := newRecord(Token{AccessToken: "x", Expiry: now.Add(time.Hour)}, 1, now, "h", "fp")
+	rec := newRecord(Token{AccessToken: "x", Expiry: now.Add(time.Hour)}, 1, now, 0, "h", "fp")
 	first := a.server.snapshotFor(rec, 50*time.Minute, now)
 	for range 20 {
 		if s := a.server.snapshotFor(rec, 50*time.Minute, now); s.dueAt != first.dueAt {
@@ -222,7 +222,7 @@ func TestRefreshJitterStablePerToken(t *testing.T) {
 	if s := b.server.snapshotFor(rec, 50*time.Minute, now); a.monoAt(now)-first.dueAt == b.monoAt(now)-s.dueAt {
 		t.Errorf("two replicas drew the same refresh moment")
 	}
-	other := newRecord(Token{AccessToken: "y", Expiry: now.Add(time.Hour)}, 2, now, "h", "fp")
+	other := newRecord(Token{AccessToken: "y", Expiry: now.Add(time.Hour)}, 2, now, 0, "h", "fp")
 	if a.jitterShare(rec.TokenFP) == a.jitterShare(other.TokenFP) {
 		t.Errorf("two tokens share one jitter draw")
 	}
@@ -403,7 +403,7 @@ func TestRefreshJitterFitsBeforeExpiry(t *testing.T) {
 	c := newCache(t, rdb, newFakeFetcher(time.Hour), WithRefreshAhead(0.9), WithRefreshJitter(0.3))
 	now := time.Now()
 	for i := range 500 {
-		rec := newRecord(Token{AccessToken: fmt.Sprint("tok-", i), Expiry: now.Add(time.Hour)}, 1, now, "h", "fp")
+		rec := newRecord(Token{AccessToken: fmt.Sprint("tok-", i), Expiry: now.Add(time.Hour)}, 1, now, 0, "h", "fp")
 		s := c.server.snapshotFor(rec, time.Hour-30*time.Second, now)
 		if left := time.Duration(s.validUntil - s.dueAt); left < time.Minute {
 			t.Fatalf("token %d: refresh moment %v before the end of its validity", i, left)

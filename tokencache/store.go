@@ -20,11 +20,13 @@ import (
 // is treated as a miss and overwritten on the next refresh.
 const MaxValueSize = 64 << 10
 
-// maxClockSkew is how far a replica's clock may be off the writer's before a
-// stored expires_at in the past is read as garbage rather than skew. Freshness
-// itself comes from the key's PTTL; this only catches hand-written values
-// whose TTL outlives their token.
-const maxClockSkew = 10 * time.Minute
+// maxClockSkew is how far a replica's clock may be off the clock of the
+// replica that wrote a token. Freshness is measured on Redis's clock (the
+// value's stored_ms and ttl_ms against TIME, and the key's PTTL); the local
+// clock is only a guard: a token is never served later than its expires_at
+// minus the skew plus this much, on the local clock, and a value whose
+// expires_at is further in the past than this is garbage.
+const maxClockSkew = 2 * time.Minute
 
 // expiryLayout formats expires_at with fixed millisecond precision in UTC,
 // so that two values compare correctly as strings inside Lua.
@@ -43,10 +45,19 @@ type record struct {
 	RefreshedBy string `json:"refreshed_by"`
 	Fingerprint string `json:"fingerprint"` // of the credential identity that minted it
 	TokenFP     string `json:"token_fp"`    // of the access token, for compare-and-delete and logs
+	// TTLMS is the key TTL the value was written with, and StoredMS
+	// Redis's own clock (TIME, in Unix ms) when it was written, set by the
+	// write script itself: together they say when the token stops being
+	// served on the one clock every replica shares, whatever a later
+	// PEXPIRE, a replica's clock, or a node restarted with another clock
+	// says.
+	TTLMS    int64 `json:"ttl_ms,omitempty"`
+	StoredMS int64 `json:"stored_ms,omitempty"`
 }
 
-func newRecord(t Token, gen int64, issued time.Time, by, credFP string) record {
+func newRecord(t Token, gen int64, issued time.Time, ttl time.Duration, by, credFP string) record {
 	return record{
+		TTLMS:       ttl.Milliseconds(),
 		AccessToken: t.AccessToken,
 		TokenType:   t.typ(),
 		ExpiresAt:   t.Expiry.UTC().Format(expiryLayout),
@@ -94,6 +105,9 @@ func decodeRecord(key string, raw []byte) (record, error) {
 	if r.Generation < 0 {
 		return r, &ValueError{Key: key, Reason: "negative generation"}
 	}
+	if r.TTLMS < 0 || r.StoredMS < 0 {
+		return r, &ValueError{Key: key, Reason: "negative ttl_ms or stored_ms"}
+	}
 	return r, nil
 }
 
@@ -114,7 +128,8 @@ func (r record) token() Token {
 // failure (if still in its back-off window) in one round trip.
 //
 //	KEYS[1] token key, KEYS[2] failure key
-//	returns {value or nil, pttl ms, "WRONGTYPE" or nil, failure JSON or nil, failure pttl ms}
+//	returns {value or nil, pttl ms, "WRONGTYPE" or nil, failure JSON or nil,
+//	        failure pttl ms, Redis's TIME in Unix ms}
 var readScript = redis.NewScript(`
 local v = redis.pcall('GET', KEYS[1])
 local pttl = redis.call('PTTL', KEYS[1])
@@ -126,38 +141,63 @@ local bad = false
 if type(v) == 'table' and v.err then
   v, bad = false, 'WRONGTYPE'
 end
-return {v, pttl, bad, f, fttl}
+` + redisNowLua + `
+return {v, pttl, bad, f, fttl, now}
 `)
 
-// writeScript stores a token only if its fencing generation is current.
+// redisNowLua sets the local "now" to Redis's own clock in Unix ms. Redis
+// 5 and later replicate a script's effects, not the script, so a script
+// may read TIME and then write.
+const redisNowLua = `local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)`
+
+// writeScript stores a token only if its writer still holds the lease it
+// drew its fencing generation under and that generation is current. It
+// is idempotent: a write that already landed (the client retried it after
+// a lost reply) is reported as stored again, not as fenced out.
 //
-//	KEYS[1] token key, KEYS[2] fence key, KEYS[3] failure key (deleted on success)
-//	ARGV[1] value JSON, ARGV[2] generation, ARGV[3] TTL ms, ARGV[4] event JSON,
+//	KEYS[1] token key, KEYS[2] fence key, KEYS[3] failure key (deleted on
+//	success), KEYS[4] lock key
+//	ARGV[1] value JSON (an object without stored_ms: the script adds
+//	Redis's TIME), ARGV[2] generation, ARGV[3] TTL ms, ARGV[4] event JSON,
 //	ARGV[5] events channel (a channel, not a key: a user's keys live in
 //	another cluster slot than the namespace's channel), ARGV[6] the publish
-//	command (PUBLISH or SPUBLISH; empty: the caller publishes, see pubsub)
-//	returns {1, generation, published} written (published 0: the server
-//	        refused the publish command, after the write, which stands),
-//	        {-1, fence} a newer lease exists,
+//	command (PUBLISH or SPUBLISH; empty: the caller publishes, see pubsub),
+//	ARGV[7] the lease's value at the lock key, ARGV[8] the fence's TTL ms,
+//	ARGV[9] the token's fingerprint
+//	returns {1, generation, published, stored ms} written (published 0:
+//	        the server refused the publish command, after the write,
+//	        which stands), {2, generation, 1, stored ms} this write had
+//	        already landed,
+//	        {-1, fence} a newer lease drew a generation,
 //	        {-2, stored generation} the stored value has the same or a newer
-//	        generation (a real token, or a hand edit the caller judged garbage)
+//	        generation (a real token, or a hand edit the caller judged garbage),
+//	        {-3, 0} another owner holds the lock: our lease is gone
 var writeScript = redis.NewScript(`
 local gen = tonumber(ARGV[2])
 local fence = tonumber(redis.call('GET', KEYS[2]))
-if fence and fence > gen then return {-1, fence} end
 local cur = redis.pcall('GET', KEYS[1])
+local rec = false
 if type(cur) == 'string' then
-  local ok, rec = pcall(cjson.decode, cur)
-  if ok and type(rec) == 'table' and type(rec.generation) == 'number' and rec.generation >= gen then
-    return {-2, rec.generation}
-  end
+  local ok, r = pcall(cjson.decode, cur)
+  if ok and type(r) == 'table' then rec = r end
 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+if rec and rec.generation == gen and rec.token_fp == ARGV[9] then
+  return {2, gen, 1, tonumber(rec.stored_ms) or 0}
+end
+if fence and fence > gen then return {-1, fence} end
+local holder = redis.call('GET', KEYS[4])
+if holder and holder ~= ARGV[7] then return {-3, 0} end
+if rec and type(rec.generation) == 'number' and rec.generation >= gen then
+  return {-2, rec.generation}
+end
+` + redisNowLua + `
+redis.call('SET', KEYS[1], string.sub(ARGV[1], 1, -2) .. ',"stored_ms":' .. string.format('%.0f', now) .. '}', 'PX', ARGV[3])
 redis.call('DEL', KEYS[3])
-if not fence or fence < gen then redis.call('SET', KEYS[2], ARGV[2]) end
+redis.call('SET', KEYS[2], gen, 'PX', ARGV[8])
 local published = 1
 if ARGV[6] ~= '' and type(redis.pcall(ARGV[6], ARGV[5], ARGV[4])) == 'table' then published = 0 end
-return {1, gen, published}
+return {1, gen, published, now}
 `)
 
 // beginScript starts a refresh the lease holder has decided on, in one
@@ -167,24 +207,46 @@ return {1, gen, published}
 // budget key shares the token's slot, and announces "refreshing" when the
 // fleet still has a valid token to serve meanwhile.
 //
-//	KEYS[1] fence key, KEYS[2] budget key (absent: not counted here)
-//	ARGV[1] the stored token's generation (0: none), ARGV[2] budget limit,
+// Only the lease holder draws: the script checks that the lock key still
+// holds the lease's value (a holder paused past its lease must not draw a
+// generation above the new holder's). It is idempotent per lease: the
+// generation drawn is remembered at the drawn key for the lease's life,
+// and a retried call (the client resent it after a lost reply) returns it
+// again without counting or announcing twice.
+//
+//	KEYS[1] fence key, KEYS[2] lock key, KEYS[3] drawn key, KEYS[4]
+//	budget key (absent: not counted here)
+//	ARGV[1] the generation to draw above (the stored token's, or a newer
+//	one held in memory; 0: none), ARGV[2] budget limit,
 //	ARGV[3] budget window ms, ARGV[4] event JSON (generation filled in by
 //	the script; empty: no announcement), ARGV[5] events channel, ARGV[6]
-//	the publish command (empty: the caller publishes)
-//	returns {generation, allowed 1|0 (-1: the budget could not be
-//	        counted, say a key of another type), ms until the budget window
-//	        resets, calls counted, event JSON ('!' first: the server refused
-//	        the publish command)}
+//	the publish command (empty: the caller publishes), ARGV[7] the lease's
+//	value, ARGV[8] the fence's minimum TTL ms
+//	returns {generation (0: the lease is gone), allowed 1|0 (-1: the
+//	        budget could not be counted, say a key of another type), ms
+//	        until the budget window resets, calls counted (-1: already
+//	        counted by this lease's first call), event JSON ('!' first: the
+//	        server refused the publish command)}
 var beginScript = redis.NewScript(`
+if redis.call('GET', KEYS[2]) ~= ARGV[7] then return {0, 1, 0, 0, ''} end
+local drawn = redis.call('GET', KEYS[3])
+if drawn then
+  local sp = string.find(drawn, ' ', 1, true)
+  if sp and string.sub(drawn, 1, sp - 1) == ARGV[7] then
+    return {tonumber(string.sub(drawn, sp + 1)), 1, 0, -1, ''}
+  end
+end
 local gen = redis.call('INCR', KEYS[1])
 local stored = tonumber(ARGV[1])
 if stored >= gen then
   gen = stored + 1
   redis.call('SET', KEYS[1], gen)
 end
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[8]) then redis.call('PEXPIRE', KEYS[1], ARGV[8]) end
+local lttl = redis.call('PTTL', KEYS[2])
+if lttl > 0 then redis.call('SET', KEYS[3], ARGV[7] .. ' ' .. gen, 'PX', lttl) end
 local spent = {1, 0, 0}
-if #KEYS > 1 and not pcall(function()` + budgetLua(2, 2) + `end) then
+if #KEYS > 3 and not pcall(function()` + budgetLua(4, 2) + `end) then
   spent = {-1, 0, 0}
 end
 local payload = ''
@@ -203,26 +265,32 @@ return {gen, spent[1], spent[2], spent[3], payload}
 // granted since ours.
 //
 //	KEYS[1] fence key
-//	ARGV[1] our lease generation, ARGV[2] the generation we need
+//	ARGV[1] our lease generation, ARGV[2] the generation we need, ARGV[3]
+//	the fence's TTL ms
 //	returns the new generation, or -1 if the fence moved past ours
 var raiseFenceScript = redis.NewScript(`
 local f = tonumber(redis.call('GET', KEYS[1])) or 0
 if f > tonumber(ARGV[1]) then return -1 end
-redis.call('SET', KEYS[1], ARGV[2])
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return tonumber(ARGV[2])
 `)
 
 // offerScript stores a rotated token only if it expires later than the
 // stored one (newest expiry wins) and it was minted for the same
-// credential.
+// credential. Its generation is drawn from the fence like a refresh's
+// (above the stored token's too), so a refresh under way is fenced out by
+// it rather than overwriting it.
 //
-//	KEYS[1] token key, KEYS[2] failure key (deleted when stored)
-//	ARGV[1] value JSON (generation filled in by the script: stored + 1),
+//	KEYS[1] token key, KEYS[2] failure key (deleted when stored), KEYS[3]
+//	fence key
+//	ARGV[1] value JSON (generation and stored_ms filled in by the script),
 //	ARGV[2] expires_at (expiryLayout), ARGV[3] TTL ms, ARGV[4] credential fingerprint,
-//	ARGV[5] event JSON template, ARGV[6] events channel, ARGV[7] publish command
-//	returns {new generation, event JSON}, or {0, ''} if the stored token
-//	expires as late or later; the event JSON starts with '!' when the
-//	server refused the publish command (after the write, which stands)
+//	ARGV[5] event JSON template, ARGV[6] events channel, ARGV[7] publish
+//	command, ARGV[8] the fence's TTL ms
+//	returns {new generation, stored ms, event JSON}, or {0, 0, ''} if the
+//	stored token expires as late or later; the event JSON starts with '!'
+//	when the server refused the publish command (after the write, which
+//	stands)
 var offerScript = redis.NewScript(`
 local gen = 1
 local cur = redis.pcall('GET', KEYS[1])
@@ -230,20 +298,25 @@ if type(cur) == 'string' then
   local ok, rec = pcall(cjson.decode, cur)
   if ok and type(rec) == 'table' then
     if type(rec.expires_at) == 'string' and rec.fingerprint == ARGV[4] and rec.expires_at >= ARGV[2] then
-      return {0, ''}
+      return {0, 0, ''}
     end
     if type(rec.generation) == 'number' then gen = rec.generation + 1 end
   end
 end
+local fence = tonumber(redis.call('GET', KEYS[3])) or 0
+if fence >= gen then gen = fence + 1 end
+redis.call('SET', KEYS[3], gen, 'PX', ARGV[8])
+` + redisNowLua + `
 local val = cjson.decode(ARGV[1])
 val.generation = gen
+val.stored_ms = now
 local ev = cjson.decode(ARGV[5])
 ev.generation = gen
 redis.call('SET', KEYS[1], cjson.encode(val), 'PX', ARGV[3])
 redis.call('DEL', KEYS[2])
 local payload = cjson.encode(ev)
 if ARGV[7] ~= '' and type(redis.pcall(ARGV[7], ARGV[6], payload)) == 'table' then payload = '!' .. payload end
-return {gen, payload}
+return {gen, now, payload}
 `)
 
 // invalidateScript deletes the token only if it is still the one the
@@ -279,9 +352,14 @@ return {1, gen, payload}
 
 // readResult is one read of a token key.
 type readResult struct {
-	rec    record
+	rec record
+	// pttl is how long the token is still served, on Redis's clock: the
+	// key's PTTL, capped by the value's own stored_ms + ttl_ms (a PEXPIRE,
+	// or a node whose clock lags, can stretch a key's TTL, never a token's
+	// life).
 	pttl   time.Duration
 	found  bool        // a usable record
+	stale  bool        // a record whose key outlives its token's life
 	bad    error       // *ValueError when the key holds garbage
 	failed *FetchError // the fleet's last refresh failure, while in its window
 	// failedCred and failedStreak: the credential that failed and the
@@ -338,6 +416,10 @@ func (s *store) read(ctx context.Context, key string, now time.Time) (readResult
 		return out, &RedisError{Op: "read", Key: key, Err: fmt.Errorf("unexpected script reply of %d elements", len(res))}
 	}
 	pttl, _ := res[1].(int64)
+	var redisNow int64
+	if len(res) >= 6 {
+		redisNow, _ = res[5].(int64)
+	}
 	out.pttl = time.Duration(pttl) * time.Millisecond
 	if len(res) >= 5 {
 		if raw, ok := res[3].(string); ok {
@@ -373,7 +455,18 @@ func (s *store) read(ctx context.Context, key string, now time.Time) (readResult
 		out.bad = &ValueError{Key: key, Reason: "TTL outlives the token"}
 		return out, nil
 	}
-	out.rec, out.found = rec, true
+	if rec.StoredMS > 0 && rec.TTLMS > 0 && redisNow > 0 {
+		left := time.Duration(rec.StoredMS+rec.TTLMS-redisNow) * time.Millisecond
+		out.pttl = min(out.pttl, left)
+	}
+	out.rec = rec
+	if out.pttl <= 0 {
+		// The key outlives its token: stale, not garbage. It counts as
+		// missing, and the refresh under the lock replaces it.
+		out.stale = true
+		return out, nil
+	}
+	out.found = true
 	return out, nil
 }
 
@@ -382,48 +475,82 @@ type store struct {
 	ps  *pubsub
 }
 
-// write runs writeScript: code 1 stored, -1 or -2 fenced out, with the
-// generation that decided it.
-func (s *store) write(ctx context.Context, k keys, rec record, ttl time.Duration, ev Event) (code, gen int64, err error) {
+// fenceMargin is how long a fencing counter outlives the token written
+// under it. Every key the cache writes expires, so a fleet whose users come
+// and go leaves nothing behind in Redis; a counter that expired is
+// re-derived from the stored token's generation by the next refresh
+// (beginScript lifts it past the generation it is given).
+const fenceMargin = 10 * time.Minute
+
+// writeResult is what writeScript decided.
+type writeResult struct {
+	Stored bool // the token is stored (by this call, or by an earlier try of it)
+	// FencedBy is the generation that refused the write: a newer lease's
+	// or a stored token's; 0 when stored or when the lease was lost.
+	FencedBy int64
+	// Stale: the stored value has the same or a newer generation (as
+	// opposed to a newer lease having drawn one).
+	Stale bool
+	// LeaseLost: another owner holds the lock.
+	LeaseLost bool
+	// StoredMS is Redis's TIME when the token was stored.
+	StoredMS int64
+}
+
+// write runs writeScript for rec under the lease whose lock value is
+// lease.
+func (s *store) write(ctx context.Context, k keys, rec record, ttl time.Duration, ev Event, lease string) (writeResult, error) {
 	val, err := json.Marshal(rec)
 	if err != nil {
-		return 0, 0, err
+		return writeResult{}, err
 	}
 	evb, err := json.Marshal(ev)
 	if err != nil {
-		return 0, 0, err
+		return writeResult{}, err
 	}
 	cmd, after := s.ps.command(ctx, k)
-	res, err := writeScript.Run(ctx, s.rdb, []string{k.token, k.fence, k.failed},
-		val, rec.Generation, ttl.Milliseconds(), evb, k.channel, cmd).Int64Slice()
-	if err == nil && (len(res) < 2 || res[0] == 1 && len(res) != 3) {
+	res, err := writeScript.Run(ctx, s.rdb, []string{k.token, k.fence, k.failed, k.lock},
+		val, rec.Generation, ttl.Milliseconds(), evb, k.channel, cmd, lease,
+		(ttl + fenceMargin).Milliseconds(), rec.TokenFP).Int64Slice()
+	if err == nil && (len(res) < 2 || res[0] > 0 && len(res) != 4) {
 		err = fmt.Errorf("unexpected script reply of %d elements", len(res))
 	}
 	if err != nil {
-		return 0, 0, &RedisError{Op: "write", Key: k.token, Err: err}
+		return writeResult{}, &RedisError{Op: "write", Key: k.token, Err: err}
 	}
-	if res[0] == 1 {
+	switch res[0] {
+	case 1:
 		payload := string(evb)
 		if res[2] == 0 {
 			payload = "!" + payload // the same mark the other scripts use
 		}
 		s.ps.afterScript(ctx, k.channel, cmd, after, payload)
+		return writeResult{Stored: true, StoredMS: res[3]}, nil
+	case 2:
+		return writeResult{Stored: true, StoredMS: res[3]}, nil
+	case -1:
+		return writeResult{FencedBy: res[1]}, nil
+	case -2:
+		return writeResult{FencedBy: res[1], Stale: true}, nil
+	case -3:
+		return writeResult{LeaseLost: true}, nil
 	}
-	return res[0], res[1], nil
+	return writeResult{}, &RedisError{Op: "write", Key: k.token, Err: fmt.Errorf("unexpected script reply code %d", res[0])}
 }
 
-// begin runs beginScript for a refresh of k over a stored token of
-// generation stored. If b is not nil the first issuer call is counted
-// (spent is the budget's reply, allowed -1 if it could not be counted);
-// if announce is not nil it is published
-// with the generation drawn, by the script or, where it cannot, by
-// finish, which the caller runs once it no longer holds anything up.
-func (s *store) begin(ctx context.Context, k keys, stored int64, b *budget, announce *Event) (gen int64, spent []int64, finish func(context.Context), err error) {
+// begin runs beginScript for a refresh of k, under the lease whose lock
+// value is lease, drawing a generation above floor. If b is not nil the
+// first issuer call is counted (spent is the budget's reply, allowed -1 if
+// it could not be counted, counted -1 if an earlier try of this call
+// counted it); if announce is not nil it is published with the generation
+// drawn, by the script or, where it cannot, by finish, which the caller
+// runs once it no longer holds anything up. gen 0 means the lease is gone.
+func (s *store) begin(ctx context.Context, k keys, lease string, floor int64, b *budget, announce *Event) (gen int64, spent []int64, finish func(context.Context), err error) {
 	finish = func(context.Context) {}
 	fail := func(err error) (int64, []int64, func(context.Context), error) {
 		return 0, nil, finish, &RedisError{Op: "fence", Key: k.fence, Err: err}
 	}
-	keys := []string{k.fence}
+	keys := []string{k.fence, k.lock, k.drawn}
 	limit, window := 0, int64(0)
 	if b != nil {
 		keys = append(keys, b.key)
@@ -437,7 +564,8 @@ func (s *store) begin(ctx context.Context, k keys, stored int64, b *budget, anno
 		}
 		cmd, after = s.ps.command(ctx, k)
 	}
-	res, err := beginScript.Run(ctx, s.rdb, keys, stored, limit, window, evb, k.channel, cmd).Slice()
+	res, err := beginScript.Run(ctx, s.rdb, keys, floor, limit, window, evb, k.channel, cmd, lease,
+		fenceMargin.Milliseconds()).Slice()
 	if err != nil {
 		return fail(err)
 	}
@@ -461,34 +589,42 @@ func (s *store) begin(ctx context.Context, k keys, stored int64, b *budget, anno
 	return nums[0], spent, finish, nil
 }
 
-func (s *store) raiseFence(ctx context.Context, k keys, ours, want int64) (int64, error) {
-	n, err := raiseFenceScript.Run(ctx, s.rdb, []string{k.fence}, ours, want).Int64()
+func (s *store) raiseFence(ctx context.Context, k keys, ours, want int64, ttl time.Duration) (int64, error) {
+	n, err := raiseFenceScript.Run(ctx, s.rdb, []string{k.fence}, ours, want, (ttl + fenceMargin).Milliseconds()).Int64()
 	if err != nil {
 		return 0, &RedisError{Op: "fence", Key: k.fence, Err: err}
 	}
 	return n, nil
 }
 
-func (s *store) offer(ctx context.Context, k keys, rec record, ttl time.Duration, ev Event) (int64, error) {
+// offer runs offerScript: the generation the token was stored with and
+// Redis's TIME then, or 0 if the stored token expires as late or later.
+func (s *store) offer(ctx context.Context, k keys, rec record, ttl time.Duration, ev Event) (gen, storedMS int64, err error) {
 	val, err := json.Marshal(rec)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	evb, err := json.Marshal(ev)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	cmd, after := s.ps.command(ctx, k)
-	res, err := offerScript.Run(ctx, s.rdb, []string{k.token, k.failed},
-		val, rec.ExpiresAt, ttl.Milliseconds(), rec.Fingerprint, evb, k.channel, cmd).Slice()
-	n, payload, err := genAndPayload(res, err)
-	if err != nil {
-		return 0, &RedisError{Op: "offer", Key: k.token, Err: err}
+	res, err := offerScript.Run(ctx, s.rdb, []string{k.token, k.failed, k.fence},
+		val, rec.ExpiresAt, ttl.Milliseconds(), rec.Fingerprint, evb, k.channel, cmd,
+		(ttl + fenceMargin).Milliseconds()).Slice()
+	_, payload, err := genAndPayload(res, err)
+	if err == nil && len(res) != 3 {
+		err = fmt.Errorf("unexpected script reply of %d elements", len(res))
 	}
+	if err != nil {
+		return 0, 0, &RedisError{Op: "offer", Key: k.token, Err: err}
+	}
+	n, _ := res[0].(int64)
 	if n > 0 {
+		storedMS, _ = res[1].(int64)
 		s.ps.afterScript(ctx, k.channel, cmd, after, payload)
 	}
-	return n, nil
+	return n, storedMS, nil
 }
 
 // genAndPayload decodes the {number, event JSON} tail of a script reply.
@@ -544,7 +680,9 @@ func (s *store) publish(ctx context.Context, channel string, ev Event) error {
 // so they live in one cluster slot and one script may touch them all; the
 // channel is the namespace's, shared by its users' tokens.
 type keys struct {
-	token, lock, fence, failed, channel string
+	// drawn remembers, for the life of a lease, the generation it drew
+	// (see beginScript).
+	token, lock, fence, failed, drawn, channel string
 	// nsSlot: the keys share the namespace's hash tag, so a script on
 	// them may SPUBLISH to its channel in a cluster and count its issuer
 	// budget.
@@ -554,12 +692,13 @@ type keys struct {
 func serverKeys(prefix, ns string) keys {
 	base := prefix + ":{" + ns + "}:server"
 	return keys{token: base, lock: base + ":lock", fence: base + ":fence", failed: base + failedSuffix,
-		channel: eventsChannel(prefix, ns), nsSlot: true}
+		drawn: base + ":drawn", channel: eventsChannel(prefix, ns), nsSlot: true}
 }
 
 func clientKeys(prefix, ns, user string) keys {
 	base := prefix + ":{" + ns + "/" + user + "}:client"
-	return keys{token: base, lock: base + ":lock", fence: base + ":fence", failed: base + failedSuffix, channel: eventsChannel(prefix, ns)}
+	return keys{token: base, lock: base + ":lock", fence: base + ":fence", failed: base + failedSuffix,
+		drawn: base + ":drawn", channel: eventsChannel(prefix, ns)}
 }
 
 func eventsChannel(prefix, ns string) string { return prefix + ":{" + ns + "}:events" }
