@@ -1,0 +1,377 @@
+package tokencache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tokencache/tokencache/internal/redistest"
+	"github.com/tokencache/tokencache/lock"
+)
+
+// This file pins the protocol's promises where real deployments differ
+// from the happy path: issuers that hand back the same token, replicas
+// whose clocks differ, key TTLs that outlive their tokens, lease holders
+// paused past their lease, retried scripts and users who come and go.
+// Every test runs on a real redis-server: the behaviour under test is
+// Redis's (TIME, PTTL, script atomicity).
+
+// reusingFetcher is an issuer that hands back the token it issued last
+// while that token lives, as many client-credentials servers do. now is
+// the replica's clock: a fetcher computes Expiry from expires_in on it.
+type reusingFetcher struct {
+	mu    sync.Mutex // guards tok, trueExp
+	calls atomic.Int64
+	life  time.Duration
+	tok   string
+	// trueExp is the token's expiry on the true clock (the issuer's).
+	trueExp time.Time
+}
+
+func (f *reusingFetcher) issue() (string, time.Duration) {
+	f.calls.Add(1)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	now := time.Now()
+	if f.tok == "" || !now.Before(f.trueExp.Add(-f.life/2)) {
+		f.tok = fmt.Sprintf("reused-token-%d", now.UnixNano())
+		f.trueExp = now.Add(f.life)
+	}
+	return f.tok, f.trueExp.Sub(now)
+}
+
+// replicaFetcher is one replica's view of an issuer: it answers
+// expires_in, and the replica computes the expiry on its own clock.
+type replicaFetcher struct {
+	issuer interface {
+		issue() (string, time.Duration)
+	}
+	offset time.Duration
+}
+
+func (r replicaFetcher) Identity() string { return "test-credential" }
+
+func (r replicaFetcher) Fetch(ctx context.Context) (Token, error) {
+	tok, expiresIn := r.issuer.issue()
+	return Token{AccessToken: tok, TokenType: "Bearer", Expiry: time.Now().Add(r.offset).Add(expiresIn)}, nil
+}
+
+// freshIssuer mints a new token on every call.
+type freshIssuer struct {
+	calls atomic.Int64
+	life  time.Duration
+}
+
+func (f *freshIssuer) issue() (string, time.Duration) {
+	n := f.calls.Add(1)
+	return fmt.Sprintf("fresh-token-%d-%d", n, time.Now().UnixNano()), f.life
+}
+
+func TestReissuedTokenIsServedAfterInvalidation(t *testing.T) {
+	rdb, _ := realBackend(t)
+	ctx := ctxT(t)
+	f := &reusingFetcher{life: time.Hour}
+	var caches []*Cache
+	for range 3 {
+		c, err := New(redis.NewClient(&redis.Options{Addr: rdb.(*redis.Client).Options().Addr}), replicaFetcher{issuer: f}, fastOpts()...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = c.Close() })
+		caches = append(caches, c)
+	}
+	tok, err := caches[0].Token(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range caches[1:] {
+		if _, err := c.Token(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := f.calls.Load(); n != 1 {
+		t.Fatalf("issuer calls before the invalidation = %d, want 1", n)
+	}
+	if ok, err := caches[0].Invalidate(ctx, tok); err != nil || !ok {
+		t.Fatalf("Invalidate = %v, %v; want true", ok, err)
+	}
+	for i := range 60 {
+		got, err := caches[i%3].Token(ctx)
+		if err != nil {
+			t.Fatalf("call %d: %v", i, err)
+		}
+		if got.AccessToken != tok.AccessToken {
+			t.Fatalf("call %d: served another token than the issuer's", i)
+		}
+	}
+	if n := f.calls.Load() - 1; n > 1 {
+		t.Errorf("issuer calls after one invalidation = %d, want at most 1 for the fleet (the issuer hands back the same token)", n)
+	}
+}
+
+func TestFastClockReplicaDoesNotMakeTheFleetRefresh(t *testing.T) {
+	s := redistest.Start(t)
+	ctx := ctxT(t)
+	const life = 2 * time.Second
+	issuer := &freshIssuer{life: life}
+	var caches []*Cache
+	for i, off := range []time.Duration{time.Minute, 0, 0, 0} {
+		opts := fastOpts(WithExpirySkew(100*time.Millisecond), WithOwner(fmt.Sprint("replica-", i)))
+		if off != 0 {
+			opts = append(opts, WithClock(func() time.Time { return time.Now().Add(off) }))
+		}
+		caches = append(caches, newCache(t, s.Client(t), replicaFetcher{issuer: issuer, offset: off}, opts...))
+	}
+	start := time.Now()
+	for i := 0; time.Since(start) < 3*life; i++ {
+		c := caches[i%len(caches)]
+		tok, err := c.Token(ctx)
+		if err != nil {
+			t.Fatalf("call %d: %v", i, err)
+		}
+		if now := c.now(); !tok.Expiry.After(now) {
+			t.Fatalf("call %d: replica %d served a token whose Expiry %v is not after its clock's now %v", i, i%len(caches), tok.Expiry, now)
+		}
+		time.Sleep(5 * time.Millisecond) // the callers' pace, not a wait for a condition
+	}
+	// Refresh-ahead at half the life: about one renewal per life/2, plus
+	// the first token; one more for the renewal in flight at the end.
+	elapsed := time.Since(start)
+	want := int64(elapsed/(life/2)) + 2
+	if n := issuer.calls.Load(); n > want {
+		t.Errorf("issuer calls = %d in %v with one replica a minute fast, want at most %d (one per renewal)", n, elapsed.Round(time.Millisecond), want)
+	}
+}
+
+func TestKeyTTLOutlivingItsTokenIsNotServed(t *testing.T) {
+	cases := []struct {
+		name    string
+		stretch func(t *testing.T, s *redistest.Server, key string)
+	}{
+		{"pexpire", func(t *testing.T, s *redistest.Server, key string) {
+			if err := s.Client(t).PExpire(context.Background(), key, 30*time.Second).Err(); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"persist", func(t *testing.T, s *redistest.Server, key string) {
+			// No TTL at all: a hand edit. Garbage, refetched.
+			if err := s.Client(t).Persist(context.Background(), key).Err(); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"restart with appendonly", func(t *testing.T, s *redistest.Server, key string) {
+			s.Restart()
+			if err := s.Client(t).PExpire(context.Background(), key, 30*time.Second).Err(); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			s := redistest.Start(t, "--appendonly", "yes")
+			ctx := ctxT(t)
+			const life = time.Second
+			issuer := &freshIssuer{life: life}
+			opts := fastOpts(WithExpirySkew(50 * time.Millisecond))
+			a := newCache(t, s.Client(t), replicaFetcher{issuer: issuer}, opts...)
+			first, err := a.Token(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			key, _, _, _ := a.Keys()
+			_ = a.Close() // no refresh ahead: the stretched key stays as it is
+			tc.stretch(t, s, key)
+			// Let the token expire at the issuer: the behaviour under test
+			// is what a replica does with a key that outlives its token.
+			time.Sleep(time.Until(first.Expiry) + 50*time.Millisecond)
+			b := newCache(t, s.Client(t), replicaFetcher{issuer: issuer}, opts...)
+			got, err := b.Token(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.AccessToken == first.AccessToken || !got.Expiry.After(time.Now()) {
+				t.Fatalf("a new replica was served the token that expired at %v (now %v)", first.Expiry, time.Now())
+			}
+			if n := issuer.calls.Load(); n != 2 {
+				t.Errorf("issuer calls = %d, want 2 (the first token, then one refresh)", n)
+			}
+		})
+	}
+}
+
+func TestOnlyTheLeaseHolderDrawsAndWrites(t *testing.T) {
+	s := redistest.Start(t)
+	ctx := ctxT(t)
+	rdb := s.Client(t)
+	c := newCache(t, rdb, newFakeFetcher(time.Hour), fastOpts()...)
+	e := c.server
+	paused, err := c.locker.TryAcquire(ctx, e.k.lock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = paused.Release(ctx) }()
+	// The holder is paused past its lease: the lock expires and another
+	// replica takes it.
+	if err := rdb.Del(ctx, e.k.lock).Err(); err != nil {
+		t.Fatal(err)
+	}
+	other := lock.New(rdb, lock.WithTTL(2*time.Second))
+	current, err := other.TryAcquire(ctx, e.k.lock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = current.Release(ctx) }()
+
+	gen, _, err := e.begin(ctx, paused, 0, true, false)
+	if err != nil || gen >= 0 {
+		t.Fatalf("the paused holder drew generation %d (err %v); want the lease reported lost", gen, err)
+	}
+	if n, _ := rdb.Get(ctx, e.k.fence).Int64(); n != 0 {
+		t.Fatalf("fence = %d after the paused holder's begin, want 0 (nothing drawn)", n)
+	}
+	tok := Token{AccessToken: "paused-token", TokenType: "Bearer", Expiry: time.Now().Add(time.Hour)}
+	rec := newRecord(tok, 1, time.Now(), time.Hour, "paused", e.credFP)
+	w, err := e.write(ctx, paused, &rec, time.Hour, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w.Stored || !w.LeaseLost {
+		t.Fatalf("the paused holder's write = %+v, want refused with the lease lost", w)
+	}
+	if n, _ := rdb.Exists(ctx, e.k.token).Result(); n != 0 {
+		t.Fatal("the paused holder's token was stored")
+	}
+	// The current holder draws and writes.
+	gen, _, err = e.begin(ctx, current, 0, true, false)
+	if err != nil || gen != 1 {
+		t.Fatalf("the current holder drew %d, %v; want 1", gen, err)
+	}
+	rec = newRecord(tok, gen, time.Now(), time.Hour, "current", e.credFP)
+	if w, err := e.write(ctx, current, &rec, time.Hour, false); err != nil || !w.Stored {
+		t.Fatalf("the current holder's write = %+v, %v; want stored", w, err)
+	}
+}
+
+func TestIssuerCallStopsWhenTheLeaseIsLost(t *testing.T) {
+	s := redistest.Start(t)
+	ctx := ctxT(t)
+	rdb := s.Client(t)
+	f := newFakeFetcher(time.Hour)
+	gate := make(chan struct{})
+	f.setGate(gate) // the issuer never answers: only the lease's loss ends the call
+	c := newCache(t, rdb, f, fastOpts(WithLockTTL(600*time.Millisecond), WithRefreshTimeout(time.Minute))...)
+	key, lockKey, _, _ := c.Keys()
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.Token(ctx)
+		done <- err
+	}()
+	eventually(t, "the issuer call", func() bool { return f.calls.Load() == 1 })
+	// Another owner takes the lock from under the holder (as after a pause
+	// past its lease): the watchdog's next beat finds it lost.
+	if err := rdb.Set(ctx, lockKey, "another-owner", time.Minute).Err(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err == nil || !errors.Is(err, ErrUnavailable) {
+			t.Fatalf("Token = %v, want ErrUnavailable (the lease was lost)", err)
+		}
+	case <-ctx.Done():
+		t.Fatal("the issuer call went on after the lease was lost")
+	}
+	close(gate)
+	if n, _ := rdb.Exists(ctx, key).Result(); n != 0 {
+		t.Fatal("a token was stored by a holder that lost its lease")
+	}
+}
+
+func TestRetriedScriptsAreIdempotent(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, rdb redis.UniversalClient, _ *miniredis.Miniredis) {
+		ctx := ctxT(t)
+		c := newCache(t, rdb, newFakeFetcher(time.Hour), fastOpts()...)
+		e := c.server
+		lease, err := c.locker.TryAcquire(ctx, e.k.lock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = lease.Release(ctx) }()
+		b := c.budget
+		// The client resends the begin script after a lost reply: the same
+		// generation, counted once in the budget and the fence.
+		g1, spent1, _, err := c.st.begin(ctx, e.k, lease.Value(), 0, b, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		g2, spent2, _, err := c.st.begin(ctx, e.k, lease.Value(), 0, b, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if g1 != 1 || g2 != g1 {
+			t.Fatalf("generations %d then %d, want 1 twice", g1, g2)
+		}
+		if spent1[2] != 1 || spent2[2] != -1 {
+			t.Fatalf("budget counts %v then %v, want 1 counted then -1 (already counted)", spent1, spent2)
+		}
+		if n, _ := rdb.Get(ctx, b.key).Int64(); n != 1 {
+			t.Fatalf("budget key = %d, want 1", n)
+		}
+		if n, _ := rdb.Get(ctx, e.k.fence).Int64(); n != 1 {
+			t.Fatalf("fence = %d, want 1", n)
+		}
+		// The client resends the write after a lost reply: stored, not
+		// fenced out by itself.
+		tok := Token{AccessToken: "t1", TokenType: "Bearer", Expiry: time.Now().Add(time.Hour)}
+		rec := newRecord(tok, g1, time.Now(), time.Hour, "h", e.credFP)
+		ev := Event{Type: EventRefreshed, Key: e.k.token}
+		w1, err := c.st.write(ctx, e.k, rec, time.Hour, ev, lease.Value())
+		if err != nil || !w1.Stored {
+			t.Fatalf("first write = %+v, %v", w1, err)
+		}
+		w2, err := c.st.write(ctx, e.k, rec, time.Hour, ev, lease.Value())
+		if err != nil || !w2.Stored || w2.StoredMS != w1.StoredMS {
+			t.Fatalf("retried write = %+v, %v; want reported stored at %d", w2, err, w1.StoredMS)
+		}
+	})
+}
+
+func TestEveryPerUserKeyExpires(t *testing.T) {
+	s := redistest.Start(t)
+	ctx := ctxT(t)
+	rdb := s.Client(t)
+	c := newCache(t, rdb, newFakeFetcher(time.Hour), fastOpts(WithClientTokens(func(string) (Fetcher, error) {
+		return newFakeFetcher(time.Hour), nil
+	}, 5))...)
+	for i := range 40 {
+		if _, err := c.ClientToken(ctx, fmt.Sprint("user-", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var keys []string
+	iter := rdb.Scan(ctx, 0, "tokencache:*", 100).Iterator()
+	for iter.Next(ctx) {
+		keys = append(keys, iter.Val())
+	}
+	if err := iter.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if len(keys) < 80 {
+		t.Fatalf("found %d keys, want a token and a fence for each of 40 users", len(keys))
+	}
+	for _, k := range keys {
+		ttl, err := rdb.PTTL(ctx, k).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ttl < 0 {
+			t.Errorf("key %s has no TTL: it would stay in Redis after its user left", k)
+		}
+	}
+}
