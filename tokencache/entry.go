@@ -36,6 +36,7 @@ type entry struct {
 	failGen    int64        // generation held in memory when fail happened
 	failStreak atomic.Int32 // refreshes in a row that failed (retryable)
 
+	rej      rejections                // the API's 401s, for Transport
 	warnedFP atomic.Bool               // logged a credential mismatch once
 	rejected atomic.Pointer[rejection] // the last token invalidated here
 
@@ -96,6 +97,7 @@ type snapshot struct {
 	softUntil  mono   // before this, no background work at all
 	held       bool   // another replica's "refreshing" already put this copy's moment off
 	storedMS   int64  // Redis's TIME when the token was stored; 0: not stored (yet)
+	born       mono   // when the issuer minted it: its expiry less its lifetime
 }
 
 // newer reports whether s holds a later token than o: a higher fencing
@@ -366,7 +368,8 @@ func (e *entry) snapshotFor(rec record, ttl time.Duration, at time.Time) *snapsh
 	if cfg.l1MaxAge > 0 {
 		soft = min(soft, base+mono(cfg.l1MaxAge))
 	}
-	return &snapshot{tok: tok, gen: rec.Generation, fp: rec.TokenFP, validUntil: validUntil, dueAt: due, softUntil: soft, storedMS: rec.StoredMS}
+	return &snapshot{tok: tok, gen: rec.Generation, fp: rec.TokenFP, validUntil: validUntil, dueAt: due, softUntil: soft,
+		storedMS: rec.StoredMS, born: e.c.monoAt(tok.Expiry.Add(-life))}
 }
 
 func absDuration(d time.Duration) time.Duration {
@@ -917,6 +920,7 @@ func (e *entry) invalidate(ctx context.Context, fp string, gen int64) (bool, err
 	// A token is wanted now: an earlier failure (say, of a refresh ahead)
 	// must not stand in the way of the one refetch.
 	e.clearFailure()
+	e.rej.invalidated(e.c.monoNow())
 	var localGen int64
 	for {
 		s := e.l1.Load()

@@ -4,6 +4,8 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/oauth2"
@@ -15,7 +17,11 @@ type handle interface {
 	Token(ctx context.Context) (Token, error)
 	Invalidate(ctx context.Context, tok Token) (bool, error)
 	Offer(ctx context.Context, tok Token) (bool, error)
+	entry() (*entry, error)
 }
+
+func (c *Cache) entry() (*entry, error) { return c.server, nil }
+func (u *User) entry() (*entry, error)  { return u.c.userEntry(u.id) }
 
 var (
 	_ handle = (*Cache)(nil)
@@ -38,6 +44,17 @@ func WithRotation(extract func(*http.Response) (Token, bool, error)) Option {
 // between them), gets the new one through the cache, and retries the
 // request once. A request whose body cannot be rewound (no GetBody) is not
 // retried: its 401 is returned. base nil means http.DefaultTransport.
+//
+// After one invalidation, a new token the API rejects while it is younger
+// than the rejection window (10 s at first) is evidence against the API (a
+// revoked application, a wrong base URL, an outage that answers 401), not
+// against the token: its 401 is returned to the caller without another
+// invalidation, so an API that rejects every token costs the fleet one
+// issuer call per window, whatever the request rate. The window doubles, up to 5 minutes, each time a token
+// fetched after a 401 is rejected at once, and is back at 10 s after the
+// first response that is not a 401. Every replica judges a token's age on
+// the same clock (Redis's), so the whole fleet holds back together;
+// Stats().RejectionsHeld counts the 401s returned this way.
 func (c *Cache) Transport(base http.RoundTripper) http.RoundTripper {
 	return &transport{h: c, c: c, base: base}
 }
@@ -73,11 +90,21 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, err
 	}
 	resp, err := t.send(req, tok, false)
-	if err != nil || resp.StatusCode != http.StatusUnauthorized {
+	if err != nil {
 		return resp, err
+	}
+	e, _ := t.h.entry()
+	if resp.StatusCode != http.StatusUnauthorized {
+		if e != nil {
+			e.apiAccepted()
+		}
+		return resp, nil
 	}
 	if req.Body != nil && req.Body != http.NoBody && req.GetBody == nil {
 		return resp, nil // the body is spent: the caller must retry
+	}
+	if e != nil && e.holdRejection(tok) {
+		return resp, nil
 	}
 	if _, err := t.h.Invalidate(ctx, tok); err != nil {
 		t.c.log().Warn("tokencache: could not invalidate a token the API rejected", "token", tok, "err", err)
@@ -91,7 +118,15 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	_, _ = io.CopyN(io.Discard, resp.Body, maxDrain)
 	_ = resp.Body.Close()
-	return t.send(req, fresh, true)
+	resp, err = t.send(req, fresh, true)
+	if err == nil && e != nil {
+		if resp.StatusCode == http.StatusUnauthorized {
+			e.apiRejectedFresh(fresh)
+		} else {
+			e.apiAccepted()
+		}
+	}
+	return resp, err
 }
 
 func (t *transport) send(req *http.Request, tok Token, retry bool) (*http.Response, error) {
@@ -184,4 +219,86 @@ func (c *Cache) servedUntil(h handle, t Token) time.Time {
 		return c.epoch.Add(time.Duration(s.validUntil))
 	}
 	return t.Expiry.Add(-c.cfg.skew)
+}
+
+// The rejection window of Transport (see Cache.Transport).
+const (
+	rejectionWindowMin = 10 * time.Second
+	rejectionWindowMax = 5 * time.Minute
+)
+
+// rejections is what an entry remembers of the API's 401s.
+type rejections struct {
+	widened atomic.Bool // window > rejectionWindowMin: apiAccepted has work to do
+	mu      sync.Mutex  // guards window, grownFor, loggedUntil
+	window  time.Duration
+	// grownFor is the token whose rejection last doubled the window: many
+	// requests retried with the same fresh token double it once.
+	grownFor      string
+	loggedUntil   mono
+	invalidatedAt mono // the last invalidation; 0: none
+}
+
+// invalidated notes that a token of the entry was invalidated, here or
+// anywhere in the fleet (its event).
+func (r *rejections) invalidated(now mono) {
+	r.mu.Lock()
+	r.invalidatedAt = now
+	r.mu.Unlock()
+}
+
+// holdRejection reports whether a 401 for tok is returned to the caller
+// without invalidating tok: tok is the copy served, it replaced a token
+// invalidated within the rejection window, and it is younger than the
+// window itself.
+func (e *entry) holdRejection(tok Token) bool {
+	s := e.l1.Load()
+	if s == nil || s.fp != tok.Fingerprint() {
+		return false
+	}
+	now := e.c.monoNow()
+	r := &e.rej
+	r.mu.Lock()
+	w := max(r.window, rejectionWindowMin)
+	hold := r.invalidatedAt != 0 && now-r.invalidatedAt < mono(w) && now-s.born < mono(w)
+	logNow := hold && now >= r.loggedUntil
+	if logNow {
+		r.loggedUntil = now + mono(w)
+	}
+	r.mu.Unlock()
+	if !hold {
+		return false
+	}
+	e.c.stats.rejectionsHeld.Add(1)
+	if logNow {
+		e.c.log().Warn("tokencache: the API rejects a token younger than the rejection window; returning its 401s without refetching",
+			"key", e.k.token, "token", tok, "token_age", time.Duration(now-s.born).Round(time.Millisecond), "window", w)
+	}
+	return true
+}
+
+// apiRejectedFresh doubles the rejection window, once per token: fresh,
+// fetched after a 401, was rejected at once.
+func (e *entry) apiRejectedFresh(fresh Token) {
+	r := &e.rej
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if fp := fresh.Fingerprint(); fp != r.grownFor {
+		r.grownFor = fp
+		r.window = min(2*max(r.window, rejectionWindowMin), rejectionWindowMax)
+		r.widened.Store(true)
+	}
+}
+
+// apiAccepted resets the rejection window after a response that is not a
+// 401. It costs the hot path one atomic load.
+func (e *entry) apiAccepted() {
+	r := &e.rej
+	if !r.widened.Load() {
+		return
+	}
+	r.mu.Lock()
+	r.window, r.grownFor = 0, ""
+	r.widened.Store(false)
+	r.mu.Unlock()
 }

@@ -16,6 +16,8 @@ import (
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/oauth2"
+
+	"github.com/tokencache/tokencache/internal/redistest"
 )
 
 // api is a protected resource with its own token issuer: it accepts only
@@ -177,5 +179,66 @@ func TestTokenSourceWithOAuth2Client(t *testing.T) {
 	tok, _ := c.Token(context.Background())
 	if ot.AccessToken != tok.AccessToken || !ot.Expiry.Before(tok.Expiry) {
 		t.Errorf("oauth2 token %v, want the cached token with a skewed expiry before %v", ot.Expiry, tok.Expiry)
+	}
+}
+
+func TestAPIRejectingEveryTokenCostsOneIssuerCallPerWindow(t *testing.T) {
+	s := redistest.Start(t)
+	ctx := ctxT(t)
+	var issued atomic.Int64
+	f := FetcherFunc(func(context.Context) (Token, error) {
+		n := issued.Add(1)
+		return Token{AccessToken: fmt.Sprint("rejected-token-", n), TokenType: "Bearer", Expiry: time.Now().Add(time.Hour)}, nil
+	})
+	var apiUp atomic.Bool
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !apiUp.Load() {
+			w.WriteHeader(http.StatusUnauthorized) // a revoked application: every token is refused
+		}
+	}))
+	t.Cleanup(srv.Close)
+	var clients []*http.Client
+	var caches []*Cache
+	for range 3 {
+		c := newCache(t, s.Client(t), f, fastOpts()...)
+		caches = append(caches, c)
+		clients = append(clients, &http.Client{Transport: c.Transport(nil)})
+	}
+	get := func(c *http.Client) int {
+		t.Helper()
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL, nil)
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = resp.Body.Close()
+		return resp.StatusCode
+	}
+	for i := range 90 {
+		if code := get(clients[i%3]); code != http.StatusUnauthorized {
+			t.Fatalf("request %d: status %d, want the API's 401", i, code)
+		}
+	}
+	// The first token, and the one fetched after the first 401; the new
+	// token is rejected at once, so every later 401 is the API's fault.
+	if n := issued.Load(); n > 2 {
+		t.Errorf("issuer calls = %d for 90 requests against an API that rejects every token, want at most 2", n)
+	}
+	if held := total(caches, func(s Stats) uint64 { return s.RejectionsHeld }); held < 80 {
+		t.Errorf("RejectionsHeld = %d over the fleet, want most of the 90 requests", held)
+	}
+	// The API recovers: the token is accepted, and the window is back to
+	// its minimum.
+	apiUp.Store(true)
+	for i := range 3 {
+		if code := get(clients[i]); code != http.StatusOK {
+			t.Fatalf("after recovery: status %d", code)
+		}
+	}
+	for _, c := range caches {
+		if !c.server.rej.widened.Load() {
+			continue
+		}
+		t.Errorf("the rejection window stayed widened after a success")
 	}
 }
