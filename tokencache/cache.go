@@ -2,6 +2,7 @@ package tokencache
 
 import (
 	"context"
+	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -305,14 +307,70 @@ func (c *Cache) Stats() Stats {
 }
 
 // identityFingerprint is what the cache stores beside a token to say which
-// credential minted it: a salted hash, never the credential.
-func identityFingerprint(f Fetcher) string {
+// credential minted it, never the credential: with a key ring, an HMAC
+// under a key derived from the ring's active key ("hmac-sha256:<key id>:"
+// and 16 hex digits), which nobody without the ring can recompute; without
+// one, an unkeyed SHA-256 truncated to 64 bits ("sha256:" and 16 hex
+// digits), which anyone who can read the value can test a guessed
+// credential against. The unkeyed form is never published in events.
+func identityFingerprint(f Fetcher, kr *KeyRing) string {
 	id, ok := f.(Identifier)
 	if !ok {
 		return ""
 	}
+	if kr != nil {
+		return kr.fingerprint(kr.active, id.Identity())
+	}
 	sum := sha256.Sum256([]byte("tokencache/identity/v1\x00" + id.Identity()))
 	return "sha256:" + hex.EncodeToString(sum[:8])
+}
+
+// sameCredential reports whether fp, a fingerprint found in Redis or in an
+// event, names the entry's credential.
+func (e *entry) sameCredential(fp string) bool {
+	same, _ := e.checkCredential(fp)
+	return same
+}
+
+// checkCredential reports whether fp names the entry's credential, and
+// whether this replica can tell: a keyed fingerprint may be under any key
+// of the ring (replicas rotate the active key one by one), but not under a
+// key this replica lacks.
+func (e *entry) checkCredential(fp string) (same, known bool) {
+	if fp == e.credFP {
+		return true, true
+	}
+	id, ok := e.f.(Identifier)
+	if !ok {
+		return false, true
+	}
+	if strings.HasPrefix(fp, "sha256:") {
+		// Written by a replica without a key ring.
+		return fp == identityFingerprint(e.f, nil), true
+	}
+	kr := e.c.cfg.keyring
+	if !strings.HasPrefix(fp, keyedFPPrefix) {
+		return false, true
+	}
+	keyID, _, _ := strings.Cut(strings.TrimPrefix(fp, keyedFPPrefix), ":")
+	if kr == nil {
+		return false, false
+	}
+	want := kr.fingerprint(keyID, id.Identity())
+	if want == "" {
+		return false, false
+	}
+	return hmac.Equal([]byte(want), []byte(fp)), true
+}
+
+// eventCredential is the credential fingerprint an event may carry: the
+// keyed one, or none (an unkeyed one would let anyone who can subscribe
+// test guesses of the credential offline).
+func (e *entry) eventCredential() string {
+	if strings.HasPrefix(e.credFP, keyedFPPrefix) {
+		return e.credFP
+	}
+	return ""
 }
 
 func (c *Cache) lookup(key string) *entry {
@@ -361,7 +419,7 @@ func (c *Cache) onEvent(ev Event) {
 		}
 		e.sync()
 	case EventRefreshing:
-		if ev.Origin != c.origin && ev.Credential == e.credFP {
+		if ev.Origin != c.origin && (ev.Credential == "" || e.sameCredential(ev.Credential)) {
 			e.hold(ev.Generation, c.cfg.lockTTL)
 		}
 	case EventInvalidated:
@@ -381,8 +439,15 @@ func (c *Cache) onEvent(ev Event) {
 		}
 		e.sig.fire()
 	case EventFailed:
-		if ev.Origin == c.origin || ev.Credential != e.credFP {
+		if ev.Origin == c.origin || ev.Credential != "" && !e.sameCredential(ev.Credential) {
 			return // our own failure (recorded with its cause), or another credential's
+		}
+		if ev.Credential == "" && e.credFP != "" {
+			// Without a key ring no event names the credential (that would
+			// be an offline oracle for it): whose failure it is, the
+			// failure key in Redis says, read with the token.
+			e.sync()
+			return
 		}
 		fe := &FetchError{Code: ev.Code, Retryable: ev.Retryable, Remote: true, Message: ev.Message}
 		if ev.RetryInMS > 0 {

@@ -497,7 +497,7 @@ func TestGarbageInRedisIsAMiss(t *testing.T) {
 			"access_token": "hand", "token_type": "Bearer",
 			"expires_at": time.Now().Add(time.Hour).UTC().Format(time.RFC3339),
 			"issued_at":  time.Now().UTC().Format(time.RFC3339), "generation": 1,
-			"fingerprint": identityFingerprint(newFakeFetcher(0)),
+			"fingerprint": identityFingerprint(newFakeFetcher(0), nil),
 		}
 		mut(v)
 		b, _ := json.Marshal(v)

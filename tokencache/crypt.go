@@ -3,11 +3,15 @@ package tokencache
 import (
 	"crypto/aes"
 	"crypto/cipher"
+	"crypto/hmac"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 )
 
@@ -22,12 +26,28 @@ import (
 type KeyRing struct {
 	active string
 	aeads  map[string]cipher.AEAD
+	fpKeys map[string][]byte // per key id: the HMAC key of credential fingerprints
+}
+
+// keyedFPPrefix starts a credential fingerprint keyed by a ring's key.
+const keyedFPPrefix = "hmac-sha256:"
+
+// fingerprint is the credential fingerprint of identity under the ring's
+// key keyID, or "" if the ring has no such key.
+func (kr *KeyRing) fingerprint(keyID, identity string) string {
+	k, ok := kr.fpKeys[keyID]
+	if !ok {
+		return ""
+	}
+	m := hmac.New(sha256.New, k)
+	m.Write([]byte(identity))
+	return keyedFPPrefix + keyID + ":" + hex.EncodeToString(m.Sum(nil)[:8])
 }
 
 // NewKeyRing returns a ring whose active key is activeID. Every key must
 // be 32 bytes; ids are 1-32 letters, digits, '-' or '_'.
 func NewKeyRing(activeID string, keys map[string][]byte) (*KeyRing, error) {
-	kr := &KeyRing{active: activeID, aeads: map[string]cipher.AEAD{}}
+	kr := &KeyRing{active: activeID, aeads: map[string]cipher.AEAD{}, fpKeys: map[string][]byte{}}
 	for id, k := range keys {
 		if !validKeyID(id) {
 			return nil, fmt.Errorf("tokencache: encryption key id %q: use 1-32 letters, digits, '-' or '_'", id)
@@ -44,6 +64,11 @@ func NewKeyRing(activeID string, keys map[string][]byte) (*KeyRing, error) {
 			return nil, fmt.Errorf("tokencache: encryption key %q: %w", id, err)
 		}
 		kr.aeads[id] = aead
+		// A key of its own for fingerprints, derived one way from the
+		// encryption key: a fingerprint reveals nothing about either.
+		m := hmac.New(sha256.New, k)
+		m.Write([]byte("tokencache/credential-fingerprint/v1"))
+		kr.fpKeys[id] = m.Sum(nil)
 	}
 	if _, ok := kr.aeads[activeID]; !ok {
 		return nil, fmt.Errorf("tokencache: the active encryption key %q is not in the ring", activeID)
@@ -136,10 +161,22 @@ var ErrDecrypt = errors.New("tokencache: cannot decrypt the cached token")
 // Is makes errors.Is(err, ErrDecrypt) true for a *KeyError.
 func (e *KeyError) Is(target error) bool { return target == ErrDecrypt }
 
+// sealVersion marks values whose associated data covers the generation,
+// the issue time and the TTL as well: an older sealed value written back,
+// or one whose generation was raised by hand, fails to open instead of
+// being served as the newest. Values sealed before it (no "seal" field)
+// open under the first version's associated data; they come only from
+// replicas of an earlier release and expire with their tokens.
+const sealVersion = 2
+
 // associatedData binds a ciphertext to its Redis key and to the metadata
 // stored beside it, so neither can be swapped without failing to open.
 func associatedData(redisKey, keyID string, rec record) []byte {
-	return []byte(strings.Join([]string{"tokencache/v1", redisKey, keyID, rec.TokenFP, rec.ExpiresAt, rec.Fingerprint}, "\x00"))
+	if rec.Seal < sealVersion {
+		return []byte(strings.Join([]string{"tokencache/v1", redisKey, keyID, rec.TokenFP, rec.ExpiresAt, rec.Fingerprint}, "\x00"))
+	}
+	return []byte(strings.Join([]string{"tokencache/v2", redisKey, keyID, rec.TokenFP, rec.ExpiresAt, rec.Fingerprint,
+		rec.IssuedAt, strconv.FormatInt(rec.Generation, 10), strconv.FormatInt(rec.TTLMS, 10)}, "\x00"))
 }
 
 // seal encrypts rec's token for the Redis key redisKey:
@@ -150,6 +187,7 @@ func (kr *KeyRing) seal(redisKey string, rec record) (keyID, sealed string, err 
 	if _, err := rand.Read(nonce); err != nil {
 		return "", "", err
 	}
+	rec.Seal = sealVersion
 	out := aead.Seal(nonce, nonce, []byte(rec.AccessToken), associatedData(redisKey, kr.active, rec))
 	return kr.active, base64.StdEncoding.EncodeToString(out), nil
 }
@@ -163,7 +201,7 @@ func (kr *KeyRing) open(redisKey string, rec record) (string, error) {
 	}
 	aead, ok := kr.aeads[rec.KeyID]
 	if !ok {
-		return "", fail("the key id is not in this replica's key ring")
+		return "", fail("the key id is not in this replica's key ring (or another deployment, with its own keys, writes this namespace)")
 	}
 	raw, err := base64.StdEncoding.DecodeString(rec.Ciphertext)
 	if err != nil || len(raw) < aead.NonceSize()+aead.Overhead() {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
@@ -11,6 +12,8 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/tokencache/tokencache/internal/redistest"
 )
 
 func testKey(t *testing.T) []byte {
@@ -156,5 +159,100 @@ func TestParseKeyRing(t *testing.T) {
 	t.Setenv("TC_TEST_KEYS", "k1:"+k)
 	if kr, err := LoadKeyRing("TC_TEST_KEYS", "TC_TEST_KEYS_FILE"); err != nil || kr.ActiveKeyID() != "k1" {
 		t.Errorf("LoadKeyRing from the environment: %v, %v", kr, err)
+	}
+}
+
+func TestCredentialFingerprintIsKeyedAndNeverAnEventOracle(t *testing.T) {
+	s := redistest.Start(t)
+	ctx := ctxT(t)
+	k1, k2 := testKey(t), testKey(t)
+	f := newFakeFetcher(time.Hour)
+	unkeyed := identityFingerprint(f, nil)
+
+	// Without a ring: the events carry no fingerprint of the credential.
+	sub := s.Client(t).Subscribe(ctx, "tokencache:{plain}:events")
+	t.Cleanup(func() { _ = sub.Close() })
+	if _, err := sub.Receive(ctx); err != nil {
+		t.Fatal(err)
+	}
+	plain := newCache(t, s.Client(t), f, fastOpts(WithNamespace("plain"), WithRefreshAhead(0.01))...)
+	if _, err := plain.Token(ctx); err != nil {
+		t.Fatal(err)
+	}
+	f.failNext(&issuerErr{code: "access-denied"})
+	if _, err := plain.Refresh(ctx, 0, true); err == nil {
+		t.Fatal("the forced refresh did not fail")
+	}
+	seen := map[string]bool{}
+	for len(seen) < 2 {
+		m, err := sub.ReceiveMessage(ctx)
+		if err != nil {
+			t.Fatalf("waiting for the refreshed and failed events (have %v): %v", seen, err)
+		}
+		if strings.Contains(m.Payload, unkeyed) || strings.Contains(m.Payload, `"credential"`) {
+			t.Fatalf("an event carries the credential's unkeyed fingerprint: %s", m.Payload)
+		}
+		var ev Event
+		_ = json.Unmarshal([]byte(m.Payload), &ev)
+		if ev.Type == EventRefreshed || ev.Type == EventFailed {
+			seen[ev.Type] = true
+		}
+	}
+
+	// With a ring: the stored fingerprint is an HMAC, and replicas whose
+	// active keys differ (a rotation under way) share one token.
+	a := newCache(t, s.Client(t), f, fastOpts(WithNamespace("sealed"), WithEncryption(ring(t, "k1", map[string][]byte{"k1": k1, "k2": k2})))...)
+	b := newCache(t, s.Client(t), f, fastOpts(WithNamespace("sealed"), WithEncryption(ring(t, "k2", map[string][]byte{"k1": k1, "k2": k2})))...)
+	before := f.calls.Load()
+	ta, err := a.Token(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tb, err := b.Token(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ta.AccessToken != tb.AccessToken || f.calls.Load()-before != 1 {
+		t.Fatalf("replicas with different active keys: same token %v, issuer calls %d; want one token, one call",
+			ta.AccessToken == tb.AccessToken, f.calls.Load()-before)
+	}
+	st, err := b.Inspect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(st.Fingerprint, "hmac-sha256:k1:") || strings.Contains(st.Fingerprint, strings.TrimPrefix(unkeyed, "sha256:")) {
+		t.Fatalf("stored fingerprint %q, want an HMAC under key k1", st.Fingerprint)
+	}
+}
+
+func TestSealedValueWithRaisedGenerationIsRefused(t *testing.T) {
+	s := redistest.Start(t)
+	ctx := ctxT(t)
+	rdb := s.Client(t)
+	kr := ring(t, "k1", map[string][]byte{"k1": testKey(t)})
+	f := newFakeFetcher(time.Hour)
+	a := newCache(t, rdb, f, fastOpts(WithEncryption(kr))...)
+	if _, err := a.Token(ctx); err != nil {
+		t.Fatal(err)
+	}
+	key, _, _, _ := a.Keys()
+	raw, err := rdb.Get(ctx, key).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Someone with write access puts back the sealed value claiming a
+	// newer generation, so that it would win over the fleet's token.
+	var v map[string]any
+	if err := json.Unmarshal([]byte(raw), &v); err != nil {
+		t.Fatal(err)
+	}
+	v["generation"] = 99
+	edited, _ := json.Marshal(v)
+	if err := rdb.Set(ctx, key, edited, time.Hour).Err(); err != nil {
+		t.Fatal(err)
+	}
+	b := newCache(t, rdb, f, fastOpts(WithEncryption(kr))...)
+	if _, err := b.Token(ctx); !errors.Is(err, ErrDecrypt) {
+		t.Fatalf("Token over a sealed value with its generation raised = %v, want ErrDecrypt", err)
 	}
 }

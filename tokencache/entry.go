@@ -82,7 +82,7 @@ func (e *entry) unreject(fp string) {
 }
 
 func (c *Cache) newEntry(k keys, f Fetcher) *entry {
-	return &entry{c: c, k: k, f: f, credFP: identityFingerprint(f), sig: newSignal()}
+	return &entry{c: c, k: k, f: f, credFP: identityFingerprint(f, c.cfg.keyring), sig: newSignal()}
 }
 
 // snapshot is an immutable in-memory copy of the token. Times are on the
@@ -298,7 +298,7 @@ func (e *entry) read(ctx context.Context, at time.Time) (readResult, error) {
 	if r.found && e.isRejected(r.rec.TokenFP, r.rec.Generation) {
 		r.found = false
 	}
-	if r.failed != nil && r.failedCred == e.credFP {
+	if r.failed != nil && e.sameCredential(r.failedCred) {
 		limit := e.c.cfg.negativeTTL
 		if r.failed.Retryable {
 			limit = maxRetryWindow
@@ -308,9 +308,19 @@ func (e *entry) read(ctx context.Context, at time.Time) (readResult, error) {
 		}
 		e.adoptFailure(r.failed, r.failedStreak)
 	}
-	if r.found && r.rec.Fingerprint != e.credFP {
-		// Checked before decrypting: another deployment's token is a miss
-		// to refetch and overwrite, whatever key sealed it.
+	same, known := e.checkCredential(r.rec.Fingerprint)
+	if r.found && known && !same && r.rec.Ciphertext != "" {
+		// A fingerprint keyed under a key id we hold that does not match:
+		// another credential, or this replica's key for that id is wrong.
+		// Only the latter fails to open, and is this replica's problem:
+		// the token is not overwritten.
+		if _, err := e.c.cfg.keyring.open(e.k.token, r.rec); err != nil {
+			e.c.log().Error("tokencache: cannot decrypt the cached token", "key", e.k.token, "key_id", r.rec.KeyID, "err", err)
+			return readResult{}, err
+		}
+	}
+	if r.found && known && !same {
+		// Another deployment's token is a miss to refetch and overwrite.
 		if e.warnedFP.CompareAndSwap(false, true) {
 			e.c.log().Warn("tokencache: cached token was minted for another credential; not serving it",
 				"key", e.k.token, "stored_fingerprint", r.rec.Fingerprint, "our_fingerprint", e.credFP)
@@ -735,8 +745,8 @@ func (e *entry) refreshLocked(ctx context.Context, lease *lock.Lease, ahead bool
 	fctx, stop := leaseContext(ctx, lease)
 	tok, err := e.fetch(fctx, false, spent)
 	stop()
-	if err != nil && lease.Err() != nil && ctx.Err() == nil {
-		return Token{}, fmt.Errorf("%w: the refresh lock's lease was lost during the issuer call (%w)", ErrUnavailable, lease.Err())
+	if err != nil && errors.Is(lease.Err(), lock.ErrLeaseLost) && ctx.Err() == nil {
+		return Token{}, fmt.Errorf("%w: another owner took the refresh lock during the issuer call (%w)", ErrUnavailable, lease.Err())
 	}
 	if err != nil {
 		switch {
@@ -748,7 +758,7 @@ func (e *entry) refreshLocked(ctx context.Context, lease *lock.Lease, ahead bool
 			return Token{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
 		}
 		// Waiters need the failure only if there is no token to serve.
-		return Token{}, e.fetchFailed(ctx, err, true, !r.found)
+		return Token{}, e.fetchFailed(ctx, err, true, true)
 	}
 	// The issuer's latest answer is authoritative: a token invalidated
 	// here that it hands out again is served again.
@@ -801,14 +811,19 @@ func (e *entry) floor(r readResult) int64 {
 	return f
 }
 
-// leaseContext is ctx, cancelled as well when lease is lost. Cancel it
-// when done: that also ends its watching goroutine.
+// leaseContext is ctx, cancelled as well when another owner takes the
+// lease's lock. A lease that merely expired (the watchdog could not reach
+// Redis, say during a failover) goes on: nobody else is refreshing, and
+// the write is fenced anyway. Cancel it when done: that also ends its
+// watching goroutine.
 func leaseContext(ctx context.Context, lease *lock.Lease) (context.Context, context.CancelFunc) {
 	ctx, cancel := context.WithCancel(ctx)
 	go func() {
 		select {
 		case <-lease.Lost():
-			cancel()
+			if errors.Is(lease.Err(), lock.ErrLeaseLost) {
+				cancel()
+			}
 		case <-ctx.Done():
 		}
 	}()
@@ -852,7 +867,7 @@ func (e *entry) seal(rec record) (record, error) {
 	if err != nil {
 		return rec, fmt.Errorf("tokencache: encrypting the token: %w", err)
 	}
-	rec.AccessToken, rec.Ciphertext, rec.KeyID = "", sealed, id
+	rec.AccessToken, rec.Ciphertext, rec.KeyID, rec.Seal = "", sealed, id, sealVersion
 	return rec, nil
 }
 
@@ -870,7 +885,7 @@ func (e *entry) begin(ctx context.Context, lease *lock.Lease, floor int64, call,
 	}
 	var ev *Event
 	if ahead {
-		ev = &Event{Type: EventRefreshing, Key: e.k.token, By: e.c.cfg.host, Origin: e.c.origin, Credential: e.credFP}
+		ev = &Event{Type: EventRefreshing, Key: e.k.token, By: e.c.cfg.host, Origin: e.c.origin, Credential: e.eventCredential()}
 	}
 	var announce func(context.Context)
 	gen, err = lease.FenceWith(ctx, func(ctx context.Context) (int64, error) {
@@ -959,19 +974,33 @@ func (e *entry) offer(ctx context.Context, tok Token) (bool, error) {
 	issued := e.c.now()
 	ttl := e.ttlFor(tok, issued)
 	rec := newRecord(tok, 0, issued, ttl, e.c.cfg.host, e.credFP)
-	ev := Event{Type: EventRefreshed, Key: e.k.token, By: e.c.cfg.host, Origin: e.c.origin, TokenFP: rec.TokenFP}
-	ev.ExpiresAt, _ = rec.expiry()
-	stored, err := e.seal(rec)
-	if err != nil {
-		return false, err
+	// The generation is drawn first, then the token sealed with it (the
+	// encryption binds the generation) and stored if nobody drew a newer
+	// one meanwhile: a concurrent offer of a token that expires later
+	// draws again, one that expires earlier gives up.
+	for attempt := 0; attempt < 3; attempt++ {
+		gen, err := e.c.st.offerDraw(ctx, e.k, rec.ExpiresAt, rec.Fingerprint, ttl)
+		if err != nil || gen <= 0 {
+			return false, err
+		}
+		rec.Generation = gen
+		ev := Event{Type: EventRefreshed, Key: e.k.token, Generation: gen, By: e.c.cfg.host, Origin: e.c.origin, TokenFP: rec.TokenFP}
+		ev.ExpiresAt, _ = rec.expiry()
+		stored, err := e.seal(rec)
+		if err != nil {
+			return false, err
+		}
+		n, storedMS, err := e.c.st.offer(ctx, e.k, stored, ttl, ev)
+		if err != nil || n == 0 {
+			return false, err
+		}
+		if n > 0 {
+			rec.StoredMS = storedMS
+			e.install(e.snapshotFor(rec, ttl, issued))
+			return true, nil
+		}
 	}
-	gen, storedMS, err := e.c.st.offer(ctx, e.k, stored, ttl, ev)
-	if err != nil || gen <= 0 {
-		return false, err
-	}
-	rec.Generation, rec.StoredMS = gen, storedMS
-	e.install(e.snapshotFor(rec, ttl, issued))
-	return true, nil
+	return false, nil
 }
 
 func (e *entry) refreshNow(ctx context.Context, minTTL time.Duration, force bool) (RefreshResult, error) {

@@ -34,11 +34,13 @@ type Event struct {
 	By         string    `json:"by,omitempty"`     // host/pid of the publisher
 	Origin     string    `json:"origin,omitempty"` // random id of the publishing Cache
 	// For "failed":
-	Code       string `json:"code,omitempty"`
-	Message    string `json:"message,omitempty"`
-	Retryable  bool   `json:"retryable,omitempty"`
-	RetryInMS  int64  `json:"retry_in_ms,omitempty"` // how long not to call the issuer (a permanent error)
-	Credential string `json:"credential,omitempty"`  // fingerprint of the credential that failed
+	Code      string `json:"code,omitempty"`
+	Message   string `json:"message,omitempty"`
+	Retryable bool   `json:"retryable,omitempty"`
+	RetryInMS int64  `json:"retry_in_ms,omitempty"` // how long not to call the issuer (a permanent error)
+	// Credential is the keyed fingerprint of the credential (with a key
+	// ring; see WithEncryption), absent otherwise.
+	Credential string `json:"credential,omitempty"`
 	// For "invalidated": the fingerprint of the deleted token.
 	TokenFP string `json:"token_fp,omitempty"`
 }

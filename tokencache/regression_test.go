@@ -79,7 +79,7 @@ func TestRegressionGarbageWithHighGenerationFencesForever(t *testing.T) {
 	v, _ := json.Marshal(map[string]any{"access_token": "hand", "token_type": "Bearer",
 		"expires_at": time.Now().Add(time.Hour).UTC().Format(time.RFC3339),
 		"issued_at":  time.Now().UTC().Format(time.RFC3339), "generation": 100,
-		"fingerprint": identityFingerprint(f)})
+		"fingerprint": identityFingerprint(f, nil)})
 	rdb.Set(ctx, key, v, 0) // hand SET without EX
 	c := newCache(t, rdb, f, fastOpts(WithL1(false))...)
 	for i := 0; i < 5; i++ {
@@ -167,7 +167,7 @@ func TestRegressionTokenSourceSkew(t *testing.T) {
 	key := "tokencache:{default}:server"
 	now := time.Now()
 	exp := now.Add(60 * time.Second)
-	rec := newRecord(Token{AccessToken: "t", Expiry: exp}, 1, now.Add(-59*time.Minute), 0, "w", identityFingerprint(f))
+	rec := newRecord(Token{AccessToken: "t", Expiry: exp}, 1, now.Add(-59*time.Minute), 0, "w", identityFingerprint(f, nil))
 	b, _ := json.Marshal(rec)
 	rdb.Set(ctx, key, b, 30*time.Second) // what the writer set: 60s left - 30s skew
 	c := newCache(t, rdb, f, fastOpts()...)

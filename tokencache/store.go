@@ -53,6 +53,9 @@ type record struct {
 	// says.
 	TTLMS    int64 `json:"ttl_ms,omitempty"`
 	StoredMS int64 `json:"stored_ms,omitempty"`
+	// Seal is the version of the associated data an encrypted token was
+	// sealed with (see sealVersion).
+	Seal int `json:"seal,omitempty"`
 }
 
 func newRecord(t Token, gen int64, issued time.Time, ttl time.Duration, by, credFP string) record {
@@ -275,46 +278,59 @@ redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return tonumber(ARGV[2])
 `)
 
-// offerScript stores a rotated token only if it expires later than the
-// stored one (newest expiry wins) and it was minted for the same
-// credential. Its generation is drawn from the fence like a refresh's
-// (above the stored token's too), so a refresh under way is fenced out by
-// it rather than overwriting it.
-//
-//	KEYS[1] token key, KEYS[2] failure key (deleted when stored), KEYS[3]
-//	fence key
-//	ARGV[1] value JSON (generation and stored_ms filled in by the script),
-//	ARGV[2] expires_at (expiryLayout), ARGV[3] TTL ms, ARGV[4] credential fingerprint,
-//	ARGV[5] event JSON template, ARGV[6] events channel, ARGV[7] publish
-//	command, ARGV[8] the fence's TTL ms
-//	returns {new generation, stored ms, event JSON}, or {0, 0, ''} if the
-//	stored token expires as late or later; the event JSON starts with '!'
-//	when the server refused the publish command (after the write, which
-//	stands)
-var offerScript = redis.NewScript(`
-local gen = 1
+// offerExpiryLua returns {0, 0, ”} when the stored token (KEYS[1]) was
+// minted for the same credential (ARGV[4]) and expires as late as
+// ARGV[2] or later: a rotated token is stored only if it is newer.
+const offerExpiryLua = `
 local cur = redis.pcall('GET', KEYS[1])
+local stored = 0
 if type(cur) == 'string' then
   local ok, rec = pcall(cjson.decode, cur)
   if ok and type(rec) == 'table' then
     if type(rec.expires_at) == 'string' and rec.fingerprint == ARGV[4] and rec.expires_at >= ARGV[2] then
       return {0, 0, ''}
     end
-    if type(rec.generation) == 'number' then gen = rec.generation + 1 end
+    if type(rec.generation) == 'number' then stored = rec.generation end
   end
-end
-local fence = tonumber(redis.call('GET', KEYS[3])) or 0
-if fence >= gen then gen = fence + 1 end
-redis.call('SET', KEYS[3], gen, 'PX', ARGV[8])
+end`
+
+// offerDrawScript draws the generation of a rotated token: above the
+// fence and the stored token's, like a refresh's, so that a refresh under
+// way is fenced out by it rather than overwriting it. The token is sealed
+// (encryption binds the generation) and stored by offerScript.
+//
+//	KEYS[1] token key, KEYS[2] fence key
+//	ARGV[2] expires_at (expiryLayout), ARGV[3] the fence's TTL ms,
+//	ARGV[4] credential fingerprint
+//	returns {generation, 0, ''}, or {0, 0, ''} if the stored token
+//	expires as late or later
+var offerDrawScript = redis.NewScript(offerExpiryLua + `
+local gen = math.max(tonumber(redis.call('GET', KEYS[2])) or 0, stored) + 1
+redis.call('SET', KEYS[2], gen, 'PX', ARGV[3])
+return {gen, 0, ''}
+`)
+
+// offerScript stores a rotated token with the generation offerDrawScript
+// drew, unless a newer one was drawn since or the stored token now
+// expires as late or later.
+//
+//	KEYS[1] token key, KEYS[2] failure key (deleted when stored), KEYS[3]
+//	fence key
+//	ARGV[1] value JSON (an object without stored_ms: the script adds
+//	Redis's TIME), ARGV[2] expires_at (expiryLayout), ARGV[3] TTL ms,
+//	ARGV[4] credential fingerprint, ARGV[5] event JSON, ARGV[6] events
+//	channel, ARGV[7] publish command, ARGV[8] the generation
+//	returns {generation, stored ms, event JSON}, {0, 0, ''} if the stored
+//	token expires as late or later, or {-1, 0, ''} if a newer generation
+//	was drawn since (draw again); the event JSON starts with '!' when the
+//	server refused the publish command (after the write, which stands)
+var offerScript = redis.NewScript(offerExpiryLua + `
+local gen = tonumber(ARGV[8])
+if (tonumber(redis.call('GET', KEYS[3])) or 0) > gen or stored >= gen then return {-1, 0, ''} end
 ` + redisNowLua + `
-local val = cjson.decode(ARGV[1])
-val.generation = gen
-val.stored_ms = now
-local ev = cjson.decode(ARGV[5])
-ev.generation = gen
-redis.call('SET', KEYS[1], cjson.encode(val), 'PX', ARGV[3])
+redis.call('SET', KEYS[1], string.sub(ARGV[1], 1, -2) .. ',"stored_ms":' .. string.format('%.0f', now) .. '}', 'PX', ARGV[3])
 redis.call('DEL', KEYS[2])
-local payload = cjson.encode(ev)
+local payload = ARGV[5]
 if ARGV[7] ~= '' and type(redis.pcall(ARGV[7], ARGV[6], payload)) == 'table' then payload = '!' .. payload end
 return {gen, now, payload}
 `)
@@ -597,8 +613,25 @@ func (s *store) raiseFence(ctx context.Context, k keys, ours, want int64, ttl ti
 	return n, nil
 }
 
-// offer runs offerScript: the generation the token was stored with and
-// Redis's TIME then, or 0 if the stored token expires as late or later.
+// offerDraw runs offerDrawScript: the generation for a rotated token
+// that expires at expiresAt, or 0 if the stored token expires as late or
+// later.
+func (s *store) offerDraw(ctx context.Context, k keys, expiresAt, credFP string, ttl time.Duration) (int64, error) {
+	res, err := offerDrawScript.Run(ctx, s.rdb, []string{k.token, k.fence},
+		"", expiresAt, (ttl + fenceMargin).Milliseconds(), credFP).Slice()
+	if err == nil && len(res) != 3 {
+		err = fmt.Errorf("unexpected script reply of %d elements", len(res))
+	}
+	if err != nil {
+		return 0, &RedisError{Op: "offer", Key: k.fence, Err: err}
+	}
+	gen, _ := res[0].(int64)
+	return gen, nil
+}
+
+// offer runs offerScript for rec, whose generation offerDraw drew: the
+// generation it was stored with and Redis's TIME then, 0 if it was not
+// stored, or -1 if a newer generation was drawn since.
 func (s *store) offer(ctx context.Context, k keys, rec record, ttl time.Duration, ev Event) (gen, storedMS int64, err error) {
 	val, err := json.Marshal(rec)
 	if err != nil {
@@ -610,8 +643,7 @@ func (s *store) offer(ctx context.Context, k keys, rec record, ttl time.Duration
 	}
 	cmd, after := s.ps.command(ctx, k)
 	res, err := offerScript.Run(ctx, s.rdb, []string{k.token, k.failed, k.fence},
-		val, rec.ExpiresAt, ttl.Milliseconds(), rec.Fingerprint, evb, k.channel, cmd,
-		(ttl + fenceMargin).Milliseconds()).Slice()
+		val, rec.ExpiresAt, ttl.Milliseconds(), rec.Fingerprint, evb, k.channel, cmd, rec.Generation).Slice()
 	_, payload, err := genAndPayload(res, err)
 	if err == nil && len(res) != 3 {
 		err = fmt.Errorf("unexpected script reply of %d elements", len(res))
