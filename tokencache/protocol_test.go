@@ -12,6 +12,7 @@ import (
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/tokencache/tokencache/internal/faultproxy"
 	"github.com/tokencache/tokencache/internal/redistest"
 	"github.com/tokencache/tokencache/lock"
 )
@@ -373,5 +374,54 @@ func TestEveryPerUserKeyExpires(t *testing.T) {
 		if ttl < 0 {
 			t.Errorf("key %s has no TTL: it would stay in Redis after its user left", k)
 		}
+	}
+}
+
+func TestWriteWhoseReplyIsLostIsStoredOnce(t *testing.T) {
+	s := redistest.Start(t)
+	ctx := ctxT(t)
+	p, err := faultproxy.New(s.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = p.Close() })
+	// go-redis's defaults for what matters here: a command whose reply
+	// times out is sent again on a new connection.
+	rdb := redis.NewClient(&redis.Options{Addr: p.Addr, ReadTimeout: 300 * time.Millisecond, MaxRetries: 3, Protocol: 2})
+	t.Cleanup(func() { _ = rdb.Close() })
+	f := newFakeFetcher(time.Hour)
+	gate := make(chan struct{})
+	f.setGate(gate)
+	c := newCache(t, rdb, f, fastOpts()...)
+	done := make(chan error, 1)
+	var got Token
+	go func() {
+		var err error
+		got, err = c.Token(ctx)
+		done <- err
+	}()
+	eventually(t, "the issuer call", func() bool { return f.calls.Load() == 1 })
+	// The write script's reply ({1, generation, published, stored ms}) is
+	// lost after the script ran: the client times out and sends it again.
+	p.SwallowReply([]byte("*4\r\n:1\r\n"))
+	close(gate)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if p.Swallowed() != 1 {
+		t.Fatal("the write's reply was not lost: the test tested nothing")
+	}
+	st := c.Stats()
+	if st.FencedWrites != 0 || st.Refreshes != 1 || f.calls.Load() != 1 {
+		t.Fatalf("after a retried write: fenced %d, refreshes %d, issuer calls %d; want 0, 1, 1", st.FencedWrites, st.Refreshes, f.calls.Load())
+	}
+	direct := s.Client(t)
+	key, _, fence, _ := c.Keys()
+	if n, _ := direct.Get(ctx, fence).Int64(); n != 1 {
+		t.Errorf("fence = %d, want 1: a retried script drew no second generation", n)
+	}
+	st2, err := c.Inspect(ctx)
+	if err != nil || st2.TokenFingerprint != got.Fingerprint() || st2.Generation != 1 {
+		t.Errorf("stored %s gen %d (%v), want the served token %s at generation 1 (key %s)", st2.TokenFingerprint, st2.Generation, err, got.Fingerprint(), key)
 	}
 }

@@ -5,6 +5,7 @@
 package faultproxy
 
 import (
+	"bytes"
 	"io"
 	"net"
 	"sync"
@@ -19,6 +20,10 @@ type Proxy struct {
 	upstream string
 	ln       net.Listener
 	delay    atomic.Int64 // nanoseconds added before each chunk is forwarded
+	// swallowNext: the next server->client chunk that starts with it is
+	// swallowed, and its connection turned half-open (see SwallowReply).
+	swallowNext atomic.Pointer[[]byte]
+	swallowed   atomic.Int64 // replies swallowed by SwallowReply
 
 	mu     sync.Mutex // guards conns, closed
 	conns  map[*pair]struct{}
@@ -82,6 +87,10 @@ func (p *Proxy) pipe(pr *pair, src, dst net.Conn, downstream bool) {
 			if d := time.Duration(p.delay.Load()); d > 0 {
 				time.Sleep(d)
 			}
+			if m := p.swallowNext.Load(); downstream && m != nil && bytes.HasPrefix(buf[:n], *m) && p.swallowNext.CompareAndSwap(m, nil) {
+				pr.swallow.Store(true)
+				p.swallowed.Add(1)
+			}
 			if !(downstream && pr.swallow.Load()) {
 				if _, werr := dst.Write(buf[:n]); werr != nil {
 					return
@@ -104,6 +113,15 @@ func (p *Proxy) drop(pr *pair) {
 	delete(p.conns, pr)
 	p.mu.Unlock()
 }
+
+// SwallowReply makes the next reply from the server that starts with
+// prefix vanish, once: the command ran, its reply never arrives, and its
+// connection turns half-open, so the client's read times out, as when a
+// network fails between a command's execution and its reply.
+func (p *Proxy) SwallowReply(prefix []byte) { p.swallowNext.Store(&prefix) }
+
+// Swallowed reports how many replies SwallowReply has swallowed.
+func (p *Proxy) Swallowed() int64 { return p.swallowed.Load() }
 
 // SetDelay adds d before every chunk forwarded in either direction.
 func (p *Proxy) SetDelay(d time.Duration) { p.delay.Store(int64(d)) }
