@@ -65,8 +65,9 @@ func TestSentinelFailover(t *testing.T) {
 
 	// traffic keeps every replica asking, every millisecond, until the
 	// returned stop is called; a call that fails, or (want not empty)
-	// returns another token, counts in errs.
-	var calls, errs atomic.Int64
+	// returns another token, counts in errs; one served at or past its
+	// Expiry counts in expired, through every phase.
+	var calls, errs, expired atomic.Int64
 	traffic := func(want string) (stop func()) {
 		done := make(chan struct{})
 		var wg sync.WaitGroup
@@ -78,8 +79,12 @@ func TestSentinelFailover(t *testing.T) {
 						return
 					default:
 					}
-					if got, err := c.Token(ctx); err != nil || want != "" && got.AccessToken != want {
+					got, err := c.Token(ctx)
+					if err != nil || want != "" && got.AccessToken != want {
 						errs.Add(1)
+					}
+					if err == nil && !got.Expiry.After(time.Now()) {
+						expired.Add(1)
 					}
 					calls.Add(1)
 					time.Sleep(time.Millisecond)
@@ -186,5 +191,8 @@ func TestSentinelFailover(t *testing.T) {
 	}
 	if got := f.calls.Load() - before; got > 3 {
 		t.Errorf("issuer calls = %d for a refresh across a failover and one after, want at most 3", got)
+	}
+	if n := expired.Load(); n != 0 {
+		t.Errorf("%d of %d calls across the failovers returned a token at or past its expiry", n, calls.Load())
 	}
 }
