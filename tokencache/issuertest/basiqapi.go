@@ -146,12 +146,16 @@ type apiConnection struct {
 	job             *apiJob // the job that retrieves its data
 }
 
-// apiJob is a connection's job. Each GET /jobs/{id} answers its current
-// state and then moves it one step on, so a client sees it progress over
-// a few polls, without any clock.
+// apiJob is a connection's job. The first GET /jobs/{id} sees its first
+// step in progress, and each later one moves it a step on before
+// answering, so a client sees it progress over a few polls (four to
+// success, two to a failure), without any clock. What the job has done is
+// what the API shows: the accounts appear once retrieve-accounts is seen
+// to succeed.
 type apiJob struct {
 	id, userID, connID string
 	created, updated   time.Time
+	polls              int  // GET /jobs/{id} answered
 	stage              int  // steps done: 0 to len(jobSteps)
 	fail               bool // fails at verify-credentials
 }
@@ -433,7 +437,8 @@ func (s *Server) connectLocked(u *apiUser, req ConnectRequest) (*apiJob, *apiErr
 	return j, nil
 }
 
-// serveJob answers GET /jobs/{id}, then moves the job one step on.
+// serveJob answers GET /jobs/{id}; every poll but the first moves the job
+// one step on first.
 func (s *Server) serveJob(w http.ResponseWriter, r *http.Request, jobID string) {
 	if r.Method != http.MethodGet {
 		methodNotAllowed(w, r, http.MethodGet)
@@ -448,11 +453,12 @@ func (s *Server) serveJob(w http.ResponseWriter, r *http.Request, jobID string) 
 	j, found := s.jobs[jobID]
 	var body jobBody
 	if found && (it.scope != ScopeClient || it.userID == j.userID) {
-		body = j.body(baseURL(r))
-		if !j.done() {
+		j.polls++
+		if j.polls > 1 && !j.done() {
 			j.stage++
 			j.updated = now
 		}
+		body = j.body(baseURL(r))
 	}
 	s.mu.Unlock()
 	switch {
