@@ -323,7 +323,8 @@ func openRedis(ctx context.Context, rawURL string) (redis.UniversalClient, strin
 	}
 	opt, err := redis.ParseURL(rawURL)
 	if err != nil {
-		return nil, "", nil, &configError{"TOKENCACHE_REDIS_URL", redactURL(rawURL), err.Error()}
+		// ParseURL's message may quote the URL, password and all.
+		return nil, "", nil, &configError{"TOKENCACHE_REDIS_URL", redactURL(rawURL), "not a redis:// or rediss:// URL"}
 	}
 	rdb := redis.NewClient(opt)
 	if err := rdb.Ping(ctx).Err(); err != nil {
