@@ -16,8 +16,9 @@
 //	go run ./examples/quickstart
 //
 // Against Basiq, with your API key (a new user is created unless
-// BASIQ_USER_ID names one; open the printed consent URL, with the token
-// the program redacts, or let the program connect Basiq's sandbox bank):
+// BASIQ_USER_ID names one; open the link the program prints, which
+// redirects to the Consent UI with the client token, or let the program
+// connect Basiq's sandbox bank with QUICKSTART_CONNECT=sandbox):
 //
 //	BASIQ_API_KEY=... TOKENCACHE_REDIS_URL=redis://127.0.0.1:6379/0 go run ./examples/quickstart
 //
@@ -30,10 +31,13 @@
 //	QUICKSTART_CONNECT     "sandbox": the program connects Basiq's sandbox bank
 //	                       (Hooli) for the user with POST /users/{id}/connections
 //	                       and the client token, as the Consent UI would;
-//	                       "consent": a person opens the consent URL, and the
+//	                       "consent": a person opens the link the program
+//	                       prints (a local page that redirects to the consent
+//	                       URL with the token), connects a bank, and the
 //	                       program waits for the job to appear in
 //	                       GET /users/{id}/jobs. Default: sandbox for the fake,
 //	                       consent for Basiq.
+//	QUICKSTART_LISTEN      where that local page listens (default 127.0.0.1:0, any port)
 //	QUICKSTART_TIMEOUT     how long to wait for the job (default 2m; 10m for consent)
 //	QUICKSTART_POLL        the first wait between job polls, doubled up to 16x (default 500ms)
 //
@@ -45,6 +49,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -89,8 +94,8 @@ func main() {
 
 // config is the program's settings, read from the environment.
 type config struct {
-	apiKey, baseURL, redisURL, userID, connect string
-	timeout, poll                              time.Duration
+	apiKey, baseURL, redisURL, userID, connect, listen string
+	timeout, poll                                      time.Duration
 }
 
 // configError is a setting the program cannot use.
@@ -109,6 +114,7 @@ func readConfig(getenv func(string) string) (config, error) {
 		redisURL: getenv("TOKENCACHE_REDIS_URL"),
 		userID:   getenv("BASIQ_USER_ID"),
 		connect:  getenv("QUICKSTART_CONNECT"),
+		listen:   getenv("QUICKSTART_LISTEN"),
 		poll:     defaultPoll,
 	}
 	if c.apiKey == "" && c.baseURL != "" {
@@ -118,6 +124,9 @@ func readConfig(getenv func(string) string) (config, error) {
 		if err := tokencache.ValidateUserID(c.userID); err != nil {
 			return c, &configError{"BASIQ_USER_ID", c.userID, err.Error()}
 		}
+	}
+	if c.listen == "" {
+		c.listen = "127.0.0.1:0"
 	}
 	switch c.connect {
 	case "":
@@ -272,7 +281,12 @@ func run(ctx context.Context, stdout io.Writer, getenv func(string) string) erro
 		out.detail("the user connects the sandbox bank %s (here the program plays the user, with the client token):", issuertest.SandboxInstitution)
 		out.detail("POST /users/%s/connections -> 202, job %s", userID, jobID)
 	} else {
-		out.detail("open the URL above, with the client token, and connect a bank;")
+		link, stop, err := serveConsent(user, cfg.listen)
+		if err != nil {
+			return err
+		}
+		defer stop()
+		out.detail("open %s in a browser: it redirects to the URL above, with the token, to connect a bank", link)
 		out.detail("waiting up to %s for the user %s to start a job", cfg.timeout, userID)
 		jobID, err = api.awaitJob(jctx, userID, known, cfg.poll)
 		if err != nil {
@@ -309,6 +323,30 @@ func sandboxLogin() connectRequest {
 	var c connectRequest
 	c.LoginID, c.Password, c.Institution.ID = issuertest.SandboxLoginID, issuertest.SandboxPassword, issuertest.SandboxInstitution
 	return c
+}
+
+// serveConsent serves GET /consent on addr: a redirect to the Consent UI
+// with the user's client token, as a backend hands it to the user's
+// browser (see examples/peruser). The token never reaches the output. It
+// returns the page's URL and a function that stops it.
+func serveConsent(user *tokencache.User, addr string) (string, func(), error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return "", nil, &configError{"QUICKSTART_LISTEN", addr, err.Error()}
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /consent", func(w http.ResponseWriter, r *http.Request) {
+		tok, err := user.Token(r.Context())
+		if err != nil {
+			http.Error(w, "no client token right now", http.StatusServiceUnavailable)
+			return
+		}
+		w.Header().Set("Cache-Control", "no-store")
+		http.Redirect(w, r, consentURL+"?token="+url.QueryEscape(tok.AccessToken), http.StatusFound)
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	return "http://" + ln.Addr().String() + "/consent", func() { _ = srv.Close() }, nil
 }
 
 // openRedis connects to url, or starts an embedded Redis when it is empty.

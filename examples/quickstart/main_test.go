@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -185,7 +187,8 @@ func TestRunConsent(t *testing.T) {
 	}()
 	var out strings.Builder
 	userRE := regexp.MustCompile(`POST /users -> 201, user (\S+)$`)
-	var userID string
+	linkRE := regexp.MustCompile(`open (http://127\.0\.0\.1:\d+/consent) in a browser`)
+	var userID, link string
 	sc := bufio.NewScanner(pr)
 	for sc.Scan() {
 		line := sc.Text()
@@ -193,8 +196,16 @@ func TestRunConsent(t *testing.T) {
 		if m := userRE.FindStringSubmatch(line); m != nil {
 			userID = m[1]
 		}
+		if m := linkRE.FindStringSubmatch(line); m != nil {
+			link = m[1]
+		}
 		if strings.Contains(line, "waiting up to") {
-			// The person finishes the Consent UI.
+			// The person opens the link, lands on the Consent UI with a
+			// client token bound to them, and connects a bank.
+			tok := followConsent(t, srv, link)
+			if !srv.Valid(tok) {
+				t.Errorf("the consent link carries a token the issuer does not know")
+			}
 			if _, err := srv.Connect(userID, sandboxRequest()); err != nil {
 				t.Fatalf("Connect(%q): %v", userID, err)
 			}
@@ -205,12 +216,32 @@ func TestRunConsent(t *testing.T) {
 	}
 	wantLines(t, out.String(),
 		`^4\. consent +https://consent\.basiq\.io/home\?token=<redacted sha256:[0-9a-f]{16}>$`,
-		`open the URL above`,
+		`open http://127\.0\.0\.1:\d+/consent in a browser: it redirects to the URL above`,
 		`^ +GET /users/[0-9a-f-]{36}/jobs -> job `,
 		`done after 4 polls$`,
 		` -> \d+ accounts$`,
 		`^issuer calls: 1 server token, 1 client token `)
 	noSecrets(t, srv, out.String())
+}
+
+// followConsent opens the program's consent link without following the
+// redirect, checks it leads to the Consent UI, and returns the token.
+func followConsent(t *testing.T, srv *issuertest.Server, link string) string {
+	t.Helper()
+	hc := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	resp, err := hc.Get(link)
+	if err != nil {
+		t.Fatalf("GET %q: %v", link, err)
+	}
+	resp.Body.Close()
+	loc, err := url.Parse(resp.Header.Get("Location"))
+	if err != nil {
+		t.Fatalf("GET %s: unparseable Location", link)
+	}
+	if resp.StatusCode != http.StatusFound || loc.Scheme+"://"+loc.Host+loc.Path != consentURL {
+		t.Fatalf("GET %s: %d to %s://%s%s, want 302 to %s", link, resp.StatusCode, loc.Scheme, loc.Host, loc.Path, consentURL)
+	}
+	return loc.Query().Get("token")
 }
 
 func sandboxRequest() issuertest.ConnectRequest {
