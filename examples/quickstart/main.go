@@ -237,6 +237,9 @@ func run(ctx context.Context, stdout io.Writer, getenv func(string) string) erro
 		if err != nil {
 			return err
 		}
+		if err := tokencache.ValidateUserID(u.ID); err != nil {
+			return fmt.Errorf("POST /users: the user id cannot name a cached token: %w", err)
+		}
 		userID = u.ID
 		out.step("2", "create a user", "POST /users -> 201, user %s", userID)
 	} else {
@@ -244,9 +247,6 @@ func run(ctx context.Context, stdout io.Writer, getenv func(string) string) erro
 			return err
 		}
 		out.step("2", "use a user", "GET /users/%s -> 200 (BASIQ_USER_ID)", userID)
-	}
-	if err := tokencache.ValidateUserID(userID); err != nil {
-		return fmt.Errorf("Basiq returned a user id tokencache cannot key: %w", err)
 	}
 
 	// 3. A CLIENT_ACCESS token bound to the user, cached once per user.
