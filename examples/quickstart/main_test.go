@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -334,5 +335,30 @@ func wantConfigError(name string) func(*testing.T, error) {
 		if !errors.As(err, &ce) || ce.Name != name {
 			t.Errorf("got %v, want a configError for %s", err, name)
 		}
+	}
+}
+
+// TestRunBadUserIDFromAPI: a user id that cannot name a cached token (or
+// a URL path) is refused before it is used.
+func TestRunBadUserIDFromAPI(t *testing.T) {
+	fake := issuertest.New()
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost && r.URL.Path == "/users" {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusCreated)
+			_, _ = io.WriteString(w, `{"type":"user","id":"../../jobs/x"}`)
+			return
+		}
+		fake.ServeHTTP(w, r)
+	}))
+	defer ts.Close()
+	e := fast(env{"BASIQ_API_KEY": fake.APIKey(), "TOKENCACHE_ISSUER_URL": ts.URL, "QUICKSTART_CONNECT": connectSandbox})
+	var out bytes.Buffer
+	err := run(context.Background(), &out, e.get)
+	if !errors.Is(err, tokencache.ErrInvalidUserID) {
+		t.Fatalf("got %v, want ErrInvalidUserID", err)
+	}
+	if strings.Contains(out.String(), "jobs/x") {
+		t.Errorf("the bad id was printed:\n%s", out.String())
 	}
 }
