@@ -23,9 +23,9 @@ import (
 //go:embed served/*.json
 var served embed.FS
 
-// ServedFiles lists the files of the shared testdata/basiq that the fake
+// servedFiles lists the files of the shared testdata/basiq that the fake
 // embeds and serves, by name.
-func ServedFiles() []string {
+func servedFiles() []string {
 	names, _ := fs.Glob(served, "served/*.json")
 	for i, n := range names {
 		names[i] = path.Base(n)

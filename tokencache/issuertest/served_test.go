@@ -47,7 +47,7 @@ func TestServedMatchesTestdata(t *testing.T) {
 		return
 	}
 	got := map[string]bool{}
-	for _, name := range ServedFiles() {
+	for _, name := range servedFiles() {
 		got[name] = true
 		embedded, err := served.ReadFile("served/" + name)
 		if err != nil {
