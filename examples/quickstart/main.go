@@ -30,7 +30,9 @@
 //	BASIQ_USER_ID          use this user instead of creating one
 //	QUICKSTART_CONNECT     "sandbox": the program connects Basiq's sandbox bank
 //	                       (Hooli) for the user with POST /users/{id}/connections
-//	                       and the client token, as the Consent UI would;
+//	                       and the client token, as the Consent UI would (the
+//	                       fake accepts it; on Basiq it needs an application
+//	                       whose API version still offers that endpoint);
 //	                       "consent": a person opens the link the program
 //	                       prints (a local page that redirects to the consent
 //	                       URL with the token), connects a bank, and the
@@ -182,7 +184,7 @@ func run(ctx context.Context, stdout io.Writer, getenv func(string) string) erro
 	where := "Basiq at " + cfg.baseURL
 	if cfg.apiKey == "" {
 		// No key: the fake Basiq, in this process.
-		fake := issuertest.New()
+		fake := issuertest.New(issuertest.WithStrictUsers(true)) // unknown users are 404, as on Basiq
 		if err := fake.Start(); err != nil {
 			return fmt.Errorf("start the fake Basiq: %w", err)
 		}

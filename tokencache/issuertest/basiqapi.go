@@ -107,7 +107,8 @@ type ConnectRequest struct {
 	} `json:"institution"`
 }
 
-// ErrUnknownUser is returned by Connect for a user the fake does not know.
+// ErrUnknownUser is returned by Connect for a user the fake does not know
+// (with WithStrictUsers; otherwise an unknown id is adopted).
 var ErrUnknownUser = errors.New("issuertest: unknown user")
 
 // Connect does what the user does in the Consent UI: it connects a bank
@@ -119,8 +120,8 @@ func (s *Server) Connect(userID string, req ConnectRequest) (jobID string, err e
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	u, ok := s.users[userID]
-	if !ok {
+	u, e := s.userLocked(userID)
+	if e != nil {
 		return "", fmt.Errorf("%w %q", ErrUnknownUser, userID)
 	}
 	j, e := s.connectLocked(u, req)

@@ -360,8 +360,14 @@ func TestUnknownUsersAdopted(t *testing.T) {
 	if got := srv.Users(); len(got) != 1 || got[0] != "ea3a81" {
 		t.Errorf("Users() = %v, want the adopted [ea3a81]", got)
 	}
+	if r := call(t, srv, "GET", "/users/ea3a81", server, nil); r.status != 200 || r.json(t)["type"] != "user" {
+		t.Errorf("adopted user: %d %s, want a Basiq user object", r.status, r.body)
+	}
 	if _, err := srv.Connect("ea3a81", sandbox); err != nil {
 		t.Errorf("Connect to an adopted user: %v", err)
+	}
+	if _, err := srv.Connect("never-seen", sandbox); err != nil {
+		t.Errorf("Connect adopts an unknown user too: %v", err)
 	}
 	if r := call(t, srv, "GET", "/users/"+strings.Repeat("x", 200), server, nil); r.status != 404 {
 		t.Errorf("a 200-byte id: %d, want 404", r.status)
