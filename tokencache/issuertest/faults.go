@@ -145,8 +145,6 @@ func (g Garbage) String() string {
 	return "garbage(" + strconv.Itoa(int(g)) + ")"
 }
 
-const garbageHTML = "<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head><body><h1>Bad Gateway</h1></body></html>\n"
-
 // hugePadding is the size of GarbageHuge's padding: well past any sane
 // client's body limit.
 const hugePadding = 1<<20 + 1
@@ -157,7 +155,7 @@ func (s *Server) garbleToken(w http.ResponseWriter, g Garbage) {
 	case GarbageNotJSON:
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 		w.WriteHeader(http.StatusOK)
-		_, _ = w.Write([]byte(garbageHTML))
+		_, _ = w.Write(proxyErrorPage())
 	case GarbageTruncated:
 		body, _ := json.Marshal(tokenBody{AccessToken: tok, TokenType: "Bearer", ExpiresIn: json.RawMessage("3600")})
 		writeRaw(w, "application/json", body[:len(body)/2])
@@ -177,7 +175,7 @@ func (s *Server) garbleAuthenticate(w http.ResponseWriter, g Garbage) {
 		// An HTML page where a JWT or JSON was expected.
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 		w.WriteHeader(http.StatusOK)
-		_, _ = w.Write([]byte(garbageHTML))
+		_, _ = w.Write(proxyErrorPage())
 	case GarbageTruncated:
 		jwt, _ := SignHS256(s.clientSecret, map[string]any{"exp": s.now().Add(time.Hour).Unix()})
 		writeRaw(w, "application/json", []byte(`{"token":"`+jwt[:len(jwt)/2]))

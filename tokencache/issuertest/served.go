@@ -10,8 +10,8 @@ import (
 )
 
 // served holds the Basiq answers the fake serves: error titles and
-// details, the accounts a connected user gets, and the result of a failed
-// job step. They are byte-for-byte copies of the repository's shared
+// details, a proxy's HTML error page (GarbageNotJSON), the accounts a
+// connected user gets, and the result of a failed job step. They are byte-for-byte copies of the repository's shared
 // fixtures in testdata/basiq, embedded so that the fake works wherever it
 // is built (cmd/fakeissuer, the demo, an installed binary).
 // TestServedMatchesTestdata fails when a copy differs from its fixture;
@@ -20,13 +20,13 @@ import (
 //
 // copies them again.
 //
-//go:embed served/*.json
+//go:embed served
 var served embed.FS
 
 // servedFiles lists the files of the shared testdata/basiq that the fake
 // embeds and serves, by name.
 func servedFiles() []string {
-	names, _ := fs.Glob(served, "served/*.json")
+	names, _ := fs.Glob(served, "served/*")
 	for i, n := range names {
 		names[i] = path.Base(n)
 	}
@@ -60,6 +60,13 @@ var errorCatalogue = sync.OnceValue(func() map[string]apiErrorText {
 	}
 	return m
 })
+
+// proxyErrorPage is an HTML error page from a proxy in front of the
+// issuer: served/error_bad-gateway.html.
+func proxyErrorPage() []byte {
+	b, _ := served.ReadFile("served/error_bad-gateway.html")
+	return b
+}
 
 // accountTemplates returns fresh copies of the accounts in
 // served/accounts.json, to be given ids and links for one connection.

@@ -23,12 +23,12 @@ func TestServedMatchesTestdata(t *testing.T) {
 	if err != nil || len(errs) == 0 {
 		t.Fatalf("no error fixtures in %s: %v", shared, err)
 	}
-	want := map[string]bool{"accounts.json": true, "job_failed.json": true}
+	want := map[string]bool{"accounts.json": true, "job_failed.json": true, "error_bad-gateway.html": true}
 	for _, p := range errs {
 		want[filepath.Base(p)] = true
 	}
 	if *update {
-		old, _ := filepath.Glob(filepath.Join("served", "*.json"))
+		old, _ := filepath.Glob(filepath.Join("served", "*"))
 		for _, p := range old {
 			if err := os.Remove(p); err != nil {
 				t.Fatal(err)
@@ -61,7 +61,7 @@ func TestServedMatchesTestdata(t *testing.T) {
 		if !bytes.Equal(embedded, fixture) {
 			t.Errorf("served/%s differs from testdata/basiq/%s: run go test -run TestServedMatchesTestdata -update", name, name)
 		}
-		if !json.Valid(embedded) {
+		if filepath.Ext(name) == ".json" && !json.Valid(embedded) {
 			t.Errorf("served/%s is not JSON", name)
 		}
 	}
@@ -80,6 +80,9 @@ func TestServedMatchesTestdata(t *testing.T) {
 	}
 	if len(accountTemplates()) == 0 {
 		t.Error("served/accounts.json holds no accounts")
+	}
+	if !bytes.Contains(proxyErrorPage(), []byte("<html>")) {
+		t.Error("served/error_bad-gateway.html is not an HTML page")
 	}
 	if failedStepResult() == nil {
 		t.Error("served/job_failed.json has no failed step with a result")
