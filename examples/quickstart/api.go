@@ -60,6 +60,15 @@ func (e *jobFailedError) Error() string {
 // finishes; it wraps the context's error.
 var errNoJob = errors.New("no finished job before the deadline")
 
+// ended reports that ctx ended while waiting for a job: errNoJob and the
+// context's error, whatever err the interrupted call returned.
+func ended(ctx context.Context, err error) error {
+	if err != nil {
+		return fmt.Errorf("%w: %w (%v)", errNoJob, ctx.Err(), err)
+	}
+	return fmt.Errorf("%w: %w", errNoJob, ctx.Err())
+}
+
 // do sends method path (with body as JSON, if not nil) through hc and
 // decodes a 2xx answer into v.
 func (a *apiClient) do(ctx context.Context, hc *http.Client, method, path string, body, v any) error {
@@ -237,7 +246,7 @@ func backoff(ctx context.Context, d *time.Duration, max time.Duration) error {
 	defer t.Stop()
 	select {
 	case <-ctx.Done():
-		return fmt.Errorf("%w: %w", errNoJob, ctx.Err())
+		return ended(ctx, nil)
 	case <-t.C:
 	}
 	*d = min(2**d, max)
@@ -253,7 +262,7 @@ func (a *apiClient) pollJob(ctx context.Context, id string, first time.Duration,
 		var j job
 		if err := a.do(ctx, a.server, http.MethodGet, "/jobs/"+id, nil, &j); err != nil {
 			if ctx.Err() != nil {
-				return n, fmt.Errorf("%w: %w", errNoJob, err)
+				return n, ended(ctx, err)
 			}
 			return n, err
 		}
@@ -294,7 +303,7 @@ func (a *apiClient) awaitJob(ctx context.Context, userID string, known []string,
 		ids, err := a.jobIDs(ctx, userID)
 		if err != nil {
 			if ctx.Err() != nil {
-				return "", fmt.Errorf("%w: %w", errNoJob, err)
+				return "", ended(ctx, err)
 			}
 			return "", err
 		}
