@@ -173,12 +173,17 @@ type apiErr struct {
 	source       map[string]string
 }
 
+// write answers with e; the title, and the detail if e has none, are the
+// served fixture's for the code.
 func (e *apiErr) write(w http.ResponseWriter) {
-	title := http.StatusText(e.status)
-	if t, _, ok := basiqError(e.code); ok {
+	title, detail := http.StatusText(e.status), e.detail
+	if t, d, ok := basiqError(e.code); ok {
 		title = t
+		if detail == "" {
+			detail = d
+		}
 	}
-	writeError(w, e.status, e.code, title, e.detail, e.source)
+	writeError(w, e.status, e.code, title, detail, e.source)
 }
 
 func pointer(p string) map[string]string { return map[string]string{"pointer": p} }
@@ -206,8 +211,7 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request) (issued, bool
 	if !ok {
 		s.counters.unauthorized.Add(1)
 		w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
-		(&apiErr{status: http.StatusUnauthorized, code: "unauthorized-access",
-			detail: "The access token is missing, unknown, expired or revoked."}).write(w)
+		(&apiErr{status: http.StatusUnauthorized, code: "unauthorized-access"}).write(w)
 		return issued{}, false
 	}
 	s.rotate(w, it)

@@ -461,7 +461,18 @@ func TestShapesMatchFixtures(t *testing.T) {
 	sameShape(t, "job_success.json", fixture(t, "job_success.json"), last.body)
 	sameShape(t, "accounts.json", fixture(t, "accounts.json"), call(t, srv, "GET", "/users/"+userID+"/accounts", server, nil).body)
 	sameShape(t, "error_resource-not-found.json", fixture(t, "error_resource-not-found.json"), call(t, srv, "GET", "/jobs/nope", server, nil).body)
-	sameShape(t, "error_unauthorized-access.json", fixture(t, "error_unauthorized-access.json"), call(t, srv, "GET", "/jobs/nope", "", nil).body)
+	unauthorized := call(t, srv, "GET", "/jobs/nope", "", nil).body
+	sameShape(t, "error_unauthorized-access.json", fixture(t, "error_unauthorized-access.json"), unauthorized)
+
+	// The 401's words are the fixture's.
+	type words struct {
+		Data []struct{ Code, Title, Detail string } `json:"data"`
+	}
+	var got, want words
+	if json.Unmarshal(unauthorized, &got) != nil || json.Unmarshal(fixture(t, "error_unauthorized-access.json"), &want) != nil ||
+		fmt.Sprint(got.Data) != fmt.Sprint(want.Data) {
+		t.Errorf("401 body %s, want the words of testdata/basiq/error_unauthorized-access.json", unauthorized)
+	}
 }
 
 // sameShape fails unless got has exactly want's object keys, recursively,
