@@ -1,8 +1,9 @@
 // Command fakeissuer serves the fake issuer of package
 // tokencache/issuertest on a listen address, for docker-compose and local
 // experiments: Basiq's POST /token, the authenticate-and-rotate POST
-// /authenticate (HS256 JWTs), a Bearer-checked resource, and its counters
-// at GET /_issuertest/stats. It is not an issuer to use in production.
+// /authenticate (HS256 JWTs), the Basiq API of the quick start (/users,
+// /jobs), a Bearer-checked resource, and its counters at GET
+// /_issuertest/stats. It is not an issuer to use in production.
 //
 //	BASIQ_API_KEY=dev-key fakeissuer --listen :8080 --latency 200ms
 //
@@ -18,7 +19,7 @@
 // --client-secret), but command lines are visible to other users of the
 // host: prefer the environment.
 //
-// Besides the issuertest resource paths (/users/..., /api/...), any other
+// Besides the issuertest paths (/users, /users/..., /jobs/..., /api/...), any other
 // GET path (/institutions, ...) is served as the resource, so that the
 // example backend can proxy Basiq-like API paths to it.
 package main
@@ -179,7 +180,8 @@ func apiPaths(iss *issuertest.Server) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p := r.URL.Path
 		known := p == issuertest.TokenPath || p == issuertest.AuthenticatePath ||
-			strings.HasPrefix(p, "/_issuertest/") || strings.HasPrefix(p, "/users/") || strings.HasPrefix(p, "/api/")
+			strings.HasPrefix(p, "/_issuertest/") || p == issuertest.UsersPath || strings.HasPrefix(p, "/users/") ||
+			strings.HasPrefix(p, issuertest.JobsPath+"/") || strings.HasPrefix(p, "/api/")
 		if !known && r.Method == http.MethodGet && p != "/" {
 			r2 := r.Clone(r.Context())
 			r2.URL.Path = "/api" + p

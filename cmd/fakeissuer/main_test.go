@@ -70,6 +70,7 @@ func TestServesIssuertest(t *testing.T) {
 		{"/institutions", jwt.AccessToken, 200},
 		{"/institutions", "nope", 401},
 		{"/users/u-1/accounts", tok.AccessToken, 200},
+		{"/jobs/no-such-job", tok.AccessToken, 404}, // the Basiq API's, not the catch-all resource
 		{"/api/x", "", 401},
 	} {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+tc.path, nil)
@@ -91,8 +92,8 @@ func TestServesIssuertest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.TokenCalls != 2 || st.AuthenticateCalls != 1 || st.ResourceCalls != 5 {
-		t.Errorf("stats %+v: want 2 token, 1 authenticate and 5 resource calls", st)
+	if st.TokenCalls != 2 || st.AuthenticateCalls != 1 || st.ResourceCalls != 6 {
+		t.Errorf("stats %+v: want 2 token, 1 authenticate and 6 resource calls", st)
 	}
 }
 

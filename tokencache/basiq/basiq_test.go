@@ -774,7 +774,11 @@ func TestIdentity(t *testing.T) {
 	var _ tokencache.Identifier = base
 }
 
-// TestFixtures parses the real-shaped bodies in testdata.
+// fixtures is the repository's shared testdata/basiq (see testdata/README.md).
+var fixtures = filepath.Join("..", "..", "testdata", "basiq")
+
+// TestFixtures parses the shared Basiq bodies in testdata/basiq: the token
+// answer and every error of the /token reference.
 func TestFixtures(t *testing.T) {
 	tests := []struct {
 		file       string
@@ -792,12 +796,14 @@ func TestFixtures(t *testing.T) {
 		{"error_access-denied.json", 403, "access-denied", "Access denied", "e5a7c13", "", ""},
 		{"error_not-found.json", 404, "parameter-not-valid", "Resource not found", "f0b2d84", "", ""},
 		{"error_internal-server-error.json", 500, "internal-server-error", "Internal server error", "a1c3e55", "", ""},
+		{"error_unauthorized-client.json", 400, "unauthorized-client", "Unauthorized client", "b4e6a27", "", ""},
+		{"error_invalid-client.json", 401, "invalid-client", "Invalid client", "c8d1f30", "parameter Authorization", ""},
 		{"error_too-many-requests.json", 429, "too-many-requests", "Too many requests", "a9d0f66", "", "12"},
 		{"error_bad-gateway.html", 502, "http-502", "Bad Gateway", "", "", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.file, func(t *testing.T) {
-			body, err := os.ReadFile(filepath.Join("testdata", tt.file))
+			body, err := os.ReadFile(filepath.Join(fixtures, tt.file))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -822,7 +828,7 @@ func TestFixtures(t *testing.T) {
 		})
 	}
 	t.Run("token.json", func(t *testing.T) {
-		body, err := os.ReadFile(filepath.Join("testdata", "token.json"))
+		body, err := os.ReadFile(filepath.Join(fixtures, "token.json"))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -13,12 +13,13 @@ import (
 	"github.com/tokencache/tokencache/internal/httpx"
 )
 
-// addFixtures seeds f with the files in testdata matching pattern.
+// addFixtures seeds f with the files of the shared testdata/basiq matching
+// pattern.
 func addFixtures(f *testing.F, pattern string) {
 	f.Helper()
-	files, err := filepath.Glob(filepath.Join("testdata", pattern))
-	if err != nil {
-		f.Fatal(err)
+	files, err := filepath.Glob(filepath.Join("..", "..", "testdata", "basiq", pattern))
+	if err != nil || len(files) == 0 {
+		f.Fatalf("no fixtures match %s: %v", pattern, err)
 	}
 	for _, name := range files {
 		b, err := os.ReadFile(name)

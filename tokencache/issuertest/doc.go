@@ -27,10 +27,35 @@
 //	scope not SERVER_ACCESS nor CLIENT_ACCESS    400 invalid-request (parameter scope)
 //
 // and otherwise 200 {"access_token","token_type":"Bearer","expires_in"}
-// with a fresh random token. The resource (any path under /users/ or
-// /api/) answers 401 unauthorized-access to a missing, unknown, expired or
-// revoked token, 403 access-denied to a CLIENT_ACCESS token used on
-// another user's /users/{id}, and 200 otherwise.
+// with a fresh random token.
+//
+// The rest of Basiq's quick start is there too, so that it runs end to end
+// (examples/quickstart):
+//
+//	POST /users                      create a user (SERVER_ACCESS only): 201
+//	GET  /users/{id}                 the user, with its connections and accounts
+//	POST /users/{id}/connections     connect a bank, the fake's stand-in for the
+//	                                 Consent UI: 202 with the job (Connect does it without HTTP)
+//	GET  /jobs/{id}                  the job: verify-credentials, retrieve-accounts,
+//	                                 retrieve-transactions, one step further each poll
+//	GET  /users/{id}/jobs            the user's jobs
+//	GET  /users/{id}/accounts        the accounts, once the job has retrieved them
+//
+// Every call needs a live Bearer token: 401 unauthorized-access to a
+// missing, unknown, expired or revoked one; a CLIENT_ACCESS token acts
+// only for the user it is bound to (403 access-denied otherwise) and never
+// creates users. Bad bodies get 400 parameter-not-supplied or
+// parameter-not-valid with the field's pointer, unknown jobs (and, with
+// WithStrictUsers, unknown users) 404 resource-not-found. A wrong bank
+// login (anything but SandboxLoginID and SandboxPassword) or FailJobs
+// makes the job fail at verify-credentials with invalid-credentials.
+//
+// Error titles and details, the accounts served and the failed step's
+// result are the shared fixtures of the repository's testdata/basiq,
+// embedded (a test keeps the copies identical).
+//
+// Other paths under /users/{id}/ and /api/ are a generic protected
+// resource with the same token rules.
 //
 // POST /authenticate takes {"apiKey","clientSecret"} as JSON (401 if
 // either is wrong) and returns a JWT signed HS256 with the client secret,
@@ -43,7 +68,8 @@
 // are in flight: FailNext and FailAlways answer issuer calls with a given
 // status and Basiq error code (and Retry-After); GarbleNext and
 // GarbleAlways answer 200 with an unusable body; SetLatency delays issuer
-// calls; RevokeAll makes the resource reject every token so far.
+// calls; RevokeAll makes the resource reject every token so far;
+// FailJobs fails new jobs.
 // Counters (Stats) are atomic; assert on call counts, not on timing.
 //
 // The server listens on a loopback TCP port, so child processes reach it

@@ -29,31 +29,11 @@ type Failure struct {
 	ContentType string
 }
 
-// basiqError returns the title and detail Basiq documents for code.
+// basiqError returns the title and detail Basiq documents for code, from
+// the shared fixtures the fake embeds (served/error_<code>.json).
 func basiqError(code string) (title, detail string, ok bool) {
-	switch code {
-	case "invalid-request":
-		return "Invalid request", "The request is missing a required parameter, includes an unsupported parameter value (other than grant type) or is otherwise malformed.", true
-	case "parameter-not-valid":
-		return "Parameter value is not valid", "Authorization header parameter is required/invalid or the older version is no longer supported.", true
-	case "unsupported-grant-type":
-		return "Unsupported grant type", "The authorization grant type is not supported.", true
-	case "invalid-grant":
-		return "Invalid grant", "The provided authorization grant (e.g. apiKey) or token is invalid, expired or has been revoked.", true
-	case "invalid-client":
-		return "Invalid client", "Application authentication failed.", true
-	case "access-denied":
-		return "Access denied", "Access to the requested resource is forbidden.", true
-	case "resource-not-found":
-		return "Resource not found", "Requested resource is not found.", true
-	case "internal-server-error":
-		return "Internal server error", "An unexpected condition was encountered.", true
-	case "too-many-requests":
-		return "Too many requests", "Rate limit exceeded; retry later.", true
-	case "service-unavailable":
-		return "Service unavailable", "The service is temporarily unavailable.", true
-	}
-	return "", "", false
+	e, ok := errorCatalogue()[code]
+	return e.Title, e.Detail, ok
 }
 
 // defaultCode names the Basiq code for a status when Fail gets none.
@@ -97,7 +77,9 @@ func Fail(status int, code string) Failure {
 	}
 	if status == http.StatusNotFound && code == "parameter-not-valid" {
 		// Basiq's answer once a partner account is deleted.
-		f.Title, f.Detail = "Resource not found", "Resource not found."
+		if e, ok := errorCatalogue()["not-found"]; ok {
+			f.Title, f.Detail = e.Title, e.Detail
+		}
 	}
 	return f
 }
@@ -163,8 +145,6 @@ func (g Garbage) String() string {
 	return "garbage(" + strconv.Itoa(int(g)) + ")"
 }
 
-const garbageHTML = "<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head><body><h1>Bad Gateway</h1></body></html>\n"
-
 // hugePadding is the size of GarbageHuge's padding: well past any sane
 // client's body limit.
 const hugePadding = 1<<20 + 1
@@ -175,7 +155,7 @@ func (s *Server) garbleToken(w http.ResponseWriter, g Garbage) {
 	case GarbageNotJSON:
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 		w.WriteHeader(http.StatusOK)
-		_, _ = w.Write([]byte(garbageHTML))
+		_, _ = w.Write(proxyErrorPage())
 	case GarbageTruncated:
 		body, _ := json.Marshal(tokenBody{AccessToken: tok, TokenType: "Bearer", ExpiresIn: json.RawMessage("3600")})
 		writeRaw(w, "application/json", body[:len(body)/2])
@@ -195,7 +175,7 @@ func (s *Server) garbleAuthenticate(w http.ResponseWriter, g Garbage) {
 		// An HTML page where a JWT or JSON was expected.
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 		w.WriteHeader(http.StatusOK)
-		_, _ = w.Write([]byte(garbageHTML))
+		_, _ = w.Write(proxyErrorPage())
 	case GarbageTruncated:
 		jwt, _ := SignHS256(s.clientSecret, map[string]any{"exp": s.now().Add(time.Hour).Unix()})
 		writeRaw(w, "application/json", []byte(`{"token":"`+jwt[:len(jwt)/2]))

@@ -70,6 +70,7 @@ type Server struct {
 	clientSecret string
 	now          func() time.Time
 	versions     []string
+	strictUsers  bool
 
 	counters counters
 
@@ -82,6 +83,9 @@ type Server struct {
 	failure    fault[Failure]
 	garbage    fault[Garbage]
 	requests   []TokenRequest
+	users      map[string]*apiUser // the Basiq API's users, by id
+	jobs       map[string]*apiJob  // their jobs, by id
+	failJobs   bool                // FailJobs
 
 	startMu sync.Mutex // guards srv, ln, url, served
 	srv     *http.Server
@@ -202,6 +206,8 @@ func New(opts ...Option) *Server {
 		versions:     []string{"2.0", "3.0"},
 		lifetime:     DefaultLifetime,
 		tokens:       make(map[string]issued),
+		users:        make(map[string]*apiUser),
+		jobs:         make(map[string]*apiJob),
 		closed:       make(chan struct{}),
 	}
 	for _, opt := range opts {
@@ -398,11 +404,12 @@ func (s *Server) GarbleAlways(g Garbage) {
 	s.garbage = fault[Garbage]{n: -1, v: g}
 }
 
-// Reset removes injected failures, garbage and latency. Tokens, settings
-// and counters are kept.
+// Reset removes injected failures, garbage, latency and FailJobs.
+// Tokens, users, jobs, settings and counters are kept.
 func (s *Server) Reset() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.failJobs = false
 	s.failure = fault[Failure]{}
 	s.garbage = fault[Garbage]{}
 	s.latency = 0
@@ -442,8 +449,9 @@ func (s *Server) lookup(token string) (issued, bool) {
 	return it, true
 }
 
-// ServeHTTP routes a request to /token, /authenticate, the resource
-// (/users/... and /api/...) or the /_issuertest/ endpoints.
+// ServeHTTP routes a request to /token, /authenticate, the Basiq API
+// (/users, /users/{id}/..., /jobs/{id}), the generic resource (/api/...,
+// and other paths under /users/{id}/) or the /_issuertest/ endpoints.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch p := r.URL.Path; {
 	case p == TokenPath:
@@ -456,7 +464,22 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case p == RevokePath && r.Method == http.MethodPost:
 		s.RevokeAll()
 		w.WriteHeader(http.StatusNoContent)
-	case strings.HasPrefix(p, "/users/") || strings.HasPrefix(p, "/api/"):
+	case p == UsersPath:
+		s.serveCreateUser(w, r)
+	case strings.HasPrefix(p, JobsPath+"/"):
+		id := strings.TrimPrefix(p, JobsPath+"/")
+		if id == "" || strings.Contains(id, "/") {
+			notFound("Job").write(w)
+			return
+		}
+		s.serveJob(w, r, id)
+	case strings.HasPrefix(p, "/users/"):
+		id, sub, _ := strings.Cut(strings.TrimPrefix(p, "/users/"), "/")
+		if id != "" && !strings.Contains(sub, "/") && s.serveUser(w, r, id, sub) {
+			return
+		}
+		s.serveResource(w, r)
+	case strings.HasPrefix(p, "/api/"):
 		s.serveResource(w, r)
 	default:
 		writeError(w, http.StatusNotFound, "resource-not-found", "Requested resource is not found.", "", nil)
@@ -711,18 +734,8 @@ func (s *Server) mintJWT() (string, error) {
 }
 
 func (s *Server) serveResource(w http.ResponseWriter, r *http.Request) {
-	s.counters.resource.Add(1)
-	auth := r.Header.Get("Authorization")
-	tok, ok := strings.CutPrefix(auth, "Bearer ")
-	var it issued
-	if ok {
-		it, ok = s.lookup(tok)
-	}
+	it, ok := s.authorize(w, r)
 	if !ok {
-		s.counters.unauthorized.Add(1)
-		w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
-		writeError(w, http.StatusUnauthorized, "unauthorized-access", "Unauthorized Access",
-			"The access token is missing, unknown, expired or revoked.", nil)
 		return
 	}
 	// A CLIENT_ACCESS token opens only its own user.
@@ -730,21 +743,8 @@ func (s *Server) serveResource(w http.ResponseWriter, r *http.Request) {
 	if rest, found := strings.CutPrefix(r.URL.Path, "/users/"); found {
 		userID, _, _ = strings.Cut(rest, "/")
 	}
-	if it.scope == ScopeClient && userID != "" && userID != it.userID {
-		writeError(w, http.StatusForbidden, "access-denied", "Access denied",
-			"This CLIENT_ACCESS token is bound to another user.", nil)
+	if userID != "" && !allowUser(w, it, userID) {
 		return
-	}
-	if it.scope == ScopeJWT {
-		s.mu.Lock()
-		rotate := s.rotation
-		s.mu.Unlock()
-		if rotate {
-			if next, err := s.mintJWT(); err == nil {
-				s.counters.rotations.Add(1)
-				w.Header().Set("Authorization", "Bearer "+next)
-			}
-		}
 	}
 	body := map[string]string{"type": "resource", "path": r.URL.Path, "scope": it.scope}
 	if userID != "" {
