@@ -425,3 +425,69 @@ func TestWriteWhoseReplyIsLostIsStoredOnce(t *testing.T) {
 		t.Errorf("stored %s gen %d (%v), want the served token %s at generation 1 (key %s)", st2.TokenFingerprint, st2.Generation, err, got.Fingerprint(), key)
 	}
 }
+
+func TestLostWriteWithSkewedClocksKeepsTheNewerToken(t *testing.T) {
+	s := redistest.Start(t)
+	ctx := ctxT(t)
+	rdb := s.Client(t)
+	issuer := &freshIssuer{life: time.Hour}
+	fast := newCache(t, s.Client(t), replicaFetcher{issuer: issuer, offset: time.Minute},
+		fastOpts(WithClock(func() time.Time { return time.Now().Add(time.Minute) }))...)
+	slow := newCache(t, s.Client(t), replicaFetcher{issuer: issuer, offset: -time.Minute},
+		fastOpts(WithClock(func() time.Time { return time.Now().Add(-time.Minute) }))...)
+	t1, err := fast.Token(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _, fenceKey, _ := fast.Keys()
+	older, err := rdb.Get(ctx, key).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The slow-clock replica refreshes: generation 2, stored later by
+	// Redis's clock, though its writer's clock says two minutes earlier.
+	res, err := slow.Refresh(ctx, 0, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t2 := res.Token
+	eventually(t, "the fast replica to take the refreshed token", func() bool {
+		got, err := fast.Token(ctx)
+		return err == nil && got.AccessToken == t2.AccessToken
+	})
+	// Redis loses the write (a failover before replication): the older
+	// token and its generation are back, the fence with them.
+	if err := rdb.Set(ctx, key, older, time.Hour).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.Set(ctx, fenceKey, 1, time.Hour).Err(); err != nil {
+		t.Fatal(err)
+	}
+	fast.onSubscribed() // a re-subscription: each replica re-checks Redis
+	slow.onSubscribed()
+	for i := range 50 {
+		for _, c := range []*Cache{fast, slow} {
+			got, err := c.Token(ctx)
+			if err != nil || got.AccessToken != t2.AccessToken {
+				t.Fatalf("call %d after the lost write: %v, %v; want the newer token the replicas hold, not %v", i, got, err, t1)
+			}
+		}
+	}
+	// The next refresh orders its token after everything the fleet holds.
+	res, err = fast.Refresh(ctx, 0, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Generation <= 2 {
+		t.Errorf("the refresh after the lost write stored generation %d, want above the held 2", res.Generation)
+	}
+	for _, c := range []*Cache{fast, slow} {
+		eventually(t, "every replica to take the new token", func() bool {
+			got, err := c.Token(ctx)
+			return err == nil && got.AccessToken == res.Token.AccessToken
+		})
+	}
+	if n := issuer.calls.Load(); n != 3 {
+		t.Errorf("issuer calls = %d, want 3 (first, forced refresh, refresh after the lost write)", n)
+	}
+}
