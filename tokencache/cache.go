@@ -278,13 +278,17 @@ type Stats struct {
 	FailOpen      uint64 // direct issuer fetches while Redis was unreachable
 	BudgetLeft    int64  // issuer calls left in the fleet's budget window, as last seen (-1: unknown or no budget)
 	Resubscribes  uint64 // subscriptions replaced after a failed probe
+	// TransientWaits counts waits to re-check Redis after a cluster slot
+	// was moving or a node not ready (TRYAGAIN, ASK, MOVED, CLUSTERDOWN,
+	// LOADING, MASTERDOWN): Redis answered, so no fail-open.
+	TransientWaits uint64
 }
 
 type counters struct {
 	issuerCalls, issuerErrors, refreshes, redisReads, redisErrors atomic.Uint64
 	redisHits                                                     atomic.Uint64
 	lockContended, waits, events, fenced, badValues, failOpen     atomic.Uint64
-	resubscribes                                                  atomic.Uint64
+	resubscribes, transient                                       atomic.Uint64
 	budgetLeft                                                    atomic.Int64
 }
 
@@ -296,7 +300,7 @@ func (c *Cache) Stats() Stats {
 		Refreshes: s.refreshes.Load(), RedisReads: s.redisReads.Load(), RedisHits: s.redisHits.Load(), RedisErrors: s.redisErrors.Load(),
 		LockContended: s.lockContended.Load(), Waits: s.waits.Load(), Events: s.events.Load(),
 		FencedWrites: s.fenced.Load(), BadValues: s.badValues.Load(), FailOpen: s.failOpen.Load(),
-		Resubscribes: s.resubscribes.Load(), BudgetLeft: s.budgetLeft.Load(),
+		Resubscribes: s.resubscribes.Load(), BudgetLeft: s.budgetLeft.Load(), TransientWaits: s.transient.Load(),
 	}
 }
 
