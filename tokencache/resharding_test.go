@@ -222,10 +222,10 @@ type looper struct {
 
 // Four replicas call Token in a loop, every call reading Redis (no
 // in-memory copy), while the namespace's slot is moved from master to
-// master, each renewal of the (short-lived) token falling inside a move:
-// the issuer is called once per renewal, every token it minted is the
-// fleet's, no replica fails open, and every replica is served each new
-// token.
+// master, each renewal of the token (10 s, refreshed ahead after 1 s)
+// falling inside a move: the issuer is called once per renewal, every
+// token it minted is the fleet's, no replica fails open, and every
+// replica is served each new token.
 func TestClusterReshardingWhileCalling(t *testing.T) {
 	cl := redistest.StartCluster(t, 3)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -273,7 +273,7 @@ func TestClusterReshardingWhileCalling(t *testing.T) {
 			}
 		}()
 	}
-	stopAll := sync.OnceFunc(func() { close(stop); wg.Wait() })
+	stopAll := sync.OnceFunc(func() { close(stop); cancel(); wg.Wait() })
 	defer stopAll()
 	t.Cleanup(func() {
 		if t.Failed() {
