@@ -284,13 +284,17 @@ type Stats struct {
 	// invalidating the token, because it was younger than the rejection
 	// window (see Cache.Transport).
 	RejectionsHeld uint64
+	// TransientWaits counts waits to re-check Redis after a cluster slot
+	// was moving or a node not ready (TRYAGAIN, ASK, MOVED, CLUSTERDOWN,
+	// LOADING, MASTERDOWN): Redis answered, so no fail-open.
+	TransientWaits uint64
 }
 
 type counters struct {
 	issuerCalls, issuerErrors, refreshes, redisReads, redisErrors atomic.Uint64
 	redisHits                                                     atomic.Uint64
 	lockContended, waits, events, fenced, badValues, failOpen     atomic.Uint64
-	resubscribes, rejectionsHeld                                  atomic.Uint64
+	resubscribes, rejectionsHeld, transient                       atomic.Uint64
 	budgetLeft                                                    atomic.Int64
 }
 
@@ -303,6 +307,7 @@ func (c *Cache) Stats() Stats {
 		LockContended: s.lockContended.Load(), Waits: s.waits.Load(), Events: s.events.Load(),
 		FencedWrites: s.fenced.Load(), BadValues: s.badValues.Load(), FailOpen: s.failOpen.Load(),
 		Resubscribes: s.resubscribes.Load(), BudgetLeft: s.budgetLeft.Load(), RejectionsHeld: s.rejectionsHeld.Load(),
+		TransientWaits: s.transient.Load(),
 	}
 }
 

@@ -197,6 +197,9 @@ func (e *entry) obtain(ctx context.Context) (Token, error) {
 	for recheck := false; ; {
 		tok, ok, err := e.readAndInstall(ctx)
 		if err != nil {
+			if e.settle(ctx, err) {
+				continue // a cluster slot is moving: look again
+			}
 			return e.redisDown(ctx, err)
 		}
 		if ok {
@@ -212,6 +215,9 @@ func (e *entry) obtain(ctx context.Context) (Token, error) {
 		e.c.waitSubscribed(ctx, subscribeWait)
 		wake, seq := e.sig.arm()
 		if tok, ok, err = e.readAndInstall(ctx); err != nil {
+			if e.settle(ctx, err) {
+				continue
+			}
 			return e.redisDown(ctx, err)
 		} else if ok {
 			return tok, nil
@@ -223,7 +229,11 @@ func (e *entry) obtain(ctx context.Context) (Token, error) {
 		lease, err := e.c.locker.TryAcquire(ctx, e.k.lock)
 		switch {
 		case err == nil:
-			return e.refreshLocked(ctx, lease, false, nil)
+			tok, err := e.refreshLocked(ctx, lease, false, nil)
+			if err != nil && e.settle(ctx, err) {
+				continue // refused before the issuer call, the lock released
+			}
+			return tok, err
 		case errors.Is(err, lock.ErrNotAcquired):
 			e.c.stats.lockContended.Add(1)
 		case ctx.Err() != nil:
@@ -767,6 +777,12 @@ func (e *entry) refreshLocked(ctx context.Context, lease *lock.Lease, ahead bool
 	ttl := e.ttlFor(tok, issued)
 	rec := newRecord(tok, gen, issued, ttl, e.c.cfg.host, e.credFP)
 	w, err := e.write(ctx, lease, &rec, ttl, !r.found)
+	for err != nil && e.settle(ctx, err) {
+		// A cluster slot is moving: the lease holds; store the token once
+		// it has moved, so the fleet needs no other issuer call.
+		e.c.stats.redisErrors.Add(1)
+		w, err = e.write(ctx, lease, &rec, ttl, !r.found)
+	}
 	if err != nil {
 		// The token is good; Redis is not. Serve it and write it back later.
 		e.c.stats.redisErrors.Add(1)

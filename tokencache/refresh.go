@@ -221,6 +221,11 @@ func (e *entry) redisDown(ctx context.Context, rerr error) (Token, error) {
 	if errors.Is(rerr, ErrDecrypt) {
 		return Token{}, rerr // Redis is fine; this replica's keys are not
 	}
+	if isTransient(rerr) {
+		// Redis answered (a cluster slot moving): callers wait and
+		// re-check (settle) rather than fetch around the fleet.
+		return Token{}, fmt.Errorf("%w: %w", ErrUnavailable, rerr)
+	}
 	if !e.c.cfg.failOpen {
 		return Token{}, fmt.Errorf("%w: %w", ErrRedisUnavailable, rerr)
 	}

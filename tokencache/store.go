@@ -425,6 +425,9 @@ func (s *store) remember(ctx context.Context, k keys, f failure, window time.Dur
 func (s *store) read(ctx context.Context, key string, now time.Time) (readResult, error) {
 	res, err := readScript.Run(ctx, s.rdb, []string{key, key + failedSuffix}).Slice()
 	if err != nil {
+		res, err = readTokenOnly(ctx, s.rdb, key, err) // a cluster slot moving: see transient.go
+	}
+	if err != nil {
 		return readResult{}, &RedisError{Op: "read", Key: key, Err: err}
 	}
 	var out readResult

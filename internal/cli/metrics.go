@@ -144,6 +144,7 @@ func (c *statsCollector) descs() []statDesc {
 		d("tokencache_bad_values_total", "Unusable values found in Redis.", func(s tokencache.Stats) uint64 { return s.BadValues }),
 		d("tokencache_fail_open_total", "Direct issuer fetches while Redis was unreachable.", func(s tokencache.Stats) uint64 { return s.FailOpen }),
 		d("tokencache_redis_hits_total", "Token calls answered from Redis.", func(s tokencache.Stats) uint64 { return s.RedisHits }),
+		d("tokencache_transient_waits_total", "Waits to re-check Redis while a cluster slot moved or a node was not ready (no fail-open).", func(s tokencache.Stats) uint64 { return s.TransientWaits }),
 		d("tokencache_resubscribes_total", "Event subscriptions replaced after a failed liveness probe.", func(s tokencache.Stats) uint64 { return s.Resubscribes }),
 	}
 }

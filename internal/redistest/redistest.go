@@ -316,51 +316,96 @@ func (c *Cluster) Owner(tb testing.TB, slot int) int {
 }
 
 // MoveSlot reshards one slot, with its keys, from master from to master to,
-// the way redis-cli --cluster reshard does: IMPORTING and MIGRATING, MIGRATE
-// of every key, then SETSLOT NODE on every master.
+// the way redis-cli --cluster reshard does: IMPORTING and MIGRATING
+// (StartMove), MIGRATE of every key (MigrateKeys), then SETSLOT NODE on
+// every master (AssignSlot). Tests that need to act between the steps call
+// them one by one.
 func (c *Cluster) MoveSlot(tb testing.TB, slot, from, to int) {
 	tb.Helper()
+	c.StartMove(tb, slot, from, to)
+	c.MigrateKeys(tb, slot, from, to)
+	c.AssignSlot(tb, slot, from, to)
+}
+
+// StartMove sets slot IMPORTING on master to and MIGRATING on master from:
+// until MigrateKeys has moved a key, the source serves it; a command naming
+// a key the source lacks is redirected (ASK), and one naming several keys
+// that are not all on one side gets TRYAGAIN.
+func (c *Cluster) StartMove(tb testing.TB, slot, from, to int) {
+	tb.Helper()
+	src, dst := c.node(tb, from), c.node(tb, to)
+	c.must(tb, slot, "importing", dst.Do(context.Background(), "CLUSTER", "SETSLOT", slot, "IMPORTING", c.id(tb, from)).Err())
+	c.must(tb, slot, "migrating", src.Do(context.Background(), "CLUSTER", "SETSLOT", slot, "MIGRATING", c.id(tb, to)).Err())
+}
+
+// MigrateKeys moves every key of slot from master from to master to
+// (MIGRATE, 100 keys at a time), once StartMove has run.
+func (c *Cluster) MigrateKeys(tb testing.TB, slot, from, to int) {
+	tb.Helper()
 	ctx := context.Background()
-	client := func(i int) *redis.Client {
-		cl := redis.NewClient(&redis.Options{Addr: c.Nodes[i].Addr})
-		tb.Cleanup(func() { _ = cl.Close() })
-		return cl
-	}
-	src, dst := client(from), client(to)
-	srcID, err := src.ClusterMyID(ctx).Result()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	dstID, err := dst.ClusterMyID(ctx).Result()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	must := func(what string, err error) {
-		if err != nil {
-			tb.Fatalf("redistest: moving slot %d: %s: %v", slot, what, err)
-		}
-	}
-	must("importing", dst.Do(ctx, "CLUSTER", "SETSLOT", slot, "IMPORTING", srcID).Err())
-	must("migrating", src.Do(ctx, "CLUSTER", "SETSLOT", slot, "MIGRATING", dstID).Err())
+	src := c.node(tb, from)
 	host, port, _ := net.SplitHostPort(c.Nodes[to].Addr)
 	for {
 		keys, err := src.ClusterGetKeysInSlot(ctx, slot, 100).Result()
-		must("getkeysinslot", err)
+		c.must(tb, slot, "getkeysinslot", err)
 		if len(keys) == 0 {
-			break
+			return
 		}
 		args := []any{"MIGRATE", host, port, "", 0, 5000, "KEYS"}
 		for _, k := range keys {
 			args = append(args, k)
 		}
-		must("migrate", src.Do(ctx, args...).Err())
+		c.must(tb, slot, "migrate", src.Do(ctx, args...).Err())
 	}
-	must("node on target", dst.Do(ctx, "CLUSTER", "SETSLOT", slot, "NODE", dstID).Err())
-	must("node on source", src.Do(ctx, "CLUSTER", "SETSLOT", slot, "NODE", dstID).Err())
+}
+
+// AssignSlot ends a move: SETSLOT NODE to master to, on the target, the
+// source, then every other master.
+func (c *Cluster) AssignSlot(tb testing.TB, slot, from, to int) {
+	tb.Helper()
+	dstID := c.id(tb, to)
+	order := []int{to, from}
 	for i := range c.Nodes {
 		if i != from && i != to {
-			must("node on the others", client(i).Do(ctx, "CLUSTER", "SETSLOT", slot, "NODE", dstID).Err())
+			order = append(order, i)
 		}
+	}
+	for _, i := range order {
+		c.must(tb, slot, "node", c.node(tb, i).Do(context.Background(), "CLUSTER", "SETSLOT", slot, "NODE", dstID).Err())
+	}
+}
+
+// CancelMove abandons a move StartMove began (SETSLOT STABLE on both
+// masters): the slot stays with from. Keys already migrated, or created on
+// the target while it imported, stay there, out of reach.
+func (c *Cluster) CancelMove(tb testing.TB, slot, from, to int) {
+	tb.Helper()
+	for _, i := range []int{to, from} {
+		c.must(tb, slot, "stable", c.node(tb, i).Do(context.Background(), "CLUSTER", "SETSLOT", slot, "STABLE").Err())
+	}
+}
+
+// node returns a client of master i alone, closed at cleanup.
+func (c *Cluster) node(tb testing.TB, i int) *redis.Client {
+	cl := redis.NewClient(&redis.Options{Addr: c.Nodes[i].Addr})
+	tb.Cleanup(func() { _ = cl.Close() })
+	return cl
+}
+
+// id returns master i's node id.
+func (c *Cluster) id(tb testing.TB, i int) string {
+	tb.Helper()
+	id, err := c.node(tb, i).ClusterMyID(context.Background()).Result()
+	if err != nil {
+		tb.Fatalf("redistest: node id of %s: %v", c.Nodes[i].Addr, err)
+	}
+	return id
+}
+
+func (c *Cluster) must(tb testing.TB, slot int, what string, err error) {
+	tb.Helper()
+	if err != nil {
+		tb.Fatalf("redistest: moving slot %d: %s: %v", slot, what, err)
 	}
 }
 
