@@ -285,8 +285,7 @@ type Stats struct {
 	// window (see Cache.Transport).
 	RejectionsHeld uint64
 	// TransientWaits counts waits to re-check Redis after a cluster slot
-	// was moving or a node not ready (TRYAGAIN, ASK, MOVED, CLUSTERDOWN,
-	// LOADING, MASTERDOWN): Redis answered, so no fail-open.
+	// was moving (TRYAGAIN, ASK, MOVED): Redis answered, so no fail-open.
 	TransientWaits uint64
 }
 

@@ -9,11 +9,12 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// This file is what a Redis Cluster says while it reshards or recovers: a
-// slot that is moving (TRYAGAIN, ASK, MOVED left over once go-redis has
-// followed its redirections), a cluster or node briefly unable to serve
-// (CLUSTERDOWN, LOADING, MASTERDOWN). Redis answered: it is not down, so
-// nobody fails open over it. A caller with nothing to serve waits briefly
+// This file is what a Redis Cluster says while it reshards: a slot that
+// is moving (TRYAGAIN, ASK, MOVED left over once go-redis has followed its
+// redirections). Redis answered: it is not down, so nobody fails open over
+// it. A cluster or node that cannot serve at all (CLUSTERDOWN, MASTERDOWN,
+// LOADING) may stay so for long: it counts as Redis being down, and
+// callers with nothing to serve fail open (WithFailOpen) as before. A caller with nothing to serve waits briefly
 // and re-checks Redis (settle); a read that names a key the migrating
 // source lacks is made again on the token key alone (readTokenOnly).
 
@@ -30,7 +31,7 @@ func isTransient(err error) bool {
 	if _, ok := redis.IsMovedError(err); ok {
 		return true
 	}
-	if redis.IsTryAgainError(err) || redis.IsClusterDownError(err) || redis.IsLoadingError(err) || redis.IsMasterDownError(err) {
+	if redis.IsTryAgainError(err) {
 		return true
 	}
 	// Replies the helpers miss (another client's wrapping of the reply):
@@ -47,11 +48,10 @@ func isTransient(err error) bool {
 	return false
 }
 
-var transientReplies = []string{"TRYAGAIN ", "ASK ", "MOVED ", "CLUSTERDOWN ", "LOADING ", "MASTERDOWN "}
+var transientReplies = []string{"TRYAGAIN ", "ASK ", "MOVED "}
 
 // transientWait is the mean wait before re-checking after a transient
-// error (jittered ±25%): a slot's keys usually move within milliseconds,
-// a failover within the cluster's node timeout.
+// error (jittered ±25%): a slot's keys usually move within milliseconds.
 const transientWait = 100 * time.Millisecond
 
 // settle waits out a transient error (see isTransient) so that the caller
