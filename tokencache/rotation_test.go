@@ -31,6 +31,7 @@ type rotatingAPI struct {
 	valid map[string]time.Time
 
 	minted, authenticate, requests, rejected atomic.Int64
+	forge                                    atomic.Bool // rotate to a token it never minted
 }
 
 func newRotatingAPI(now func() time.Time) *rotatingAPI {
@@ -61,7 +62,11 @@ func (a *rotatingAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "unauthorized", http.StatusUnauthorized)
 		return
 	}
-	w.Header().Set("Authorization", "Bearer "+a.mint().AccessToken)
+	rotated := a.mint().AccessToken
+	if a.forge.Load() {
+		rotated = "forged-" + rotated
+	}
+	w.Header().Set("Authorization", "Bearer "+rotated)
 	fmt.Fprint(w, "ok")
 }
 
@@ -214,6 +219,14 @@ func TestRotationAdoptedAtTheRefreshMoment(t *testing.T) {
 	toRefreshMoment(t, clk, caches...)
 	reads0 := total(caches, func(s Stats) uint64 { return s.RedisReads })
 	writes1, offers1 := redisWrites(t, admin), offers.n.Load()
+	// A rotated token the extractor refuses (as jwtauth refuses a bad
+	// signature or a distant exp) is not adopted, even now.
+	a.forge.Store(true)
+	get(0)
+	a.forge.Store(false)
+	if s := caches[0].server.l1.Load(); s.tok.AccessToken != first.AccessToken || offers.n.Load() != offers1 {
+		t.Fatalf("a refused rotated token was offered")
+	}
 	get(0)
 	adopted, err := caches[0].Token(ctx)
 	if err != nil || adopted.AccessToken == first.AccessToken {
@@ -230,7 +243,7 @@ func TestRotationAdoptedAtTheRefreshMoment(t *testing.T) {
 	offersAfter := offers.n.Load() - offers1
 	writesAfter := redisWrites(t, admin) - writes1
 	reads := total(caches, func(s Stats) uint64 { return s.RedisReads }) - reads0
-	t.Logf("from the refresh moment: 1001 requests: %d offers, %d Redis writes, %d reads by the fleet, %d authenticate calls in all",
+	t.Logf("from the refresh moment: 1002 requests: %d offers, %d Redis writes, %d reads by the fleet, %d authenticate calls in all",
 		offersAfter, writesAfter, reads, a.authenticate.Load())
 	if offersAfter != 1 {
 		t.Errorf("%d offers from the refresh moment on, want 1 for the fleet", offersAfter)
