@@ -184,9 +184,11 @@ func (e *entry) rotationNotDue() bool {
 // clock: the moment s has used the refresh-ahead share of its life, which
 // s.dueAt is plus this replica's jitter. Adopting a rotated token from
 // then on, before any replica's jittered timer, spares the issuer call.
+// While another replica announced it is refreshing (s.held), the moment is
+// the put-off s.dueAt: its token is on the way.
 func (e *entry) refreshMoment(s *snapshot) mono {
 	life := s.tok.Expiry.Sub(s.issued)
-	if s.issued.IsZero() || life <= 0 {
+	if s.held || s.issued.IsZero() || life <= 0 {
 		return s.dueAt
 	}
 	expiry := s.validUntil + mono(e.skewFor(life))
