@@ -13,7 +13,7 @@ import (
 // refreshes: three times an hour. If it fails, the next run finds 19.5
 // minutes left and refreshes, so one failed run costs nothing; only a
 // second failure in a row lets the token lapse. A run skips the refresh
-// when someone else (the daemon, another host) refreshed less than 15
+// when someone else (the daemon, another host) refreshed less than 14.5
 // minutes earlier. TestCronArithmetic keeps the README, examples/cron and
 // the Kubernetes CronJob on these numbers.
 const DefaultMinTTL = 45 * time.Minute
