@@ -22,8 +22,13 @@ import (
 // keeps no token of its own, since caching is the Cache's job (and
 // cfg.TokenSource, which caches per process, would hide refreshes from the
 // fleet). The HTTP client is the one x/oauth2 takes from the Fetch context
-// (see oauth2.HTTPClient), else http.DefaultClient. cfg must not change once
-// the Fetcher is in use.
+// (see oauth2.HTTPClient), else http.DefaultClient, but always a copy that
+// follows no redirect: the request carries the client secret (in the
+// Authorization header or the form), and Go forwards the header to the same
+// host on another port or scheme. A redirect fails the Fetch with an
+// *OAuth2Error whose code is "redirect". Each request is bounded by
+// ClientCredentialsTimeout on top of the Fetch context; x/oauth2 reads at
+// most 1 MiB of an answer. cfg must not change once the Fetcher is in use.
 //
 // The token's type defaults to "Bearer", and its expiry is the one x/oauth2
 // derives from expires_in: an answer without expires_in cannot be shared, and
@@ -34,13 +39,35 @@ import (
 // The Fetcher also implements Identifier: its identity covers the token URL,
 // the client id and secret, the scopes and the extra endpoint parameters.
 func ClientCredentials(cfg *clientcredentials.Config) Fetcher {
-	return &clientCredentialsFetcher{cfg: cfg, now: time.Now}
+	return &clientCredentialsFetcher{cfg: cfg, now: time.Now, timeout: ClientCredentialsTimeout}
 }
+
+// ClientCredentialsTimeout bounds one token request of the ClientCredentials
+// Fetcher, connection to last byte. A token endpoint answers in well under
+// a second; 15 s rides out a slow TLS handshake yet stays well inside a
+// refresh lock's lease. A shorter deadline on the Fetch context wins.
+const ClientCredentialsTimeout = 15 * time.Second
 
 // clientCredentialsFetcher is the Fetcher ClientCredentials returns.
 type clientCredentialsFetcher struct {
-	cfg *clientcredentials.Config
-	now func() time.Time
+	cfg     *clientcredentials.Config
+	now     func() time.Time
+	timeout time.Duration // per request; 0: the context alone
+}
+
+// errCCRedirect is what the Fetcher's HTTP client answers a redirect with.
+var errCCRedirect = errors.New("tokencache: refusing to follow a redirect with the client credentials")
+
+// noRedirectContext returns ctx with the HTTP client x/oauth2 will use
+// replaced by a copy that follows no redirect.
+func noRedirectContext(ctx context.Context) context.Context {
+	hc := http.DefaultClient
+	if c, ok := ctx.Value(oauth2.HTTPClient).(*http.Client); ok && c != nil {
+		hc = c
+	}
+	cp := *hc
+	cp.CheckRedirect = func(*http.Request, []*http.Request) error { return errCCRedirect }
+	return context.WithValue(ctx, oauth2.HTTPClient, &cp)
 }
 
 var (
@@ -52,6 +79,12 @@ var (
 func (c *clientCredentialsFetcher) Fetch(ctx context.Context) (Token, error) {
 	if c.cfg == nil {
 		return Token{}, &OAuth2Error{Code: "invalid-config", Description: "nil clientcredentials.Config"}
+	}
+	ctx = noRedirectContext(ctx)
+	if c.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.timeout)
+		defer cancel()
 	}
 	t, err := c.cfg.Token(ctx)
 	if err != nil {
@@ -134,6 +167,12 @@ func (c *clientCredentialsFetcher) translate(ctx context.Context, err error) *OA
 	var nerr net.Error
 	where := "POST " + ccSafeURL(c.cfg.TokenURL)
 	switch {
+	case errors.Is(err, errCCRedirect):
+		dest := "elsewhere"
+		if errors.As(err, &uerr) {
+			dest = ccSafeURL(uerr.URL)
+		}
+		return &OAuth2Error{Code: "redirect", Description: where + ": the issuer redirected to " + dest + "; fix the token URL", Err: errCCRedirect}
 	case errors.Is(err, context.Canceled) || errors.Is(ctx.Err(), context.Canceled):
 		return &OAuth2Error{Code: "canceled", Description: where, Err: ccUnwrapURL(err), retryable: true}
 	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &nerr) && nerr.Timeout():

@@ -5,7 +5,7 @@
 // The happy path:
 //
 //	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379"})
-//	cache, err := tokencache.New(rdb, fetcher, tokencache.WithNamespace("basiq"))
+//	cache, err := tokencache.New(rdb, fetcher) // the token "default", as the command's
 //	if err != nil { ... }
 //	defer cache.Close()
 //

@@ -114,8 +114,8 @@ type OAuth2Error struct {
 	StatusCode int
 	// Code is the RFC 6749 error code ("invalid_client", "invalid_scope",
 	// ...) when the endpoint sent one, else "http-<status>", "network",
-	// "timeout", "canceled", "invalid-response", "invalid-token" or
-	// "invalid-config".
+	// "timeout", "canceled", "redirect" (the endpoint redirected; nothing
+	// was sent on), "invalid-response", "invalid-token" or "invalid-config".
 	Code string
 	// Description is the endpoint's error_description (or a description of
 	// the unusable answer), shortened, with the client secret removed.

@@ -33,12 +33,12 @@ func Example() {
 	})
 
 	ctx := context.Background()
-	replica1, err := tokencache.New(rdb, issuer, tokencache.WithNamespace("basiq"))
+	replica1, err := tokencache.New(rdb, issuer)
 	if err != nil {
 		log.Fatal(err)
 	}
 	defer replica1.Close()
-	replica2, err := tokencache.New(rdb, issuer, tokencache.WithNamespace("basiq"))
+	replica2, err := tokencache.New(rdb, issuer)
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -131,7 +131,7 @@ func Example_basiq() {
 
 	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
 	fetcher := basiq.New(issuer.APIKey(), basiq.WithBaseURL(issuer.URL()))
-	cache, err := tokencache.New(rdb, fetcher, tokencache.WithNamespace("basiq"))
+	cache, err := tokencache.New(rdb, fetcher)
 	if err != nil {
 		log.Fatal(err)
 	}

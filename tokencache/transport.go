@@ -28,11 +28,23 @@ var (
 	_ handle = (*User)(nil)
 )
 
-// WithRotation makes the cache's Transport look for rotated tokens in API
-// responses: extract returns the token a response carries (for example
-// jwtauth.FromResponse, which reads "Authorization: Bearer <jwt>"), and
-// whether it carries one. A rotated token is offered to the cache (Offer:
-// stored only if it expires later than the cached one).
+// WithRotation makes the cache's Transport adopt rotated tokens from API
+// responses, the way authenticate-and-rotate issuers advise: check the
+// token's expiry with each request and, when it is about to expire, use the
+// new token the response carries. extract returns that token (for example
+// jwtauth.FromResponse, which reads "Authorization: Bearer <jwt>", or a
+// jwtauth Fetcher's FromResponse method, which also verifies its signature)
+// and whether there is one.
+//
+// Until the token this replica holds reaches its refresh-ahead moment
+// (WithRefreshAhead's share of its life, before any replica's jitter),
+// rotated tokens are ignored: adopting one costs a Redis write and an event
+// that every replica answers with a read, for a token nobody needs yet.
+// From that moment the first rotated token a response brings is offered to
+// the cache (Offer: stored only if it expires later than the cached one),
+// once for the fleet: the others receive it with the "refreshed" event, and
+// with traffic this happens before any replica's refresh-ahead timer would
+// call the issuer.
 func WithRotation(extract func(*http.Response) (Token, bool, error)) Option {
 	return func(c *config) error { c.rotation = extract; return nil }
 }
@@ -153,8 +165,13 @@ func (t *transport) send(req *http.Request, tok Token, retry bool) (*http.Respon
 	return resp, nil
 }
 
-// rotate offers the cache a newer token carried by resp.
+// rotate offers the cache a newer token carried by resp, once the token
+// held has reached its refresh-ahead moment (see WithRotation).
 func (t *transport) rotate(ctx context.Context, resp *http.Response, cur Token, ex func(*http.Response) (Token, bool, error)) {
+	e, err := t.h.entry()
+	if err != nil || e.rotationNotDue() {
+		return
+	}
 	nt, ok, err := ex(resp)
 	if err != nil {
 		t.c.log().Warn("tokencache: unusable rotated token in a response", "err", err)
@@ -163,11 +180,50 @@ func (t *transport) rotate(ctx context.Context, resp *http.Response, cur Token, 
 	if !ok || nt.AccessToken == cur.AccessToken || !nt.Expiry.After(cur.Expiry) {
 		return
 	}
+	if e.l1.Load() == nil && !e.dueByExpiry(cur, nt) {
+		return
+	}
 	if stored, err := t.h.Offer(ctx, nt); err != nil {
 		t.c.log().Warn("tokencache: could not store a rotated token", "token", nt, "err", err)
 	} else if stored {
 		t.c.log().Debug("tokencache: stored a rotated token", "token", nt)
 	}
+}
+
+// rotationNotDue reports whether this replica holds a valid copy of the
+// token that has not reached its refresh-ahead moment (refreshMoment):
+// then a rotated token is not adopted.
+func (e *entry) rotationNotDue() bool {
+	s := e.l1.Load()
+	if s == nil {
+		return false
+	}
+	now := e.c.monoNow()
+	return now < s.validUntil && now < e.refreshMoment(s)
+}
+
+// refreshMoment is the start of s's refresh-ahead window on the cache's
+// clock: the moment s has used the refresh-ahead share of its life, which
+// s.dueAt is plus this replica's jitter. Adopting a rotated token from
+// then on, before any replica's jittered timer, spares the issuer call.
+// While another replica announced it is refreshing (s.held), the moment is
+// the put-off s.dueAt: its token is on the way.
+func (e *entry) refreshMoment(s *snapshot) mono {
+	life := time.Duration(e.c.monoAt(s.tok.Expiry) - s.born)
+	if s.held || life <= 0 {
+		return s.dueAt
+	}
+	expiry := s.validUntil + mono(e.skewFor(life))
+	return min(expiry-mono(float64(life)*(1-e.c.cfg.refreshAhead)), s.dueAt)
+}
+
+// dueByExpiry judges cur without an in-memory copy (WithL1(false)): it is
+// due when what is left of it is no more than the share of a lifetime that
+// refresh-ahead leaves, taking the rotated token's lifetime as the measure.
+func (e *entry) dueByExpiry(cur, rotated Token) bool {
+	now := e.c.now()
+	life := rotated.Expiry.Sub(now)
+	return cur.Expiry.Sub(now) <= time.Duration(float64(life)*(1-e.c.cfg.refreshAhead))
 }
 
 func closeBody(req *http.Request) {

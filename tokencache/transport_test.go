@@ -131,8 +131,9 @@ func TestTransportCapturesRotation(t *testing.T) {
 		a := newAPI()
 		srv := httptest.NewServer(a)
 		defer srv.Close()
-		c := newCache(t, rdb, a.fetcher(), fastOpts(WithRotation(a.extract))...)
-		other := newCache(t, rdb, a.fetcher(), fastOpts()...)
+		clk := newFakeClock()
+		c := newCache(t, rdb, a.fetcher(), fastOpts(WithClock(clk.Now), WithRotation(a.extract))...)
+		other := newCache(t, rdb, a.fetcher(), fastOpts(WithClock(clk.Now))...)
 		ctx := ctxT(t)
 		first, err := c.Token(ctx)
 		if err != nil {
@@ -141,11 +142,22 @@ func TestTransportCapturesRotation(t *testing.T) {
 		a.mu.Lock()
 		a.rotate = true
 		a.mu.Unlock()
-		resp, err := (&http.Client{Transport: c.Transport(nil)}).Get(srv.URL)
-		if err != nil {
-			t.Fatal(err)
+		hc := &http.Client{Transport: c.Transport(nil)}
+		get := func() {
+			t.Helper()
+			resp, err := hc.Get(srv.URL)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
 		}
-		resp.Body.Close()
+
+		get() // early in the token's life: the rotated token is not adopted
+		if tok, err := c.Token(ctx); err != nil || tok.AccessToken != first.AccessToken {
+			t.Fatalf("early rotation: %v, %v; want the first token kept", tok, err)
+		}
+		toRefreshMoment(t, clk, c)
+		get()
 		tok, err := c.Token(ctx)
 		if err != nil || tok.AccessToken == first.AccessToken {
 			t.Fatalf("after rotation: %v, %v; want the rotated token", tok, err)
@@ -155,6 +167,53 @@ func TestTransportCapturesRotation(t *testing.T) {
 			return err == nil && o.AccessToken == tok.AccessToken
 		})
 	})
+}
+
+// TestRotationWithoutMemory: with the in-process copy off, a rotated token
+// is judged by the expiry of the token the request carried: adopted once
+// what is left of it is no more than refresh-ahead leaves of a lifetime
+// (the rotated token's).
+func TestRotationWithoutMemory(t *testing.T) {
+	rdb, mr := miniBackend(t)
+	// A whole second, so that the API's expiries (whole seconds, like a
+	// JWT's exp) fall exactly where the arithmetic below says.
+	clk := &fakeClock{t: time.Now().Truncate(time.Second)}
+	a := newRotatingAPI(clk.Now)
+	srv := httptest.NewServer(a)
+	defer srv.Close()
+	c := newCache(t, rdb, a.fetcher(), fastOpts(WithClock(clk.Now), WithL1(false), WithRotation(a.extract))...)
+	ctx := ctxT(t)
+	first, err := c.Token(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc := &http.Client{Transport: c.Transport(nil)}
+	get := func() {
+		t.Helper()
+		resp, err := hc.Get(srv.URL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	advance := func(d time.Duration) { clk.Advance(d); mr.FastForward(d) }
+
+	advance(29 * time.Minute) // 31 of 60 minutes left: more than half
+	get()
+	if tok, err := c.Token(ctx); err != nil || tok.AccessToken != first.AccessToken {
+		t.Fatalf("rotation before half the life: %v, %v; want the first token kept", tok, err)
+	}
+	// Half the life: 30 of 60 minutes left, half of the rotated token's
+	// hour. (The cache's own refresh-ahead comes a jittered share of the
+	// window later, so this answer, not the issuer, renews the token.)
+	advance(time.Minute)
+	get()
+	if tok, err := c.Token(ctx); err != nil || tok.AccessToken == first.AccessToken {
+		t.Fatalf("rotation past half the life: %v, %v; want the rotated token", tok, err)
+	}
+	if n := a.authenticate.Load(); n != 1 {
+		t.Errorf("%d authenticate calls, want 1", n)
+	}
 }
 
 func TestTokenSourceWithOAuth2Client(t *testing.T) {

@@ -1,7 +1,10 @@
-// Command cron refreshes the shared token if less than MIN_TTL of it
-// remains, and prints one line. Run it from cron on as many hosts as you
-// like: they queue on the lock and one issuer call serves them all. (The
-// tokencache binary's "refresh" command does the same with more options.)
+// Command cron refreshes the shared token if less than MIN_TTL (default
+// 45m) of it remains, and prints one line. Run it from cron on as many
+// hosts as you like: they queue on the lock and one issuer call serves them
+// all. (The tokencache binary's "refresh" command does the same with more
+// options.) Every 20 minutes with MIN_TTL 45m replaces Basiq's 60-minute
+// token three times an hour, and one failed run still leaves the next one
+// time to refresh it: see the README's Cron section.
 //
 //	*/20 * * * * TOKENCACHE_REDIS_URL=redis://redis:6379/0 BASIQ_API_KEY=... cron
 package main
@@ -36,7 +39,7 @@ func getenv(k, def string) string {
 func run() error {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	minTTL, err := time.ParseDuration(getenv("MIN_TTL", "30m"))
+	minTTL, err := time.ParseDuration(getenv("MIN_TTL", "45m"))
 	if err != nil {
 		return fmt.Errorf("MIN_TTL: %w", err)
 	}

@@ -67,6 +67,7 @@ func commands() []command {
 		{name: "daemon", args: "[--listen ADDR] [--interval D]", short: "keep the token fresh ahead of expiry; serves /healthz, /readyz, /metrics", run: runDaemon},
 		{name: "inspect", args: "[--json]", short: "show the cached token's key, generation, expiry, TTL, writer, fingerprints (never the token)", run: runInspect},
 		{name: "invalidate", args: "[--fingerprint FP] [--generation N]", short: "compare-and-delete the cached token and publish \"invalidated\"", run: runInvalidate},
+		{name: "healthcheck", args: "[--url URL] [--timeout D]", short: "GET a URL, exit 0 on 2xx: a container health check for images without curl", run: runHealthcheck},
 		{name: "demo", args: "[--replicas N] [--latency D]", short: "embedded Redis + fake issuer + N replica processes: one issuer call serves all", run: runDemo},
 		{name: "demo-replica", hidden: true, run: runDemoReplica},
 	}

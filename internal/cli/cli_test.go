@@ -16,6 +16,7 @@ import (
 
 	"github.com/tokencache/tokencache/tokencache"
 	"github.com/tokencache/tokencache/tokencache/basiq"
+	"github.com/tokencache/tokencache/tokencache/tokencacheprom"
 )
 
 // runArgs runs the CLI in-process with the given environment.
@@ -319,8 +320,8 @@ func TestMetricsWrapKeepsIdentity(t *testing.T) {
 	if _, err := plain.Fetch(context.Background()); err == nil {
 		t.Fatal("want error")
 	}
-	if got := resultOf(&basiq.Error{Code: "invalid-grant"}); got != "invalid-grant" {
-		t.Errorf("resultOf = %q", got)
+	if got := tokencacheprom.Result(&basiq.Error{Code: "invalid-grant"}); got != "invalid-grant" {
+		t.Errorf("Result = %q", got)
 	}
 	if n, err := m.reg.Gather(); err != nil || len(n) == 0 {
 		t.Errorf("gather: %v", err)

@@ -1,10 +1,17 @@
 package cli
 
 import (
+	"context"
+	"errors"
+	"flag"
+	"io"
+	"net/url"
 	"os"
 	"path"
 	"path/filepath"
 	"regexp"
+	"sort"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -19,11 +26,18 @@ type composeFile struct {
 }
 
 type composeService struct {
-	Image      string       `yaml:"image"`
-	Build      composeBuild `yaml:"build"`
-	Entrypoint []string     `yaml:"entrypoint"`
-	Command    []string     `yaml:"command"`
-	DependsOn  any          `yaml:"depends_on"`
+	Image       string            `yaml:"image"`
+	Build       *composeBuild     `yaml:"build"`
+	Entrypoint  []string          `yaml:"entrypoint"`
+	Command     []string          `yaml:"command"`
+	Environment map[string]string `yaml:"environment"`
+	Ports       []string          `yaml:"ports"`
+	DependsOn   map[string]struct {
+		Condition string `yaml:"condition"`
+	} `yaml:"depends_on"`
+	Healthcheck *struct {
+		Test []string `yaml:"test"`
+	} `yaml:"healthcheck"`
 }
 
 // composeBuild accepts both "build: ." and "build: {context, dockerfile}".
@@ -44,11 +58,17 @@ func (b *composeBuild) UnmarshalYAML(n *yaml.Node) error {
 // buildLine finds the go build of the Dockerfile and its output directory.
 var buildLine = regexp.MustCompile(`go build [^\n]*-o (\S+) ([^\n]+)`)
 
-// TestDockerCompose checks that every service of docker-compose.yml refers
-// to things that exist: a build context and Dockerfile, a program the
-// Dockerfile builds from a cmd/ or examples/ package, and for tokencache a
-// subcommand the binary has. No Docker engine is needed.
-func TestDockerCompose(t *testing.T) {
+// composeVar is a ${VAR:-default} or ${VAR} reference.
+var composeVar = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}`)
+
+// resolveCompose replaces each ${VAR:-default} by its default, as compose
+// does with an empty environment.
+func resolveCompose(s string) string {
+	return composeVar.ReplaceAllString(s, "$2")
+}
+
+func readCompose(t *testing.T) composeFile {
+	t.Helper()
 	raw, err := os.ReadFile(filepath.Join(repoRoot, "docker-compose.yml"))
 	if err != nil {
 		t.Fatal(err)
@@ -57,68 +77,34 @@ func TestDockerCompose(t *testing.T) {
 	if err := yaml.Unmarshal(raw, &cf); err != nil {
 		t.Fatalf("docker-compose.yml: %v", err)
 	}
-	for _, want := range []string{"redis", "refresher", "issuer"} {
-		if _, ok := cf.Services[want]; !ok {
-			t.Errorf("no %q service", want)
+	return cf
+}
+
+// image is what the repository's Dockerfile builds, as the tests see it.
+type image struct {
+	programs map[string]string // program name -> package (./cmd/x)
+	user     string            // USER of the final stage
+	goImage  string            // the golang image tag of the build stage
+}
+
+func readImage(t *testing.T, ctxDir, dockerfile string) image {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join(ctxDir, dockerfile))
+	if err != nil {
+		t.Fatalf("dockerfile: %v", err)
+	}
+	df := string(raw)
+	img := image{programs: builtPrograms(t, ctxDir, df)}
+	for _, line := range strings.Split(df, "\n") {
+		f := strings.Fields(line)
+		switch {
+		case len(f) >= 2 && f[0] == "USER":
+			img.user = f[1] // the last one wins, as in Docker
+		case len(f) >= 2 && f[0] == "FROM" && strings.HasPrefix(f[1], "golang:"):
+			img.goImage = strings.TrimPrefix(f[1], "golang:")
 		}
 	}
-	backends := 0
-	subcommands := map[string]bool{}
-	for _, c := range commands() {
-		subcommands[c.name] = true
-	}
-
-	for name, s := range cf.Services {
-		t.Run(name, func(t *testing.T) {
-			if s.Build.Context == "" {
-				if s.Image == "" {
-					t.Fatal("neither build nor image")
-				}
-				return
-			}
-			ctxDir := filepath.Join(repoRoot, s.Build.Context)
-			if st, err := os.Stat(ctxDir); err != nil || !st.IsDir() {
-				t.Fatalf("build context %q is not a directory", s.Build.Context)
-			}
-			df := s.Build.Dockerfile
-			if df == "" {
-				df = "Dockerfile"
-			}
-			dockerfile, err := os.ReadFile(filepath.Join(ctxDir, df))
-			if err != nil {
-				t.Fatalf("dockerfile: %v", err)
-			}
-			programs := builtPrograms(t, ctxDir, string(dockerfile))
-			if len(s.Entrypoint) == 0 {
-				t.Fatal("no entrypoint: say which program of the image runs")
-			}
-			prog := path.Base(s.Entrypoint[0])
-			if _, ok := programs[prog]; !ok {
-				t.Fatalf("entrypoint %q is not built by %s (it builds %v)", s.Entrypoint[0], df, keys(programs))
-			}
-			if prog == "backend" {
-				backends++
-			}
-			if prog == "tokencache" {
-				if len(s.Command) == 0 || !subcommands[s.Command[0]] {
-					t.Fatalf("command %v: not a tokencache subcommand", s.Command)
-				}
-				// The flags must parse (no Redis is contacted by parsing).
-				var g globals
-				_ = g.init(func(string) string { return "" })
-				a := &app{g: g}
-				fs := a.newFlagSet(s.Command[0])
-				fs.String("listen", "", "")
-				fs.Duration("interval", 0, "")
-				if err := fs.Parse(s.Command[1:]); err != nil {
-					t.Errorf("command %v: %v", s.Command, err)
-				}
-			}
-		})
-	}
-	if backends != 3 {
-		t.Errorf("%d backend replicas, want 3", backends)
-	}
+	return img
 }
 
 // builtPrograms returns the programs a Dockerfile's go build produces,
@@ -145,64 +131,371 @@ func builtPrograms(t *testing.T, ctxDir, dockerfile string) map[string]string {
 	return out
 }
 
-func keys(m map[string]string) []string {
+func keys[V any](m map[string]V) []string {
 	var ks []string
 	for k := range m {
 		ks = append(ks, k)
 	}
+	sort.Strings(ks)
 	return ks
 }
 
-// TestK8sCronJob checks that the example CronJob runs a real subcommand
-// with flags it has.
-func TestK8sCronJob(t *testing.T) {
+// numericUser reports whether a Dockerfile USER is uid or uid:gid in
+// numbers, with a uid other than 0: what runAsNonRoot can verify.
+func numericUser(user string) bool {
+	uid, gid, hasGID := strings.Cut(user, ":")
+	digits := func(s string) bool {
+		if s == "" {
+			return false
+		}
+		for _, c := range s {
+			if c < '0' || c > '9' {
+				return false
+			}
+		}
+		return true
+	}
+	return digits(uid) && strings.Trim(uid, "0") != "" && (!hasGID || digits(gid))
+}
+
+// TestDockerfile checks the image: its builder's Go is go.mod's, and it
+// runs as a numeric non-root user.
+func TestDockerfile(t *testing.T) {
+	img := readImage(t, repoRoot, "Dockerfile")
+	gomod, err := os.ReadFile(filepath.Join(repoRoot, "go.mod"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^go (\S+)$`).FindSubmatch(gomod)
+	if m == nil {
+		t.Fatal("go.mod has no go line")
+	}
+	want := string(m[1])
+	if tc := regexp.MustCompile(`(?m)^toolchain go(\S+)$`).FindSubmatch(gomod); tc != nil {
+		want = string(tc[1])
+	}
+	if v, _, _ := strings.Cut(img.goImage, "-"); v != want {
+		t.Errorf("builder image golang:%s, want golang:%s (go.mod)", img.goImage, want)
+	}
+	if !numericUser(img.user) {
+		t.Errorf("USER %q: want a numeric non-root uid[:gid] (runAsNonRoot refuses a named user)", img.user)
+	}
+	for _, bad := range []string{"nonroot:nonroot", "nonroot", "0:0", "0", "root", "65532:", ""} {
+		if numericUser(bad) {
+			t.Errorf("numericUser(%q) = true", bad)
+		}
+	}
+}
+
+// programSource returns the source of the program an image's entrypoint
+// runs: for tokencache, the internal/cli package that holds its logic.
+func programSource(t *testing.T, prog, pkg string) string {
+	t.Helper()
+	dirs := []string{filepath.Join(repoRoot, pkg)}
+	if prog == "tokencache" {
+		dirs = append(dirs, ".")
+	}
+	var b strings.Builder
+	for _, dir := range dirs {
+		files, err := filepath.Glob(filepath.Join(dir, "*.go"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range files {
+			if strings.HasSuffix(f, "_test.go") {
+				continue
+			}
+			src, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b.Write(src)
+		}
+	}
+	return b.String()
+}
+
+// checkTokencacheArgs parses args as the tokencache command would, with
+// env as its environment, without running the command: "-h" at the end
+// makes a known command with valid flags stop at its usage.
+func checkTokencacheArgs(args []string, env map[string]string) error {
+	err := Run(context.Background(), append(append([]string(nil), args...), "-h"), Env{
+		Stdout: io.Discard, Stderr: io.Discard,
+		Getenv: func(k string) string { return env[k] },
+	})
+	if errors.Is(err, flag.ErrHelp) {
+		if len(args) == 0 || !isCommand(args[0]) {
+			return errors.New("no command")
+		}
+		return nil
+	}
+	if err == nil {
+		return errors.New("not a command that stops at -h")
+	}
+	return err
+}
+
+func isCommand(name string) bool {
+	for _, c := range commands() {
+		if c.name == name && !c.hidden {
+			return true
+		}
+	}
+	return false
+}
+
+// flagRe finds a flag a program of the repository defines: fs.String("listen", ...
+var flagRe = regexp.MustCompile(`\.(?:String|Duration|Bool|Int|Var|DurationVar|StringVar|BoolVar|IntVar)\((?:[^,]+, )?"([a-z0-9-]+)"`)
+
+// checkProgramArgs checks that each --flag of args is a flag prog defines.
+func checkProgramArgs(src string, args []string) error {
+	defined := map[string]bool{}
+	for _, m := range flagRe.FindAllStringSubmatch(src, -1) {
+		defined[m[1]] = true
+	}
+	for _, a := range args {
+		if !strings.HasPrefix(a, "-") {
+			continue
+		}
+		name, _, _ := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if !defined[name] {
+			return errors.New("no flag --" + name)
+		}
+	}
+	return nil
+}
+
+// listenPort finds the port a service listens on: its --listen flag, its
+// LISTEN variable, else the program's LISTEN default.
+func listenPort(s composeService, src string) string {
+	for i, a := range s.Command {
+		if a == "--listen" && i+1 < len(s.Command) {
+			_, p, _ := strings.Cut(s.Command[i+1], ":")
+			return p
+		}
+	}
+	if l := s.Environment["LISTEN"]; l != "" {
+		_, p, _ := strings.Cut(l, ":")
+		return p
+	}
+	if m := regexp.MustCompile(`getenv\("LISTEN", ":(\d+)"\)`).FindStringSubmatch(src); m != nil {
+		return m[1]
+	}
+	return ""
+}
+
+// TestDockerCompose checks that docker-compose.yml starts what it says
+// without a Docker engine: one service builds the image and every other
+// one of ours reuses it; each entrypoint is a program the Dockerfile
+// builds; commands, flags, health checks and environment variables are
+// ones those programs have; the ports published are the ones they listen
+// on; and depends_on waits only on services that have a health check.
+func TestDockerCompose(t *testing.T) {
+	cf := readCompose(t)
+	for _, want := range []string{"redis", "refresher", "issuer", "peruser"} {
+		if _, ok := cf.Services[want]; !ok {
+			t.Errorf("no %q service", want)
+		}
+	}
+
+	// One build, one image name.
+	var builder string
+	for name, s := range cf.Services {
+		if s.Build != nil {
+			if builder != "" {
+				t.Errorf("services %q and %q both build: build the image once and reuse it", builder, name)
+			}
+			builder = name
+		}
+	}
+	if builder == "" {
+		t.Fatal("no service builds the image")
+	}
+	b := cf.Services[builder]
+	if b.Image == "" {
+		t.Fatalf("%s builds without naming the image (image:), so the others cannot reuse it", builder)
+	}
+	ctxDir := filepath.Join(repoRoot, b.Build.Context)
+	if st, err := os.Stat(ctxDir); err != nil || !st.IsDir() {
+		t.Fatalf("build context %q is not a directory", b.Build.Context)
+	}
+	df := b.Build.Dockerfile
+	if df == "" {
+		df = "Dockerfile"
+	}
+	img := readImage(t, ctxDir, df)
+
+	backends := 0
+	for name, s := range cf.Services {
+		t.Run(name, func(t *testing.T) {
+			if s.Image != b.Image {
+				if s.Image == "" || len(s.Entrypoint) > 0 {
+					t.Fatalf("image %q with entrypoint %v: our programs run the image %q", s.Image, s.Entrypoint, b.Image)
+				}
+				return // a third-party image (redis)
+			}
+			for dep, d := range s.DependsOn {
+				ds, ok := cf.Services[dep]
+				switch {
+				case !ok:
+					t.Errorf("depends_on %q: no such service", dep)
+				case d.Condition == "service_healthy" && ds.Healthcheck == nil:
+					t.Errorf("depends_on %q: service_healthy, but it has no healthcheck", dep)
+				}
+			}
+			if len(s.Entrypoint) == 0 {
+				t.Fatal("no entrypoint: say which program of the image runs")
+			}
+			prog := path.Base(s.Entrypoint[0])
+			pkg, ok := img.programs[prog]
+			if !ok || s.Entrypoint[0] != "/usr/local/bin/"+prog {
+				t.Fatalf("entrypoint %q is not built into /usr/local/bin by %s (it builds %v)", s.Entrypoint[0], df, keys(img.programs))
+			}
+			src := programSource(t, prog, pkg)
+			env := map[string]string{}
+			for k, v := range s.Environment {
+				env[k] = resolveCompose(v)
+				if !strings.Contains(src, `"`+k+`"`) {
+					t.Errorf("environment %s: %s never reads it", k, prog)
+				}
+			}
+			switch prog {
+			case "backend":
+				backends++
+			case "tokencache":
+				if err := checkTokencacheArgs(s.Command, env); err != nil {
+					t.Errorf("command %v: %v", s.Command, err)
+				}
+			default:
+				if err := checkProgramArgs(src, s.Command); err != nil {
+					t.Errorf("command %v: %v", s.Command, err)
+				}
+			}
+			port := listenPort(s, src)
+			published := false
+			for _, p := range s.Ports {
+				if _, container, _ := strings.Cut(p, ":"); container == port {
+					published = true
+				}
+			}
+			if port == "" || !published {
+				t.Errorf("listens on port %q but publishes %v", port, s.Ports)
+			}
+			if s.Healthcheck == nil {
+				if name == "issuer" || name == "refresher" {
+					t.Fatal("no healthcheck")
+				}
+				return
+			}
+			hc := s.Healthcheck.Test
+			if len(hc) < 3 || hc[0] != "CMD" || hc[1] != "/usr/local/bin/tokencache" {
+				t.Fatalf("healthcheck %v: want [CMD /usr/local/bin/tokencache healthcheck ...] (the image has no shell)", hc)
+			}
+			if _, ok := img.programs["tokencache"]; !ok {
+				t.Fatal("the image has no tokencache binary for the healthcheck")
+			}
+			if hc[2] != "healthcheck" {
+				t.Fatalf("healthcheck %v: want the healthcheck command", hc)
+			}
+			if err := checkTokencacheArgs(hc[2:], env); err != nil {
+				t.Errorf("healthcheck %v: %v", hc, err)
+			}
+			for i, a := range hc {
+				if a == "--url" && i+1 < len(hc) {
+					u, err := url.Parse(hc[i+1])
+					if err != nil || u.Port() != port || (u.Hostname() != "127.0.0.1" && u.Hostname() != "localhost") {
+						t.Errorf("healthcheck URL %q: want this container's port %s", hc[i+1], port)
+					}
+				}
+			}
+		})
+	}
+	if backends != 3 {
+		t.Errorf("%d backend replicas, want 3", backends)
+	}
+}
+
+// cronJob is the part of examples/k8s-cronjob.yaml the tests read.
+type cronJob struct {
+	Kind string `yaml:"kind"`
+	Spec struct {
+		Schedule    string `yaml:"schedule"`
+		JobTemplate struct {
+			Spec struct {
+				Template struct {
+					Spec struct {
+						SecurityContext struct {
+							RunAsNonRoot bool `yaml:"runAsNonRoot"`
+							RunAsUser    int  `yaml:"runAsUser"`
+						} `yaml:"securityContext"`
+						Containers []struct {
+							Image string   `yaml:"image"`
+							Args  []string `yaml:"args"`
+							Env   []struct {
+								Name      string `yaml:"name"`
+								Value     string `yaml:"value"`
+								ValueFrom any    `yaml:"valueFrom"`
+							} `yaml:"env"`
+						} `yaml:"containers"`
+					} `yaml:"spec"`
+				} `yaml:"template"`
+			} `yaml:"spec"`
+		} `yaml:"jobTemplate"`
+	} `yaml:"spec"`
+}
+
+func readCronJob(t *testing.T) cronJob {
+	t.Helper()
 	raw, err := os.ReadFile(filepath.Join(repoRoot, "examples", "k8s-cronjob.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	var cj struct {
-		Kind string `yaml:"kind"`
-		Spec struct {
-			JobTemplate struct {
-				Spec struct {
-					Template struct {
-						Spec struct {
-							Containers []struct {
-								Args []string `yaml:"args"`
-								Env  []struct {
-									Name  string `yaml:"name"`
-									Value string `yaml:"value"`
-								} `yaml:"env"`
-							} `yaml:"containers"`
-						} `yaml:"spec"`
-					} `yaml:"template"`
-				} `yaml:"spec"`
-			} `yaml:"jobTemplate"`
-		} `yaml:"spec"`
-	}
+	var cj cronJob
 	if err := yaml.Unmarshal(raw, &cj); err != nil {
 		t.Fatal(err)
 	}
-	cs := cj.Spec.JobTemplate.Spec.Template.Spec.Containers
-	if cj.Kind != "CronJob" || len(cs) != 1 {
+	if cs := cj.Spec.JobTemplate.Spec.Template.Spec.Containers; cj.Kind != "CronJob" || len(cs) != 1 {
 		t.Fatalf("kind %q with %d containers", cj.Kind, len(cs))
 	}
-	args := cs[0].Args
-	if len(args) == 0 || args[0] != "refresh" {
-		t.Fatalf("args %v: want refresh", args)
+	return cj
+}
+
+// TestK8sCronJob checks that the example CronJob runs a real subcommand
+// with flags it has, reads secrets from a Secret, sets only variables the
+// command reads, and asks for a non-root user the image can satisfy.
+func TestK8sCronJob(t *testing.T) {
+	cj := readCronJob(t)
+	pod := cj.Spec.JobTemplate.Spec.Template.Spec
+	c := pod.Containers[0]
+	if len(c.Args) == 0 || c.Args[0] != "refresh" {
+		t.Fatalf("args %v: want refresh", c.Args)
 	}
-	var g globals
-	_ = g.init(func(string) string { return "" })
-	a := &app{g: g}
-	fs := a.newFlagSet("refresh")
-	fs.Duration("min-ttl", 0, "")
-	fs.Bool("force", false, "")
-	if err := fs.Parse(args[1:]); err != nil {
-		t.Errorf("args %v: %v", args, err)
-	}
-	for _, e := range cs[0].Env {
-		if _, secret := secretEnv[e.Name]; secret && e.Value != "" {
-			t.Errorf("%s has a literal value; use a secretKeyRef", e.Name)
+	env := map[string]string{}
+	src := programSource(t, "tokencache", "cmd/tokencache")
+	for _, e := range c.Env {
+		if _, secret := secretEnv[e.Name]; secret {
+			if e.Value != "" || e.ValueFrom == nil {
+				t.Errorf("%s: use a secretKeyRef, not a literal value", e.Name)
+			}
+			continue
 		}
+		env[e.Name] = e.Value
+		if !strings.Contains(src, `"`+e.Name+`"`) {
+			t.Errorf("env %s: tokencache never reads it", e.Name)
+		}
+	}
+	if err := checkTokencacheArgs(c.Args, env); err != nil {
+		t.Errorf("args %v: %v", c.Args, err)
+	}
+	img := readImage(t, repoRoot, "Dockerfile")
+	sc := pod.SecurityContext
+	if !sc.RunAsNonRoot {
+		t.Error("runAsNonRoot is not set")
+	}
+	if sc.RunAsUser != 0 && img.user != "" && !strings.HasPrefix(img.user+":", strconv.Itoa(sc.RunAsUser)+":") {
+		t.Errorf("runAsUser %d, but the image's USER is %s", sc.RunAsUser, img.user)
+	}
+	if sc.RunAsNonRoot && sc.RunAsUser == 0 && !numericUser(img.user) {
+		t.Errorf("runAsNonRoot with the image's USER %q: the kubelet refuses a non-numeric user", img.user)
 	}
 }

@@ -21,7 +21,14 @@ func (a *app) fetcherFor(scope, userID string) (tokencache.Fetcher, error) {
 	if scope == "CLIENT_ACCESS" && a.g.provider != "basiq" {
 		return nil, usagef("--scope CLIENT_ACCESS is a Basiq scope; --provider %s has no per-user tokens", a.g.provider)
 	}
-	hc := &http.Client{Timeout: issuerTimeout}
+	// No redirects: a redirected token request would carry the credential
+	// to wherever the issuer points (Go forwards Authorization to the same
+	// host on another port or scheme). The fetchers refuse them on any
+	// client too; this says so where the client is made.
+	hc := &http.Client{
+		Timeout:       issuerTimeout,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
 	switch a.g.provider {
 	case "basiq":
 		key, err := a.needSecret(a.g.apiKeyFile, EnvBasiqAPIKey, "--api-key-file", "the Basiq API key")
@@ -62,8 +69,8 @@ func (a *app) fetcherFor(scope, userID string) (tokencache.Fetcher, error) {
 		if err != nil {
 			return nil, err
 		}
-		// x/oauth2 uses http.DefaultClient here; the cache's refresh
-		// timeout bounds each call through the context.
+		// The adapter bounds each call (tokencache.ClientCredentialsTimeout)
+		// and follows no redirect, whatever client x/oauth2 finds.
 		return tokencache.ClientCredentials(&clientcredentials.Config{ClientID: id, ClientSecret: secret, TokenURL: a.g.tokenURL}), nil
 	}
 	return nil, usagef("--provider %q: want basiq, jwt or oauth2", a.g.provider)

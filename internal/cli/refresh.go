@@ -6,11 +6,17 @@ import (
 	"time"
 )
 
-// DefaultMinTTL is refresh's default threshold. With a cron job every 20
-// minutes (Basiq advises refreshing its 60-minute token 2-3 times an
-// hour), a token is replaced once less than 30 minutes of it remain, so
-// the fleet always has at least 10 minutes of slack for a failing run.
-const DefaultMinTTL = 30 * time.Minute
+// DefaultMinTTL is refresh's default threshold, for a cron job every 20
+// minutes (Basiq advises refreshing its 60-minute token 2-3 times an hour).
+// A run 20 minutes after a refresh finds at most 39.5 minutes left (the
+// key's TTL ends 30 s before the token's expiry), below 45, so it
+// refreshes: three times an hour. If it fails, the next run finds 19.5
+// minutes left and refreshes, so one failed run costs nothing; only a
+// second failure in a row lets the token lapse. A run skips the refresh
+// when someone else (the daemon, another host) refreshed less than 14.5
+// minutes earlier. TestCronArithmetic keeps the README, examples/cron and
+// the Kubernetes CronJob on these numbers.
+const DefaultMinTTL = 45 * time.Minute
 
 // runRefresh is the cron mode: refresh the shared token if less than
 // --min-ttl of it remains (or always with --force), then print one status

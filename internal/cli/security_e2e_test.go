@@ -288,7 +288,10 @@ func TestE2ESecretScan(t *testing.T) {
 			}
 			outs = append(outs, output{"daemon " + path + " " + format, body, false})
 		}
+		expect(run(env, "healthcheck", "--url", d.base+"/readyz"), 0, "healthcheck of the daemon")
 		outs = append(outs, output{"daemon logs " + format, d.stop(w), false})
+		expect(run(env, "healthcheck", "--url", d.base+"/readyz", "--timeout", "5s"), 1, "healthcheck of a stopped daemon")
+		expect(run(secretEnv, "healthcheck", "--url", "http://127.0.0.1:1/?k="+e2eAPIKey), 1, "healthcheck of a URL holding a secret")
 		expect(run(base(EnvNamespace+"=scan-daemon-"+format), "get"), 0, "get the daemon's token")
 	}
 	rec.Stop()

@@ -98,9 +98,11 @@ func WithBaseURL(base string) Option {
 }
 
 // WithHTTPClient sets the client used for token requests. Default: a
-// client on http.DefaultTransport that does not follow redirects (a
-// redirected POST would carry the API key to wherever it points). A nil
-// client keeps the default.
+// client on http.DefaultTransport. Whatever the client, the Fetcher uses a
+// copy that follows no redirect: a redirected request would carry the API
+// key to wherever it points (Go forwards Authorization to the same host on
+// another port or scheme), so a 3xx answer is an *Error with its status.
+// A nil client keeps the default.
 func WithHTTPClient(c *http.Client) Option {
 	return func(f *Fetcher) {
 		if c != nil {
@@ -149,11 +151,12 @@ func New(apiKey string, opts ...Option) *Fetcher {
 	for _, opt := range opts {
 		opt(f)
 	}
-	if f.client == nil {
-		f.client = &http.Client{
-			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-		}
+	client := http.Client{}
+	if f.client != nil {
+		client = *f.client // a copy: the caller's client keeps its own policy
 	}
+	client.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	f.client = &client
 	f.redact = newRedactor(apiKey, "Basic "+apiKey)
 	f.cfgErr = f.check()
 	if f.cfgErr != nil {

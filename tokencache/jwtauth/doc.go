@@ -26,7 +26,11 @@
 //	client := &http.Client{Transport: &jwtauth.RotationTransport{Offerer: cache}}
 //
 // FromResponse does the same extraction for callers that see responses some
-// other way, and ExpiryOf reads the exp of any JWT.
+// other way, and ExpiryOf reads the exp of any JWT. A Fetcher's FromResponse
+// method also applies the checks Fetch does (signature, exp, lifetime cap);
+// it is the extractor to give the cache's transport:
+//
+//	cache, err := tokencache.New(rdb, f, tokencache.WithRotation(f.FromResponse))
 //
 // Errors never contain the API key, the client secret or a token: Fetch
 // returns an *Error whose Retryable, RetryAfter and ErrorCode methods tell the

@@ -54,10 +54,11 @@ var (
 	ErrConfig = errors.New("jwtauth: invalid configuration")
 
 	// ErrRedirect is wrapped by the error Fetch returns when the issuer
-	// redirects the authenticate request to another host (scheme, host or port):
-	// the request body holds the credentials, and a redirect must not carry
-	// them elsewhere. It is permanent: fix the base URL.
-	ErrRedirect = errors.New("jwtauth: refusing to follow a redirect to another host with the credentials")
+	// answers the authenticate request with a redirect, to any host: the
+	// request body holds the credentials, and a redirect must not carry them
+	// anywhere the caller did not configure. It is permanent: fix the base
+	// URL (the error names where the issuer pointed).
+	ErrRedirect = errors.New("jwtauth: refusing to follow a redirect with the credentials")
 )
 
 // errNotObject is internal: a JSON value that should be an object is not.
@@ -148,7 +149,7 @@ func (e *Error) Unwrap() error { return e.Err }
 // Retryable reports whether calling the issuer again may succeed: true for
 // 5xx, 408, 429 and network errors; false for other 4xx answers (400, 401,
 // 403, 404: the request or the credentials are wrong), for a misconfigured
-// Fetcher (ErrConfig) or a redirect to another host (ErrRedirect), and for a
+// Fetcher (ErrConfig) or a redirect (ErrRedirect), and for a
 // successful
 // answer carrying an unusable token (expired on arrival, unsigned, without
 // exp), which the same request would only produce again.

@@ -24,6 +24,12 @@ const DefaultPath = "/authenticate"
 // a few KiB at most, and an error page larger than this says nothing more.
 const maxBodySize = 64 << 10
 
+// DefaultTimeout bounds one authenticate request, connection to last byte,
+// unless WithTimeout says otherwise. An authenticate call answers in well
+// under a second; 15 s rides out a slow TLS handshake yet stays well inside
+// a refresh lock's lease.
+const DefaultTimeout = 15 * time.Second
+
 // maxRetryAfter caps the issuer's Retry-After: a longer wait is more likely a
 // misconfigured proxy than advice the fleet should follow blindly.
 const maxRetryAfter = 24 * time.Hour
@@ -39,6 +45,7 @@ type Fetcher struct {
 	path         string
 	client       *http.Client
 	now          func() time.Time
+	timeout      time.Duration
 	verify       bool
 }
 
@@ -60,10 +67,12 @@ func WithBaseURL(u string) Option { return func(f *Fetcher) { f.baseURL = u } }
 // Default: DefaultPath, "/authenticate".
 func WithPath(p string) Option { return func(f *Fetcher) { f.path = p } }
 
-// WithHTTPClient sets the HTTP client used to call the issuer. Default:
-// http.DefaultClient. Its Timeout, if any, bounds each call in addition to
-// the context passed to Fetch. The Fetcher uses a copy whose redirect policy
-// refuses, before c's own policy is asked, any redirect to another host.
+// WithHTTPClient sets the HTTP client used to call the issuer. Default: a
+// client on http.DefaultTransport. Its Timeout, if any, bounds each call in
+// addition to the context passed to Fetch and WithTimeout. Whatever the
+// client, the Fetcher uses a copy that follows no redirect: the request
+// body holds the credentials, and a 307 or 308 would resend it to wherever
+// the Location points. A redirect fails the Fetch with ErrRedirect.
 func WithHTTPClient(c *http.Client) Option {
 	return func(f *Fetcher) {
 		if c != nil {
@@ -72,25 +81,21 @@ func WithHTTPClient(c *http.Client) Option {
 	}
 }
 
-// sameHostRedirects returns a copy of c that refuses redirects to another
-// scheme, host or port, then defers to c's own redirect policy.
-func sameHostRedirects(c *http.Client) *http.Client {
-	cp := *c
-	next := c.CheckRedirect
-	cp.CheckRedirect = func(req *http.Request, via []*http.Request) error {
-		if len(via) > 0 {
-			from := via[0].URL
-			if req.URL.Scheme != from.Scheme || req.URL.Host != from.Host {
-				return ErrRedirect
-			}
-		}
-		if next != nil {
-			return next(req, via)
-		}
-		if len(via) >= 10 {
-			return errors.New("stopped after 10 redirects")
-		}
-		return nil
+// WithTimeout bounds each authenticate request, connection to last byte,
+// on top of the caller's context. Default DefaultTimeout; zero or negative
+// leaves only the context (and the client's own Timeout) in charge.
+func WithTimeout(d time.Duration) Option { return func(f *Fetcher) { f.timeout = d } }
+
+// noRedirects returns a copy of c that follows no redirect: it fails with
+// ErrRedirect, naming where the issuer pointed (without query or user
+// info).
+func noRedirects(c *http.Client) *http.Client {
+	cp := http.Client{}
+	if c != nil {
+		cp = *c
+	}
+	cp.CheckRedirect = func(req *http.Request, _ []*http.Request) error {
+		return &detailError{ErrRedirect, "to " + safeURL(req.URL)}
 	}
 	return &cp
 }
@@ -121,13 +126,13 @@ func New(apiKey, clientSecret string, opts ...Option) *Fetcher {
 		apiKey:       apiKey,
 		clientSecret: clientSecret,
 		path:         DefaultPath,
-		client:       http.DefaultClient,
 		now:          time.Now,
+		timeout:      DefaultTimeout,
 	}
 	for _, o := range opts {
 		o(f)
 	}
-	f.client = sameHostRedirects(f.client)
+	f.client = noRedirects(f.client)
 	return f
 }
 
@@ -154,6 +159,11 @@ func (f *Fetcher) Fetch(ctx context.Context) (tokencache.Token, error) {
 	endpoint, err := f.endpoint()
 	if err != nil {
 		return tokencache.Token{}, &Error{Code: "invalid-config", Err: err}
+	}
+	if f.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, f.timeout)
+		defer cancel()
 	}
 	body, err := json.Marshal(struct {
 		APIKey       string `json:"apiKey"`

@@ -533,15 +533,18 @@ func TestFetchRedirects(t *testing.T) {
 			t.Errorf("other host: got %d requests, want 0", n)
 		}
 	})
-	t.Run("same host: followed", func(t *testing.T) {
+	t.Run("same host: refused too", func(t *testing.T) {
+		// A 308 resends the body, credentials and all, to the new path;
+		// even on the same host that is not where the caller pointed.
 		var asked atomic.Bool
 		client := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { asked.Store(true); return nil }}
 		f := jwtauth.New(testAPIKey, testSecret, jwtauth.WithBaseURL(srv.URL+"/old"), jwtauth.WithClock(fixedClock), jwtauth.WithHTTPClient(client))
-		if _, err := f.Fetch(context.Background()); err != nil {
-			t.Fatalf("Fetch: got %v, want nil", err)
+		_, err := f.Fetch(context.Background())
+		if !errors.Is(err, jwtauth.ErrRedirect) || !strings.Contains(err.Error(), "/new/authenticate") {
+			t.Fatalf("Fetch: got %v, want ErrRedirect naming /new/authenticate", err)
 		}
-		if !asked.Load() {
-			t.Errorf("the client's own CheckRedirect was not consulted")
+		if asked.Load() {
+			t.Errorf("the client's own CheckRedirect was asked: a policy that follows must not get the chance")
 		}
 		if client.CheckRedirect == nil {
 			t.Errorf("the caller's client was modified")

@@ -110,26 +110,12 @@ func (t *RotationTransport) capture(req *http.Request, resp *http.Response) {
 		ignore("malformed", err)
 		return
 	}
-	if t.HMACKey != nil {
-		if err := verifyHS256(p, t.HMACKey); err != nil {
-			ignore("signature", err)
-			return
-		}
-	}
 	now := time.Now()
 	if t.Now != nil {
 		now = t.Now()
 	}
-	if !p.exp.After(now) {
-		ignore("expired", ErrExpired)
-		return
-	}
-	limit := t.MaxLifetime
-	if limit == 0 {
-		limit = DefaultMaxLifetime
-	}
-	if limit > 0 && p.exp.Sub(now) > limit {
-		ignore("exp too far in the future", invalidExpiry("exp more than "+limit.String()+" from now"))
+	if reason, err := checkRotated(p, t.HMACKey, now, t.MaxLifetime); err != nil {
+		ignore(reason, err)
 		return
 	}
 
@@ -143,12 +129,65 @@ func (t *RotationTransport) capture(req *http.Request, resp *http.Response) {
 	log.DebugContext(ctx, "jwtauth: offered rotated token", append(attrs, slog.Bool("stored", stored))...)
 }
 
+// checkRotated applies to a rotated token the checks a fetched one gets:
+// an HS256 signature under hmacKey when it is set, an exp after now, and an
+// exp at most maxLifetime ahead (zero: DefaultMaxLifetime; negative: no
+// limit). It returns why a token fails, for logs, and the error.
+func checkRotated(p *jwtParts, hmacKey []byte, now time.Time, maxLifetime time.Duration) (string, error) {
+	if hmacKey != nil {
+		if err := verifyHS256(p, hmacKey); err != nil {
+			return "signature", err
+		}
+	}
+	if !p.exp.After(now) {
+		return "expired", ErrExpired
+	}
+	if maxLifetime == 0 {
+		maxLifetime = DefaultMaxLifetime
+	}
+	if maxLifetime > 0 && p.exp.Sub(now) > maxLifetime {
+		return "exp too far in the future", invalidExpiry("exp more than " + maxLifetime.String() + " from now")
+	}
+	return "", nil
+}
+
+// FromResponse is the package's FromResponse with the checks f's own Fetch
+// applies, so that a rotated token is trusted no more than a fetched one:
+// its HS256 signature under the client secret when f has
+// WithHMACVerification, an exp after now on f's clock, and, as
+// RotationTransport, an exp at most DefaultMaxLifetime ahead. Use it with
+// the cache: tokencache.WithRotation(f.FromResponse). A token that fails
+// is reported as an error (ErrSignature, ErrAlgorithm, ErrExpired or
+// ErrInvalidExpiry) and not adopted.
+func (f *Fetcher) FromResponse(resp *http.Response) (tokencache.Token, bool, error) {
+	if resp == nil {
+		return tokencache.Token{}, false, nil
+	}
+	raw, found := bearerToken(resp.Header)
+	if !found {
+		return tokencache.Token{}, false, nil
+	}
+	p, err := parseJWT(raw)
+	if err != nil {
+		return tokencache.Token{}, false, err
+	}
+	var key []byte
+	if f.verify {
+		key = []byte(f.clientSecret)
+	}
+	if _, err := checkRotated(p, key, f.now(), DefaultMaxLifetime); err != nil {
+		return tokencache.Token{}, false, err
+	}
+	return tokencache.Token{AccessToken: raw, TokenType: "Bearer", Expiry: p.exp}, true, nil
+}
+
 // FromResponse extracts a rotated token from resp's Authorization header:
 // "Bearer <jwt>" (the scheme in any case) or a bare JWT. It reports false and
 // no error when there is no such header or it holds another scheme, and an
 // error wrapping ErrMalformedToken, ErrMissingExpiry or ErrInvalidExpiry when
 // the token cannot be read. It does not check the signature or compare the
-// expiry with the clock; RotationTransport does both.
+// expiry with the clock; RotationTransport and the Fetcher's FromResponse
+// method do both.
 func FromResponse(resp *http.Response) (tokencache.Token, bool, error) {
 	if resp == nil {
 		return tokencache.Token{}, false, nil

@@ -337,3 +337,52 @@ func TestOffererFunc(t *testing.T) {
 		t.Errorf("OffererFunc: got %v %v %v, want true nil and the token passed through", ok, err, got)
 	}
 }
+
+// TestFetcherFromResponse: a rotated token read through the Fetcher passes
+// the checks a fetched one does: its signature when verification is on,
+// an exp after now, and the lifetime cap.
+func TestFetcherFromResponse(t *testing.T) {
+	plain := jwtauth.New(testAPIKey, testSecret, jwtauth.WithBaseURL("https://issuer.example"), jwtauth.WithClock(fixedClock))
+	verifying := jwtauth.New(testAPIKey, testSecret, jwtauth.WithBaseURL("https://issuer.example"), jwtauth.WithClock(fixedClock), jwtauth.WithHMACVerification())
+	claims := func(exp time.Time) string { return fmt.Sprintf(`{"sub":"svc","exp":%d}`, exp.Unix()) }
+	good := tokenExpiring(testNow.Add(time.Hour), "svc")
+	tests := []struct {
+		name    string
+		f       *jwtauth.Fetcher
+		tok     string
+		wantErr error // nil: adopted
+	}{
+		{"valid", plain, good, nil},
+		{"valid, verified", verifying, good, nil},
+		{"expired", plain, tokenExpiring(testNow.Add(-time.Second), "svc"), jwtauth.ErrExpired},
+		{"past the lifetime cap", plain, tokenExpiring(testNow.Add(jwtauth.DefaultMaxLifetime+time.Minute), "svc"), jwtauth.ErrInvalidExpiry},
+		{"another key, unverified", plain, makeJWT(`{"alg":"HS256"}`, claims(testNow.Add(time.Hour)), "not-the-secret"), nil},
+		{"another key, verified", verifying, makeJWT(`{"alg":"HS256"}`, claims(testNow.Add(time.Hour)), "not-the-secret"), jwtauth.ErrSignature},
+		{"alg none, verified", verifying, makeJWT(`{"alg":"none"}`, claims(testNow.Add(time.Hour)), ""), jwtauth.ErrAlgorithm},
+		{"malformed", plain, "a.b", jwtauth.ErrMalformedToken},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			resp := &http.Response{Header: http.Header{"Authorization": {"Bearer " + tt.tok}}}
+			got, ok, err := tt.f.FromResponse(resp)
+			if tt.wantErr == nil {
+				if !ok || err != nil || got.AccessToken != tt.tok {
+					t.Fatalf("got %v, %v, %v; want the token", got, ok, err)
+				}
+				return
+			}
+			if ok || !errors.Is(err, tt.wantErr) || got.AccessToken != "" {
+				t.Fatalf("got %v, %v, %v; want no token and %v", got, ok, err, tt.wantErr)
+			}
+			if strings.Contains(err.Error(), tt.tok) || strings.Contains(err.Error(), testSecret) {
+				t.Errorf("the error holds the token or the secret: %v", err)
+			}
+		})
+	}
+	if _, ok, err := plain.FromResponse(&http.Response{Header: http.Header{}}); ok || err != nil {
+		t.Errorf("no header: got %v, %v; want false, nil", ok, err)
+	}
+	if _, ok, err := plain.FromResponse(nil); ok || err != nil {
+		t.Errorf("nil response: got %v, %v; want false, nil", ok, err)
+	}
+}
