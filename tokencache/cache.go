@@ -437,7 +437,7 @@ func (c *Cache) onEvent(ev Event) {
 		// Drop the invalidated token, or a copy older than it (we missed
 		// its refresh); not a newer one (Redis lost a write and its
 		// generations went back).
-		if s := e.l1.Load(); s != nil && (ev.TokenFP != "" && (s.fp == ev.TokenFP || s.gen < ev.Generation) ||
+		if s := e.l1.Load(); s != nil && (ev.TokenFP != "" && (s.fp == ev.TokenFP && (ev.Generation == 0 || s.gen <= ev.Generation) || s.gen < ev.Generation) ||
 			ev.TokenFP == "" && (ev.Generation == 0 || s.gen <= ev.Generation)) {
 			e.l1.CompareAndSwap(s, nil)
 		}

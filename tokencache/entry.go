@@ -36,7 +36,10 @@ type entry struct {
 	failGen    int64        // generation held in memory when fail happened
 	failStreak atomic.Int32 // refreshes in a row that failed (retryable)
 
-	rej      rejections                // the API's 401s, for Transport
+	rej rejections // the API's 401s, for Transport
+	// last is the copy last installed, kept even without the in-memory
+	// copy (WithL1(false)): what Transport judges a 401 by.
+	last     atomic.Pointer[snapshot]
 	warnedFP atomic.Bool               // logged a credential mismatch once
 	rejected atomic.Pointer[rejection] // the last token invalidated here
 
@@ -233,7 +236,11 @@ func (e *entry) obtain(ctx context.Context) (Token, error) {
 			if err != nil && e.settle(ctx, err) {
 				continue // refused before the issuer call, the lock released
 			}
-			return tok, err
+			if !errors.Is(err, errLeaseTaken) {
+				return tok, err
+			}
+			// Another owner took the lock from under us (we were paused
+			// past our lease): its token is on the way; wait for it.
 		case errors.Is(err, lock.ErrNotAcquired):
 			e.c.stats.lockContended.Add(1)
 		case ctx.Err() != nil:
@@ -285,6 +292,9 @@ func (e *entry) readAndInstall(ctx context.Context) (Token, bool, error) {
 		return Token{}, false, err
 	}
 	s := e.snapshotFor(r.rec, r.pttl, at)
+	if e.c.monoAt(at) >= s.validUntil {
+		return Token{}, false, nil // past its expiry on this clock: stale
+	}
 	e.install(s)
 	if e.c.monoAt(at) >= s.dueAt {
 		e.kick()
@@ -392,6 +402,15 @@ func (e *entry) snapshotFor(rec record, ttl time.Duration, at time.Time) *snapsh
 		storedMS: rec.StoredMS, born: e.c.monoAt(tok.Expiry.Add(-life))}
 }
 
+// served is the copy the entry serves: the in-memory one, or without it
+// (WithL1(false)) the one last read.
+func (e *entry) served() *snapshot {
+	if s := e.l1.Load(); s != nil {
+		return s
+	}
+	return e.last.Load()
+}
+
 func absDuration(d time.Duration) time.Duration {
 	if d < 0 {
 		return -d
@@ -408,6 +427,7 @@ func (e *entry) install(s *snapshot) {
 	}
 	e.clearFailureBelow(s.gen)
 	if !e.c.cfg.l1 {
+		e.last.Store(s)
 		return
 	}
 	for {
@@ -729,9 +749,11 @@ func (e *entry) refreshLocked(ctx context.Context, lease *lock.Lease, ahead bool
 		return redisDown(err)
 	}
 	if r.found && (done == nil || done(r)) {
-		s := e.snapshotFor(r.rec, r.pttl, at)
-		e.install(s)
-		return s.tok, nil
+		if s := e.snapshotFor(r.rec, r.pttl, at); e.c.monoAt(at) < s.validUntil {
+			e.install(s)
+			return s.tok, nil
+		}
+		r.found = false // past its expiry on this clock: refresh it
 	}
 	if ahead {
 		// The re-read may have brought the fleet's last failure: a refresh
@@ -756,7 +778,7 @@ func (e *entry) refreshLocked(ctx context.Context, lease *lock.Lease, ahead bool
 	tok, err := e.fetch(fctx, false, spent)
 	stop()
 	if err != nil && errors.Is(lease.Err(), lock.ErrLeaseLost) && ctx.Err() == nil {
-		return Token{}, fmt.Errorf("%w: another owner took the refresh lock during the issuer call (%w)", ErrUnavailable, lease.Err())
+		return Token{}, errLeaseTaken
 	}
 	if err != nil {
 		switch {
@@ -815,6 +837,10 @@ func (e *entry) refreshLocked(ctx context.Context, lease *lock.Lease, ahead bool
 	e.install(e.snapshotFor(rec, ttl, issued))
 	return tok, nil
 }
+
+// errLeaseTaken: another owner took the refresh lock during the issuer
+// call. Callers wait for its token (see obtain).
+var errLeaseTaken = fmt.Errorf("%w: another owner took the refresh lock during the issuer call", ErrUnavailable)
 
 // floor is the generation a refresh draws above: the stored token's, or
 // the one held in memory if that is newer (Redis lost the write that
@@ -1026,10 +1052,19 @@ func (e *entry) refreshNow(ctx context.Context, minTTL time.Duration, force bool
 	if err != nil {
 		return res, err
 	}
-	fresh := func(r readResult) bool { return r.found && r.pttl >= minTTL }
+	// Fresh: at least minTTL left, on Redis's clock and on ours (the
+	// snapshot's validity is capped by both).
+	fresh := func(r readResult) bool {
+		if !r.found || r.pttl < minTTL {
+			return false
+		}
+		now := e.c.now()
+		return e.snapshotFor(r.rec, r.pttl, now).validUntil-e.c.monoAt(now) >= mono(minTTL)
+	}
 	if !force && fresh(r) {
-		res.Generation, res.ExpiresIn, res.Token = r.rec.Generation, r.pttl, r.rec.token()
-		e.install(e.snapshotFor(r.rec, r.pttl, at))
+		s := e.snapshotFor(r.rec, r.pttl, at)
+		res.Generation, res.ExpiresIn, res.Token = r.rec.Generation, r.pttl, s.tok
+		e.install(s)
 		return res, nil
 	}
 	seen := r.rec.Generation

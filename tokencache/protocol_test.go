@@ -2,7 +2,7 @@ package tokencache
 
 import (
 	"context"
-	"errors"
+	"encoding/json"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -264,36 +264,65 @@ func TestIssuerCallStopsWhenTheLeaseIsLost(t *testing.T) {
 	s := redistest.Start(t)
 	ctx := ctxT(t)
 	rdb := s.Client(t)
-	f := newFakeFetcher(time.Hour)
-	gate := make(chan struct{})
-	f.setGate(gate) // the issuer never answers: only the lease's loss ends the call
-	c := newCache(t, rdb, f, fastOpts(WithLockTTL(600*time.Millisecond), WithRefreshTimeout(time.Minute))...)
-	key, lockKey, _, _ := c.Keys()
-	done := make(chan error, 1)
+	var calls, cancelled atomic.Int64
+	// The issuer never answers this replica: only the lease's loss ends
+	// the call.
+	hung := FetcherFunc(func(ctx context.Context) (Token, error) {
+		calls.Add(1)
+		<-ctx.Done()
+		cancelled.Add(1)
+		return Token{}, ctx.Err()
+	})
+	paused := newCache(t, rdb, identified{hung}, fastOpts(WithLockTTL(600*time.Millisecond), WithRefreshTimeout(time.Minute))...)
+	key, lockKey, _, _ := paused.Keys()
+	done := make(chan Token, 1)
+	errs := make(chan error, 1)
 	go func() {
-		_, err := c.Token(ctx)
-		done <- err
+		tok, err := paused.Token(ctx)
+		errs <- err
+		done <- tok
 	}()
-	eventually(t, "the issuer call", func() bool { return f.calls.Load() == 1 })
+	eventually(t, "the issuer call", func() bool { return calls.Load() == 1 })
 	// Another owner takes the lock from under the holder (as after a pause
-	// past its lease): the watchdog's next beat finds it lost.
+	// past its lease): the watchdog's next beat finds it lost, and the
+	// issuer call is cancelled.
 	if err := rdb.Set(ctx, lockKey, "another-owner", time.Minute).Err(); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case err := <-done:
-		if err == nil || !errors.Is(err, ErrUnavailable) {
-			t.Fatalf("Token = %v, want ErrUnavailable (the lease was lost)", err)
-		}
-	case <-ctx.Done():
-		t.Fatal("the issuer call went on after the lease was lost")
-	}
-	close(gate)
+	eventually(t, "the issuer call to be cancelled", func() bool { return cancelled.Load() == 1 })
 	if n, _ := rdb.Exists(ctx, key).Result(); n != 0 {
 		t.Fatal("a token was stored by a holder that lost its lease")
 	}
+	// The other owner stores its token under its lease and publishes it:
+	// the caller that was waiting on the paused holder's refresh is served
+	// that token.
+	e := paused.server
+	gen, _, _, err := paused.st.begin(ctx, e.k, "another-owner", 0, nil, nil)
+	if err != nil || gen <= 0 {
+		t.Fatalf("the other owner's draw: %d, %v", gen, err)
+	}
+	want := Token{AccessToken: "the-other-owners-token", TokenType: "Bearer", Expiry: time.Now().Add(time.Hour)}
+	rec := newRecord(want, gen, time.Now(), 59*time.Minute, "other", e.credFP)
+	ev := Event{Type: EventRefreshed, Key: key, Generation: gen, TokenFP: rec.TokenFP, Origin: "other"}
+	if w, err := paused.st.write(ctx, e.k, rec, 59*time.Minute, ev, "another-owner"); err != nil || !w.Stored {
+		t.Fatalf("the other owner's write: %+v, %v", w, err)
+	}
+	if err := <-errs; err != nil {
+		t.Fatalf("the caller of the paused holder got %v, want the new owner's token", err)
+	}
+	if got := <-done; got.AccessToken != want.AccessToken {
+		t.Fatalf("the caller of the paused holder got another token than the fleet's")
+	}
+	if n := calls.Load(); n != 1 {
+		t.Errorf("the paused holder called its issuer %d times, want 1", n)
+	}
 }
 
+// identified gives a FetcherFunc the credential identity of the suite's
+// fake fetchers, so that replicas with either share tokens.
+type identified struct{ FetcherFunc }
+
+func (identified) Identity() string { return "test-credential" }
 func TestRetriedScriptsAreIdempotent(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, rdb redis.UniversalClient, _ *miniredis.Miniredis) {
 		ctx := ctxT(t)
@@ -489,5 +518,106 @@ func TestLostWriteWithSkewedClocksKeepsTheNewerToken(t *testing.T) {
 	}
 	if n := issuer.calls.Load(); n != 3 {
 		t.Errorf("issuer calls = %d, want 3 (first, forced refresh, refresh after the lost write)", n)
+	}
+}
+
+// storeAsLaggingRedisWould rewrites the stored value as a promoted node whose clock lags by lag would
+// present it: same stored_ms (old master's clock), PTTL and TIME-based
+// remaining both longer by lag. Equivalent here: shift stored_ms and PTTL
+// forward by lag on the real clock.
+func storeAsLaggingRedisWould(t *testing.T, rdb *redis.Client, key string, expiredAgo, lag time.Duration) string {
+	ctx := context.Background()
+	raw, err := rdb.Get(ctx, key).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal([]byte(raw), &m); err != nil {
+		t.Fatal(err)
+	}
+	tm, _ := rdb.Time(ctx).Result()
+	now := tm
+	life := time.Hour
+	skew := 30 * time.Second
+	exp := now.Add(-expiredAgo)
+	issued := exp.Add(-life)
+	ttl := life - skew
+	m["expires_at"] = exp.UTC().Format(expiryLayout)
+	m["issued_at"] = issued.UTC().Format(expiryLayout)
+	m["ttl_ms"] = ttl.Milliseconds()
+	// on the old master's (true) clock it was stored at issued; the new
+	// master's clock is lag behind, so it reads stored_ms as lag later
+	m["stored_ms"] = issued.Add(lag).UnixMilli()
+	left := exp.Add(-skew).Sub(now) + lag
+	b, _ := json.Marshal(m)
+	if err := rdb.Set(ctx, key, b, left).Err(); err != nil {
+		t.Fatal(err)
+	}
+	return m["access_token"].(string)
+}
+
+func TestRedisClockLaggingBeyondTheToleranceIsCaught(t *testing.T) {
+	for _, tc := range []struct {
+		name            string
+		expiredAgo, lag time.Duration
+	}{
+		{"lag 5m, issuer expiry 110s ago (beyond the clock tolerance)", 110 * time.Second, 5 * time.Minute},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := redistest.Start(t)
+			ctx := ctxT(t)
+			rdb := s.Client(t)
+			a := newCache(t, rdb, newFakeFetcher(time.Hour), fastOpts()...)
+			if _, err := a.Token(ctx); err != nil {
+				t.Fatal(err)
+			}
+			key, _, _, _ := a.Keys()
+			_ = a.Close()
+			at := storeAsLaggingRedisWould(t, rdb, key, tc.expiredAgo, tc.lag)
+			f := newFakeFetcher(time.Hour)
+			b := newCache(t, s.Client(t), f, fastOpts()...)
+			for i := 0; i < 3; i++ {
+				got, err := b.Token(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got.AccessToken == at {
+					t.Errorf("call %d: served the token whose issuer expiry passed %v ago; its Expiry says %v from now (issuer calls %d)",
+						i, tc.expiredAgo, time.Until(got.Expiry).Round(time.Second), f.calls.Load())
+				}
+			}
+		})
+	}
+}
+
+// The ACL rule of the previous release (no +time): what an upgrade meets.
+
+// An ACL rule of the previous release (no +time): Redis answers, so the
+// fleet degrades to PTTL-only ages instead of failing open.
+func TestACLRuleWithoutTimeDegrades(t *testing.T) {
+	s := redistest.Start(t)
+	ctx := ctxT(t)
+	admin := s.Client(t)
+	if err := admin.Do(ctx, "ACL", "SETUSER", "tokencache", "on", ">pw", "resetchannels", "~tokencache:*", "&tokencache:*",
+		"-@all", "+get", "+set", "+del", "+pttl", "+pexpire", "+incr", "+evalsha", "+eval", "+publish", "+subscribe", "+ping").Err(); err != nil {
+		t.Fatal(err)
+	}
+	f := newFakeFetcher(time.Hour)
+	var caches []*Cache
+	for range 3 {
+		c := newCache(t, redis.NewClient(&redis.Options{Addr: s.Addr, Username: "tokencache", Password: "pw"}), f, fastOpts()...)
+		caches = append(caches, c)
+	}
+	for _, c := range caches {
+		if _, err := c.Token(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var fo uint64
+	for _, c := range caches {
+		fo += c.Stats().FailOpen
+	}
+	if n := f.calls.Load(); n != 1 || fo != 0 {
+		t.Errorf("issuer calls = %d for 3 replicas (fail-open %d): Redis answers but NOPERM on TIME counted as Redis down", n, fo)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -27,6 +28,11 @@ const MaxValueSize = 64 << 10
 // minus the skew plus this much, on the local clock, and a value whose
 // expires_at is further in the past than this is garbage.
 const maxClockSkew = 2 * time.Minute
+
+// maxGeneration bounds a stored generation: Lua numbers are doubles, and a
+// hand-edited generation past 2^53 would be written back to the fence in
+// a form INCR refuses.
+const maxGeneration = 1 << 53
 
 // expiryLayout formats expires_at with fixed millisecond precision in UTC,
 // so that two values compare correctly as strings inside Lua.
@@ -105,8 +111,8 @@ func decodeRecord(key string, raw []byte) (record, error) {
 	if !exp.After(iss) {
 		return r, &ValueError{Key: key, Reason: "expires_at is not after issued_at"}
 	}
-	if r.Generation < 0 {
-		return r, &ValueError{Key: key, Reason: "negative generation"}
+	if r.Generation < 0 || r.Generation > maxGeneration {
+		return r, &ValueError{Key: key, Reason: "generation out of range"}
 	}
 	if r.TTLMS < 0 || r.StoredMS < 0 {
 		return r, &ValueError{Key: key, Reason: "negative ttl_ms or stored_ms"}
@@ -148,11 +154,19 @@ end
 return {v, pttl, bad, f, fttl, now}
 `)
 
-// redisNowLua sets the local "now" to Redis's own clock in Unix ms. Redis
-// 5 and later replicate a script's effects, not the script, so a script
-// may read TIME and then write.
-const redisNowLua = `local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)`
+// redisNowLua sets the local "now" to Redis's own clock in Unix ms, or 0
+// if the ACL refuses TIME (a rule written for an earlier release): then
+// freshness falls back to the key's PTTL alone. Redis 5 and later
+// replicate a script's effects, not the script, so a script may read TIME
+// and then write.
+const redisNowLua = `local t = redis.pcall('TIME')
+local now = 0
+if type(t) == 'table' and t[1] then now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) end`
+
+// stampLua is the value ARGV[1] with Redis's TIME added as stored_ms (a
+// JSON object's closing brace replaced), or as it is without a TIME.
+const stampLua = `local val = ARGV[1]
+if now > 0 then val = string.sub(ARGV[1], 1, -2) .. ',"stored_ms":' .. string.format('%.0f', now) .. '}' end`
 
 // writeScript stores a token only if its writer still holds the lease it
 // drew its fencing generation under and that generation is current. It
@@ -195,7 +209,8 @@ if rec and type(rec.generation) == 'number' and rec.generation >= gen then
   return {-2, rec.generation}
 end
 ` + redisNowLua + `
-redis.call('SET', KEYS[1], string.sub(ARGV[1], 1, -2) .. ',"stored_ms":' .. string.format('%.0f', now) .. '}', 'PX', ARGV[3])
+` + stampLua + `
+redis.call('SET', KEYS[1], val, 'PX', ARGV[3])
 redis.call('DEL', KEYS[3])
 redis.call('SET', KEYS[2], gen, 'PX', ARGV[8])
 local published = 1
@@ -328,7 +343,8 @@ var offerScript = redis.NewScript(offerExpiryLua + `
 local gen = tonumber(ARGV[8])
 if (tonumber(redis.call('GET', KEYS[3])) or 0) > gen or stored >= gen then return {-1, 0, ''} end
 ` + redisNowLua + `
-redis.call('SET', KEYS[1], string.sub(ARGV[1], 1, -2) .. ',"stored_ms":' .. string.format('%.0f', now) .. '}', 'PX', ARGV[3])
+` + stampLua + `
+redis.call('SET', KEYS[1], val, 'PX', ARGV[3])
 redis.call('DEL', KEYS[2])
 local payload = ARGV[5]
 if ARGV[7] ~= '' and type(redis.pcall(ARGV[7], ARGV[6], payload)) == 'table' then payload = '!' .. payload end
@@ -438,6 +454,10 @@ func (s *store) read(ctx context.Context, key string, now time.Time) (readResult
 	var redisNow int64
 	if len(res) >= 6 {
 		redisNow, _ = res[5].(int64)
+		if redisNow == 0 && s.timeRefused.CompareAndSwap(false, true) {
+			s.ps.log.Warn("tokencache: Redis refused TIME (an ACL rule without +time?); token ages are measured on the key's PTTL alone, which a PEXPIRE or a lagging node can stretch",
+				"key", key)
+		}
 	}
 	out.pttl = time.Duration(pttl) * time.Millisecond
 	if len(res) >= 5 {
@@ -490,8 +510,9 @@ func (s *store) read(ctx context.Context, key string, now time.Time) (readResult
 }
 
 type store struct {
-	rdb redis.UniversalClient
-	ps  *pubsub
+	rdb         redis.UniversalClient
+	ps          *pubsub
+	timeRefused atomic.Bool // logged that Redis refuses TIME
 }
 
 // fenceMargin is how long a fencing counter outlives the token written
@@ -546,6 +567,9 @@ func (s *store) write(ctx context.Context, k keys, rec record, ttl time.Duration
 		s.ps.afterScript(ctx, k.channel, cmd, after, payload)
 		return writeResult{Stored: true, StoredMS: res[3]}, nil
 	case 2:
+		// An earlier try landed. Where the caller publishes (not the
+		// script), its event may not have gone out: send it now.
+		s.ps.afterScript(ctx, k.channel, cmd, after, string(evb))
 		return writeResult{Stored: true, StoredMS: res[3]}, nil
 	case -1:
 		return writeResult{FencedBy: res[1]}, nil

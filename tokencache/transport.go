@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -122,9 +123,15 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		t.c.log().Warn("tokencache: could not invalidate a token the API rejected", "token", tok, "err", err)
 	}
 	fresh, err := t.h.Token(ctx)
-	if err != nil || fresh.AccessToken == tok.AccessToken {
-		if err != nil {
-			t.c.log().Warn("tokencache: no new token after a 401", "err", err)
+	if err != nil {
+		t.c.log().Warn("tokencache: no new token after a 401", "err", err)
+		return resp, nil
+	}
+	if fresh.AccessToken == tok.AccessToken {
+		// The issuer handed the rejected token back: retrying is no use,
+		// and it counts as a fresh token rejected at once.
+		if e != nil {
+			e.apiRejectedFresh(fresh)
 		}
 		return resp, nil
 	}
@@ -288,8 +295,9 @@ type rejections struct {
 	widened atomic.Bool // window > rejectionWindowMin: apiAccepted has work to do
 	mu      sync.Mutex  // guards window, grownFor, loggedUntil
 	window  time.Duration
-	// grownFor is the token whose rejection last doubled the window: many
-	// requests retried with the same fresh token double it once.
+	// grownFor is the token (fingerprint and generation) whose rejection
+	// last doubled the window: many requests retried with the same fresh
+	// token double it once.
 	grownFor      string
 	loggedUntil   mono
 	invalidatedAt mono // the last invalidation; 0: none
@@ -308,7 +316,7 @@ func (r *rejections) invalidated(now mono) {
 // invalidated within the rejection window, and it is younger than the
 // window itself.
 func (e *entry) holdRejection(tok Token) bool {
-	s := e.l1.Load()
+	s := e.served()
 	if s == nil || s.fp != tok.Fingerprint() {
 		return false
 	}
@@ -333,14 +341,19 @@ func (e *entry) holdRejection(tok Token) bool {
 	return true
 }
 
-// apiRejectedFresh doubles the rejection window, once per token: fresh,
-// fetched after a 401, was rejected at once.
+// apiRejectedFresh doubles the rejection window, once per token stored
+// (a token an issuer hands back again is stored anew): fresh, fetched
+// after a 401, was rejected at once.
 func (e *entry) apiRejectedFresh(fresh Token) {
+	id := fresh.Fingerprint()
+	if s := e.served(); s != nil && s.fp == id {
+		id += "/" + strconv.FormatInt(s.gen, 10)
+	}
 	r := &e.rej
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if fp := fresh.Fingerprint(); fp != r.grownFor {
-		r.grownFor = fp
+	if id != r.grownFor {
+		r.grownFor = id
 		r.window = min(2*max(r.window, rejectionWindowMin), rejectionWindowMax)
 		r.widened.Store(true)
 	}

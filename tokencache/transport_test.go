@@ -301,3 +301,61 @@ func TestAPIRejectingEveryTokenCostsOneIssuerCallPerWindow(t *testing.T) {
 		t.Errorf("the rejection window stayed widened after a success")
 	}
 }
+
+// sameTokenFetcher is an issuer that hands back the same token (or, with
+// fresh, a new one each call) with a fixed expiry.
+type sameTokenFetcher struct {
+	calls atomic.Int64
+	exp   time.Time
+	fresh bool
+}
+
+func (f *sameTokenFetcher) Identity() string { return "test-credential" }
+func (f *sameTokenFetcher) Fetch(ctx context.Context) (Token, error) {
+	n := f.calls.Add(1)
+	at := "same-token"
+	if f.fresh {
+		at = "fresh-" + time.Now().Format(time.RFC3339Nano) + string(rune('a'+n%26))
+	}
+	return Token{AccessToken: at, TokenType: "Bearer", Expiry: f.exp}, nil
+}
+
+func TestRejectionWindowGrowsWhateverTheIssuerAndMemory(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		fresh bool
+		l1    bool
+	}{
+		{"fresh tokens", true, true},
+		{"reusing issuer", false, true},
+		{"fresh tokens, WithL1(false)", true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := redistest.Start(t)
+			ctx := ctxT(t)
+			var mu sync.Mutex
+			base := time.Now()
+			var off time.Duration
+			clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return base.Add(off) }
+			f := &sameTokenFetcher{exp: base.Add(2 * time.Hour), fresh: tc.fresh}
+			c := newCache(t, s.Client(t), f, fastOpts(WithClock(clock), WithL1(tc.l1))...)
+			api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(401) }))
+			defer api.Close()
+			hc := &http.Client{Transport: c.Transport(nil)}
+			for i := 0; i < 300; i++ { // 300 virtual seconds, one request a second
+				mu.Lock()
+				off += time.Second
+				mu.Unlock()
+				req, _ := http.NewRequestWithContext(ctx, "GET", api.URL, nil)
+				resp, err := hc.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				resp.Body.Close()
+			}
+			if f.calls.Load() > 8 {
+				t.Errorf("issuer calls = %d, want the window to double (10,20,40,80,160 s: about 6)", f.calls.Load())
+			}
+		})
+	}
+}
