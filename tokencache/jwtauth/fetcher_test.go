@@ -112,11 +112,11 @@ func TestFetchAnswerFormats(t *testing.T) {
 	}
 }
 
-// TestFetchFixtures runs every answer in testdata/authenticate through
-// Fetch. Each holds testdata/jwt/valid_hs256.jwt.
+// TestFetchFixtures runs every answer in testdata/jwtauth/authenticate through
+// Fetch. Each holds testdata/jwtauth/jwt/valid_hs256.jwt.
 func TestFetchFixtures(t *testing.T) {
 	want := readFixture(t, "jwt/valid_hs256.jwt")
-	files, err := filepath.Glob(filepath.Join("testdata", "authenticate", "*"))
+	files, err := filepath.Glob(filepath.Join(fixtures, "authenticate", "*"))
 	if err != nil || len(files) == 0 {
 		t.Fatalf("no fixtures: %v", err)
 	}

@@ -26,10 +26,10 @@ var testNow = time.Unix(1_700_000_000, 0).UTC()
 
 func fixedClock() time.Time { return testNow }
 
-// fixtureExp is the exp of the fixtures in testdata/jwt: 2100-01-01T00:00:00Z.
+// fixtureExp is the exp of the fixtures in testdata/jwtauth/jwt: 2100-01-01T00:00:00Z.
 var fixtureExp = time.Unix(4102444800, 0).UTC()
 
-// fixtureSecret is the HMAC key of the fixtures in testdata/jwt.
+// fixtureSecret is the HMAC key of the fixtures in testdata/jwtauth/jwt.
 const fixtureSecret = "fixture-secret"
 
 func b64(s string) string { return base64.RawURLEncoding.EncodeToString([]byte(s)) }
@@ -52,10 +52,15 @@ func tokenExpiring(exp time.Time, sub string) string {
 	return makeJWT(`{"alg":"HS256","typ":"JWT"}`, fmt.Sprintf(`{"sub":%q,"exp":%d}`, sub, exp.Unix()), testSecret)
 }
 
-// readFixture returns testdata/<name> without its trailing newline.
+// fixtures is the repository's shared testdata for this issuer style
+// (testdata/jwtauth at the top of the repository).
+var fixtures = filepath.Join("..", "..", "testdata", "jwtauth")
+
+// readFixture returns the shared fixture <name> without its trailing
+// newline.
 func readFixture(t testing.TB, name string) string {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join("testdata", name))
+	b, err := os.ReadFile(filepath.Join(fixtures, name))
 	if err != nil {
 		t.Fatal(err)
 	}
