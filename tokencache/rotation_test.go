@@ -72,17 +72,7 @@ func (a *rotatingAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // extract reads the rotated token as jwtauth.FromResponse would.
 func (a *rotatingAPI) extract(resp *http.Response) (Token, bool, error) {
-	tok, ok := strings.CutPrefix(resp.Header.Get("Authorization"), "Bearer ")
-	if !ok {
-		return Token{}, false, nil
-	}
-	a.mu.Lock()
-	exp, known := a.valid[tok]
-	a.mu.Unlock()
-	if !known {
-		return Token{}, false, fmt.Errorf("unknown rotated token")
-	}
-	return Token{AccessToken: tok, TokenType: "Bearer", Expiry: exp}, true, nil
+	return extractMinted(resp, &a.mu, a.valid)
 }
 
 // offerCounter is a go-redis hook counting the offer script's runs: the

@@ -77,13 +77,20 @@ func (a *api) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // extract reads a rotated token the way the test API sends it.
 func (a *api) extract(resp *http.Response) (Token, bool, error) {
+	return extractMinted(resp, &a.mu, a.valid)
+}
+
+// extractMinted reads the rotated token a test API put in resp's
+// Authorization header, with the expiry it recorded in valid (guarded by
+// mu) when it minted it.
+func extractMinted(resp *http.Response, mu *sync.Mutex, valid map[string]time.Time) (Token, bool, error) {
 	tok, ok := strings.CutPrefix(resp.Header.Get("Authorization"), "Bearer ")
 	if !ok {
 		return Token{}, false, nil
 	}
-	a.mu.Lock()
-	exp, known := a.valid[tok]
-	a.mu.Unlock()
+	mu.Lock()
+	exp, known := valid[tok]
+	mu.Unlock()
 	if !known {
 		return Token{}, false, fmt.Errorf("unknown rotated token")
 	}

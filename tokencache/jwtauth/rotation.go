@@ -160,15 +160,8 @@ func checkRotated(p *jwtParts, hmacKey []byte, now time.Time, maxLifetime time.D
 // is reported as an error (ErrSignature, ErrAlgorithm, ErrExpired or
 // ErrInvalidExpiry) and not adopted.
 func (f *Fetcher) FromResponse(resp *http.Response) (tokencache.Token, bool, error) {
-	if resp == nil {
-		return tokencache.Token{}, false, nil
-	}
-	raw, found := bearerToken(resp.Header)
-	if !found {
-		return tokencache.Token{}, false, nil
-	}
-	p, err := parseJWT(raw)
-	if err != nil {
+	raw, p, err := rotatedJWT(resp)
+	if p == nil || err != nil {
 		return tokencache.Token{}, false, err
 	}
 	var key []byte
@@ -189,18 +182,28 @@ func (f *Fetcher) FromResponse(resp *http.Response) (tokencache.Token, bool, err
 // expiry with the clock; RotationTransport and the Fetcher's FromResponse
 // method do both.
 func FromResponse(resp *http.Response) (tokencache.Token, bool, error) {
-	if resp == nil {
-		return tokencache.Token{}, false, nil
-	}
-	raw, found := bearerToken(resp.Header)
-	if !found {
-		return tokencache.Token{}, false, nil
-	}
-	p, err := parseJWT(raw)
-	if err != nil {
+	raw, p, err := rotatedJWT(resp)
+	if p == nil || err != nil {
 		return tokencache.Token{}, false, err
 	}
 	return tokencache.Token{AccessToken: raw, TokenType: "Bearer", Expiry: p.exp}, true, nil
+}
+
+// rotatedJWT reads the JWT resp's Authorization header carries: nil parts
+// and no error when there is none.
+func rotatedJWT(resp *http.Response) (string, *jwtParts, error) {
+	if resp == nil {
+		return "", nil, nil
+	}
+	raw, found := bearerToken(resp.Header)
+	if !found {
+		return "", nil, nil
+	}
+	p, err := parseJWT(raw)
+	if err != nil {
+		return "", nil, err
+	}
+	return raw, p, nil
 }
 
 // bearerToken returns the token of the first Authorization value that is
