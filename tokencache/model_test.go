@@ -1,0 +1,762 @@
+package tokencache
+
+// A model-based test of the whole protocol (issue 12, item 10): several
+// replicas, each with its own redis.Client and Cache, share one real
+// redis-server, and rapid drives them through random steps — calls,
+// bursts of concurrent calls, invalidations, an issuer that reuses its
+// token, fails or stalls, replicas whose clocks are off, a lock holder
+// paused past its lease, dropped subscriptions, a stretched or deleted key,
+// a Redis restart — checking after every step that
+//
+//  1. no Token() result is expired by the issuer's own (true) expiry when
+//     the call returns, nor (within the clocks' spread) by the replica's
+//     clock;
+//  2. the fleet's issuer calls stay within one per renewal plus one per
+//     injected fault (see model.budget);
+//  3. no caller gets an error while a valid token is in Redis and Redis
+//     answers;
+//  4. every caller is served within the lock TTL plus the issuer's time
+//     (the call's context is bounded by that; a timeout is a failure).
+//
+// Run (the default is 8 checks of about 30 steps, well under a minute):
+//
+//	go test -race -run 'TestModel' ./tokencache/
+//
+// Before a release, run it longer:
+//
+//	TOKENCACHE_MODEL_CHECKS=200 go test -race -run 'TestModel$' -timeout 60m ./tokencache/
+//	go test -race -run 'TestModel$' -timeout 60m ./tokencache/ -rapid.checks=200 -rapid.steps=60
+//
+// A failure prints "-rapid.seed=N"; run the same command with it to draw the
+// same steps again. Time is real (Redis's clock is), so a seed replays the
+// steps, not the exact interleaving. A failure worth keeping becomes a named
+// case in TestModelRegressions, a scripted sequence of the same steps.
+// Without redis-server on PATH the tests skip, unless
+// TOKENCACHE_REQUIRE_REDIS=1.
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"pgregory.net/rapid"
+
+	"github.com/tokencache/tokencache/internal/redistest"
+)
+
+// modelChecksEnv sets the number of rapid checks of TestModel (default
+// modelDefaultChecks) unless -rapid.checks or RAPID_CHECKS is given.
+const (
+	modelChecksEnv     = "TOKENCACHE_MODEL_CHECKS"
+	modelDefaultChecks = 8
+)
+
+// Model parameters. The refresh-ahead share and the skew are the ones the
+// budget and the checks below are written against.
+const (
+	modelRefreshAhead = 0.5
+	modelRecheck      = 100 * time.Millisecond
+	// modelMargin is what a served caller may take beyond the lock TTL and
+	// the issuer's time: a jittered re-check (125 ms at most), a few Redis
+	// round trips, and scheduling on a loaded two-core CI machine under
+	// -race.
+	modelMargin = 1500 * time.Millisecond
+	// modelReuseShare: the reusing issuer hands back its last token while
+	// more than this share of its life remains. A token handed back at a
+	// refresh-ahead moment would come with a shorter life, whose own
+	// refresh-ahead moment comes sooner: that is the issuer's choice, not
+	// the fleet's, and would not fit a budget of one call per lifetime. So
+	// the issuer reuses only before anyone's refresh-ahead moment (0.5 of
+	// the life plus jitter): after an invalidation, a deleted key, a
+	// restart — exactly where item 1 bites.
+	modelReuseShare = 0.6
+)
+
+// modelIssuer is the issuer the whole fleet shares, in true time. It
+// counts calls, records each token's true expiry, and can reuse its last
+// token, fail the next calls, or stall the next one.
+type modelIssuer struct {
+	life time.Duration
+
+	mu       sync.Mutex // guards everything below
+	calls    int
+	first    time.Time // true time of the first call
+	reuse    bool
+	failNext int
+	failures []time.Time // when injected failures were served
+	slowNext time.Duration
+	slowEnd  time.Time // a stalled call in flight answers by then
+	seq      int
+	last     string
+	minted   map[string]modelMint
+}
+
+type modelMint struct {
+	at, exp time.Time // true times
+}
+
+func (is *modelIssuer) fetch(ctx context.Context, r *modelReplica) (Token, error) {
+	is.mu.Lock()
+	is.calls++
+	if is.first.IsZero() {
+		is.first = time.Now()
+	}
+	if is.failNext > 0 {
+		is.failNext--
+		is.failures = append(is.failures, time.Now())
+		is.mu.Unlock()
+		return Token{}, &issuerErr{code: "temporarily_unavailable", retryable: true}
+	}
+	slow := is.slowNext
+	is.slowNext = 0
+	if slow > 0 {
+		is.slowEnd = time.Now().Add(slow)
+	}
+	is.mu.Unlock()
+	if slow > 0 {
+		t := time.NewTimer(slow)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return Token{}, ctx.Err()
+		}
+	}
+	// A paused replica's process is stopped: its answer waits too.
+	if err := r.waitResumed(ctx); err != nil {
+		return Token{}, err
+	}
+	is.mu.Lock()
+	defer is.mu.Unlock()
+	now := time.Now()
+	if is.reuse && is.last != "" {
+		if m := is.minted[is.last]; m.exp.Sub(now) > time.Duration(modelReuseShare*float64(is.life)) {
+			// expires_in is what is left; the fetcher adds it to its clock.
+			return Token{AccessToken: is.last, TokenType: "Bearer", Expiry: now.Add(r.off).Add(m.exp.Sub(now))}, nil
+		}
+	}
+	is.seq++
+	tok := "model-token-" + strconv.Itoa(is.seq)
+	is.minted[tok] = modelMint{at: now, exp: now.Add(is.life)}
+	is.last = tok
+	return Token{AccessToken: tok, TokenType: "Bearer", Expiry: now.Add(r.off).Add(is.life)}, nil
+}
+
+func (is *modelIssuer) mint(tok string) (modelMint, bool) {
+	is.mu.Lock()
+	defer is.mu.Unlock()
+	m, ok := is.minted[tok]
+	return m, ok
+}
+
+// modelFetcher is one replica's Fetcher: the shared issuer, with the
+// expiry computed on the replica's clock as a real fetcher does from
+// expires_in.
+type modelFetcher struct {
+	is *modelIssuer
+	r  *modelReplica
+}
+
+func (f modelFetcher) Fetch(ctx context.Context) (Token, error) { return f.is.fetch(ctx, f.r) }
+func (f modelFetcher) Identity() string                         { return "model-credential" }
+
+// modelReplica is one process of the fleet.
+type modelReplica struct {
+	i   int
+	off time.Duration // its clock's offset from true time
+	rdb *redis.Client
+	c   *Cache
+
+	held atomic.Pointer[Token] // the last token a call returned
+
+	pauseArmed atomic.Bool   // pause at the next lock taken
+	pauseFor   time.Duration // how long a pause lasts
+	onPause    func()        // called when a pause starts
+	pauseMu    sync.Mutex    // guards paused
+	paused     []modelWindow // true-time windows when the replica was paused
+}
+
+type modelWindow struct{ from, to time.Time }
+
+func (r *modelReplica) now() time.Time { return time.Now().Add(r.off) }
+
+// startPause stops the replica's Redis commands and issuer answers for
+// pauseFor, as a GC pause, CPU throttling or SIGSTOP would: its
+// watchdog cannot extend the lease, which expires.
+func (r *modelReplica) startPause() {
+	now := time.Now()
+	r.pauseMu.Lock()
+	r.paused = append(r.paused, modelWindow{now, now.Add(r.pauseFor)})
+	r.pauseMu.Unlock()
+	if r.onPause != nil {
+		r.onPause()
+	}
+}
+
+// pausedUntil is the end of the pause in force at now, or zero.
+func (r *modelReplica) pausedUntil(now time.Time) time.Time {
+	r.pauseMu.Lock()
+	defer r.pauseMu.Unlock()
+	for _, w := range r.paused {
+		if !now.Before(w.from) && now.Before(w.to) {
+			return w.to
+		}
+	}
+	return time.Time{}
+}
+
+// pausedDuring reports whether a pause overlapped [from, to].
+func (r *modelReplica) pausedDuring(from, to time.Time) bool {
+	r.pauseMu.Lock()
+	defer r.pauseMu.Unlock()
+	for _, w := range r.paused {
+		if w.from.Before(to) && from.Before(w.to) {
+			return true
+		}
+	}
+	return false
+}
+
+func (r *modelReplica) resume() {
+	r.pauseArmed.Store(false)
+	r.pauseMu.Lock()
+	now := time.Now()
+	for i := range r.paused {
+		if r.paused[i].to.After(now) {
+			r.paused[i].to = now
+		}
+	}
+	r.pauseMu.Unlock()
+}
+
+func (r *modelReplica) waitResumed(ctx context.Context) error {
+	for {
+		until := r.pausedUntil(time.Now())
+		if until.IsZero() {
+			return nil
+		}
+		t := time.NewTimer(time.Until(until))
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		}
+	}
+}
+
+// modelHook is the replica's client hook: it holds commands while the
+// replica is paused, and starts an armed pause just after the replica
+// takes the refresh lock (before it re-reads and draws its generation).
+type modelHook struct {
+	r       *modelReplica
+	lockKey string
+}
+
+func (h modelHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h modelHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if err := h.r.waitResumed(ctx); err != nil {
+			cmd.SetErr(err)
+			return err
+		}
+		err := next(ctx, cmd)
+		if err == nil && h.r.pauseArmed.Load() && isLockTaken(cmd, h.lockKey) && h.r.pauseArmed.CompareAndSwap(true, false) {
+			h.r.startPause()
+		}
+		return err
+	}
+}
+
+func (h modelHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		if err := h.r.waitResumed(ctx); err != nil {
+			for _, c := range cmds {
+				c.SetErr(err)
+			}
+			return err
+		}
+		return next(ctx, cmds)
+	}
+}
+
+// isLockTaken reports whether cmd is a successful SET NX of the lock key
+// (how redsync takes it).
+func isLockTaken(cmd redis.Cmder, lockKey string) bool {
+	args := cmd.Args()
+	if cmd.Name() != "set" || len(args) < 3 || fmt.Sprint(args[1]) != lockKey {
+		return false
+	}
+	nx := false
+	for _, a := range args[3:] {
+		if s, ok := a.(string); ok && strings.EqualFold(s, "nx") {
+			nx = true
+		}
+	}
+	switch c := cmd.(type) {
+	case *redis.BoolCmd:
+		return nx && c.Val()
+	case *redis.StatusCmd:
+		return nx && c.Val() == "OK"
+	}
+	return false
+}
+
+// modelConfig is what one run of the model is set up with.
+type modelConfig struct {
+	replicas int
+	life     time.Duration
+	lockTTL  time.Duration
+	// offsets of the replicas' clocks; nil: every replica uses the real
+	// clock (and the cache's timers, as in production). With offsets,
+	// every replica gets WithClock.
+	offsets []time.Duration
+}
+
+// skew is the expiry skew the caches use: a tenth of the life (the
+// default 30 s is capped at a fifth of the life anyway).
+func (cfg modelConfig) skew() time.Duration { return cfg.life / 10 }
+
+// spread is how far apart the replicas' clocks are.
+func (cfg modelConfig) spread() time.Duration {
+	if len(cfg.offsets) == 0 {
+		return 0
+	}
+	lo, hi := cfg.offsets[0], cfg.offsets[0]
+	for _, o := range cfg.offsets {
+		lo, hi = min(lo, o), max(hi, o)
+	}
+	return hi - lo
+}
+
+// modelTB is what the model needs of its test: *rapid.T and *testing.T.
+type modelTB interface {
+	rapid.TB
+	Cleanup(func())
+}
+
+// modelEnv is the Redis the runs of one test share.
+type modelEnv struct {
+	srv  *redistest.Server
+	side *redis.Client // the operator's redis-cli
+	runs atomic.Int64
+}
+
+func newModelEnv(t *testing.T) *modelEnv {
+	t.Helper()
+	srv := redistest.Start(t, "--appendonly", "yes", "--appendfsync", "always")
+	return &modelEnv{srv: srv, side: srv.Client(t)}
+}
+
+// model is one run: a fleet on its own namespace.
+type model struct {
+	t    modelTB
+	env  *modelEnv
+	cfg  modelConfig
+	iss  *modelIssuer
+	reps []*modelReplica
+	keys struct{ token, lock string }
+
+	faults      int          // budget for injected faults (see budget)
+	pausesFired atomic.Int64 // pauses that started (each may cost a call)
+	results     []modelCall  // calls of the current step, checked after it
+	slowMax     time.Duration
+}
+
+type modelCall struct {
+	r          *modelReplica
+	start, end time.Time // true times
+	tok        Token
+	err        error
+	bound      time.Duration
+}
+
+func newModel(t modelTB, env *modelEnv, cfg modelConfig) *model {
+	ns := fmt.Sprintf("model-%d-%d", os.Getpid(), env.runs.Add(1))
+	m := &model{t: t, env: env, cfg: cfg, iss: &modelIssuer{life: cfg.life, minted: map[string]modelMint{}}}
+	m.slowMax = cfg.lockTTL * 3 / 2
+	for i := 0; i < cfg.replicas; i++ {
+		r := &modelReplica{i: i, pauseFor: cfg.lockTTL*3/2 + 200*time.Millisecond}
+		r.onPause = func() { m.pausesFired.Add(1) }
+		if cfg.offsets != nil {
+			r.off = cfg.offsets[i]
+		}
+		r.rdb = redis.NewClient(&redis.Options{Addr: env.srv.Addr})
+		opts := []Option{
+			WithNamespace(ns),
+			WithOwner(fmt.Sprintf("replica-%d", i)),
+			WithLockTTL(cfg.lockTTL),
+			WithRefreshAhead(modelRefreshAhead),
+			WithExpirySkew(cfg.skew()),
+			WithWaitRecheck(modelRecheck),
+			WithRefreshTimeout(10 * time.Second),
+			WithRetry(3, 5*time.Millisecond, 20*time.Millisecond),
+		}
+		if cfg.offsets != nil {
+			opts = append(opts, WithClock(r.now))
+		}
+		c, err := New(r.rdb, modelFetcher{is: m.iss, r: r}, opts...)
+		if err != nil {
+			t.Fatalf("New: %v", err)
+		}
+		r.c = c
+		if i == 0 {
+			m.keys.token, m.keys.lock, _, _ = c.Keys()
+		}
+		r.rdb.AddHook(modelHook{r: r, lockKey: m.keys.lock})
+		m.reps = append(m.reps, r)
+	}
+	t.Cleanup(func() {
+		for _, r := range m.reps {
+			r.resume()
+		}
+		for _, r := range m.reps {
+			_ = r.c.Close()
+			_ = r.rdb.Close()
+		}
+	})
+	return m
+}
+
+// drawModelConfig draws a fleet: 3-4 replicas, a 2-4 s token, a short
+// lock TTL, and half of the time clocks that are off by -20 s to +60 s.
+func drawModelConfig(t *rapid.T) modelConfig {
+	cfg := modelConfig{
+		replicas: rapid.IntRange(3, 4).Draw(t, "replicas"),
+		life:     rapid.SampledFrom([]time.Duration{2 * time.Second, 3 * time.Second, 4 * time.Second}).Draw(t, "life"),
+		lockTTL:  rapid.SampledFrom([]time.Duration{600 * time.Millisecond, 800 * time.Millisecond, time.Second}).Draw(t, "lockTTL"),
+	}
+	if rapid.Bool().Draw(t, "skewedClocks") {
+		for i := 0; i < cfg.replicas; i++ {
+			ms := rapid.IntRange(-20_000, 60_000).Draw(t, fmt.Sprintf("offsetMS%d", i))
+			cfg.offsets = append(cfg.offsets, time.Duration(ms)*time.Millisecond)
+		}
+	}
+	return cfg
+}
+
+// callBound is how long a caller may wait (invariant 4): the lock TTL
+// (a dead or paused holder's lease running out), plus the issuer's time
+// (a stalled call; three attempts with their 20 ms backoffs), plus
+// modelMargin.
+func (m *model) callBound() time.Duration {
+	return m.cfg.lockTTL + m.slowMax + 3*20*time.Millisecond + modelMargin
+}
+
+// ---- steps ----
+
+func (m *model) call(r *modelReplica) { m.results = append(m.results, m.doCall(r)) }
+
+func (m *model) doCall(r *modelReplica) modelCall {
+	bound := m.callBound()
+	ctx, cancel := context.WithTimeout(context.Background(), bound)
+	defer cancel()
+	c := modelCall{r: r, bound: bound, start: time.Now()}
+	c.tok, c.err = r.c.Token(ctx)
+	c.end = time.Now()
+	if c.err == nil {
+		tok := c.tok
+		r.held.Store(&tok)
+	}
+	return c
+}
+
+// burst: every replica calls twice at once (waiters in every replica).
+func (m *model) burst() {
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, r := range m.reps {
+		for k := 0; k < 2; k++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				c := m.doCall(r)
+				mu.Lock()
+				m.results = append(m.results, c)
+				mu.Unlock()
+			}()
+		}
+	}
+	wg.Wait()
+}
+
+func (m *model) wait(d time.Duration) { time.Sleep(d) }
+
+// invalidate: the replica invalidates the token it last got (a 401).
+func (m *model) invalidate(r *modelReplica) {
+	p := r.held.Load()
+	if p == nil {
+		return
+	}
+	m.faults++
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := r.c.Invalidate(ctx, *p); err != nil {
+		m.t.Fatalf("Invalidate on replica %d: %v", r.i, err)
+	}
+}
+
+func (m *model) setReuse(on bool) {
+	m.iss.mu.Lock()
+	m.iss.reuse = on
+	m.iss.mu.Unlock()
+}
+
+// fail makes the issuer's next n calls fail with a retryable error; each
+// may cost one more call.
+func (m *model) fail(n int) {
+	m.faults += n
+	m.iss.mu.Lock()
+	m.iss.failNext += n
+	m.iss.mu.Unlock()
+}
+
+// slow stalls the issuer's next call past the lock TTL: the watchdog must
+// keep the lease, and waiters must be served when it answers.
+func (m *model) slow() {
+	m.iss.mu.Lock()
+	m.iss.slowNext = m.slowMax
+	m.iss.mu.Unlock()
+}
+
+// pause arms a pause of replica r the next time it takes the lock: it
+// stops (Redis commands and issuer answers) past its lease, and another
+// replica takes over. Each pause that starts may cost one call.
+func (m *model) pause(r *modelReplica) { r.pauseArmed.Store(true) }
+
+// dropSubscriptions kills every pub/sub connection: events published
+// until the replicas subscribe again are lost.
+func (m *model) dropSubscriptions() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := m.env.side.Do(ctx, "CLIENT", "KILL", "TYPE", "pubsub").Err(); err != nil {
+		m.t.Fatalf("CLIENT KILL TYPE pubsub: %v", err)
+	}
+}
+
+// stretch sets the token key's TTL to ten times what is left (a hand
+// PEXPIRE, or a node whose clock lags).
+func (m *model) stretch() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	pttl, err := m.env.side.PTTL(ctx, m.keys.token).Result()
+	if err != nil {
+		m.t.Fatalf("PTTL: %v", err)
+	}
+	if pttl <= 0 {
+		return
+	}
+	m.faults++
+	if err := m.env.side.PExpire(ctx, m.keys.token, 10*pttl).Err(); err != nil {
+		m.t.Fatalf("PEXPIRE: %v", err)
+	}
+}
+
+// del deletes the token key by hand (redis-cli DEL, an eviction).
+func (m *model) del() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	m.faults++
+	if err := m.env.side.Del(ctx, m.keys.token).Err(); err != nil {
+		m.t.Fatalf("DEL: %v", err)
+	}
+}
+
+// restart restarts redis-server; with appendonly the token survives.
+func (m *model) restart() {
+	m.faults++
+	m.env.srv.Restart()
+}
+
+// ---- invariants ----
+
+// budget is how many issuer calls a correct fleet may have made by now:
+// one for the cold start, one per renewal opportunity (a token is renewed
+// no earlier than modelRefreshAhead of its life after it was minted, so
+// in the time since the first call there are at most elapsed/(life*share)
+// renewals; elapsed gets 100 ms of slack for the millisecond rounding of
+// stored times and TTLs), plus one per injected fault: an invalidation, a
+// failed issuer call, a stretched or deleted key, a restart, a pause that
+// started.
+func (m *model) budget(now time.Time) (calls, budget int) {
+	m.iss.mu.Lock()
+	calls, first := m.iss.calls, m.iss.first
+	m.iss.mu.Unlock()
+	if first.IsZero() {
+		return calls, 0
+	}
+	period := time.Duration(modelRefreshAhead * float64(m.cfg.life))
+	renewals := int((now.Sub(first) + 100*time.Millisecond) / period)
+	return calls, 1 + renewals + m.faults + int(m.pausesFired.Load())
+}
+
+// storedValid reports whether Redis holds a token that is valid at now
+// (its true expiry more than the skew away) and was minted before before.
+func (m *model) storedValid(now, before time.Time) (bool, string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	raw, err := m.env.side.Get(ctx, m.keys.token).Result()
+	if err != nil {
+		return false, "no token in redis (" + err.Error() + ")"
+	}
+	var rec struct {
+		AccessToken string `json:"access_token"`
+	}
+	if json.Unmarshal([]byte(raw), &rec) != nil {
+		return false, "garbage in redis"
+	}
+	mt, ok := m.iss.mint(rec.AccessToken)
+	switch {
+	case !ok:
+		return false, "unknown token in redis"
+	case mt.exp.Sub(now) <= m.cfg.skew():
+		return false, "the token in redis is within its skew of its true expiry"
+	case !mt.at.Before(before):
+		return false, "the token in redis was minted during the call"
+	}
+	return true, fmt.Sprintf("redis holds %s, valid for %v more", rec.AccessToken, mt.exp.Sub(now).Round(time.Millisecond))
+}
+
+// issuerFailedSince reports whether an injected failure was served since t.
+func (m *model) issuerFailedSince(t time.Time) bool {
+	m.iss.mu.Lock()
+	defer m.iss.mu.Unlock()
+	for _, f := range m.iss.failures {
+		if !f.Before(t) {
+			return true
+		}
+	}
+	return false
+}
+
+// check runs after every step.
+func (m *model) check() {
+	m.t.Helper()
+	results := m.results
+	m.results = nil
+	for _, c := range results {
+		m.checkCall(c)
+	}
+	now := time.Now()
+	if calls, budget := m.budget(now); calls > budget {
+		m.iss.mu.Lock()
+		first := m.iss.first
+		m.iss.mu.Unlock()
+		m.t.Fatalf("invariant 2 (issuer calls): %d issuer calls for the fleet, budget %d (cold start 1 + renewals in %v of %v tokens + %d injected faults + %d pauses)",
+			calls, budget, now.Sub(first).Round(time.Millisecond), m.cfg.life, m.faults, m.pausesFired.Load())
+	}
+}
+
+func (m *model) checkCall(c modelCall) {
+	m.t.Helper()
+	r := c.r
+	if c.err == nil {
+		mt, ok := m.iss.mint(c.tok.AccessToken)
+		if !ok {
+			m.t.Fatalf("invariant 1: replica %d got a token the issuer never minted: %v", r.i, c.tok)
+		}
+		if !mt.exp.After(c.end) {
+			m.t.Fatalf("invariant 1 (never expired): replica %d got %s %v past its true expiry (minted %v before the call returned)",
+				r.i, c.tok.AccessToken, c.end.Sub(mt.exp).Round(time.Millisecond), c.end.Sub(mt.at).Round(time.Millisecond))
+		}
+		// On the replica's clock: strict when the clocks agree; with
+		// clocks apart, a token minted by a replica whose clock lags
+		// carries an expiry that early on a faster clock, so the check
+		// tolerates the spread and the true expiry above is the safety.
+		local := c.end.Add(r.off)
+		if tol := m.cfg.spread(); !c.tok.Expiry.After(local.Add(-tol)) {
+			m.t.Fatalf("invariant 1 (expiry on the local clock): replica %d (clock %+v) got %s whose Expiry is %v before its clock's now (tolerance %v)",
+				r.i, r.off, c.tok.AccessToken, local.Sub(c.tok.Expiry).Round(time.Millisecond), tol)
+		}
+		return
+	}
+	if r.pausedDuring(c.start, c.end) {
+		return // a stopped process serves nobody
+	}
+	took := c.end.Sub(c.start).Round(time.Millisecond)
+	if errors.Is(c.err, context.DeadlineExceeded) {
+		if !m.issuerFailedSince(c.start.Add(-maxRetryWindow)) {
+			m.t.Fatalf("invariant 4 (waiters served in time): replica %d was not served within %v (lock TTL %v + issuer %v + margin) with a healthy issuer: %v",
+				r.i, c.bound, m.cfg.lockTTL, m.slowMax, c.err)
+		}
+	}
+	// Errors are allowed only while the issuer fails and no valid token
+	// exists. A failure remembered for the fleet's back-off window counts
+	// as failing (at most maxRetryWindow).
+	if !m.issuerFailedSince(c.start.Add(-maxRetryWindow)) {
+		m.t.Fatalf("invariant 3 (no error with a healthy issuer): replica %d failed after %v: %v", r.i, took, c.err)
+	}
+	if ok, why := m.storedValid(time.Now(), c.start); ok {
+		m.t.Fatalf("invariant 3 (no error while a valid token is in redis): replica %d failed after %v while %s: %v", r.i, took, why, c.err)
+	}
+}
+
+// ---- the tests ----
+
+// modelChecks sets rapid's number of checks for this test unless the
+// command line or RAPID_CHECKS chose it.
+func modelChecks(t *testing.T) {
+	set := false
+	flag.Visit(func(f *flag.Flag) {
+		if f.Name == "rapid.checks" {
+			set = true
+		}
+	})
+	if _, env := os.LookupEnv("RAPID_CHECKS"); set || env {
+		return
+	}
+	n := modelDefaultChecks
+	if s := os.Getenv(modelChecksEnv); s != "" {
+		v, err := strconv.Atoi(s)
+		if err != nil || v < 1 {
+			t.Fatalf("%s=%q: want a positive number", modelChecksEnv, s)
+		}
+		n = v
+	}
+	f := flag.Lookup("rapid.checks")
+	old := f.Value.String()
+	if err := f.Value.Set(strconv.Itoa(n)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = f.Value.Set(old) })
+}
+
+func (m *model) replica(t *rapid.T) *modelReplica {
+	return m.reps[rapid.IntRange(0, len(m.reps)-1).Draw(t, "replica")]
+}
+
+func TestModel(t *testing.T) {
+	env := newModelEnv(t)
+	modelChecks(t)
+	rapid.Check(t, func(t *rapid.T) {
+		m := newModel(t, env, drawModelConfig(t))
+		t.Repeat(map[string]func(*rapid.T){
+			"call":       func(t *rapid.T) { m.call(m.replica(t)) },
+			"call2":      func(t *rapid.T) { m.call(m.replica(t)) }, // calls are most of the traffic
+			"burst":      func(t *rapid.T) { m.burst() },
+			"wait":       func(t *rapid.T) { m.wait(time.Duration(rapid.IntRange(50, 500).Draw(t, "ms")) * time.Millisecond) },
+			"wait2":      func(t *rapid.T) { m.wait(time.Duration(rapid.IntRange(50, 500).Draw(t, "ms")) * time.Millisecond) },
+			"invalidate": func(t *rapid.T) { m.invalidate(m.replica(t)) },
+			"reuse":      func(t *rapid.T) { m.setReuse(rapid.Bool().Draw(t, "on")) },
+			"fail":       func(t *rapid.T) { m.fail(rapid.IntRange(1, 4).Draw(t, "n")) },
+			"slow":       func(t *rapid.T) { m.slow() },
+			"pause":      func(t *rapid.T) { m.pause(m.replica(t)) },
+			"dropSubs":   func(t *rapid.T) { m.dropSubscriptions() },
+			"stretch":    func(t *rapid.T) { m.stretch() },
+			"del":        func(t *rapid.T) { m.del() },
+			"restart":    func(t *rapid.T) { m.restart() },
+			"":           func(t *rapid.T) { m.check() },
+		})
+	})
+}
