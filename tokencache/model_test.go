@@ -99,6 +99,18 @@ type modelIssuer struct {
 	seq      int
 	last     string
 	minted   map[string]modelMint
+	log      []string // one line per call, for failure messages
+}
+
+// logf records a line of the issuer's log; is.mu is held.
+func (is *modelIssuer) logf(r *modelReplica, format string, args ...any) {
+	is.log = append(is.log, fmt.Sprintf("%8v replica %d: ", time.Since(is.first).Round(time.Millisecond), r.i)+fmt.Sprintf(format, args...))
+}
+
+func (is *modelIssuer) history() string {
+	is.mu.Lock()
+	defer is.mu.Unlock()
+	return "\n\tissuer calls (true time since the first):\n\t" + strings.Join(is.log, "\n\t")
 }
 
 type modelMint struct {
@@ -114,6 +126,7 @@ func (is *modelIssuer) fetch(ctx context.Context, r *modelReplica) (Token, error
 	if is.failNext > 0 {
 		is.failNext--
 		is.failures = append(is.failures, time.Now())
+		is.logf(r, "failed (injected)")
 		is.mu.Unlock()
 		return Token{}, &issuerErr{code: "temporarily_unavailable", retryable: true}
 	}
@@ -141,6 +154,7 @@ func (is *modelIssuer) fetch(ctx context.Context, r *modelReplica) (Token, error
 	now := time.Now()
 	if is.reuse && is.last != "" {
 		if m := is.minted[is.last]; m.exp.Sub(now) > time.Duration(modelReuseShare*float64(is.life)) {
+			is.logf(r, "reused %s (%v left)", is.last, m.exp.Sub(now).Round(time.Millisecond))
 			// expires_in is what is left; the fetcher adds it to its clock.
 			return Token{AccessToken: is.last, TokenType: "Bearer", Expiry: now.Add(r.off).Add(m.exp.Sub(now))}, nil
 		}
@@ -149,6 +163,7 @@ func (is *modelIssuer) fetch(ctx context.Context, r *modelReplica) (Token, error
 	tok := "model-token-" + strconv.Itoa(is.seq)
 	is.minted[tok] = modelMint{at: now, exp: now.Add(is.life)}
 	is.last = tok
+	is.logf(r, "minted %s", tok)
 	return Token{AccessToken: tok, TokenType: "Bearer", Expiry: now.Add(r.off).Add(is.life)}, nil
 }
 
@@ -653,9 +668,15 @@ func (m *model) check() {
 		m.iss.mu.Lock()
 		first := m.iss.first
 		m.iss.mu.Unlock()
-		m.t.Fatalf("invariant 2 (issuer calls): %d issuer calls for the fleet, budget %d (cold start 1 + renewals in %v of %v tokens + %d injected faults + %d pauses)",
-			calls, budget, now.Sub(first).Round(time.Millisecond), m.cfg.life, m.faults, m.pausesFired.Load())
+		m.t.Fatalf("invariant 2 (issuer calls): %d issuer calls for the fleet, budget %d (cold start 1 + renewals in %v of %v tokens + %d injected faults + %d pauses)%s",
+			calls, budget, now.Sub(first).Round(time.Millisecond), m.cfg.life, m.faults, m.pausesFired.Load(), m.iss.history())
 	}
+}
+
+// fatalf fails the run with the issuer's log appended.
+func (m *model) fatalf(format string, args ...any) {
+	m.t.Helper()
+	m.t.Fatalf(format+"%s", append(args, m.iss.history())...)
 }
 
 func (m *model) checkCall(c modelCall) {
@@ -664,10 +685,10 @@ func (m *model) checkCall(c modelCall) {
 	if c.err == nil {
 		mt, ok := m.iss.mint(c.tok.AccessToken)
 		if !ok {
-			m.t.Fatalf("invariant 1: replica %d got a token the issuer never minted: %v", r.i, c.tok)
+			m.fatalf("invariant 1: replica %d got a token the issuer never minted: %v", r.i, c.tok)
 		}
 		if !mt.exp.After(c.end) {
-			m.t.Fatalf("invariant 1 (never expired): replica %d got %s %v past its true expiry (minted %v before the call returned)",
+			m.fatalf("invariant 1 (never expired): replica %d got %s %v past its true expiry (minted %v before the call returned)",
 				r.i, c.tok.AccessToken, c.end.Sub(mt.exp).Round(time.Millisecond), c.end.Sub(mt.at).Round(time.Millisecond))
 		}
 		// On the replica's clock: strict when the clocks agree; with
@@ -676,7 +697,7 @@ func (m *model) checkCall(c modelCall) {
 		// tolerates the spread and the true expiry above is the safety.
 		local := c.end.Add(r.off)
 		if tol := m.cfg.spread(); !c.tok.Expiry.After(local.Add(-tol)) {
-			m.t.Fatalf("invariant 1 (expiry on the local clock): replica %d (clock %+v) got %s whose Expiry is %v before its clock's now (tolerance %v)",
+			m.fatalf("invariant 1 (expiry on the local clock): replica %d (clock %+v) got %s whose Expiry is %v before its clock's now (tolerance %v)",
 				r.i, r.off, c.tok.AccessToken, local.Sub(c.tok.Expiry).Round(time.Millisecond), tol)
 		}
 		return
@@ -687,7 +708,7 @@ func (m *model) checkCall(c modelCall) {
 	took := c.end.Sub(c.start).Round(time.Millisecond)
 	if errors.Is(c.err, context.DeadlineExceeded) {
 		if !m.issuerFailedSince(c.start.Add(-maxRetryWindow)) {
-			m.t.Fatalf("invariant 4 (waiters served in time): replica %d was not served within %v (lock TTL %v + issuer %v + margin) with a healthy issuer: %v",
+			m.fatalf("invariant 4 (waiters served in time): replica %d was not served within %v (lock TTL %v + issuer %v + margin) with a healthy issuer: %v",
 				r.i, c.bound, m.cfg.lockTTL, m.slowMax, c.err)
 		}
 	}
@@ -695,10 +716,10 @@ func (m *model) checkCall(c modelCall) {
 	// exists. A failure remembered for the fleet's back-off window counts
 	// as failing (at most maxRetryWindow).
 	if !m.issuerFailedSince(c.start.Add(-maxRetryWindow)) {
-		m.t.Fatalf("invariant 3 (no error with a healthy issuer): replica %d failed after %v: %v", r.i, took, c.err)
+		m.fatalf("invariant 3 (no error with a healthy issuer): replica %d failed after %v: %v", r.i, took, c.err)
 	}
 	if ok, why := m.storedValid(time.Now(), c.start); ok {
-		m.t.Fatalf("invariant 3 (no error while a valid token is in redis): replica %d failed after %v while %s: %v", r.i, took, why, c.err)
+		m.fatalf("invariant 3 (no error while a valid token is in redis): replica %d failed after %v while %s: %v", r.i, took, why, c.err)
 	}
 }
 
@@ -736,27 +757,50 @@ func (m *model) replica(t *rapid.T) *modelReplica {
 	return m.reps[rapid.IntRange(0, len(m.reps)-1).Draw(t, "replica")]
 }
 
+// fault injects one fault drawn by rapid.
+func (m *model) fault(t *rapid.T) {
+	switch rapid.SampledFrom([]string{"invalidate", "reuse", "fail", "slow", "pause", "dropSubs", "stretch", "del", "restart"}).Draw(t, "fault") {
+	case "invalidate":
+		m.invalidate(m.replica(t))
+	case "reuse":
+		m.setReuse(rapid.Bool().Draw(t, "on"))
+	case "fail":
+		m.fail(rapid.IntRange(1, 4).Draw(t, "n"))
+	case "slow":
+		m.slow()
+	case "pause":
+		m.pause(m.replica(t))
+	case "dropSubs":
+		m.dropSubscriptions()
+	case "stretch":
+		m.stretch()
+	case "del":
+		m.del()
+	case "restart":
+		m.restart()
+	}
+}
+
 func TestModel(t *testing.T) {
 	env := newModelEnv(t)
 	modelChecks(t)
 	rapid.Check(t, func(t *rapid.T) {
 		m := newModel(t, env, drawModelConfig(t))
+		m.setReuse(rapid.Bool().Draw(t, "reusingIssuer"))
+		call := func(t *rapid.T) { m.call(m.replica(t)) }
+		wait := func(t *rapid.T) { m.wait(time.Duration(rapid.IntRange(50, 500).Draw(t, "ms")) * time.Millisecond) }
+		// Calls and waits are most of what happens; a fault is one step
+		// in eight.
 		t.Repeat(map[string]func(*rapid.T){
-			"call":       func(t *rapid.T) { m.call(m.replica(t)) },
-			"call2":      func(t *rapid.T) { m.call(m.replica(t)) }, // calls are most of the traffic
-			"burst":      func(t *rapid.T) { m.burst() },
-			"wait":       func(t *rapid.T) { m.wait(time.Duration(rapid.IntRange(50, 500).Draw(t, "ms")) * time.Millisecond) },
-			"wait2":      func(t *rapid.T) { m.wait(time.Duration(rapid.IntRange(50, 500).Draw(t, "ms")) * time.Millisecond) },
-			"invalidate": func(t *rapid.T) { m.invalidate(m.replica(t)) },
-			"reuse":      func(t *rapid.T) { m.setReuse(rapid.Bool().Draw(t, "on")) },
-			"fail":       func(t *rapid.T) { m.fail(rapid.IntRange(1, 4).Draw(t, "n")) },
-			"slow":       func(t *rapid.T) { m.slow() },
-			"pause":      func(t *rapid.T) { m.pause(m.replica(t)) },
-			"dropSubs":   func(t *rapid.T) { m.dropSubscriptions() },
-			"stretch":    func(t *rapid.T) { m.stretch() },
-			"del":        func(t *rapid.T) { m.del() },
-			"restart":    func(t *rapid.T) { m.restart() },
-			"":           func(t *rapid.T) { m.check() },
+			"call":   call,
+			"call#2": call,
+			"call#3": call,
+			"burst":  func(t *rapid.T) { m.burst() },
+			"wait":   wait,
+			"wait#2": wait,
+			"wait#3": wait,
+			"fault":  func(t *rapid.T) { m.fault(t) },
+			"":       func(t *rapid.T) { m.check() },
 		})
 	})
 }
