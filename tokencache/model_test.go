@@ -41,6 +41,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -53,6 +54,34 @@ import (
 
 	"github.com/tokencache/tokencache/internal/redistest"
 )
+
+// modelFaultKinds are the faults TestModel injects; TOKENCACHE_MODEL_FAULTS
+// (a comma list of them) narrows it, to look past one known failure:
+// TOKENCACHE_MODEL_FAULTS=fail,slow,pause,dropSubs,stretch,del,restart
+// leaves out the reusing issuer and invalidations. "reuse" also lets the
+// issuer start out reusing. TOKENCACHE_MODEL_CLOCKS=synced or skewed fixes
+// the clocks instead of drawing them.
+var modelFaultKinds = []string{"invalidate", "reuse", "fail", "slow", "pause", "pauseInFetch", "dropSubs", "stretch", "del", "restart"}
+
+func modelFaults(t *testing.T) []string {
+	s := os.Getenv("TOKENCACHE_MODEL_FAULTS")
+	if s == "" {
+		return modelFaultKinds
+	}
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		f = strings.TrimSpace(f)
+		ok := false
+		for _, k := range modelFaultKinds {
+			ok = ok || k == f
+		}
+		if !ok {
+			t.Fatalf("TOKENCACHE_MODEL_FAULTS: unknown fault %q (known: %s)", f, strings.Join(modelFaultKinds, ","))
+		}
+		out = append(out, f)
+	}
+	return out
+}
 
 // modelChecksEnv sets the number of rapid checks of TestModel (default
 // modelDefaultChecks) unless -rapid.checks or RAPID_CHECKS is given.
@@ -146,6 +175,9 @@ func (is *modelIssuer) fetch(ctx context.Context, r *modelReplica) (Token, error
 		}
 	}
 	// A paused replica's process is stopped: its answer waits too.
+	if r.pauseFetch.CompareAndSwap(true, false) {
+		r.startPause(true)
+	}
 	if err := r.waitResumed(ctx); err != nil {
 		return Token{}, err
 	}
@@ -195,8 +227,9 @@ type modelReplica struct {
 	held atomic.Pointer[Token] // the last token a call returned
 
 	pauseArmed atomic.Bool   // pause at the next lock taken
+	pauseFetch atomic.Bool   // pause in the next issuer call
 	pauseFor   time.Duration // how long a pause lasts
-	onPause    func()        // called when a pause starts
+	onPause    func(inFetch bool) // called when a pause starts
 	pauseMu    sync.Mutex    // guards paused
 	paused     []modelWindow // true-time windows when the replica was paused
 }
@@ -208,13 +241,13 @@ func (r *modelReplica) now() time.Time { return time.Now().Add(r.off) }
 // startPause stops the replica's Redis commands and issuer answers for
 // pauseFor, as a GC pause, CPU throttling or SIGSTOP would: its
 // watchdog cannot extend the lease, which expires.
-func (r *modelReplica) startPause() {
+func (r *modelReplica) startPause(inFetch bool) {
 	now := time.Now()
 	r.pauseMu.Lock()
 	r.paused = append(r.paused, modelWindow{now, now.Add(r.pauseFor)})
 	r.pauseMu.Unlock()
 	if r.onPause != nil {
-		r.onPause()
+		r.onPause(inFetch)
 	}
 }
 
@@ -244,6 +277,7 @@ func (r *modelReplica) pausedDuring(from, to time.Time) bool {
 
 func (r *modelReplica) resume() {
 	r.pauseArmed.Store(false)
+	r.pauseFetch.Store(false)
 	r.pauseMu.Lock()
 	now := time.Now()
 	for i := range r.paused {
@@ -288,7 +322,7 @@ func (h modelHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 		}
 		err := next(ctx, cmd)
 		if err == nil && h.r.pauseArmed.Load() && isLockTaken(cmd, h.lockKey) && h.r.pauseArmed.CompareAndSwap(true, false) {
-			h.r.startPause()
+			h.r.startPause(false)
 		}
 		return err
 	}
@@ -384,8 +418,15 @@ type model struct {
 	keys struct{ token, lock string }
 
 	faults      int          // budget for injected faults (see budget)
-	pausesFired atomic.Int64 // pauses that started (each may cost a call)
+	// pausesInFetch counts the pauses that started in an issuer call: the
+	// holder's lease runs out while its call is under way, and the next
+	// holder's call is one more. A pause just after taking the lock, before
+	// drawing a generation, costs nothing: the holder must find, when it
+	// wakes, that its lease is gone (or that a newer token is stored).
+	pausesInFetch atomic.Int64
+	pausesAtLock  atomic.Int64
 	results     []modelCall  // calls of the current step, checked after it
+	faultKinds  []string     // the faults a run draws from
 	slowMax     time.Duration
 }
 
@@ -403,7 +444,13 @@ func newModel(t modelTB, env *modelEnv, cfg modelConfig) *model {
 	m.slowMax = cfg.lockTTL * 3 / 2
 	for i := 0; i < cfg.replicas; i++ {
 		r := &modelReplica{i: i, pauseFor: cfg.lockTTL*3/2 + 200*time.Millisecond}
-		r.onPause = func() { m.pausesFired.Add(1) }
+		r.onPause = func(inFetch bool) {
+			if inFetch {
+				m.pausesInFetch.Add(1)
+			} else {
+				m.pausesAtLock.Add(1)
+			}
+		}
 		if cfg.offsets != nil {
 			r.off = cfg.offsets[i]
 		}
@@ -452,7 +499,15 @@ func drawModelConfig(t *rapid.T) modelConfig {
 		life:     rapid.SampledFrom([]time.Duration{2 * time.Second, 3 * time.Second, 4 * time.Second}).Draw(t, "life"),
 		lockTTL:  rapid.SampledFrom([]time.Duration{600 * time.Millisecond, 800 * time.Millisecond, time.Second}).Draw(t, "lockTTL"),
 	}
-	if rapid.Bool().Draw(t, "skewedClocks") {
+	skewed := false
+	switch os.Getenv("TOKENCACHE_MODEL_CLOCKS") {
+	case "synced":
+	case "skewed":
+		skewed = true
+	default:
+		skewed = rapid.Bool().Draw(t, "skewedClocks")
+	}
+	if skewed {
 		for i := 0; i < cfg.replicas; i++ {
 			ms := rapid.IntRange(-20_000, 60_000).Draw(t, fmt.Sprintf("offsetMS%d", i))
 			cfg.offsets = append(cfg.offsets, time.Duration(ms)*time.Millisecond)
@@ -550,6 +605,12 @@ func (m *model) slow() {
 // replica takes over. Each pause that starts may cost one call.
 func (m *model) pause(r *modelReplica) { r.pauseArmed.Store(true) }
 
+// pauseInFetch arms a pause of replica r in its next issuer call: the
+// holder stops while its call is under way, its lease expires, another
+// replica takes over; the late answer must not displace the newer token.
+// Each such pause may cost one call.
+func (m *model) pauseInFetch(r *modelReplica) { r.pauseFetch.Store(true) }
+
 // dropSubscriptions kills every pub/sub connection: events published
 // until the replicas subscribe again are lost.
 func (m *model) dropSubscriptions() {
@@ -613,7 +674,7 @@ func (m *model) budget(now time.Time) (calls, budget int) {
 	}
 	period := time.Duration(modelRefreshAhead * float64(m.cfg.life))
 	renewals := int((now.Sub(first) + 100*time.Millisecond) / period)
-	return calls, 1 + renewals + m.faults + int(m.pausesFired.Load())
+	return calls, 1 + renewals + m.faults + int(m.pausesInFetch.Load())
 }
 
 // storedValid reports whether Redis holds a token that is valid at now
@@ -668,8 +729,8 @@ func (m *model) check() {
 		m.iss.mu.Lock()
 		first := m.iss.first
 		m.iss.mu.Unlock()
-		m.t.Fatalf("invariant 2 (issuer calls): %d issuer calls for the fleet, budget %d (cold start 1 + renewals in %v of %v tokens + %d injected faults + %d pauses)%s",
-			calls, budget, now.Sub(first).Round(time.Millisecond), m.cfg.life, m.faults, m.pausesFired.Load(), m.iss.history())
+		m.t.Fatalf("invariant 2 (issuer calls): %d issuer calls for the fleet, budget %d (cold start 1 + renewals in %v of %v tokens + %d injected faults + %d pauses in an issuer call; %d pauses at the lock cost nothing)%s",
+			calls, budget, now.Sub(first).Round(time.Millisecond), m.cfg.life, m.faults, m.pausesInFetch.Load(), m.pausesAtLock.Load(), m.iss.history())
 	}
 }
 
@@ -759,7 +820,7 @@ func (m *model) replica(t *rapid.T) *modelReplica {
 
 // fault injects one fault drawn by rapid.
 func (m *model) fault(t *rapid.T) {
-	switch rapid.SampledFrom([]string{"invalidate", "reuse", "fail", "slow", "pause", "dropSubs", "stretch", "del", "restart"}).Draw(t, "fault") {
+	switch rapid.SampledFrom(m.faultKinds).Draw(t, "fault") {
 	case "invalidate":
 		m.invalidate(m.replica(t))
 	case "reuse":
@@ -770,6 +831,8 @@ func (m *model) fault(t *rapid.T) {
 		m.slow()
 	case "pause":
 		m.pause(m.replica(t))
+	case "pauseInFetch":
+		m.pauseInFetch(m.replica(t))
 	case "dropSubs":
 		m.dropSubscriptions()
 	case "stretch":
@@ -784,9 +847,13 @@ func (m *model) fault(t *rapid.T) {
 func TestModel(t *testing.T) {
 	env := newModelEnv(t)
 	modelChecks(t)
+	faults := modelFaults(t)
 	rapid.Check(t, func(t *rapid.T) {
 		m := newModel(t, env, drawModelConfig(t))
-		m.setReuse(rapid.Bool().Draw(t, "reusingIssuer"))
+		m.faultKinds = faults
+		if slices.Contains(faults, "reuse") {
+			m.setReuse(rapid.Bool().Draw(t, "reusingIssuer"))
+		}
 		call := func(t *rapid.T) { m.call(m.replica(t)) }
 		wait := func(t *rapid.T) { m.wait(time.Duration(rapid.IntRange(50, 500).Draw(t, "ms")) * time.Millisecond) }
 		// Calls and waits are most of what happens; a fault is one step
