@@ -288,6 +288,25 @@ func (r *modelReplica) resume() {
 	r.pauseMu.Unlock()
 }
 
+// modelWatchdogLag is how long after a pause ends the paused replica's
+// lock commands (its watchdog's) are held back.
+const modelWatchdogLag = 300 * time.Millisecond
+
+// holdLockCommands holds a lock command issued while the replica is
+// paused until the pause has ended and modelWatchdogLag more has passed,
+// whatever its context says; it reports whether it held one.
+func (r *modelReplica) holdLockCommands() bool {
+	held := false
+	for {
+		until := r.pausedUntil(time.Now())
+		if until.IsZero() {
+			return held
+		}
+		held = true
+		time.Sleep(time.Until(until.Add(modelWatchdogLag)))
+	}
+}
+
 func (r *modelReplica) waitResumed(ctx context.Context) error {
 	for {
 		until := r.pausedUntil(time.Now())
@@ -316,6 +335,18 @@ func (h modelHook) DialHook(next redis.DialHook) redis.DialHook { return next }
 
 func (h modelHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
+		if h.mentionsLock(cmd) && h.r.holdLockCommands() {
+			// The watchdog of a stopped process does not run: its beat
+			// (an extension, or the GET that tells who holds the lock)
+			// is answered only after the process wakes, and a little
+			// after its other goroutines have gone on, as a timer that
+			// fired late is scheduled. Its deadline is not looked at
+			// while it is stopped.
+			if err := ctx.Err(); err != nil {
+				cmd.SetErr(err)
+				return err
+			}
+		}
 		if err := h.r.waitResumed(ctx); err != nil {
 			cmd.SetErr(err)
 			return err
@@ -338,6 +369,17 @@ func (h modelHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Pro
 		}
 		return next(ctx, cmds)
 	}
+}
+
+// mentionsLock reports whether cmd names the lock key: the lease's
+// extension, release and owner check.
+func (h modelHook) mentionsLock(cmd redis.Cmder) bool {
+	for _, a := range cmd.Args() {
+		if s, ok := a.(string); ok && s == h.lockKey {
+			return true
+		}
+	}
+	return false
 }
 
 // isLockTaken reports whether cmd is a successful SET NX of the lock key
@@ -870,4 +912,146 @@ func TestModel(t *testing.T) {
 			"":       func(t *rapid.T) { m.check() },
 		})
 	})
+}
+
+// callAsync starts a call on r; join waits for it, and its result is
+// checked after the step that joins it.
+func (m *model) callAsync(r *modelReplica) (join func()) {
+	done := make(chan modelCall, 1)
+	go func() { done <- m.doCall(r) }()
+	return func() { m.results = append(m.results, <-done) }
+}
+
+// waitPaused waits (bounded) until an armed pause of r has started.
+func (m *model) waitPaused(r *modelReplica) {
+	deadline := time.Now().Add(10 * time.Second)
+	for r.pausedUntil(time.Now()).IsZero() {
+		if time.Now().After(deadline) {
+			m.t.Fatalf("replica %d did not pause", r.i)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestModelRegressions replays, as scripted step sequences, the
+// interleavings TestModel found (issue 12). Each names the behaviour it
+// pins; the invariants are checked after every step, as in TestModel.
+func TestModelRegressions(t *testing.T) {
+	env := newModelEnv(t)
+	synced := modelConfig{replicas: 3, life: 3 * time.Second, lockTTL: 800 * time.Millisecond}
+	cases := []struct {
+		name  string
+		cfg   modelConfig
+		steps func(m *model, step func(func()))
+	}{{
+		// Item 1: an issuer that hands back its still-valid token after
+		// an invalidation; today the token stays rejected and every call
+		// costs three issuer calls.
+		name: "reusing issuer costs one call after an invalidation",
+		cfg:  synced,
+		steps: func(m *model, step func(func())) {
+			m.setReuse(true)
+			step(func() { m.call(m.reps[0]) })
+			step(func() { m.invalidate(m.reps[0]) })
+			for i := 0; i < 6; i++ {
+				step(func() { m.call(m.reps[i%3]) })
+			}
+			step(m.burst)
+		},
+	}, {
+		// Item 3: a key whose TTL outlives its token (a hand PEXPIRE, a
+		// node whose clock lags); today its token is served past the
+		// issuer's expiry.
+		name: "stretched key is never served past the issuer's expiry",
+		cfg:  modelConfig{replicas: 3, life: 2 * time.Second, lockTTL: 800 * time.Millisecond},
+		steps: func(m *model, step func(func())) {
+			// Replica 0 stores the token and is not called again (its
+			// refresh-ahead timer needs a caller); the others only ever
+			// read the stretched key.
+			step(func() { m.call(m.reps[0]) })
+			step(m.stretch)
+			for i := 0; i < 12; i++ {
+				step(func() { m.wait(300 * time.Millisecond) })
+				step(func() { m.call(m.reps[1+i%2]) })
+			}
+		},
+	}, {
+		// Item 2: one replica's clock a minute fast; today the others
+		// take its tokens for newer and refresh again and again.
+		name: "a replica a minute fast does not make the fleet loop",
+		cfg:  modelConfig{replicas: 4, life: 3 * time.Second, lockTTL: 800 * time.Millisecond, offsets: []time.Duration{0, 0, 0, time.Minute}},
+		steps: func(m *model, step func(func())) {
+			// The fast replica stores the first token.
+			step(func() { m.call(m.reps[3]) })
+			for i := 0; i < 32; i++ {
+				step(func() { m.call(m.reps[i%4]) })
+				step(func() { m.wait(200 * time.Millisecond) })
+			}
+		},
+	}, {
+		// Item 4: a holder paused just after taking the lock wakes while
+		// the next holder's (slow) issuer call runs; today it draws a
+		// newer generation, calls the issuer too, and fences out the
+		// current holder.
+		name: "a holder paused past its lease draws no generation",
+		cfg:  synced,
+		steps: func(m *model, step func(func())) {
+			var join func()
+			step(func() { m.pause(m.reps[0]) })
+			step(func() { join = m.callAsync(m.reps[0]) })
+			step(func() { m.waitPaused(m.reps[0]) })
+			step(m.slow)
+			step(func() { m.call(m.reps[1]) })
+			step(func() { join() })
+			step(m.burst)
+		},
+	}, {
+		name: "a holder paused in its issuer call costs one more call, and its late token does not win",
+		cfg:  synced,
+		steps: func(m *model, step func(func())) {
+			var join func()
+			step(func() { m.pauseInFetch(m.reps[0]) })
+			step(func() { join = m.callAsync(m.reps[0]) })
+			step(func() { m.waitPaused(m.reps[0]) })
+			step(func() { m.call(m.reps[1]) })
+			step(func() { join() })
+			step(m.burst)
+			step(func() { m.wait(time.Second) })
+			step(m.burst)
+		},
+	}, {
+		name: "a restart with appendonly keeps the token",
+		cfg:  synced,
+		steps: func(m *model, step func(func())) {
+			step(m.burst)
+			step(m.restart)
+			step(m.burst)
+			step(func() { m.wait(time.Second) })
+			step(m.burst)
+		},
+	}, {
+		name: "renewals go on after the subscriptions are dropped",
+		cfg:  synced,
+		steps: func(m *model, step func(func())) {
+			for i := 0; i < 10; i++ {
+				step(m.burst)
+				if i%3 == 0 {
+					step(m.dropSubscriptions)
+				}
+				step(func() { m.wait(400 * time.Millisecond) })
+			}
+		},
+	}}
+	for _, tc := range cases {
+		t.Run(strings.ReplaceAll(tc.name, " ", "_"), func(t *testing.T) {
+			m := newModel(t, env, tc.cfg)
+			m.check()
+			tc.steps(m, func(f func()) {
+				t.Helper()
+				f()
+				m.check()
+			})
+			t.Log(m.iss.history())
+		})
+	}
 }
