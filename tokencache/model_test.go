@@ -226,12 +226,12 @@ type modelReplica struct {
 
 	held atomic.Pointer[Token] // the last token a call returned
 
-	pauseArmed atomic.Bool   // pause at the next lock taken
-	pauseFetch atomic.Bool   // pause in the next issuer call
-	pauseFor   time.Duration // how long a pause lasts
+	pauseArmed atomic.Bool        // pause at the next lock taken
+	pauseFetch atomic.Bool        // pause in the next issuer call
+	pauseFor   time.Duration      // how long a pause lasts
 	onPause    func(inFetch bool) // called when a pause starts
-	pauseMu    sync.Mutex    // guards paused
-	paused     []modelWindow // true-time windows when the replica was paused
+	pauseMu    sync.Mutex         // guards paused
+	paused     []modelWindow      // true-time windows when the replica was paused
 }
 
 type modelWindow struct{ from, to time.Time }
@@ -459,7 +459,7 @@ type model struct {
 	reps []*modelReplica
 	keys struct{ token, lock string }
 
-	faults      int          // budget for injected faults (see budget)
+	faults int // budget for injected faults (see budget)
 	// pausesInFetch counts the pauses that started in an issuer call: the
 	// holder's lease runs out while its call is under way, and the next
 	// holder's call is one more. A pause just after taking the lock, before
@@ -467,9 +467,9 @@ type model struct {
 	// wakes, that its lease is gone (or that a newer token is stored).
 	pausesInFetch atomic.Int64
 	pausesAtLock  atomic.Int64
-	results     []modelCall  // calls of the current step, checked after it
-	faultKinds  []string     // the faults a run draws from
-	slowMax     time.Duration
+	results       []modelCall // calls of the current step, checked after it
+	faultKinds    []string    // the faults a run draws from
+	slowMax       time.Duration
 }
 
 type modelCall struct {
