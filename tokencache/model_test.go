@@ -963,16 +963,17 @@ func TestModelRegressions(t *testing.T) {
 		// node whose clock lags); today its token is served past the
 		// issuer's expiry.
 		name: "stretched key is never served past the issuer's expiry",
-		cfg:  modelConfig{replicas: 3, life: 2 * time.Second, lockTTL: 800 * time.Millisecond},
+		// WithClock (zero offsets): calls alone drive refresh-ahead.
+		cfg: modelConfig{replicas: 3, life: 2 * time.Second, lockTTL: 800 * time.Millisecond, offsets: []time.Duration{0, 0, 0}},
 		steps: func(m *model, step func(func())) {
-			// Replica 0 stores the token and is not called again (its
-			// refresh-ahead timer needs a caller); the others only ever
-			// read the stretched key.
+			// Every replica re-reads its copy on re-subscribing, and
+			// takes the stretched TTL for the token's life.
 			step(func() { m.call(m.reps[0]) })
 			step(m.stretch)
-			for i := 0; i < 12; i++ {
+			step(m.dropSubscriptions)
+			for i := 0; i < 10; i++ {
 				step(func() { m.wait(300 * time.Millisecond) })
-				step(func() { m.call(m.reps[1+i%2]) })
+				step(func() { m.call(m.reps[i%3]) })
 			}
 		},
 	}, {
