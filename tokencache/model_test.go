@@ -18,7 +18,8 @@ package tokencache
 //  4. every caller is served within the lock TTL plus the issuer's time
 //     (the call's context is bounded by that; a timeout is a failure).
 //
-// Run (the default is 8 checks of about 30 steps, well under a minute):
+// Run (the default is 10 checks of about 30 steps, about 30 s on two
+// loaded cores with -race; a failure adds up to 20 s of shrinking):
 //
 //	go test -race -run 'TestModel' ./tokencache/
 //
@@ -87,7 +88,7 @@ func modelFaults(t *testing.T) []string {
 // modelDefaultChecks) unless -rapid.checks or RAPID_CHECKS is given.
 const (
 	modelChecksEnv     = "TOKENCACHE_MODEL_CHECKS"
-	modelDefaultChecks = 8
+	modelDefaultChecks = 10
 )
 
 // Model parameters. The refresh-ahead share and the skew are the ones the
@@ -831,13 +832,7 @@ func (m *model) checkCall(c modelCall) {
 // modelChecks sets rapid's number of checks for this test unless the
 // command line or RAPID_CHECKS chose it.
 func modelChecks(t *testing.T) {
-	set := false
-	flag.Visit(func(f *flag.Flag) {
-		if f.Name == "rapid.checks" {
-			set = true
-		}
-	})
-	if _, env := os.LookupEnv("RAPID_CHECKS"); set || env {
+	if _, env := os.LookupEnv("RAPID_CHECKS"); env || visited("rapid.checks") {
 		return
 	}
 	n := modelDefaultChecks
@@ -848,9 +843,24 @@ func modelChecks(t *testing.T) {
 		}
 		n = v
 	}
-	f := flag.Lookup("rapid.checks")
+	setFlag(t, "rapid.checks", strconv.Itoa(n))
+	if _, env := os.LookupEnv("RAPID_SHRINKTIME"); !env && !visited("rapid.shrinktime") {
+		// Each shrinking attempt replays a run in real time.
+		setFlag(t, "rapid.shrinktime", "20s")
+	}
+}
+
+func visited(name string) bool {
+	set := false
+	flag.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
+}
+
+// setFlag sets a flag for the test and restores it after.
+func setFlag(t *testing.T, name, value string) {
+	f := flag.Lookup(name)
 	old := f.Value.String()
-	if err := f.Value.Set(strconv.Itoa(n)); err != nil {
+	if err := f.Value.Set(value); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = f.Value.Set(old) })
