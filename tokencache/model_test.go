@@ -18,7 +18,7 @@ package tokencache
 //  4. every caller is served within the lock TTL plus the issuer's time
 //     (the call's context is bounded by that; a timeout is a failure).
 //
-// Run (the default is 10 checks of about 30 steps, about 30 s on two
+// Run (the default is 8 checks of about 40 steps, about 30 s on two
 // loaded cores with -race; a failure adds up to 20 s of shrinking):
 //
 //	go test -race -run 'TestModel' ./tokencache/
@@ -88,7 +88,7 @@ func modelFaults(t *testing.T) []string {
 // modelDefaultChecks) unless -rapid.checks or RAPID_CHECKS is given.
 const (
 	modelChecksEnv     = "TOKENCACHE_MODEL_CHECKS"
-	modelDefaultChecks = 10
+	modelDefaultChecks = 8
 )
 
 // Model parameters. The refresh-ahead share and the skew are the ones the
@@ -116,7 +116,8 @@ const (
 // counts calls, records each token's true expiry, and can reuse its last
 // token, fail the next calls, or stall the next one.
 type modelIssuer struct {
-	life time.Duration
+	life    time.Duration
+	latency time.Duration // every answer takes this long
 
 	mu       sync.Mutex // guards everything below
 	calls    int
@@ -125,7 +126,6 @@ type modelIssuer struct {
 	failNext int
 	failures []time.Time // when injected failures were served
 	slowNext time.Duration
-	slowEnd  time.Time // a stalled call in flight answers by then
 	seq      int
 	last     string
 	minted   map[string]modelMint
@@ -160,11 +160,8 @@ func (is *modelIssuer) fetch(ctx context.Context, r *modelReplica) (Token, error
 		is.mu.Unlock()
 		return Token{}, &issuerErr{code: "temporarily_unavailable", retryable: true}
 	}
-	slow := is.slowNext
+	slow := is.slowNext + is.latency
 	is.slowNext = 0
-	if slow > 0 {
-		is.slowEnd = time.Now().Add(slow)
-	}
 	is.mu.Unlock()
 	if slow > 0 {
 		t := time.NewTimer(slow)
@@ -413,7 +410,9 @@ type modelConfig struct {
 	// offsets of the replicas' clocks; nil: every replica uses the real
 	// clock (and the cache's timers, as in production). With offsets,
 	// every replica gets WithClock.
-	offsets []time.Duration
+	offsets  []time.Duration
+	latency  time.Duration // of every issuer answer
+	pauseFor time.Duration // how long a paused replica stops; 0: 1.5 lock TTLs + 200 ms
 }
 
 // skew is the expiry skew the caches use: a tenth of the life (the
@@ -485,8 +484,13 @@ func newModel(t modelTB, env *modelEnv, cfg modelConfig) *model {
 	ns := fmt.Sprintf("model-%d-%d", os.Getpid(), env.runs.Add(1))
 	m := &model{t: t, env: env, cfg: cfg, iss: &modelIssuer{life: cfg.life, minted: map[string]modelMint{}}}
 	m.slowMax = cfg.lockTTL * 3 / 2
+	m.iss.latency = cfg.latency
+	if cfg.pauseFor == 0 {
+		cfg.pauseFor = cfg.lockTTL*3/2 + 200*time.Millisecond
+		m.cfg.pauseFor = cfg.pauseFor
+	}
 	for i := 0; i < cfg.replicas; i++ {
-		r := &modelReplica{i: i, pauseFor: cfg.lockTTL*3/2 + 200*time.Millisecond}
+		r := &modelReplica{i: i, pauseFor: cfg.pauseFor}
 		r.onPause = func(inFetch bool) {
 			if inFetch {
 				m.pausesInFetch.Add(1)
@@ -539,9 +543,13 @@ func newModel(t modelTB, env *modelEnv, cfg modelConfig) *model {
 func drawModelConfig(t *rapid.T) modelConfig {
 	cfg := modelConfig{
 		replicas: rapid.IntRange(3, 4).Draw(t, "replicas"),
-		life:     rapid.SampledFrom([]time.Duration{2 * time.Second, 3 * time.Second, 4 * time.Second}).Draw(t, "life"),
+		life:     rapid.SampledFrom([]time.Duration{1500 * time.Millisecond, 2 * time.Second, 3 * time.Second}).Draw(t, "life"),
 		lockTTL:  rapid.SampledFrom([]time.Duration{600 * time.Millisecond, 800 * time.Millisecond, time.Second}).Draw(t, "lockTTL"),
+		latency:  time.Duration(rapid.IntRange(0, 150).Draw(t, "issuerLatencyMS")) * time.Millisecond,
 	}
+	// A paused replica wakes anywhere from just after its lease ran out
+	// to well after another replica took over.
+	cfg.pauseFor = cfg.lockTTL + time.Duration(rapid.IntRange(50, 800).Draw(t, "pauseMS"))*time.Millisecond
 	skewed := false
 	switch os.Getenv("TOKENCACHE_MODEL_CLOCKS") {
 	case "synced":
@@ -561,10 +569,10 @@ func drawModelConfig(t *rapid.T) modelConfig {
 
 // callBound is how long a caller may wait (invariant 4): the lock TTL
 // (a dead or paused holder's lease running out), plus the issuer's time
-// (a stalled call; three attempts with their 20 ms backoffs), plus
-// modelMargin.
+// (a stalled call; three attempts at the issuer's latency with their
+// 20 ms backoffs), plus modelMargin.
 func (m *model) callBound() time.Duration {
-	return m.cfg.lockTTL + m.slowMax + 3*20*time.Millisecond + modelMargin
+	return m.cfg.lockTTL + m.slowMax + 3*(m.cfg.latency+20*time.Millisecond) + modelMargin
 }
 
 // ---- steps ----
@@ -813,7 +821,7 @@ func (m *model) checkCall(c modelCall) {
 	if errors.Is(c.err, context.DeadlineExceeded) {
 		if !m.issuerFailedSince(c.start.Add(-maxRetryWindow)) {
 			m.fatalf("invariant 4 (waiters served in time): replica %d was not served within %v (lock TTL %v + issuer %v + margin) with a healthy issuer: %v",
-				r.i, c.bound, m.cfg.lockTTL, m.slowMax, c.err)
+				r.i, c.bound, m.cfg.lockTTL, m.slowMax+3*m.cfg.latency, c.err)
 		}
 	}
 	// Errors are allowed only while the issuer fails and no valid token
@@ -844,6 +852,9 @@ func modelChecks(t *testing.T) {
 		n = v
 	}
 	setFlag(t, "rapid.checks", strconv.Itoa(n))
+	if _, env := os.LookupEnv("RAPID_STEPS"); !env && !visited("rapid.steps") {
+		setFlag(t, "rapid.steps", "40")
+	}
 	if _, env := os.LookupEnv("RAPID_SHRINKTIME"); !env && !visited("rapid.shrinktime") {
 		// Each shrinking attempt replays a run in real time.
 		setFlag(t, "rapid.shrinktime", "20s")
