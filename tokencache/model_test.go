@@ -28,10 +28,19 @@ package tokencache
 //	TOKENCACHE_MODEL_CHECKS=200 go test -race -run 'TestModel$' -timeout 60m ./tokencache/
 //	go test -race -run 'TestModel$' -timeout 60m ./tokencache/ -rapid.checks=200 -rapid.steps=60
 //
-// A failure prints "-rapid.seed=N"; run the same command with it to draw the
+// A failure prints "-rapid.seed=N" and the issuer's log; run the same
+// command with it (and the same TOKENCACHE_MODEL_* variables) to draw the
 // same steps again. Time is real (Redis's clock is), so a seed replays the
-// steps, not the exact interleaving. A failure worth keeping becomes a named
-// case in TestModelRegressions, a scripted sequence of the same steps.
+// steps, not the exact interleaving: a failure may need a few runs to come
+// back. No fail file is written unless -rapid.nofailfile=false is given. A
+// failure worth keeping becomes a named case in TestModelRegressions, a
+// scripted sequence of the same steps.
+//
+// To look past a known failure, narrow the faults or fix the clocks:
+//
+//	TOKENCACHE_MODEL_FAULTS=fail,slow,pause,pauseInFetch,dropSubs,stretch,del,restart \
+//	TOKENCACHE_MODEL_CLOCKS=synced go test -race -run 'TestModel$' ./tokencache/
+//
 // Without redis-server on PATH the tests skip, unless
 // TOKENCACHE_REQUIRE_REDIS=1.
 
@@ -837,12 +846,11 @@ func (m *model) checkCall(c modelCall) {
 
 // ---- the tests ----
 
-// modelChecks sets rapid's number of checks for this test unless the
-// command line or RAPID_CHECKS chose it.
-func modelChecks(t *testing.T) {
-	if _, env := os.LookupEnv("RAPID_CHECKS"); env || visited("rapid.checks") {
-		return
-	}
+// modelFlags sets rapid's defaults for this test — modelDefaultChecks
+// checks (or TOKENCACHE_MODEL_CHECKS), 40 steps, 20 s of shrinking, no
+// fail file — each unless the command line or rapid's own environment
+// variable chose it.
+func modelFlags(t *testing.T) {
 	n := modelDefaultChecks
 	if s := os.Getenv(modelChecksEnv); s != "" {
 		v, err := strconv.Atoi(s)
@@ -851,13 +859,19 @@ func modelChecks(t *testing.T) {
 		}
 		n = v
 	}
-	setFlag(t, "rapid.checks", strconv.Itoa(n))
-	if _, env := os.LookupEnv("RAPID_STEPS"); !env && !visited("rapid.steps") {
-		setFlag(t, "rapid.steps", "40")
-	}
-	if _, env := os.LookupEnv("RAPID_SHRINKTIME"); !env && !visited("rapid.shrinktime") {
+	for _, d := range []struct{ flag, env, value string }{
+		{"rapid.checks", "RAPID_CHECKS", strconv.Itoa(n)},
+		{"rapid.steps", "RAPID_STEPS", "40"},
 		// Each shrinking attempt replays a run in real time.
-		setFlag(t, "rapid.shrinktime", "20s")
+		{"rapid.shrinktime", "RAPID_SHRINKTIME", "20s"},
+		// A fail file would be replayed first by every later run, with
+		// other timings: the printed seed is the record.
+		{"rapid.nofailfile", "RAPID_NOFAILFILE", "true"},
+	} {
+		if _, env := os.LookupEnv(d.env); env || visited(d.flag) || (d.flag == "rapid.nofailfile" && visited("rapid.failfile")) {
+			continue
+		}
+		setFlag(t, d.flag, d.value)
 	}
 }
 
@@ -909,7 +923,7 @@ func (m *model) fault(t *rapid.T) {
 
 func TestModel(t *testing.T) {
 	env := newModelEnv(t)
-	modelChecks(t)
+	modelFlags(t)
 	faults := modelFaults(t)
 	rapid.Check(t, func(t *rapid.T) {
 		m := newModel(t, env, drawModelConfig(t))
