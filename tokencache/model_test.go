@@ -477,6 +477,9 @@ type model struct {
 	pausesInFetch atomic.Int64
 	pausesAtLock  atomic.Int64
 	results       []modelCall // calls of the current step, checked after it
+	start         time.Time   // true time the run began
+	trailMu       sync.Mutex  // guards trail
+	trail         []string    // what the steps did, for failure messages
 	faultKinds    []string    // the faults a run draws from
 	slowMax       time.Duration
 }
@@ -491,7 +494,7 @@ type modelCall struct {
 
 func newModel(t modelTB, env *modelEnv, cfg modelConfig) *model {
 	ns := fmt.Sprintf("model-%d-%d", os.Getpid(), env.runs.Add(1))
-	m := &model{t: t, env: env, cfg: cfg, iss: &modelIssuer{life: cfg.life, minted: map[string]modelMint{}}}
+	m := &model{t: t, env: env, cfg: cfg, iss: &modelIssuer{life: cfg.life, minted: map[string]modelMint{}}, start: time.Now()}
 	m.slowMax = cfg.lockTTL * 3 / 2
 	m.iss.latency = cfg.latency
 	if cfg.pauseFor == 0 {
@@ -501,6 +504,7 @@ func newModel(t modelTB, env *modelEnv, cfg modelConfig) *model {
 	for i := 0; i < cfg.replicas; i++ {
 		r := &modelReplica{i: i, pauseFor: cfg.pauseFor}
 		r.onPause = func(inFetch bool) {
+			m.note("replica %d pauses for %v (in its issuer call: %v)", r.i, r.pauseFor, inFetch)
 			if inFetch {
 				m.pausesInFetch.Add(1)
 			} else {
@@ -595,6 +599,11 @@ func (m *model) doCall(r *modelReplica) modelCall {
 	c := modelCall{r: r, bound: bound, start: time.Now()}
 	c.tok, c.err = r.c.Token(ctx)
 	c.end = time.Now()
+	if c.err != nil {
+		m.note("replica %d call: error after %v: %v", r.i, c.end.Sub(c.start).Round(time.Millisecond), c.err)
+	} else {
+		m.note("replica %d call: %s after %v", r.i, c.tok.AccessToken, c.end.Sub(c.start).Round(time.Millisecond))
+	}
 	if c.err == nil {
 		tok := c.tok
 		r.held.Store(&tok)
@@ -621,7 +630,10 @@ func (m *model) burst() {
 	wg.Wait()
 }
 
-func (m *model) wait(d time.Duration) { time.Sleep(d) }
+func (m *model) wait(d time.Duration) {
+	m.note("wait %v", d)
+	time.Sleep(d)
+}
 
 // invalidate: the replica invalidates the token it last got (a 401).
 func (m *model) invalidate(r *modelReplica) {
@@ -632,12 +644,15 @@ func (m *model) invalidate(r *modelReplica) {
 	m.faults++
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if _, err := r.c.Invalidate(ctx, *p); err != nil {
+	ok, err := r.c.Invalidate(ctx, *p)
+	if err != nil {
 		m.t.Fatalf("Invalidate on replica %d: %v", r.i, err)
 	}
+	m.note("replica %d invalidates %s (deleted: %v)", r.i, p.AccessToken, ok)
 }
 
 func (m *model) setReuse(on bool) {
+	m.note("issuer reuses its token: %v", on)
 	m.iss.mu.Lock()
 	m.iss.reuse = on
 	m.iss.mu.Unlock()
@@ -647,6 +662,7 @@ func (m *model) setReuse(on bool) {
 // may cost one more call.
 func (m *model) fail(n int) {
 	m.faults += n
+	m.note("issuer fails its next %d calls", n)
 	m.iss.mu.Lock()
 	m.iss.failNext += n
 	m.iss.mu.Unlock()
@@ -655,6 +671,7 @@ func (m *model) fail(n int) {
 // slow stalls the issuer's next call past the lock TTL: the watchdog must
 // keep the lease, and waiters must be served when it answers.
 func (m *model) slow() {
+	m.note("issuer stalls its next call for %v", m.slowMax)
 	m.iss.mu.Lock()
 	m.iss.slowNext = m.slowMax
 	m.iss.mu.Unlock()
@@ -663,19 +680,26 @@ func (m *model) slow() {
 // pause arms a pause of replica r the next time it takes the lock: it
 // stops (Redis commands and issuer answers) past its lease, and another
 // replica takes over. Each pause that starts may cost one call.
-func (m *model) pause(r *modelReplica) { r.pauseArmed.Store(true) }
+func (m *model) pause(r *modelReplica) {
+	m.note("replica %d will pause when it next takes the lock", r.i)
+	r.pauseArmed.Store(true)
+}
 
 // pauseInFetch arms a pause of replica r in its next issuer call: the
 // holder stops while its call is under way, its lease expires, another
 // replica takes over; the late answer must not displace the newer token.
 // Each such pause may cost one call.
-func (m *model) pauseInFetch(r *modelReplica) { r.pauseFetch.Store(true) }
+func (m *model) pauseInFetch(r *modelReplica) {
+	m.note("replica %d will pause in its next issuer call", r.i)
+	r.pauseFetch.Store(true)
+}
 
 // dropSubscriptions kills every pub/sub connection: events published
 // until the replicas subscribe again are lost.
 func (m *model) dropSubscriptions() {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
+	m.note("CLIENT KILL TYPE pubsub")
 	if err := m.env.side.Do(ctx, "CLIENT", "KILL", "TYPE", "pubsub").Err(); err != nil {
 		m.t.Fatalf("CLIENT KILL TYPE pubsub: %v", err)
 	}
@@ -694,6 +718,7 @@ func (m *model) stretch() {
 		return
 	}
 	m.faults++
+	m.note("PEXPIRE the token key from %v to %v", pttl, 10*pttl)
 	if err := m.env.side.PExpire(ctx, m.keys.token, 10*pttl).Err(); err != nil {
 		m.t.Fatalf("PEXPIRE: %v", err)
 	}
@@ -704,6 +729,7 @@ func (m *model) del() {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	m.faults++
+	m.note("DEL the token key")
 	if err := m.env.side.Del(ctx, m.keys.token).Err(); err != nil {
 		m.t.Fatalf("DEL: %v", err)
 	}
@@ -712,7 +738,9 @@ func (m *model) del() {
 // restart restarts redis-server; with appendonly the token survives.
 func (m *model) restart() {
 	m.faults++
+	m.note("restart redis-server")
 	m.env.srv.Restart()
+	m.note("redis-server is back")
 }
 
 // ---- invariants ----
@@ -790,14 +818,29 @@ func (m *model) check() {
 		first := m.iss.first
 		m.iss.mu.Unlock()
 		m.t.Fatalf("invariant 2 (issuer calls): %d issuer calls for the fleet, budget %d (cold start 1 + renewals in %v of %v tokens + %d injected faults + %d pauses in an issuer call; %d pauses at the lock cost nothing)%s",
-			calls, budget, now.Sub(first).Round(time.Millisecond), m.cfg.life, m.faults, m.pausesInFetch.Load(), m.pausesAtLock.Load(), m.iss.history())
+			calls, budget, now.Sub(first).Round(time.Millisecond), m.cfg.life, m.faults, m.pausesInFetch.Load(), m.pausesAtLock.Load(), m.iss.history()+m.steps())
 	}
 }
 
 // fatalf fails the run with the issuer's log appended.
 func (m *model) fatalf(format string, args ...any) {
 	m.t.Helper()
-	m.t.Fatalf(format+"%s", append(args, m.iss.history())...)
+	m.t.Fatalf(format+"%s%s", append(args, m.iss.history(), m.steps())...)
+}
+
+// note records what a step did, at true time since the run began.
+func (m *model) note(format string, args ...any) {
+	m.trailMu.Lock()
+	defer m.trailMu.Unlock()
+	m.trail = append(m.trail, fmt.Sprintf("%8v ", time.Since(m.start).Round(time.Millisecond))+fmt.Sprintf(format, args...))
+}
+
+// steps returns the trail's last 60 lines.
+func (m *model) steps() string {
+	m.trailMu.Lock()
+	defer m.trailMu.Unlock()
+	tr := m.trail[max(0, len(m.trail)-60):]
+	return "\n\tsteps (true time since the run began; the issuer's log counts from its first call):\n\t" + strings.Join(tr, "\n\t")
 }
 
 func (m *model) checkCall(c modelCall) {
