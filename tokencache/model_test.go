@@ -19,14 +19,16 @@ package tokencache
 //     (the call's context is bounded by that; a timeout is a failure).
 //
 // Run (the default is 8 checks of about 40 steps, about 30 s on two
-// loaded cores with -race; a failure adds up to 20 s of shrinking):
+// loaded cores with -race; a failure adds up to 10 s of shrinking):
 //
-//	go test -race -run 'TestModel' ./tokencache/
+//	go test -race -count=1 -run 'TestModel' ./tokencache/
+//
+// (-count=1: go test caches a passing run, and each run draws new steps.)
 //
 // Before a release, run it longer:
 //
-//	TOKENCACHE_MODEL_CHECKS=200 go test -race -run 'TestModel$' -timeout 60m ./tokencache/
-//	go test -race -run 'TestModel$' -timeout 60m ./tokencache/ -rapid.checks=200 -rapid.steps=60
+//	TOKENCACHE_MODEL_CHECKS=200 go test -race -count=1 -run 'TestModel$' -timeout 60m ./tokencache/
+//	go test -race -count=1 -run 'TestModel$' -timeout 60m ./tokencache/ -rapid.checks=200 -rapid.steps=60
 //
 // A failure prints "-rapid.seed=N" and the issuer's log; run the same
 // command with it (and the same TOKENCACHE_MODEL_* variables) to draw the
@@ -39,7 +41,7 @@ package tokencache
 // To look past a known failure, narrow the faults or fix the clocks:
 //
 //	TOKENCACHE_MODEL_FAULTS=fail,slow,pause,pauseInFetch,dropSubs,stretch,del,restart \
-//	TOKENCACHE_MODEL_CLOCKS=synced go test -race -run 'TestModel$' ./tokencache/
+//	TOKENCACHE_MODEL_CLOCKS=synced go test -race -count=1 -run 'TestModel$' ./tokencache/
 //
 // Without redis-server on PATH the tests skip, unless
 // TOKENCACHE_REQUIRE_REDIS=1.
@@ -890,7 +892,7 @@ func (m *model) checkCall(c modelCall) {
 // ---- the tests ----
 
 // modelFlags sets rapid's defaults for this test — modelDefaultChecks
-// checks (or TOKENCACHE_MODEL_CHECKS), 40 steps, 20 s of shrinking, no
+// checks (or TOKENCACHE_MODEL_CHECKS), 40 steps, 10 s of shrinking, no
 // fail file — each unless the command line or rapid's own environment
 // variable chose it.
 func modelFlags(t *testing.T) {
@@ -906,7 +908,7 @@ func modelFlags(t *testing.T) {
 		{"rapid.checks", "RAPID_CHECKS", strconv.Itoa(n)},
 		{"rapid.steps", "RAPID_STEPS", "40"},
 		// Each shrinking attempt replays a run in real time.
-		{"rapid.shrinktime", "RAPID_SHRINKTIME", "20s"},
+		{"rapid.shrinktime", "RAPID_SHRINKTIME", "10s"},
 		// A fail file would be replayed first by every later run, with
 		// other timings: the printed seed is the record.
 		{"rapid.nofailfile", "RAPID_NOFAILFILE", "true"},
