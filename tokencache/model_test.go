@@ -18,8 +18,9 @@ package tokencache
 //  4. every caller is served within the lock TTL plus the issuer's time
 //     (the call's context is bounded by that; a timeout is a failure).
 //
-// Run (the default is 8 checks of about 40 steps, about 30 s on two
-// loaded cores with -race; a failure adds up to 10 s of shrinking):
+// Run (the default is 6 checks of about 30 random steps, each followed by
+// 1.2 token lifetimes of steady traffic, about 40 steps more: 30-40 s on
+// two loaded cores with -race; a failure adds up to 10 s of shrinking):
 //
 //	go test -race -count=1 -run 'TestModel' ./tokencache/
 //
@@ -99,7 +100,7 @@ func modelFaults(t *testing.T) []string {
 // modelDefaultChecks) unless -rapid.checks or RAPID_CHECKS is given.
 const (
 	modelChecksEnv     = "TOKENCACHE_MODEL_CHECKS"
-	modelDefaultChecks = 8
+	modelDefaultChecks = 6
 )
 
 // Model parameters. The refresh-ahead share and the skew are the ones the
@@ -552,6 +553,9 @@ func newModel(t modelTB, env *modelEnv, cfg modelConfig) *model {
 		m.reps = append(m.reps, r)
 	}
 	t.Cleanup(func() {
+		if os.Getenv("TOKENCACHE_MODEL_TRACE") != "" {
+			fmt.Printf("--- model run %s (%+v)%s%s\n", ns, cfg, m.iss.history(), m.steps())
+		}
 		for _, r := range m.reps {
 			r.resume()
 		}
@@ -563,13 +567,13 @@ func newModel(t modelTB, env *modelEnv, cfg modelConfig) *model {
 	return m
 }
 
-// drawModelConfig draws a fleet: 3-4 replicas, a 1.5-3 s token, a short
+// drawModelConfig draws a fleet: 3-4 replicas, a 1.5-2.5 s token, a short
 // lock TTL, an issuer answering in 0-150 ms, and half of the time clocks
-// that are off: each replica's by up to 200 ms, or by -20 s to +60 s.
+// that are off: one replica's by -20 s to +60 s, the others' by up to 200 ms.
 func drawModelConfig(t *rapid.T) modelConfig {
 	cfg := modelConfig{
 		replicas: rapid.IntRange(3, 4).Draw(t, "replicas"),
-		life:     rapid.SampledFrom([]time.Duration{1500 * time.Millisecond, 2 * time.Second, 3 * time.Second}).Draw(t, "life"),
+		life:     rapid.SampledFrom([]time.Duration{1500 * time.Millisecond, 2 * time.Second, 2500 * time.Millisecond}).Draw(t, "life"),
 		lockTTL:  rapid.SampledFrom([]time.Duration{600 * time.Millisecond, 800 * time.Millisecond, time.Second}).Draw(t, "lockTTL"),
 		latency:  time.Duration(rapid.IntRange(0, 150).Draw(t, "issuerLatencyMS")) * time.Millisecond,
 	}
@@ -585,15 +589,18 @@ func drawModelConfig(t *rapid.T) modelConfig {
 		skewed = rapid.Bool().Draw(t, "skewedClocks")
 	}
 	if skewed {
-		// Most hosts are NTP-synced (a few hundred ms apart); a few are
-		// far off, by -20 s to +60 s.
+		// Most hosts are NTP-synced, a few hundred ms apart; replica 0 is
+		// far off. (rapid draws small numbers and low indexes most often:
+		// drawing every offset from one wide range gives offsets of a few
+		// ms, and replica 0 is the one called most.)
 		for i := 0; i < cfg.replicas; i++ {
-			lo, hi := -200, 200
-			if rapid.Bool().Draw(t, fmt.Sprintf("farOff%d", i)) {
-				lo, hi = -20_000, 60_000
+			var off time.Duration
+			if i == 0 {
+				off = rapid.SampledFrom([]time.Duration{time.Minute, 30 * time.Second, 5 * time.Second, -20 * time.Second, -5 * time.Second}).Draw(t, "farOffset")
+			} else {
+				off = time.Duration(rapid.IntRange(-200, 200).Draw(t, fmt.Sprintf("offsetMS%d", i))) * time.Millisecond
 			}
-			ms := rapid.IntRange(lo, hi).Draw(t, fmt.Sprintf("offsetMS%d", i))
-			cfg.offsets = append(cfg.offsets, time.Duration(ms)*time.Millisecond)
+			cfg.offsets = append(cfg.offsets, off)
 		}
 	}
 	return cfg
@@ -911,7 +918,7 @@ func (m *model) checkCall(c modelCall) {
 // ---- the tests ----
 
 // modelFlags sets rapid's defaults for this test — modelDefaultChecks
-// checks (or TOKENCACHE_MODEL_CHECKS), 40 steps, 10 s of shrinking, no
+// checks (or TOKENCACHE_MODEL_CHECKS), 30 steps, 10 s of shrinking, no
 // fail file — each unless the command line or rapid's own environment
 // variable chose it.
 func modelFlags(t *testing.T) {
@@ -925,7 +932,7 @@ func modelFlags(t *testing.T) {
 	}
 	for _, d := range []struct{ flag, env, value string }{
 		{"rapid.checks", "RAPID_CHECKS", strconv.Itoa(n)},
-		{"rapid.steps", "RAPID_STEPS", "40"},
+		{"rapid.steps", "RAPID_STEPS", "30"},
 		// Each shrinking attempt replays a run in real time.
 		{"rapid.shrinktime", "RAPID_SHRINKTIME", "10s"},
 		// A fail file would be replayed first by every later run, with
@@ -996,7 +1003,12 @@ func TestModel(t *testing.T) {
 			m.setReuse(rapid.Bool().Draw(t, "reusingIssuer"))
 		}
 		call := func(t *rapid.T) { m.call(m.replica(t)) }
-		wait := func(t *rapid.T) { m.wait(time.Duration(rapid.IntRange(50, 500).Draw(t, "ms")) * time.Millisecond) }
+		// A wait is a share of the token's life, from a fifth down to a
+		// fortieth (rapid draws low numbers most: the longest wait).
+		wait := func(t *rapid.T) {
+			k := rapid.IntRange(1, 7).Draw(t, "waitShare")
+			m.wait(m.cfg.life * time.Duration(8-k) / 40)
+		}
 		// Calls and waits are most of what happens; a fault is two steps
 		// in nine.
 		t.Repeat(map[string]func(*rapid.T){
@@ -1011,7 +1023,28 @@ func TestModel(t *testing.T) {
 			"fault#2": func(t *rapid.T) { m.fault(t) },
 			"":        func(t *rapid.T) { m.check() },
 		})
+		m.steady()
 	})
+}
+
+// steady ends a run with two token lifetimes of steady traffic, every
+// replica calling in turn every tenth of the life, so that every run
+// spans renewals after whatever its random steps left behind.
+func (m *model) steady() {
+	m.t.Helper()
+	m.note("steady traffic")
+	round := 0
+	for end := time.Now().Add(2 * m.cfg.life); time.Now().Before(end); {
+		// Each round starts with the next replica: whoever reaches
+		// the refresh-ahead moment first varies.
+		for j := range m.reps {
+			m.call(m.reps[(round+j)%len(m.reps)])
+			m.check()
+		}
+		round++
+		m.wait(m.cfg.life / 10)
+		m.check()
+	}
 }
 
 // callAsync starts a call on r; join waits for it, and its result is
