@@ -114,13 +114,13 @@ const (
 	// -race.
 	modelMargin = 1500 * time.Millisecond
 	// modelReuseShare: the reusing issuer hands back its last token while
-	// more than this share of its life remains. A token handed back at a
-	// refresh-ahead moment would come with a shorter life, whose own
-	// refresh-ahead moment comes sooner: that is the issuer's choice, not
-	// the fleet's, and would not fit a budget of one call per lifetime. So
-	// the issuer reuses only before anyone's refresh-ahead moment (0.5 of
-	// the life plus jitter): after an invalidation, a deleted key, a
-	// restart — exactly where item 1 bites.
+	// more than this share of its life remains, that is before anyone's
+	// refresh-ahead moment (0.5 of the life plus jitter): after an
+	// invalidation, a deleted key, a restart — exactly where item 1 bites.
+	// Handed back at a refresh-ahead moment, the same token would come
+	// with half its life, be due again at a quarter, and so on: the budget
+	// would allow it (each answer is due after its own life's share), but
+	// it would cost calls and show nothing more.
 	modelReuseShare = 0.6
 )
 
@@ -431,7 +431,8 @@ type modelConfig struct {
 	lockTTL  time.Duration
 	// offsets of the replicas' clocks; nil: every replica uses the real
 	// clock (and the cache's timers, as in production). With offsets,
-	// every replica gets WithClock.
+	// every replica gets WithClock, which today also turns the cache's
+	// refresh-ahead timer off: calls alone start refreshes ahead.
 	offsets  []time.Duration
 	latency  time.Duration // of every issuer answer
 	pauseFor time.Duration // how long a paused replica stops; 0: 1.5 lock TTLs + 200 ms
