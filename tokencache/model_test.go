@@ -1080,7 +1080,7 @@ func TestModelRegressions(t *testing.T) {
 		// Item 1: an issuer that hands back its still-valid token after
 		// an invalidation; today the token stays rejected and every call
 		// costs three issuer calls.
-		name: "reusing issuer costs one call after an invalidation",
+		name: "item1 reusing issuer costs one call after an invalidation",
 		cfg:  synced,
 		steps: func(m *model, step func(func())) {
 			m.setReuse(true)
@@ -1095,7 +1095,7 @@ func TestModelRegressions(t *testing.T) {
 		// Item 3: a key whose TTL outlives its token (a hand PEXPIRE, a
 		// node whose clock lags); today its token is served past the
 		// issuer's expiry.
-		name: "stretched key is never served past the issuer's expiry",
+		name: "item3 stretched key is never served past the issuer expiry",
 		// WithClock (zero offsets): calls alone drive refresh-ahead.
 		cfg: modelConfig{replicas: 3, life: 2 * time.Second, lockTTL: 800 * time.Millisecond, offsets: []time.Duration{0, 0, 0}},
 		steps: func(m *model, step func(func())) {
@@ -1112,7 +1112,7 @@ func TestModelRegressions(t *testing.T) {
 	}, {
 		// Item 2: one replica's clock a minute fast; today the others
 		// take its tokens for newer and refresh again and again.
-		name: "a replica a minute fast does not make the fleet loop",
+		name: "item2 a replica a minute fast does not make the fleet loop",
 		cfg:  modelConfig{replicas: 4, life: 3 * time.Second, lockTTL: 800 * time.Millisecond, offsets: []time.Duration{0, 0, 0, time.Minute}},
 		steps: func(m *model, step func(func())) {
 			// The fast replica stores the first token.
@@ -1127,7 +1127,7 @@ func TestModelRegressions(t *testing.T) {
 		// the next holder's (slow) issuer call runs; today it draws a
 		// newer generation, calls the issuer too, and fences out the
 		// current holder.
-		name: "a holder paused past its lease draws no generation",
+		name: "item4 a holder paused past its lease draws no generation",
 		cfg:  synced,
 		steps: func(m *model, step func(func())) {
 			var join func()
@@ -1140,7 +1140,7 @@ func TestModelRegressions(t *testing.T) {
 			step(m.burst)
 		},
 	}, {
-		name: "a holder paused in its issuer call costs one more call, and its late token does not win",
+		name: "a holder paused in its issuer call costs one more call",
 		cfg:  synced,
 		steps: func(m *model, step func(func())) {
 			var join func()
