@@ -1140,7 +1140,9 @@ func TestModelRegressions(t *testing.T) {
 			step(m.burst)
 		},
 	}, {
-		name: "a holder paused in its issuer call costs one more call",
+		// README: "a paused holder wakes late: its write is fenced out;
+		// the newer token stays".
+		name: "a holder paused in its issuer call costs one more call and its late token does not win",
 		cfg:  synced,
 		steps: func(m *model, step func(func())) {
 			var join func()
@@ -1149,6 +1151,15 @@ func TestModelRegressions(t *testing.T) {
 			step(func() { m.waitPaused(m.reps[0]) })
 			step(func() { m.call(m.reps[1]) })
 			step(func() { join() })
+			step(func() {
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				raw, err := m.env.side.Get(ctx, m.keys.token).Result()
+				newer := m.reps[1].held.Load()
+				if err != nil || newer == nil || !strings.Contains(raw, `"access_token":"`+newer.AccessToken+`"`) {
+					m.fatalf("the token in redis is not the one the current holder stored (%v): %s (err %v)", newer, raw, err)
+				}
+			})
 			step(m.burst)
 			step(func() { m.wait(time.Second) })
 			step(m.burst)
