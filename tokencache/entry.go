@@ -377,8 +377,10 @@ func (e *entry) snapshotFor(rec record, ttl time.Duration, at time.Time) *snapsh
 	validUntil := min(base+mono(ttl), e.c.monoAt(exp.Add(maxClockSkew-skew)))
 	tok := rec.token()
 	if measured := at.Add(ttl + skew); absDuration(measured.Sub(exp)) > skew/2 {
-		tok.Expiry = measured
+		// The end of validity plus the skew: the measured expiry, or less
+		// where the local guard cut the validity short.
 		validUntil = min(validUntil, e.c.monoAt(measured.Add(-skew)))
+		tok.Expiry = e.c.epoch.Add(time.Duration(validUntil) + skew)
 	} else {
 		validUntil = min(validUntil, e.c.monoAt(exp.Add(-skew/2)))
 	}
