@@ -291,9 +291,9 @@ func (e *entry) readAndInstall(ctx context.Context) (Token, bool, error) {
 	if err != nil || !r.found {
 		return Token{}, false, err
 	}
-	s := e.snapshotFor(r.rec, r.pttl, at)
-	if e.c.monoAt(at) >= s.validUntil {
-		return Token{}, false, nil // past its expiry on this clock: stale
+	s, ok := e.validSnapshot(r, at)
+	if !ok {
+		return Token{}, false, nil
 	}
 	e.install(s)
 	if e.c.monoAt(at) >= s.dueAt {
@@ -402,6 +402,14 @@ func (e *entry) snapshotFor(rec record, ttl time.Duration, at time.Time) *snapsh
 	}
 	return &snapshot{tok: tok, gen: rec.Generation, fp: rec.TokenFP, validUntil: validUntil, dueAt: due, softUntil: soft,
 		storedMS: rec.StoredMS, born: e.c.monoAt(tok.Expiry.Add(-life))}
+}
+
+// validSnapshot is the copy of what r read at the local time at, and
+// whether it may still be served then: a value Redis's clock calls valid
+// may be past its expiry on this one (the local guard of snapshotFor).
+func (e *entry) validSnapshot(r readResult, at time.Time) (*snapshot, bool) {
+	s := e.snapshotFor(r.rec, r.pttl, at)
+	return s, e.c.monoAt(at) < s.validUntil
 }
 
 // served is the copy the entry serves: the in-memory one, or without it
@@ -751,7 +759,7 @@ func (e *entry) refreshLocked(ctx context.Context, lease *lock.Lease, ahead bool
 		return redisDown(err)
 	}
 	if r.found && (done == nil || done(r)) {
-		if s := e.snapshotFor(r.rec, r.pttl, at); e.c.monoAt(at) < s.validUntil {
+		if s, ok := e.validSnapshot(r, at); ok {
 			e.install(s)
 			return s.tok, nil
 		}
@@ -791,8 +799,9 @@ func (e *entry) refreshLocked(ctx context.Context, lease *lock.Lease, ahead bool
 			// up: not the issuer's verdict, so the fleet is not told.
 			return Token{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
 		}
-		// Waiters need the failure only if there is no token to serve.
-		return Token{}, e.fetchFailed(ctx, err, true, true)
+		// The fleet learns of it (its event, and its failure key, which
+		// the other replicas check a credential-less event against).
+		return Token{}, e.fetchFailed(ctx, err, true)
 	}
 	// The issuer's latest answer is authoritative: a token invalidated
 	// here that it hands out again is served again.
@@ -1061,10 +1070,11 @@ func (e *entry) refreshNow(ctx context.Context, minTTL time.Duration, force bool
 			return false
 		}
 		now := e.c.now()
-		return e.snapshotFor(r.rec, r.pttl, now).validUntil-e.c.monoAt(now) >= mono(minTTL)
+		s, _ := e.validSnapshot(r, now)
+		return s.validUntil-e.c.monoAt(now) >= mono(minTTL)
 	}
 	if !force && fresh(r) {
-		s := e.snapshotFor(r.rec, r.pttl, at)
+		s, _ := e.validSnapshot(r, at)
 		res.Generation, res.ExpiresIn, res.Token = r.rec.Generation, r.pttl, s.tok
 		e.install(s)
 		return res, nil

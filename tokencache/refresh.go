@@ -92,9 +92,10 @@ func (e *entry) check(tok Token) error {
 
 // fetchFailed turns a Fetcher error into a *FetchError and remembers it for
 // its back-off window (failureWindow). If publish, it tells the fleet
-// through a "failed" event, so its waiters return at once, and, if
-// remember, through the failure key, so replicas that ask later do too.
-func (e *entry) fetchFailed(ctx context.Context, err error, publish, remember bool) *FetchError {
+// through a "failed" event, so its waiters return at once, and through
+// the failure key, so replicas that ask later (and those that hear an
+// event naming no credential) do too.
+func (e *entry) fetchFailed(ctx context.Context, err error, publish bool) *FetchError {
 	fe := &FetchError{Code: errorCode(err), Retryable: isRetryable(err), Message: truncate(err.Error(), 300), Err: err}
 	window := e.failureWindow(fe, err)
 	if window > 0 {
@@ -108,7 +109,7 @@ func (e *entry) fetchFailed(ctx context.Context, err error, publish, remember bo
 		// key, which lives as long as the window.
 		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), e.c.cfg.lockTTL)
 		defer cancel()
-		if window > 0 && remember {
+		if window > 0 {
 			f := failure{Code: fe.Code, Message: fe.Message, Retryable: fe.Retryable, By: e.c.cfg.host,
 				Fingerprint: e.credFP, Streak: e.failStreak.Load()}
 			if rerr := e.c.st.remember(pctx, e.k, f, window); rerr != nil {
@@ -239,7 +240,7 @@ func (e *entry) redisDown(ctx context.Context, rerr error) (Token, error) {
 		if e.c.ctx.Err() != nil {
 			return Token{}, ErrClosed
 		}
-		return Token{}, e.fetchFailed(ctx, err, false, false)
+		return Token{}, e.fetchFailed(ctx, err, false)
 	}
 	e.unreject(tok.Fingerprint())
 	issued := e.c.now()
