@@ -36,8 +36,11 @@ func TestSteadyStateCommandsPerRenewal(t *testing.T) {
 		// leaves room for a replica that reaches the lock a moment after
 		// the winner (two commands) every other renewal.
 		{10, 1.5},
-		// (5 + 39) / 40 = 1.1; 1.25 leaves room for a slow machine.
-		{40, 1.25},
+		// (5 + 39) / 40 = 1.1 measured (1.12-1.14 on an idle machine);
+		// the bound is the target, 1.5: a loaded machine (CI beside other
+		// builds) reached 1.26, replicas reaching the lock a moment after
+		// the winner before its "refreshing" arrives.
+		{40, 1.5},
 	} {
 		t.Run(fmt.Sprint(tc.replicas), func(t *testing.T) {
 			perReplica := steadyCommandsPerRenewal(t, tc.replicas, 6)
