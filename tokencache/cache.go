@@ -428,12 +428,14 @@ func (c *Cache) onEvent(ev Event) {
 		}
 	case EventInvalidated:
 		e.clearFailure()
-		e.rej.invalidated(c.monoNow())
 		if ev.TokenFP != "" {
 			// A read racing the deletion must not bring it back; the same
-			// token stored again (a newer generation) may.
+			// token stored again (a newer generation) may. Rejected before
+			// the invalidation is noted, so Transport never holds a 401 of
+			// the invalidated token itself.
 			e.reject(ev.TokenFP, ev.Generation)
 		}
+		e.rej.invalidated(c.monoNow())
 		// Drop the invalidated token, or a copy older than it (we missed
 		// its refresh); not a newer one (Redis lost a write and its
 		// generations went back).

@@ -317,7 +317,9 @@ func (r *rejections) invalidated(now mono) {
 // window itself.
 func (e *entry) holdRejection(tok Token) bool {
 	s := e.served()
-	if s == nil || s.fp != tok.Fingerprint() {
+	if s == nil || s.fp != tok.Fingerprint() || e.isRejected(s.fp, s.gen) {
+		// Not the copy served, or the very token being invalidated (a
+		// request sent with it before its invalidation was heard).
 		return false
 	}
 	now := e.c.monoNow()
