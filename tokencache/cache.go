@@ -31,6 +31,10 @@ const subscribeWait = 500 * time.Millisecond
 // Cache shares one token among every replica that uses the same Redis and
 // namespace. Its methods are safe for concurrent use.
 type Cache struct {
+	// Handle is the server token's: Token, Transport, Invalidate and the
+	// rest act on it. User returns the same type for a user's token.
+	*Handle
+
 	rdb     redis.UniversalClient
 	cfg     config
 	st      store
@@ -93,6 +97,7 @@ func New(rdb redis.UniversalClient, f Fetcher, opts ...Option) (*Cache, error) {
 	c.epoch = c.cfg.now()
 	c.injectedClock = cfg.injected
 	c.server = c.newEntry(serverKeys(cfg.prefix, cfg.namespace), f)
+	c.Handle = &Handle{c: c, e: c.server}
 	c.budget = newBudget(budgetKey(cfg.prefix, cfg.namespace), cfg.budgetLimit, cfg.budgetWindow)
 	c.stats.budgetLeft.Store(-1)
 	if cfg.clientFetcher != nil {
@@ -101,15 +106,6 @@ func New(rdb redis.UniversalClient, f Fetcher, opts ...Option) (*Cache, error) {
 	c.wg.Add(1)
 	go c.runSubscriber(ctx)
 	return c, nil
-}
-
-// Token returns a valid token, from memory when it can (no Redis round
-// trip, no allocation), else from Redis, else by refreshing it: one
-// replica of the fleet calls the issuer while the others wait for its
-// event. It never returns a token past its skewed expiry. ctx bounds this
-// caller's wait only; a refresh that other callers share goes on.
-func (c *Cache) Token(ctx context.Context) (Token, error) {
-	return c.server.token(ctx)
 }
 
 // Close stops the background refreshes and the subscription and waits for
@@ -184,33 +180,6 @@ func (c *Cache) monoAt(t time.Time) mono { return mono(t.Sub(c.epoch)) }
 
 func (c *Cache) log() *slog.Logger { return c.cfg.logger }
 
-// Invalidate deletes the shared token if it is still tok (compare and
-// delete: a token that replaced tok meanwhile is kept) and publishes
-// "invalidated", so every replica drops its copy. It reports whether the
-// token was deleted. Use it when the API rejects tok with 401.
-func (c *Cache) Invalidate(ctx context.Context, tok Token) (bool, error) {
-	if tok.AccessToken == "" {
-		return false, errors.New("tokencache: Invalidate needs the token that failed")
-	}
-	return c.server.invalidate(ctx, tok.Fingerprint(), 0)
-}
-
-// InvalidateFingerprint is Invalidate for a token known by its fingerprint
-// (Token.Fingerprint, or the token_fp field shown by Inspect), and, if gen
-// is positive, its generation. An empty fingerprint and a zero generation
-// delete whatever is cached.
-func (c *Cache) InvalidateFingerprint(ctx context.Context, fp string, gen int64) (bool, error) {
-	return c.server.invalidate(ctx, fp, gen)
-}
-
-// Offer stores tok as the shared token if it expires later than the one in
-// Redis (newest expiry wins, atomically) and publishes "refreshed". It is
-// how a token rotated by the API (a newer token in a response header)
-// reaches the fleet. It reports whether tok was stored.
-func (c *Cache) Offer(ctx context.Context, tok Token) (bool, error) {
-	return c.server.offer(ctx, tok)
-}
-
 // RefreshResult describes what Refresh did.
 type RefreshResult struct {
 	Key        string
@@ -218,14 +187,6 @@ type RefreshResult struct {
 	Generation int64         // the stored token's generation
 	ExpiresIn  time.Duration // the stored token's remaining TTL in Redis
 	Token      Token
-}
-
-// Refresh is the cron path: it refreshes the shared token if less than
-// minTTL of it remains (or none is cached), or always with force. Many
-// hosts may run it at once: they queue on the lock, and each re-checks
-// Redis after taking it, so one issuer call serves them all.
-func (c *Cache) Refresh(ctx context.Context, minTTL time.Duration, force bool) (RefreshResult, error) {
-	return c.server.refreshNow(ctx, minTTL, force)
 }
 
 // Status is what Inspect reports about the cached token: everything but
@@ -253,17 +214,6 @@ type Status struct {
 	Channel          string
 }
 
-// Inspect reads the cached token's metadata, the lock and the fence.
-func (c *Cache) Inspect(ctx context.Context) (Status, error) {
-	return c.server.inspect(ctx)
-}
-
-// Keys reports the Redis names used for the shared token.
-func (c *Cache) Keys() (token, lock, fence, channel string) {
-	k := c.server.k
-	return k.token, k.lock, k.fence, k.channel
-}
-
 // Stats are counters of what a Cache did since New.
 type Stats struct {
 	IssuerCalls   uint64 // Fetch calls, retries included
@@ -282,7 +232,7 @@ type Stats struct {
 	Resubscribes  uint64 // subscriptions replaced after a failed probe
 	// RejectionsHeld counts the API's 401s that Transport returned without
 	// invalidating the token, because it was younger than the rejection
-	// window (see Cache.Transport).
+	// window (see Handle.Transport).
 	RejectionsHeld uint64
 	// TransientWaits counts waits to re-check Redis after a cluster slot
 	// was moving (TRYAGAIN, ASK, MOVED): Redis answered, so no fail-open.

@@ -1,10 +1,8 @@
 package tokencache
 
 import (
-	"context"
 	"fmt"
 	"strings"
-	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
 )
@@ -50,92 +48,6 @@ func ValidateUserID(id string) error {
 		}
 	}
 	return nil
-}
-
-// User is the handle of one user's client token. It is cheap: it holds
-// the id, and each call finds the user's state in the cache's LRU.
-type User struct {
-	c  *Cache
-	id string
-}
-
-// User returns the handle of userID's client token. It fails if the
-// cache was built without WithClientTokens or the id is invalid.
-func (c *Cache) User(userID string) (*User, error) {
-	if c.users == nil {
-		return nil, fmt.Errorf("tokencache: client tokens are not enabled (use WithClientTokens)")
-	}
-	if err := ValidateUserID(userID); err != nil {
-		return nil, err
-	}
-	return &User{c: c, id: userID}, nil
-}
-
-// ClientToken is shorthand for User(userID) then Token.
-func (c *Cache) ClientToken(ctx context.Context, userID string) (Token, error) {
-	u, err := c.User(userID)
-	if err != nil {
-		return Token{}, err
-	}
-	return u.Token(ctx)
-}
-
-// ID returns the user id.
-func (u *User) ID() string { return u.id }
-
-// Keys reports the Redis names used for the user's client token.
-func (u *User) Keys() (token, lock, fence, channel string) {
-	k := clientKeys(u.c.cfg.prefix, u.c.cfg.namespace, u.id)
-	return k.token, k.lock, k.fence, k.channel
-}
-
-// Token returns a valid client token for the user, exactly as
-// Cache.Token does for the server token.
-func (u *User) Token(ctx context.Context) (Token, error) {
-	e, err := u.c.userEntry(u.id)
-	if err != nil {
-		return Token{}, err
-	}
-	return e.token(ctx)
-}
-
-// Invalidate is Cache.Invalidate for the user's token.
-func (u *User) Invalidate(ctx context.Context, tok Token) (bool, error) {
-	if tok.AccessToken == "" {
-		return false, fmt.Errorf("tokencache: Invalidate needs the token that failed")
-	}
-	e, err := u.c.userEntry(u.id)
-	if err != nil {
-		return false, err
-	}
-	return e.invalidate(ctx, tok.Fingerprint(), 0)
-}
-
-// InvalidateFingerprint is Cache.InvalidateFingerprint for the user's token.
-func (u *User) InvalidateFingerprint(ctx context.Context, fp string, gen int64) (bool, error) {
-	e, err := u.c.userEntry(u.id)
-	if err != nil {
-		return false, err
-	}
-	return e.invalidate(ctx, fp, gen)
-}
-
-// Refresh is Cache.Refresh for the user's token.
-func (u *User) Refresh(ctx context.Context, minTTL time.Duration, force bool) (RefreshResult, error) {
-	e, err := u.c.userEntry(u.id)
-	if err != nil {
-		return RefreshResult{}, err
-	}
-	return e.refreshNow(ctx, minTTL, force)
-}
-
-// Inspect is Cache.Inspect for the user's token.
-func (u *User) Inspect(ctx context.Context) (Status, error) {
-	e, err := u.c.userEntry(u.id)
-	if err != nil {
-		return Status{}, err
-	}
-	return e.inspect(ctx)
 }
 
 // userEntry finds or creates the user's state.

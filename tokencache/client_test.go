@@ -49,11 +49,11 @@ func TestClientTokensPerUser(t *testing.T) {
 		uf := &userFetchers{}
 		a := newCache(t, rdb, newFakeFetcher(time.Hour), fastOpts(WithNamespace("ns"), WithClientTokens(uf.new, 0))...)
 		b := newCache(t, rdb, newFakeFetcher(time.Hour), fastOpts(WithNamespace("ns"), WithClientTokens(uf.new, 0))...)
-		t1, err := a.ClientToken(ctx, "user-1")
+		t1, err := clientToken(a, ctx, "user-1")
 		if err != nil {
 			t.Fatal(err)
 		}
-		t2, err := a.ClientToken(ctx, "user-2")
+		t2, err := clientToken(a, ctx, "user-2")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -61,7 +61,7 @@ func TestClientTokensPerUser(t *testing.T) {
 			t.Fatal("two users share a client token")
 		}
 		// Another replica gets user-1's token from Redis.
-		b1, err := b.ClientToken(ctx, "user-1")
+		b1, err := clientToken(b, ctx, "user-1")
 		if err != nil || b1.AccessToken != t1.AccessToken {
 			t.Fatalf("replica b: %v, %v; want user-1's token", b1, err)
 		}
@@ -79,10 +79,10 @@ func TestClientTokensPerUser(t *testing.T) {
 			t.Fatalf("Invalidate user-1: %v, %v", ok, err)
 		}
 		eventually(t, "replica b to get a new token for user-1", func() bool {
-			tok, err := b.ClientToken(ctx, "user-1")
+			tok, err := clientToken(b, ctx, "user-1")
 			return err == nil && tok.AccessToken != t1.AccessToken
 		})
-		if tok, _ := b.ClientToken(ctx, "user-2"); tok.AccessToken != t2.AccessToken {
+		if tok, _ := clientToken(b, ctx, "user-2"); tok.AccessToken != t2.AccessToken {
 			t.Errorf("user-2's token changed")
 		}
 		st, err := u1.Inspect(ctx)
@@ -98,7 +98,7 @@ func TestClientTokensLRUIsBounded(t *testing.T) {
 	uf := &userFetchers{}
 	c := newCache(t, rdb, newFakeFetcher(time.Hour), fastOpts(WithClientTokens(uf.new, 3))...)
 	for _, id := range []string{"u1", "u2", "u3", "u4", "u5", "u1"} {
-		if _, err := c.ClientToken(ctx, id); err != nil {
+		if _, err := clientToken(c, ctx, id); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -116,7 +116,7 @@ func TestUserIDValidation(t *testing.T) {
 	uf := &userFetchers{}
 	c := newCache(t, rdb, newFakeFetcher(time.Hour), fastOpts(WithClientTokens(uf.new, 0))...)
 	for _, id := range []string{"", "a{b", "a}b", "a:b", "a/b", "a b", "a\nb", "a\tb", "é", `a"b`, strings.Repeat("x", 129)} {
-		if _, err := c.ClientToken(context.Background(), id); !errors.Is(err, ErrInvalidUserID) {
+		if _, err := clientToken(c, context.Background(), id); !errors.Is(err, ErrInvalidUserID) {
 			t.Errorf("user id %q: got %v, want ErrInvalidUserID", id, err)
 		}
 	}
@@ -129,7 +129,7 @@ func TestUserIDValidation(t *testing.T) {
 		t.Errorf("the issuer was called for an invalid user id")
 	}
 	plain := newCache(t, rdb, newFakeFetcher(time.Hour))
-	if _, err := plain.ClientToken(context.Background(), "u"); err == nil {
+	if _, err := clientToken(plain, context.Background(), "u"); err == nil {
 		t.Error("ClientToken without WithClientTokens succeeded")
 	}
 }

@@ -103,7 +103,7 @@ func TestClusterKeysAndUsers(t *testing.T) {
 
 	const users = 1000
 	for i := range users {
-		if _, err := a.ClientToken(ctx, "user-"+strconv.Itoa(i)); err != nil {
+		if _, err := clientToken(a, ctx, "user-"+strconv.Itoa(i)); err != nil {
 			t.Fatalf("user %d: %v", i, err)
 		}
 	}
@@ -131,7 +131,7 @@ func TestClusterKeysAndUsers(t *testing.T) {
 		t.Fatalf("invalidate on the cluster: %v, %v", ok, err)
 	}
 	eventually(t, "replica a to drop user-7's token", func() bool {
-		got, err := a.ClientToken(ctx, "user-7")
+		got, err := clientToken(a, ctx, "user-7")
 		return err == nil && got.AccessToken != first.AccessToken
 	})
 }

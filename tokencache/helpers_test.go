@@ -203,3 +203,12 @@ func total(caches []*Cache, counter func(Stats) uint64) (n uint64) {
 	}
 	return n
 }
+
+// clientToken is c.User(id) then Token.
+func clientToken(c *Cache, ctx context.Context, id string) (Token, error) {
+	u, err := c.User(id)
+	if err != nil {
+		return Token{}, err
+	}
+	return u.Token(ctx)
+}

@@ -175,7 +175,6 @@ func TestClientTokensWithBasiq(t *testing.T) {
 	c := newCache(t, mini(t), f, tokencache.WithClientTokens(func(id string) (tokencache.Fetcher, error) {
 		return f.ForUser(id)
 	}, 100))
-	ctx := context.Background()
 	u, err := c.User("ea3a81a9-0d2c-4a63-b7b2-3c9b3e2f5b1a")
 	if err != nil {
 		t.Fatal(err)
@@ -194,7 +193,7 @@ func TestClientTokensWithBasiq(t *testing.T) {
 			t.Errorf("GET %s with the user's client token: %d, want %d", path, resp.StatusCode, want)
 		}
 	}
-	if _, err := c.ClientToken(ctx, "bad:id"); !errors.Is(err, tokencache.ErrInvalidUserID) {
+	if _, err := c.User("bad:id"); !errors.Is(err, tokencache.ErrInvalidUserID) {
 		t.Errorf("bad user id: got %v, want ErrInvalidUserID", err)
 	}
 }

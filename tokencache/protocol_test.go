@@ -380,7 +380,7 @@ func TestEveryPerUserKeyExpires(t *testing.T) {
 		return newFakeFetcher(time.Hour), nil
 	}, 5))...)
 	for i := range 40 {
-		if _, err := c.ClientToken(ctx, fmt.Sprint("user-", i)); err != nil {
+		if _, err := clientToken(c, ctx, fmt.Sprint("user-", i)); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -142,8 +142,8 @@ func TestRegressionClusterClientTokens(t *testing.T) {
 	a, b := mk(0), mk(1)
 	r := cc.Eval(ctx, "return 1", []string{"tokencache:{default/alice}:client", "tokencache:{default}:events"})
 	t.Logf("direct eval: %v", r.Err())
-	ta, errA := a.ClientToken(ctx, "alice")
-	tb, errB := b.ClientToken(ctx, "alice")
+	ta, errA := clientToken(a, ctx, "alice")
+	tb, errB := clientToken(b, ctx, "alice")
 	n, _ := cc.Exists(ctx, "tokencache:{default/alice}:client").Result()
 	t.Logf("errA=%v errB=%v sameToken=%v keyExists=%d", errA, errB, ta.AccessToken == tb.AccessToken, n)
 	if n == 0 || ta.AccessToken != tb.AccessToken {

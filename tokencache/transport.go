@@ -12,23 +12,6 @@ import (
 	"golang.org/x/oauth2"
 )
 
-// handle is one cached token as the HTTP adapters see it: the server
-// token (*Cache) or a user's client token (*User).
-type handle interface {
-	Token(ctx context.Context) (Token, error)
-	Invalidate(ctx context.Context, tok Token) (bool, error)
-	Offer(ctx context.Context, tok Token) (bool, error)
-	entry() (*entry, error)
-}
-
-func (c *Cache) entry() (*entry, error) { return c.server, nil }
-func (u *User) entry() (*entry, error)  { return u.c.userEntry(u.id) }
-
-var (
-	_ handle = (*Cache)(nil)
-	_ handle = (*User)(nil)
-)
-
 // WithRotation makes the cache's Transport adopt rotated tokens from API
 // responses, the way authenticate-and-rotate issuers advise: check the
 // token's expiry with each request and, when it is about to expire, use the
@@ -50,44 +33,8 @@ func WithRotation(extract func(*http.Response) (Token, bool, error)) Option {
 	return func(c *config) error { c.rotation = extract; return nil }
 }
 
-// Transport returns an http.RoundTripper that authorizes each request
-// with the cached token ("Authorization: Bearer …") and recovers from a
-// 401: it invalidates the token only if it is still the one that failed
-// (so a hundred replicas that see the same 401 cause one issuer call
-// between them), gets the new one through the cache, and retries the
-// request once. A request whose body cannot be rewound (no GetBody) is not
-// retried: its 401 is returned. base nil means http.DefaultTransport.
-//
-// After one invalidation, a new token the API rejects while it is younger
-// than the rejection window (10 s at first) is evidence against the API (a
-// revoked application, a wrong base URL, an outage that answers 401), not
-// against the token: its 401 is returned to the caller without another
-// invalidation, so an API that rejects every token costs the fleet one
-// issuer call per window, whatever the request rate. The window doubles, up to 5 minutes, each time a token
-// fetched after a 401 is rejected at once, and is back at 10 s after the
-// first response that is not a 401. Every replica judges a token's age on
-// the same clock (Redis's), so the whole fleet holds back together;
-// Stats().RejectionsHeld counts the 401s returned this way.
-func (c *Cache) Transport(base http.RoundTripper) http.RoundTripper {
-	return &transport{h: c, c: c, base: base}
-}
-
-// Transport is Cache.Transport for the user's client token.
-func (u *User) Transport(base http.RoundTripper) http.RoundTripper {
-	return &transport{h: u, c: u.c, base: base}
-}
-
-// Offer is Cache.Offer for the user's client token.
-func (u *User) Offer(ctx context.Context, tok Token) (bool, error) {
-	e, err := u.c.userEntry(u.id)
-	if err != nil {
-		return false, err
-	}
-	return e.offer(ctx, tok)
-}
-
 type transport struct {
-	h    handle
+	h    *Handle
 	c    *Cache
 	base http.RoundTripper
 }
@@ -239,24 +186,8 @@ func closeBody(req *http.Request) {
 	}
 }
 
-// TokenSource returns an oauth2.TokenSource over the cache, so the cache
-// plugs into oauth2.NewClient and everything built on it. oauth2's
-// TokenSource has no context, so ctx is captured here and used for every
-// Token call: this is the one place the package keeps a context. The
-// oauth2.Token's Expiry is the skewed expiry, so oauth2's own reuse never
-// outlives the cache's.
-func (c *Cache) TokenSource(ctx context.Context) oauth2.TokenSource {
-	return tokenSource{h: c, c: c, ctx: ctx}
-}
-
-// TokenSource is Cache.TokenSource for the user's client token.
-func (u *User) TokenSource(ctx context.Context) oauth2.TokenSource {
-	return tokenSource{h: u, c: u.c, ctx: ctx}
-}
-
 type tokenSource struct {
-	h   handle
-	c   *Cache
+	h   *Handle
 	ctx context.Context
 }
 
@@ -265,26 +196,22 @@ func (s tokenSource) Token() (*oauth2.Token, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &oauth2.Token{AccessToken: t.AccessToken, TokenType: t.typ(), Expiry: s.c.servedUntil(s.h, t)}, nil
+	return &oauth2.Token{AccessToken: t.AccessToken, TokenType: t.typ(), Expiry: s.h.servedUntil(t)}, nil
 }
 
 // servedUntil is when the cache stops serving t: the end of its in-memory
 // copy's validity, or, without one, the issuer's expiry minus the skew the
 // writer took off (a fifth of the lifetime at most, as ttlFor does).
-func (c *Cache) servedUntil(h handle, t Token) time.Time {
-	e := c.server
-	if u, ok := h.(*User); ok {
-		if ue, err := c.userEntry(u.id); err == nil {
-			e = ue
+func (h *Handle) servedUntil(t Token) time.Time {
+	if e, err := h.entry(); err == nil {
+		if s := e.l1.Load(); s != nil && s.fp == t.Fingerprint() {
+			return h.c.epoch.Add(time.Duration(s.validUntil))
 		}
 	}
-	if s := e.l1.Load(); s != nil && s.fp == t.Fingerprint() {
-		return c.epoch.Add(time.Duration(s.validUntil))
-	}
-	return t.Expiry.Add(-c.cfg.skew)
+	return t.Expiry.Add(-h.c.cfg.skew)
 }
 
-// The rejection window of Transport (see Cache.Transport).
+// The rejection window of Transport (see Handle.Transport).
 const (
 	rejectionWindowMin = 10 * time.Second
 	rejectionWindowMax = 5 * time.Minute

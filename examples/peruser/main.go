@@ -80,7 +80,11 @@ func run(ctx context.Context, log *slog.Logger) error {
 			http.Error(w, "a valid userId is required", http.StatusBadRequest)
 			return
 		}
-		tok, err := cache.ClientToken(r.Context(), userID)
+		user, err := cache.User(userID)
+		var tok tokencache.Token
+		if err == nil {
+			tok, err = user.Token(r.Context())
+		}
 		if err != nil {
 			log.Warn("no client token", "user", userID, "err", err)
 			http.Error(w, "cannot start the consent journey right now", http.StatusServiceUnavailable)

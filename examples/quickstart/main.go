@@ -331,7 +331,7 @@ func sandboxLogin() connectRequest {
 // with the user's client token, as a backend hands it to the user's
 // browser (see examples/peruser). The token never reaches the output. It
 // returns the page's URL and a function that stops it.
-func serveConsent(user *tokencache.User, addr string) (string, func(), error) {
+func serveConsent(user *tokencache.Handle, addr string) (string, func(), error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return "", nil, &configError{"QUICKSTART_LISTEN", addr, err.Error()}

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"sort"
 	"strings"
-	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -29,21 +28,8 @@ type app struct {
 type session struct {
 	redis *redisConn
 	cache *tokencache.Cache
-	tok   tokenHandle
+	tok   *tokencache.Handle // the server token's, or the user's with --user-id
 }
-
-// tokenHandle is what *tokencache.Cache and *tokencache.User share.
-type tokenHandle interface {
-	Token(ctx context.Context) (tokencache.Token, error)
-	Refresh(ctx context.Context, minTTL time.Duration, force bool) (tokencache.RefreshResult, error)
-	Inspect(ctx context.Context) (tokencache.Status, error)
-	InvalidateFingerprint(ctx context.Context, fp string, gen int64) (bool, error)
-}
-
-var (
-	_ tokenHandle = (*tokencache.Cache)(nil)
-	_ tokenHandle = (*tokencache.User)(nil)
-)
 
 func (s *session) Close() {
 	if s.cache != nil {
@@ -132,7 +118,7 @@ func (a *app) open(ctx context.Context, o openOpts, opts ...tokencache.Option) (
 		s.Close()
 		return nil, usagef("%v", err)
 	}
-	s.cache, s.tok = c, c
+	s.cache, s.tok = c, c.Handle
 	if a.g.scope == "CLIENT_ACCESS" {
 		u, err := c.User(a.g.userID)
 		if err != nil {

@@ -112,7 +112,11 @@ func libraryFlow(ctx context.Context, dial func() redis.UniversalClient, iss *is
 	if _, err := c1.Offer(ctx, offered); err != nil {
 		return fmt.Errorf("offer: %w", err)
 	}
-	if ct, err := c2.ClientToken(ctx, "u-1"); err != nil || !iss.Valid(ct.AccessToken) {
+	u, err := c2.User("u-1")
+	if err != nil {
+		return fmt.Errorf("user: %w", err)
+	}
+	if ct, err := u.Token(ctx); err != nil || !iss.Valid(ct.AccessToken) {
 		return fmt.Errorf("client token: %v", err)
 	}
 
