@@ -15,8 +15,8 @@ import (
 // so that a fleet looping through faults can never exhaust the API key's
 // rate limit for everything else that uses it.
 const (
-	DefaultBudgetLimit  = 300
-	DefaultBudgetWindow = 5 * time.Minute
+	defaultBudgetLimit  = 300
+	defaultBudgetWindow = 5 * time.Minute
 )
 
 // ErrBudgetExhausted is wrapped by the error returned when the fleet-wide
@@ -27,7 +27,7 @@ var ErrBudgetExhausted = errors.New("tokencache: issuer budget exhausted")
 // namespace at limit per window, counted in Redis (the key
 // "<prefix>:{<namespace>}:budget"); while Redis is unreachable each
 // process keeps to the same rate on its own. limit 0 disables the budget.
-// Default DefaultBudgetLimit per DefaultBudgetWindow. Every issuer call of
+// Default 300 per 5 minutes (Basiq allows 1,500). Every issuer call of
 // the namespace counts, per-user client tokens included: an application
 // that mints many client tokens at once (a cold start with a thousand
 // users) should raise the limit toward its issuer's own (Basiq: 1,500 per

@@ -93,7 +93,7 @@ func TestRedisLayout(t *testing.T) {
 			t.Errorf("credential identity leaked into redis: %s", raw)
 		}
 		pttl := rdb.PTTL(ctx, "tokencache:{payments}:server").Val()
-		want := time.Hour - DefaultExpirySkew
+		want := time.Hour - defaultExpirySkew
 		if pttl <= want-time.Minute || pttl > want {
 			t.Errorf("PTTL = %v, want about %v (expiry minus skew)", pttl, want)
 		}
@@ -131,7 +131,7 @@ func TestNeverServesExpiredToken(t *testing.T) {
 	// Stop the issuer: refresh-ahead will fail, so the old token is served
 	// until its skewed expiry and never after.
 	f.failNext(errorsN(10, &issuerErr{code: "internal-server-error", retryable: true})...)
-	skew := DefaultExpirySkew // under the cap of a fifth of 10 minutes
+	skew := defaultExpirySkew // under the cap of a fifth of 10 minutes
 	for _, step := range []time.Duration{4 * time.Minute, 3 * time.Minute, 2*time.Minute + 29*time.Second} {
 		clock.Advance(step)
 		mr.FastForward(step)

@@ -7,15 +7,15 @@ import (
 	lru "github.com/hashicorp/golang-lru/v2"
 )
 
-// DefaultMaxUsers bounds the per-user client tokens held in memory: the
+// defaultMaxUsers bounds the per-user client tokens held in memory: the
 // least recently used user's copy is dropped first (it stays in Redis, so
 // dropping it costs one round trip, not an issuer call).
-const DefaultMaxUsers = 10_000
+const defaultMaxUsers = 10_000
 
 // WithClientTokens enables per-user client tokens (Basiq's CLIENT_ACCESS
 // scope, bound to one userId): newFetcher returns the Fetcher for one
 // user, and at most maxUsers users are kept in memory (LRU; 0 means
-// DefaultMaxUsers). Each user's token lives under its own keys,
+// 10,000). Each user's token lives under its own keys,
 // "<prefix>:{<namespace>/<user>}:client", so users spread over cluster
 // slots.
 func WithClientTokens(newFetcher func(userID string) (Fetcher, error), maxUsers int) Option {
@@ -27,7 +27,7 @@ func WithClientTokens(newFetcher func(userID string) (Fetcher, error), maxUsers 
 			return fmt.Errorf("tokencache: negative maxUsers %d", maxUsers)
 		}
 		if maxUsers == 0 {
-			maxUsers = DefaultMaxUsers
+			maxUsers = defaultMaxUsers
 		}
 		c.clientFetcher, c.maxUsers = newFetcher, maxUsers
 		return nil

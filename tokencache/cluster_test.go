@@ -90,7 +90,7 @@ func TestClusterKeysAndUsers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	k := serverKeys(DefaultKeyPrefix, DefaultNamespace)
+	k := serverKeys(defaultKeyPrefix, DefaultNamespace)
 	slot := cc.ClusterKeySlot(ctx, k.token).Val()
 	for _, key := range []string{k.lock, k.fence, k.failed, k.channel} {
 		if s := cc.ClusterKeySlot(ctx, key).Val(); s != slot {
@@ -173,7 +173,7 @@ func TestClusterShardedEventsSurviveResharding(t *testing.T) {
 		// Each cache asks the cluster once, from its subscriber.
 		eventually(t, "sharded pub/sub on a Redis 7 cluster", func() bool { return c.st.ps.mode.Load() == modeSharded })
 	}
-	k := serverKeys(DefaultKeyPrefix, DefaultNamespace)
+	k := serverKeys(defaultKeyPrefix, DefaultNamespace)
 	cc := cl.Client(t)
 	slot := int(cc.ClusterKeySlot(ctx, k.channel).Val())
 	owner := cl.Owner(t, slot)

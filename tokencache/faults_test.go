@@ -178,7 +178,7 @@ func TestClockSkewNeverServesExpired(t *testing.T) {
 	}
 	// Stop refreshes so the old token would be served as long as allowed.
 	f.failNext(errorsN(100, &issuerErr{code: "internal-server-error", retryable: true})...)
-	ttl := 10*time.Minute - DefaultExpirySkew
+	ttl := 10*time.Minute - defaultExpirySkew
 	step := func(d time.Duration) { clock.Advance(d); mr.FastForward(d) }
 	step(ttl - time.Second)
 	for _, c := range []*Cache{writer, reader} {

@@ -14,61 +14,61 @@ const (
 	// DefaultNamespace names the token when WithNamespace is not given.
 	DefaultNamespace = "default"
 
-	// DefaultKeyPrefix starts every key and channel name.
-	DefaultKeyPrefix = "tokencache"
+	// defaultKeyPrefix starts every key and channel name.
+	defaultKeyPrefix = "tokencache"
 
-	// DefaultRefreshAhead is the share of a token's life after which one
+	// defaultRefreshAhead is the share of a token's life after which one
 	// replica refreshes it in the background. Basiq advises refreshing its
 	// 60-minute token 2-3 times an hour; at 0.5 a token is replaced after
-	// 30 minutes (plus up to DefaultRefreshJitter of its life), so the
+	// 30 minutes (plus up to defaultRefreshJitter of its life), so the
 	// fleet refreshes about twice an hour and a failing issuer leaves half
 	// an hour of valid token to ride it out.
-	DefaultRefreshAhead = 0.5
+	defaultRefreshAhead = 0.5
 
-	// DefaultRefreshJitter spreads the refresh-ahead moment of replicas
+	// defaultRefreshJitter spreads the refresh-ahead moment of replicas
 	// over this share of the token's life (six minutes of a 60-minute
 	// token), so that one replica goes first, announces it ("refreshing")
 	// and the others simply pick up its token from the "refreshed" event.
-	DefaultRefreshJitter = 0.1
+	defaultRefreshJitter = 0.1
 
-	// DefaultExpirySkew is subtracted from the issuer's expiry to get the
+	// defaultExpirySkew is subtracted from the issuer's expiry to get the
 	// key's TTL: a token is never handed out in the last 30 seconds of its
 	// life, which covers the clock offset between issuer and writer, the
 	// request's transit to the API, and retries. For short-lived tokens the
 	// skew is capped at a fifth of the lifetime.
-	DefaultExpirySkew = 30 * time.Second
+	defaultExpirySkew = 30 * time.Second
 
-	// DefaultLockTTL is the refresh lock's lease. A watchdog extends it
+	// defaultLockTTL is the refresh lock's lease. A watchdog extends it
 	// while the issuer call runs, so it bounds only how long a dead
 	// holder blocks the fleet.
-	DefaultLockTTL = 10 * time.Second
+	defaultLockTTL = 10 * time.Second
 
-	// DefaultRefreshTimeout bounds one refresh, retries and waiting for
+	// defaultRefreshTimeout bounds one refresh, retries and waiting for
 	// another replica's refresh included.
-	DefaultRefreshTimeout = 30 * time.Second
+	defaultRefreshTimeout = 30 * time.Second
 
-	// DefaultL1MaxAge is how long a replica trusts its in-process copy
+	// defaultL1MaxAge is how long a replica trusts its in-process copy
 	// before re-reading Redis in the background; 0, the default, means
 	// until the copy's refresh-ahead moment. Events replace or drop the
 	// copy at once, and every (re-)subscription re-reads it, so a periodic
 	// re-read catches only what no event announces: a hand DEL with
 	// redis-cli (use "tokencache invalidate", which publishes). Each re-read
 	// is one command per replica: 30s costs 120 an hour.
-	DefaultL1MaxAge = 0
+	defaultL1MaxAge = 0
 
-	// DefaultWaitRecheck is how often a waiter re-reads Redis (jittered
+	// defaultWaitRecheck is how often a waiter re-reads Redis (jittered
 	// ±25%) when no event arrives: the bound on a lost or undelivered
 	// "refreshed" message.
-	DefaultWaitRecheck = time.Second
+	defaultWaitRecheck = time.Second
 
-	// DefaultNegativeTTL is how long a permanent issuer error (a wrong key,
+	// defaultNegativeTTL is how long a permanent issuer error (a wrong key,
 	// access denied) is remembered: callers get it at once instead of
 	// calling the issuer again.
-	DefaultNegativeTTL = 10 * time.Second
+	defaultNegativeTTL = 10 * time.Second
 
-	// DefaultProbeInterval is how long the subscription may stay silent
+	// defaultProbeInterval is how long the subscription may stay silent
 	// before the cache probes it by publishing to its own channel, and
-	// DefaultProbeTimeout how long the probe may take to come back before
+	// defaultProbeTimeout how long the probe may take to come back before
 	// the cache subscribes again: a half-open subscription, or one left on
 	// a demoted master after a Sentinel failover, is replaced within seven
 	// to nine seconds (the probe leader's; the others stand by a second
@@ -76,12 +76,12 @@ const (
 	// PUBLISH per quiet interval for the whole namespace (every replica
 	// hears the first probe and stands down), 720 an hour, whatever the
 	// number of replicas.
-	DefaultProbeInterval = 5 * time.Second
-	DefaultProbeTimeout  = 2 * time.Second
+	defaultProbeInterval = 5 * time.Second
+	defaultProbeTimeout  = 2 * time.Second
 
-	// DefaultMaxAttempts is the number of issuer calls one refresh makes
+	// defaultMaxAttempts is the number of issuer calls one refresh makes
 	// for retryable errors (5xx, 429, timeouts) before giving up.
-	DefaultMaxAttempts = 4
+	defaultMaxAttempts = 4
 )
 
 type config struct {
@@ -120,27 +120,27 @@ type config struct {
 func defaultConfig() config {
 	return config{
 		namespace:      DefaultNamespace,
-		prefix:         DefaultKeyPrefix,
-		refreshAhead:   DefaultRefreshAhead,
-		refreshJitter:  DefaultRefreshJitter,
-		skew:           DefaultExpirySkew,
-		lockTTL:        DefaultLockTTL,
-		refreshTimeout: DefaultRefreshTimeout,
+		prefix:         defaultKeyPrefix,
+		refreshAhead:   defaultRefreshAhead,
+		refreshJitter:  defaultRefreshJitter,
+		skew:           defaultExpirySkew,
+		lockTTL:        defaultLockTTL,
+		refreshTimeout: defaultRefreshTimeout,
 		l1:             true,
-		l1MaxAge:       DefaultL1MaxAge,
-		waitRecheck:    DefaultWaitRecheck,
-		negativeTTL:    DefaultNegativeTTL,
-		maxAttempts:    DefaultMaxAttempts,
+		l1MaxAge:       defaultL1MaxAge,
+		waitRecheck:    defaultWaitRecheck,
+		negativeTTL:    defaultNegativeTTL,
+		maxAttempts:    defaultMaxAttempts,
 		backoffBase:    200 * time.Millisecond,
 		backoffMax:     5 * time.Second,
 		failOpen:       true,
 		logger:         slog.New(slog.DiscardHandler),
 		now:            time.Now,
 		pubsubHealth:   0, // go-redis's PING only notices a failed write; the probe covers liveness
-		probeInterval:  DefaultProbeInterval,
-		probeTimeout:   DefaultProbeTimeout,
-		budgetLimit:    DefaultBudgetLimit,
-		budgetWindow:   DefaultBudgetWindow,
+		probeInterval:  defaultProbeInterval,
+		probeTimeout:   defaultProbeTimeout,
+		budgetLimit:    defaultBudgetLimit,
+		budgetWindow:   defaultBudgetWindow,
 	}
 }
 
@@ -174,7 +174,7 @@ func WithKeyPrefix(p string) Option {
 
 // WithRefreshAhead sets the share of a token's life (0 < share < 1) after
 // which it is refreshed in the background while callers keep getting it.
-// Default DefaultRefreshAhead (0.5).
+// Default 0.5.
 func WithRefreshAhead(share float64) Option {
 	return func(c *config) error {
 		if !(share > 0 && share < 1) {
@@ -187,7 +187,7 @@ func WithRefreshAhead(share float64) Option {
 
 // WithRefreshJitter sets the share of a token's life over which replicas
 // spread their refresh-ahead moment (0 <= share < 0.5). Default
-// DefaultRefreshJitter.
+// 0.1.
 func WithRefreshJitter(share float64) Option {
 	return func(c *config) error {
 		if !(share >= 0 && share < 0.5) {
@@ -199,7 +199,7 @@ func WithRefreshJitter(share float64) Option {
 }
 
 // WithExpirySkew sets how long before the issuer's expiry a token stops
-// being served. Default DefaultExpirySkew (30s), capped at a fifth of the
+// being served. Default 30s, capped at a fifth of the
 // token's lifetime.
 func WithExpirySkew(d time.Duration) Option {
 	return func(c *config) error {
@@ -211,7 +211,7 @@ func WithExpirySkew(d time.Duration) Option {
 	}
 }
 
-// WithLockTTL sets the lease of the refresh lock. Default DefaultLockTTL.
+// WithLockTTL sets the lease of the refresh lock. Default 10s.
 func WithLockTTL(d time.Duration) Option {
 	return func(c *config) error {
 		if d < 10*time.Millisecond {
@@ -223,7 +223,7 @@ func WithLockTTL(d time.Duration) Option {
 }
 
 // WithRefreshTimeout bounds one refresh, its retries and its waiting for
-// another replica. Default DefaultRefreshTimeout.
+// another replica. Default 30s.
 func WithRefreshTimeout(d time.Duration) Option {
 	return func(c *config) error {
 		if d <= 0 {
@@ -242,7 +242,7 @@ func WithL1(on bool) Option {
 }
 
 // WithL1MaxAge sets how long the in-process copy is trusted before it is
-// re-read from Redis in the background. Default DefaultL1MaxAge (0): events,
+// re-read from Redis in the background. Default 0: events,
 // re-subscriptions and the refresh-ahead moment alone. A positive value also
 // catches a hand DEL within that time, at one read per replica per period.
 func WithL1MaxAge(d time.Duration) Option {
@@ -256,7 +256,7 @@ func WithL1MaxAge(d time.Duration) Option {
 }
 
 // WithWaitRecheck sets how often a waiting caller re-reads Redis when no
-// event arrives (jittered ±25%). Default DefaultWaitRecheck.
+// event arrives (jittered ±25%). Default 1s.
 func WithWaitRecheck(d time.Duration) Option {
 	return func(c *config) error {
 		if d <= 0 {
@@ -268,7 +268,7 @@ func WithWaitRecheck(d time.Duration) Option {
 }
 
 // WithNegativeTTL sets how long a permanent issuer error is remembered.
-// Default DefaultNegativeTTL; 0 disables the negative cache.
+// Default 10s; 0 disables the negative cache.
 func WithNegativeTTL(d time.Duration) Option {
 	return func(c *config) error {
 		if d < 0 {
@@ -281,7 +281,7 @@ func WithNegativeTTL(d time.Duration) Option {
 
 // WithRetry sets how many times one refresh calls the issuer for
 // retryable errors and the capped exponential backoff (with full jitter)
-// between calls. Defaults: DefaultMaxAttempts, 200ms, 5s. A Retry-After
+// between calls. Defaults: 4, 200ms, 5s. A Retry-After
 // from the issuer is honoured up to max.
 func WithRetry(attempts int, base, max time.Duration) Option {
 	return func(c *config) error {
@@ -303,8 +303,8 @@ func WithFailOpen(on bool) Option {
 
 // WithSubscriptionProbe sets how long the events subscription may stay
 // silent before it is probed, and how long the probe may take to come
-// back before the cache subscribes again. Defaults DefaultProbeInterval,
-// DefaultProbeTimeout. Whatever the interval, a replica that finds in
+// back before the cache subscribes again. Defaults 5s,
+// 2s. Whatever the interval, a replica that finds in
 // Redis a change it heard nothing about (at its refresh-ahead moment, or
 // after a wait) probes at once: a small fleet with long-lived tokens can
 // set an interval of an hour and have a dead subscription replaced at the

@@ -44,7 +44,7 @@ func isMoving(err error) bool {
 // nsSlot returns the namespace's slot, its master and another master.
 func nsSlot(t *testing.T, cl *redistest.Cluster, ns string) (k keys, slot, from, to int) {
 	t.Helper()
-	k = serverKeys(DefaultKeyPrefix, ns)
+	k = serverKeys(defaultKeyPrefix, ns)
 	slot = int(cl.Client(t).ClusterKeySlot(context.Background(), k.token).Val())
 	from = cl.Owner(t, slot)
 	return k, slot, from, (from + 1) % len(cl.Nodes)

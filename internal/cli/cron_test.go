@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tokencache/tokencache/tokencache"
 )
 
 // cronSchedule is one place that says how often the refresher runs and
@@ -92,7 +91,7 @@ func cronSchedules(t *testing.T) []cronSchedule {
 // does not let the token lapse before the next.
 func TestCronArithmetic(t *testing.T) {
 	const life = 60 * time.Minute
-	skew := tokencache.DefaultExpirySkew
+	skew := 30 * time.Second // WithExpirySkew's default
 	scheds := cronSchedules(t)
 	first := scheds[0]
 	for _, s := range scheds {

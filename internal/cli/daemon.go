@@ -104,9 +104,13 @@ func (d *daemon) loop(ctx context.Context) {
 	}
 }
 
+// tickTimeout bounds one tick's Token call: the cache's own bound on a
+// refresh (WithRefreshTimeout's default), so a tick never outwaits it.
+const tickTimeout = 30 * time.Second
+
 func (d *daemon) tick(ctx context.Context) {
 	before := d.s.cache.Stats()
-	tctx, cancel := context.WithTimeout(ctx, tokencache.DefaultRefreshTimeout)
+	tctx, cancel := context.WithTimeout(ctx, tickTimeout)
 	tok, err := d.s.tok.Token(tctx)
 	cancel()
 	if ctx.Err() != nil {
