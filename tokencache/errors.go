@@ -3,7 +3,6 @@ package tokencache
 import (
 	"errors"
 	"fmt"
-	"strconv"
 	"time"
 )
 
@@ -103,68 +102,3 @@ type ValueError struct {
 func (e *ValueError) Error() string {
 	return fmt.Sprintf("tokencache: unusable value at %s: %s", e.Key, e.Reason)
 }
-
-// OAuth2Error reports a failed client-credentials token request. It carries
-// the RFC 6749 error code and description, never the client secret, a token,
-// or the raw response body, and implements the optional methods documented
-// on Fetcher.
-type OAuth2Error struct {
-	// StatusCode is the token endpoint's HTTP status, or 0 when no answer
-	// was received.
-	StatusCode int
-	// Code is the RFC 6749 error code ("invalid_client", "invalid_scope",
-	// ...) when the endpoint sent one, else "http-<status>", "network",
-	// "timeout", "canceled", "redirect" (the endpoint redirected; nothing
-	// was sent on), "invalid-response", "invalid-token" or "invalid-config".
-	Code string
-	// Description is the endpoint's error_description (or a description of
-	// the unusable answer), shortened, with the client secret removed.
-	Description string
-	// Err is the cause, if any: a network or context error, or
-	// ErrInvalidToken for an answer the cache cannot use.
-	Err error
-
-	retryable  bool
-	retryAfter time.Duration
-}
-
-// Error describes the failure without secrets.
-func (e *OAuth2Error) Error() string {
-	b := []byte("tokencache: oauth2 token request failed")
-	if e.StatusCode != 0 {
-		b = append(b, ": HTTP "...)
-		b = strconv.AppendInt(b, int64(e.StatusCode), 10)
-	}
-	if e.Code != "" {
-		b = append(b, " ["...)
-		b = append(b, e.Code...)
-		b = append(b, ']')
-	}
-	if e.Description != "" {
-		b = append(b, ": "...)
-		b = append(b, e.Description...)
-	}
-	if e.Err != nil {
-		b = append(b, ": "...)
-		b = append(b, e.Err.Error()...)
-	}
-	return string(b)
-}
-
-// Unwrap returns the cause.
-func (e *OAuth2Error) Unwrap() error { return e.Err }
-
-// Retryable reports whether asking again may succeed: true for 5xx, 408,
-// 429 and network errors; false for 4xx answers (invalid_client,
-// invalid_scope, ...) and for unusable answers.
-func (e *OAuth2Error) Retryable() bool { return e.retryable }
-
-// RetryAfter returns the wait the endpoint asked for in its Retry-After
-// header, or 0.
-func (e *OAuth2Error) RetryAfter() time.Duration { return e.retryAfter }
-
-// ErrorCode returns Code.
-func (e *OAuth2Error) ErrorCode() string { return e.Code }
-
-// ccMaxRetryAfter caps a Retry-After: a longer wait is more likely a
-// misconfigured proxy than advice the fleet should follow.

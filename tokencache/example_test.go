@@ -62,7 +62,7 @@ func Example() {
 }
 
 // Inspect shows what operators see with redis-cli, without the token.
-func ExampleCache_Inspect() {
+func ExampleHandle_Inspect() {
 	mr := miniredis.NewMiniRedis()
 	if err := mr.Start(); err != nil {
 		log.Fatal(err)
@@ -92,7 +92,7 @@ func ExampleCache_Inspect() {
 
 // Invalidate after the API rejected a token with 401: only that token is
 // deleted, so a hundred replicas reporting the same 401 cause one refresh.
-func ExampleCache_Invalidate() {
+func ExampleHandle_Invalidate() {
 	mr := miniredis.NewMiniRedis()
 	if err := mr.Start(); err != nil {
 		log.Fatal(err)

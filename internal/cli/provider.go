@@ -9,6 +9,7 @@ import (
 	"github.com/tokencache/tokencache/tokencache"
 	"github.com/tokencache/tokencache/tokencache/basiq"
 	"github.com/tokencache/tokencache/tokencache/jwtauth"
+	"github.com/tokencache/tokencache/tokencache/oauth2cc"
 )
 
 // issuerTimeout bounds one issuer call.
@@ -69,9 +70,9 @@ func (a *app) fetcherFor(scope, userID string) (tokencache.Fetcher, error) {
 		if err != nil {
 			return nil, err
 		}
-		// The adapter bounds each call (tokencache.ClientCredentialsTimeout)
+		// The adapter bounds each call (oauth2cc.Timeout)
 		// and follows no redirect, whatever client x/oauth2 finds.
-		return tokencache.ClientCredentials(&clientcredentials.Config{ClientID: id, ClientSecret: secret, TokenURL: a.g.tokenURL}), nil
+		return oauth2cc.New(&clientcredentials.Config{ClientID: id, ClientSecret: secret, TokenURL: a.g.tokenURL}), nil
 	}
 	return nil, usagef("--provider %q: want basiq, jwt or oauth2", a.g.provider)
 }

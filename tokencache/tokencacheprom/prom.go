@@ -201,7 +201,7 @@ var (
 const maxResultLen = 40
 
 // Result labels an issuer call: "ok", the issuer's error code (an error
-// with an ErrorCode method, as the basiq, jwtauth and ClientCredentials
+// with an ErrorCode method, as the basiq, jwtauth and oauth2cc
 // errors have), "timeout", or "error".
 func Result(err error) string {
 	if err == nil {

@@ -1,4 +1,4 @@
-package tokencache_test
+package oauth2cc_test
 
 import (
 	"context"
@@ -12,14 +12,15 @@ import (
 
 	"github.com/tokencache/tokencache/internal/hostile"
 	"github.com/tokencache/tokencache/tokencache"
+	"github.com/tokencache/tokencache/tokencache/oauth2cc"
 )
 
-// TestClientCredentialsHostileIssuers: a redirect never carries the client
+// TestHostileIssuers: a redirect never carries the client
 // secret anywhere, whether x/oauth2 sends it in the header or the form and
 // whatever client the context holds; an endpoint that never answers is
 // bounded by the context's deadline; an endless body ends in a clear
 // error.
-func TestClientCredentialsHostileIssuers(t *testing.T) {
+func TestHostileIssuers(t *testing.T) {
 	t.Run("redirect", func(t *testing.T) {
 		target := hostile.NewTarget(t)
 		contexts := map[string]context.Context{
@@ -33,8 +34,8 @@ func TestClientCredentialsHostileIssuers(t *testing.T) {
 				for _, status := range []int{301, 302, 303, 307, 308} {
 					cfg := ccConfig(hostile.Redirect(t, status, target.URL) + "/oauth/token")
 					cfg.AuthStyle = style
-					_, err := tokencache.ClientCredentials(cfg).Fetch(ctx)
-					var oe *tokencache.OAuth2Error
+					_, err := oauth2cc.New(cfg).Fetch(ctx)
+					var oe *oauth2cc.Error
 					if !errors.As(err, &oe) || oe.Code != "redirect" || oe.Retryable() {
 						t.Errorf("%s, style %d, %d: got %v, want a permanent *OAuth2Error with code redirect", name, style, status, err)
 						continue
@@ -54,8 +55,8 @@ func TestClientCredentialsHostileIssuers(t *testing.T) {
 		cfg := ccConfig(url + "/oauth/token")
 		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 		defer cancel()
-		_, err := tokencache.ClientCredentials(cfg).Fetch(ctx)
-		var oe *tokencache.OAuth2Error
+		_, err := oauth2cc.New(cfg).Fetch(ctx)
+		var oe *oauth2cc.Error
 		if !errors.As(err, &oe) || oe.Code != "timeout" || !oe.Retryable() {
 			t.Errorf("got %v, want a retryable timeout", err)
 		}
@@ -66,8 +67,8 @@ func TestClientCredentialsHostileIssuers(t *testing.T) {
 	t.Run("endless body", func(t *testing.T) {
 		for _, ctype := range []string{"application/json", "application/x-www-form-urlencoded"} {
 			url, _ := hostile.Endless(t, 200, ctype)
-			_, err := tokencache.ClientCredentials(ccConfig(url + "/oauth/token")).Fetch(context.Background())
-			var oe *tokencache.OAuth2Error
+			_, err := oauth2cc.New(ccConfig(url + "/oauth/token")).Fetch(context.Background())
+			var oe *oauth2cc.Error
 			if !errors.As(err, &oe) || oe.Retryable() || !errors.Is(err, tokencache.ErrInvalidToken) || len(err.Error()) > 600 {
 				t.Errorf("%s: got %v, want a short permanent error wrapping ErrInvalidToken", ctype, err)
 			}

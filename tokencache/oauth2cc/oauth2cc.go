@@ -1,4 +1,10 @@
-package tokencache
+// Package oauth2cc adapts any OAuth2 client-credentials issuer (RFC 6749
+// §4.4), configured as for golang.org/x/oauth2/clientcredentials, into a
+// tokencache.Fetcher:
+//
+//	cfg := &clientcredentials.Config{ClientID: id, ClientSecret: secret, TokenURL: url}
+//	cache, err := tokencache.New(rdb, oauth2cc.New(cfg))
+package oauth2cc
 
 import (
 	"context"
@@ -10,12 +16,14 @@ import (
 	"strings"
 	"time"
 
-	"github.com/tokencache/tokencache/internal/httpx"
 	"golang.org/x/oauth2"
 	"golang.org/x/oauth2/clientcredentials"
+
+	"github.com/tokencache/tokencache/internal/httpx"
+	"github.com/tokencache/tokencache/tokencache"
 )
 
-// ClientCredentials returns a Fetcher for any OAuth2 client-credentials
+// New returns a Fetcher for any OAuth2 client-credentials
 // issuer (RFC 6749 §4.4), configured as for golang.org/x/oauth2.
 //
 // Each Fetch asks the token endpoint for a new token through cfg.Token: it
@@ -26,37 +34,36 @@ import (
 // follows no redirect: the request carries the client secret (in the
 // Authorization header or the form), and Go forwards the header to the same
 // host on another port or scheme. A redirect fails the Fetch with an
-// *OAuth2Error whose code is "redirect". Each request is bounded by
-// ClientCredentialsTimeout on top of the Fetch context; x/oauth2 reads at
+// *Error whose code is "redirect". Each request is bounded by
+// Timeout on top of the Fetch context; x/oauth2 reads at
 // most 1 MiB of an answer. cfg must not change once the Fetcher is in use.
 //
 // The token's type defaults to "Bearer", and its expiry is the one x/oauth2
 // derives from expires_in: an answer without expires_in cannot be shared, and
-// Fetch refuses it with an error wrapping ErrInvalidToken. Failures are
-// *OAuth2Error values that carry the RFC 6749 error code and never the
+// Fetch refuses it with an error wrapping tokencache.ErrInvalidToken. Failures are
+// *Error values that carry the RFC 6749 error code and never the
 // client secret, a token, or the raw response body.
 //
 // The Fetcher also implements Identifier: its identity covers the token URL,
 // the client id and secret, the scopes and the extra endpoint parameters.
-func ClientCredentials(cfg *clientcredentials.Config) Fetcher {
-	return &clientCredentialsFetcher{cfg: cfg, now: time.Now, timeout: ClientCredentialsTimeout}
+func New(cfg *clientcredentials.Config) tokencache.Fetcher {
+	return &fetcher{cfg: cfg, now: time.Now, timeout: Timeout}
 }
 
-// ClientCredentialsTimeout bounds one token request of the ClientCredentials
-// Fetcher, connection to last byte. A token endpoint answers in well under
+// Timeout bounds one token request of the Fetcher, connection to last byte. A token endpoint answers in well under
 // a second; 15 s rides out a slow TLS handshake yet stays well inside a
 // refresh lock's lease. A shorter deadline on the Fetch context wins.
-const ClientCredentialsTimeout = 15 * time.Second
+const Timeout = 15 * time.Second
 
-// clientCredentialsFetcher is the Fetcher ClientCredentials returns.
-type clientCredentialsFetcher struct {
+// fetcher is the Fetcher ClientCredentials returns.
+type fetcher struct {
 	cfg     *clientcredentials.Config
 	now     func() time.Time
 	timeout time.Duration // per request; 0: the context alone
 }
 
 // errCCRedirect is what the Fetcher's HTTP client answers a redirect with.
-var errCCRedirect = errors.New("tokencache: refusing to follow a redirect with the client credentials")
+var errCCRedirect = errors.New("oauth2cc: refusing to follow a redirect with the client credentials")
 
 // noRedirectContext returns ctx with the HTTP client x/oauth2 will use
 // replaced by a copy that follows no redirect.
@@ -71,14 +78,14 @@ func noRedirectContext(ctx context.Context) context.Context {
 }
 
 var (
-	_ Fetcher    = (*clientCredentialsFetcher)(nil)
-	_ Identifier = (*clientCredentialsFetcher)(nil)
+	_ tokencache.Fetcher    = (*fetcher)(nil)
+	_ tokencache.Identifier = (*fetcher)(nil)
 )
 
 // Fetch requests a new token from the token endpoint.
-func (c *clientCredentialsFetcher) Fetch(ctx context.Context) (Token, error) {
+func (c *fetcher) Fetch(ctx context.Context) (tokencache.Token, error) {
 	if c.cfg == nil {
-		return Token{}, &OAuth2Error{Code: "invalid-config", Description: "nil clientcredentials.Config"}
+		return tokencache.Token{}, &Error{Code: "invalid-config", Description: "nil clientcredentials.Config"}
 	}
 	ctx = noRedirectContext(ctx)
 	if c.timeout > 0 {
@@ -88,10 +95,10 @@ func (c *clientCredentialsFetcher) Fetch(ctx context.Context) (Token, error) {
 	}
 	t, err := c.cfg.Token(ctx)
 	if err != nil {
-		return Token{}, c.translate(ctx, err)
+		return tokencache.Token{}, c.translate(ctx, err)
 	}
-	invalid := func(desc string) (Token, error) {
-		return Token{}, &OAuth2Error{Code: "invalid-token", Description: desc, Err: ErrInvalidToken}
+	invalid := func(desc string) (tokencache.Token, error) {
+		return tokencache.Token{}, &Error{Code: "invalid-token", Description: desc, Err: tokencache.ErrInvalidToken}
 	}
 	if t == nil || t.AccessToken == "" {
 		return invalid("the answer holds no access_token")
@@ -107,13 +114,13 @@ func (c *clientCredentialsFetcher) Fetch(ctx context.Context) (Token, error) {
 	case !exp.After(now):
 		return invalid("the token is already expired")
 	}
-	return Token{AccessToken: t.AccessToken, TokenType: t.Type(), Expiry: exp}, nil
+	return tokencache.Token{AccessToken: t.AccessToken, TokenType: t.Type(), Expiry: exp}, nil
 }
 
 // Identity names the endpoint, credential, scopes and parameters the tokens
 // are minted for. It contains the client secret: the cache only ever stores
 // or sends a salted hash of it.
-func (c *clientCredentialsFetcher) Identity() string {
+func (c *fetcher) Identity() string {
 	if c.cfg == nil {
 		return "oauth2-client-credentials|nil"
 	}
@@ -135,13 +142,13 @@ func (c *clientCredentialsFetcher) Identity() string {
 	return b.String()
 }
 
-// translate turns an x/oauth2 error into an *OAuth2Error. A
+// translate turns an x/oauth2 error into an *Error. A
 // *oauth2.RetrieveError is not kept in the chain: its Error method prints
 // the raw response body, which may hold anything the issuer chose to echo.
-func (c *clientCredentialsFetcher) translate(ctx context.Context, err error) *OAuth2Error {
+func (c *fetcher) translate(ctx context.Context, err error) *Error {
 	var rerr *oauth2.RetrieveError
 	if errors.As(err, &rerr) {
-		e := &OAuth2Error{
+		e := &Error{
 			Code:        ccCode(rerr.ErrorCode, c.cfg.ClientSecret),
 			Description: httpx.Scrub(rerr.ErrorDescription, 200, c.cfg.ClientSecret),
 		}
@@ -172,22 +179,22 @@ func (c *clientCredentialsFetcher) translate(ctx context.Context, err error) *OA
 		if errors.As(err, &uerr) {
 			dest = ccSafeURL(uerr.URL)
 		}
-		return &OAuth2Error{Code: "redirect", Description: where + ": the issuer redirected to " + dest + "; fix the token URL", Err: errCCRedirect}
+		return &Error{Code: "redirect", Description: where + ": the issuer redirected to " + dest + "; fix the token URL", Err: errCCRedirect}
 	case errors.Is(err, context.Canceled) || errors.Is(ctx.Err(), context.Canceled):
-		return &OAuth2Error{Code: "canceled", Description: where, Err: ccUnwrapURL(err), retryable: true}
+		return &Error{Code: "canceled", Description: where, Err: ccUnwrapURL(err), retryable: true}
 	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &nerr) && nerr.Timeout():
-		return &OAuth2Error{Code: "timeout", Description: where, Err: ccUnwrapURL(err), retryable: true}
+		return &Error{Code: "timeout", Description: where, Err: ccUnwrapURL(err), retryable: true}
 	case errors.As(err, &uerr):
-		return &OAuth2Error{Code: "network", Description: where, Err: uerr.Err, retryable: true}
+		return &Error{Code: "network", Description: where, Err: uerr.Err, retryable: true}
 	}
 	// x/oauth2's own errors: "server response missing access_token",
 	// "cannot parse json: …" (a bad 2xx answer), "cannot fetch token: …" (a
 	// failed body read). None of them quotes the body.
 	msg := err.Error()
 	if strings.Contains(msg, "missing access_token") || strings.Contains(msg, "cannot parse") {
-		return &OAuth2Error{Code: "invalid-response", Description: httpx.Scrub(msg, 200, c.cfg.ClientSecret), Err: ErrInvalidToken}
+		return &Error{Code: "invalid-response", Description: httpx.Scrub(msg, 200, c.cfg.ClientSecret), Err: tokencache.ErrInvalidToken}
 	}
-	return &OAuth2Error{Code: "oauth2", Description: httpx.Scrub(msg, 200, c.cfg.ClientSecret), retryable: true}
+	return &Error{Code: "oauth2", Description: httpx.Scrub(msg, 200, c.cfg.ClientSecret), retryable: true}
 }
 
 const ccMaxRetryAfter = 24 * time.Hour
@@ -224,3 +231,68 @@ func ccUnwrapURL(err error) error {
 	}
 	return err
 }
+
+// Error reports a failed client-credentials token request. It carries
+// the RFC 6749 error code and description, never the client secret, a token,
+// or the raw response body, and implements the optional methods documented
+// on Fetcher.
+type Error struct {
+	// StatusCode is the token endpoint's HTTP status, or 0 when no answer
+	// was received.
+	StatusCode int
+	// Code is the RFC 6749 error code ("invalid_client", "invalid_scope",
+	// ...) when the endpoint sent one, else "http-<status>", "network",
+	// "timeout", "canceled", "redirect" (the endpoint redirected; nothing
+	// was sent on), "invalid-response", "invalid-token" or "invalid-config".
+	Code string
+	// Description is the endpoint's error_description (or a description of
+	// the unusable answer), shortened, with the client secret removed.
+	Description string
+	// Err is the cause, if any: a network or context error, or
+	// tokencache.ErrInvalidToken for an answer the cache cannot use.
+	Err error
+
+	retryable  bool
+	retryAfter time.Duration
+}
+
+// Error describes the failure without secrets.
+func (e *Error) Error() string {
+	b := []byte("oauth2cc: token request failed")
+	if e.StatusCode != 0 {
+		b = append(b, ": HTTP "...)
+		b = strconv.AppendInt(b, int64(e.StatusCode), 10)
+	}
+	if e.Code != "" {
+		b = append(b, " ["...)
+		b = append(b, e.Code...)
+		b = append(b, ']')
+	}
+	if e.Description != "" {
+		b = append(b, ": "...)
+		b = append(b, e.Description...)
+	}
+	if e.Err != nil {
+		b = append(b, ": "...)
+		b = append(b, e.Err.Error()...)
+	}
+	return string(b)
+}
+
+// Unwrap returns the cause.
+func (e *Error) Unwrap() error { return e.Err }
+
+// Retryable reports whether asking again may succeed: true for 5xx, 408,
+// 429 and network errors; false for 4xx answers (invalid_client,
+// invalid_scope, ...) and for unusable answers.
+func (e *Error) Retryable() bool { return e.retryable }
+
+// RetryAfter returns the wait the endpoint asked for in its Retry-After
+// header, or 0.
+func (e *Error) RetryAfter() time.Duration { return e.retryAfter }
+
+// ErrorCode returns Code.
+func (e *Error) ErrorCode() string { return e.Code }
+
+// ccMaxRetryAfter caps a Retry-After: a longer wait is more likely a
+// misconfigured proxy than advice the fleet should follow.

@@ -1,4 +1,4 @@
-package tokencache_test
+package oauth2cc_test
 
 import (
 	"context"
@@ -17,6 +17,7 @@ import (
 	"golang.org/x/oauth2/clientcredentials"
 
 	"github.com/tokencache/tokencache/tokencache"
+	"github.com/tokencache/tokencache/tokencache/oauth2cc"
 )
 
 // Credentials distinctive enough that finding them in an error string
@@ -66,7 +67,7 @@ func ccFetcher(t *testing.T, status int, body string, header http.Header) (*ccEn
 	e := &ccEndpoint{t: t, status: status, body: body, header: header}
 	srv := httptest.NewServer(e)
 	t.Cleanup(srv.Close)
-	return e, tokencache.ClientCredentials(ccConfig(srv.URL + "/oauth/token"))
+	return e, oauth2cc.New(ccConfig(srv.URL + "/oauth/token"))
 }
 
 func ccConfig(tokenURL string) *clientcredentials.Config {
@@ -79,7 +80,7 @@ func ccConfig(tokenURL string) *clientcredentials.Config {
 	}
 }
 
-func TestClientCredentialsSuccess(t *testing.T) {
+func TestSuccess(t *testing.T) {
 	tests := []struct {
 		name     string
 		body     string
@@ -120,7 +121,7 @@ func TestClientCredentialsSuccess(t *testing.T) {
 	}
 }
 
-func TestClientCredentialsErrors(t *testing.T) {
+func TestErrors(t *testing.T) {
 	tests := []struct {
 		name          string
 		status        int
@@ -159,9 +160,9 @@ func TestClientCredentialsErrors(t *testing.T) {
 			if err == nil {
 				t.Fatalf("Fetch: got %v, want an error", got)
 			}
-			var e *tokencache.OAuth2Error
+			var e *oauth2cc.Error
 			if !errors.As(err, &e) {
-				t.Fatalf("Fetch: got %v (%T), want *tokencache.OAuth2Error", err, err)
+				t.Fatalf("Fetch: got %v (%T), want *oauth2cc.Error", err, err)
 			}
 			if tt.status != 200 && e.StatusCode != tt.status {
 				t.Errorf("StatusCode: got %d, want %d", e.StatusCode, tt.status)
@@ -190,13 +191,13 @@ func TestClientCredentialsErrors(t *testing.T) {
 	}
 }
 
-func TestClientCredentialsTransportErrors(t *testing.T) {
+func TestTransportErrors(t *testing.T) {
 	t.Run("connection refused", func(t *testing.T) {
 		srv := httptest.NewServer(http.NotFoundHandler())
 		srv.Close()
-		f := tokencache.ClientCredentials(ccConfig(srv.URL + "/oauth/token?client_secret=" + ccClientSecret))
+		f := oauth2cc.New(ccConfig(srv.URL + "/oauth/token?client_secret=" + ccClientSecret))
 		_, err := f.Fetch(context.Background())
-		var e *tokencache.OAuth2Error
+		var e *oauth2cc.Error
 		if !errors.As(err, &e) || e.ErrorCode() != "network" || !e.Retryable() {
 			t.Fatalf("Fetch: got %v, want a retryable network *OAuth2Error", err)
 		}
@@ -210,7 +211,7 @@ func TestClientCredentialsTransportErrors(t *testing.T) {
 		if !errors.Is(err, context.Canceled) {
 			t.Fatalf("Fetch: got %v, want context.Canceled in the chain", err)
 		}
-		var e *tokencache.OAuth2Error
+		var e *oauth2cc.Error
 		if !errors.As(err, &e) || e.ErrorCode() != "canceled" {
 			t.Errorf("Fetch: got %v, want code canceled", err)
 		}
@@ -219,7 +220,7 @@ func TestClientCredentialsTransportErrors(t *testing.T) {
 		}
 	})
 	t.Run("nil config", func(t *testing.T) {
-		f := tokencache.ClientCredentials(nil)
+		f := oauth2cc.New(nil)
 		if _, err := f.Fetch(context.Background()); err == nil {
 			t.Errorf("Fetch: got nil error, want one")
 		}
@@ -229,9 +230,9 @@ func TestClientCredentialsTransportErrors(t *testing.T) {
 	})
 }
 
-// TestClientCredentialsSecretNeverInErrors: an endpoint that echoes the
+// TestSecretNeverInErrors: an endpoint that echoes the
 // secret and a token everywhere, at every status.
-func TestClientCredentialsSecretNeverInErrors(t *testing.T) {
+func TestSecretNeverInErrors(t *testing.T) {
 	echo := ccClientSecret + " " + ccIssuedToken
 	bodies := []string{
 		echo,
@@ -263,14 +264,14 @@ func ccAssertNoSecrets(t *testing.T, err error) {
 	}
 }
 
-func TestClientCredentialsIdentity(t *testing.T) {
+func TestIdentity(t *testing.T) {
 	id := func(mod func(*clientcredentials.Config)) string {
 		cfg := ccConfig("https://issuer.example/token")
 		cfg.EndpointParams = url.Values{"audience": {"api"}}
 		if mod != nil {
 			mod(cfg)
 		}
-		return tokencache.ClientCredentials(cfg).(tokencache.Identifier).Identity()
+		return oauth2cc.New(cfg).(tokencache.Identifier).Identity()
 	}
 	base := id(nil)
 	if base != id(nil) {

@@ -1,4 +1,4 @@
-package tokencache
+package oauth2cc
 
 import (
 	"context"
@@ -11,19 +11,19 @@ import (
 	"github.com/tokencache/tokencache/internal/hostile"
 )
 
-// TestClientCredentialsOwnTimeout: without a deadline on the context, the
-// Fetcher's own timeout (ClientCredentialsTimeout by default) bounds a
+// TestOwnTimeout: without a deadline on the context, the
+// Fetcher's own timeout (Timeout by default) bounds a
 // token endpoint that never answers.
-func TestClientCredentialsOwnTimeout(t *testing.T) {
+func TestOwnTimeout(t *testing.T) {
 	cfg := &clientcredentials.Config{ClientID: "id", ClientSecret: "cc-secret-own-timeout", TokenURL: "http://127.0.0.1:1/token"}
-	if f := ClientCredentials(cfg).(*clientCredentialsFetcher); f.timeout != ClientCredentialsTimeout {
-		t.Errorf("default timeout %v, want ClientCredentialsTimeout (%v)", f.timeout, ClientCredentialsTimeout)
+	if f := New(cfg).(*fetcher); f.timeout != Timeout {
+		t.Errorf("default timeout %v, want Timeout (%v)", f.timeout, Timeout)
 	}
 	url, hits := hostile.Hang(t)
 	cfg.TokenURL = url + "/token"
-	f := &clientCredentialsFetcher{cfg: cfg, now: time.Now, timeout: 50 * time.Millisecond}
+	f := &fetcher{cfg: cfg, now: time.Now, timeout: 50 * time.Millisecond}
 	_, err := f.Fetch(context.Background())
-	var oe *OAuth2Error
+	var oe *Error
 	if !errors.As(err, &oe) || oe.Code != "timeout" {
 		t.Errorf("got %v, want a timeout", err)
 	}
