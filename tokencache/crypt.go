@@ -10,7 +10,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"os"
 	"strconv"
 	"strings"
 )
@@ -102,26 +101,6 @@ func ParseKeyRing(spec string) (*KeyRing, error) {
 		}
 	}
 	return NewKeyRing(active, keys)
-}
-
-// LoadKeyRing reads a ring from the environment variable env or, if that is
-// empty, from the file named by fileEnv (the file holds the same
-// "id:base64key,..." text). It returns nil, nil when neither is set.
-func LoadKeyRing(env, fileEnv string) (*KeyRing, error) {
-	spec := os.Getenv(env)
-	if spec == "" {
-		if path := os.Getenv(fileEnv); path != "" {
-			b, err := os.ReadFile(path)
-			if err != nil {
-				return nil, fmt.Errorf("tokencache: reading encryption keys: %w", err)
-			}
-			spec = string(b)
-		}
-	}
-	if strings.TrimSpace(spec) == "" {
-		return nil, nil
-	}
-	return ParseKeyRing(spec)
 }
 
 // ActiveKeyID is the id of the key that encrypts new tokens.

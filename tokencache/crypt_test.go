@@ -151,15 +151,6 @@ func TestParseKeyRing(t *testing.T) {
 			t.Errorf("ParseKeyRing(%q) error shows the key: %v", bad, err)
 		}
 	}
-	t.Setenv("TC_TEST_KEYS", "")
-	t.Setenv("TC_TEST_KEYS_FILE", "")
-	if kr, err := LoadKeyRing("TC_TEST_KEYS", "TC_TEST_KEYS_FILE"); kr != nil || err != nil {
-		t.Errorf("LoadKeyRing with nothing set: %v, %v; want nil, nil", kr, err)
-	}
-	t.Setenv("TC_TEST_KEYS", "k1:"+k)
-	if kr, err := LoadKeyRing("TC_TEST_KEYS", "TC_TEST_KEYS_FILE"); err != nil || kr.ActiveKeyID() != "k1" {
-		t.Errorf("LoadKeyRing from the environment: %v, %v", kr, err)
-	}
 }
 
 func TestCredentialFingerprintIsKeyedAndNeverAnEventOracle(t *testing.T) {
