@@ -56,9 +56,8 @@ type Cache struct {
 	origin        string    // random id of this Cache in the events it publishes
 	epoch         time.Time // origin of the mono clock
 	jitterSeed    maphash.Seed
-	injectedClock bool // WithClock was given
+	sysClock      bool // the clock is the system's: monoNow reads the monotonic clock directly
 	stats         counters
-	dropEvents    atomic.Bool // test hook: drop every received event
 }
 
 // New returns a Cache for the token that f fetches, shared through rdb.
@@ -94,8 +93,8 @@ func New(rdb redis.UniversalClient, f Fetcher, opts ...Option) (*Cache, error) {
 		origin:     strconv.FormatUint(rand.Uint64(), 36),
 		jitterSeed: maphash.MakeSeed(),
 	}
-	c.epoch = c.cfg.now()
-	c.injectedClock = cfg.injected
+	c.epoch = c.cfg.clock.Now()
+	_, c.sysClock = cfg.clock.(systemClock)
 	c.server = c.newEntry(serverKeys(cfg.prefix, cfg.namespace), f)
 	c.Handle = &Handle{c: c, e: c.server}
 	c.budget = newBudget(budgetKey(cfg.prefix, cfg.namespace), cfg.budgetLimit, cfg.budgetWindow)
@@ -153,7 +152,7 @@ func (c *Cache) goBackground(fn func(ctx context.Context)) bool {
 	return true
 }
 
-func (c *Cache) now() time.Time { return c.cfg.now() }
+func (c *Cache) now() time.Time { return c.cfg.clock.Now() }
 
 // jitterShare is this replica's place, in [0, 1), in the refresh jitter
 // window of the token with fingerprint fp. It differs between replicas but
@@ -170,10 +169,10 @@ func (c *Cache) jitterShare(fp string) float64 {
 type mono int64
 
 func (c *Cache) monoNow() mono {
-	if c.injectedClock {
-		return mono(c.cfg.now().Sub(c.epoch))
+	if c.sysClock {
+		return mono(time.Since(c.epoch))
 	}
-	return mono(time.Since(c.epoch))
+	return mono(c.cfg.clock.Now().Sub(c.epoch))
 }
 
 func (c *Cache) monoAt(t time.Time) mono { return mono(t.Sub(c.epoch)) }

@@ -12,6 +12,7 @@ import (
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/tokencache/tokencache/internal/faultproxy"
 	"github.com/tokencache/tokencache/lock"
 )
 
@@ -122,7 +123,7 @@ func TestNeverServesExpiredToken(t *testing.T) {
 	clock := newFakeClock()
 	f := newFakeFetcher(10 * time.Minute)
 	f.now = clock.Now
-	c := newCache(t, rdb, f, fastOpts(WithClock(clock.Now), WithRefreshJitter(0), WithL1MaxAge(0))...)
+	c := newCache(t, rdb, f, fastOpts(withClock(clock), WithRefreshJitter(0), WithL1MaxAge(0))...)
 	ctx := ctxT(t)
 	first, err := c.Token(ctx)
 	if err != nil {
@@ -167,17 +168,18 @@ func TestRefreshAheadDoesNotBlockCallers(t *testing.T) {
 		// miniredis: a fake clock and FastForward; redis-server: real time
 		// with a short-lived token (4s: TTL 3.2s, due after 2s).
 		life, wait := time.Hour, 40*time.Minute
+		var cl clock = systemClock{}
 		now, advance := time.Now, time.Sleep
 		if mr != nil {
 			clock := newFakeClock()
-			now = clock.Now
+			cl, now = clock, clock.Now
 			advance = func(d time.Duration) { clock.Advance(d); mr.FastForward(d) }
 		} else {
 			life, wait = 4*time.Second, 2300*time.Millisecond
 		}
 		f := newFakeFetcher(life)
 		f.now = now
-		c := newCache(t, rdb, f, fastOpts(WithClock(now), WithRefreshJitter(0), WithRefreshAhead(0.5))...)
+		c := newCache(t, rdb, f, fastOpts(withClock(cl), WithRefreshJitter(0), WithRefreshAhead(0.5))...)
 		ctx := ctxT(t)
 		first, err := c.Token(ctx)
 		if err != nil {
@@ -256,8 +258,17 @@ func TestLostEventWaiterStillCompletes(t *testing.T) {
 		gate := make(chan struct{})
 		f.setGate(gate)
 		holder := newCache(t, rdb, f, fastOpts()...)
-		waiter := newCache(t, rdb, f, fastOpts()...)
-		waiter.dropEvents.Store(true)
+		// The waiter hears Redis through a proxy that drops every pub/sub
+		// message: it stays subscribed and never hears the holder.
+		px, err := faultproxy.New(rdb.(*redis.Client).Options().Addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { px.Close() })
+		px.DropMessages()
+		wc := redis.NewClient(&redis.Options{Addr: px.Addr})
+		t.Cleanup(func() { wc.Close() })
+		waiter := newCache(t, wc, f, fastOpts()...)
 		ctx := ctxT(t)
 		got := make(chan error, 1)
 		go func() { _, err := holder.Token(ctx); got <- err }()
@@ -282,8 +293,8 @@ func TestLostEventWaiterStillCompletes(t *testing.T) {
 		if got := f.calls.Load(); got != 1 {
 			t.Errorf("issuer calls = %d, want 1", got)
 		}
-		if waiter.Stats().Events != 0 {
-			t.Errorf("waiter received events despite dropping them")
+		if waiter.Stats().Events != 0 || px.Dropped() == 0 {
+			t.Errorf("the waiter received %d events; the proxy dropped %d, want every one", waiter.Stats().Events, px.Dropped())
 		}
 	})
 }
@@ -346,7 +357,7 @@ func TestNegativeCacheExpires(t *testing.T) {
 	f := newFakeFetcher(time.Hour)
 	f.now = clock.Now
 	f.failNext(&issuerErr{code: "access-denied"})
-	c := newCache(t, rdb, f, fastOpts(WithClock(clock.Now), WithNegativeTTL(5*time.Second))...)
+	c := newCache(t, rdb, f, fastOpts(withClock(clock), WithNegativeTTL(5*time.Second))...)
 	ctx := ctxT(t)
 	for range 3 {
 		if _, err := c.Token(ctx); !isFetchError(err, "access-denied", false) {

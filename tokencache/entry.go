@@ -50,7 +50,7 @@ type entry struct {
 	// step would otherwise all reach the lock at the same call.
 	used    atomic.Bool
 	timerMu sync.Mutex // guards timer, stopped
-	timer   *time.Timer
+	timer   timer
 	stopped bool
 }
 
@@ -462,12 +462,8 @@ func (e *entry) install(s *snapshot) {
 // arm sets the entry's timer to the next moment of the copy in memory,
 // after an install or a put-off (which moves the moment later: a timer
 // that already fired would otherwise leave the new moment to the next
-// call). With an injected clock there is no timer: calls alone drive
-// background work, on the clock the test moves.
+// call).
 func (e *entry) arm() {
-	if e.c.injectedClock {
-		return
-	}
 	e.timerMu.Lock()
 	defer e.timerMu.Unlock()
 	// The copy is loaded under the lock: two arms racing cannot leave the
@@ -483,7 +479,7 @@ func (e *entry) arm() {
 	switch {
 	case e.stopped:
 	case e.timer == nil:
-		e.timer = time.AfterFunc(d, e.onTimer)
+		e.timer = e.c.cfg.clock.AfterFunc(d, e.onTimer)
 	default:
 		e.timer.Reset(d)
 	}

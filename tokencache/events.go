@@ -257,9 +257,6 @@ func (c *Cache) runSubscriber(ctx context.Context) {
 					resubscribe("the server ended the subscription ("+v.Kind+")", slotMapDelay)
 				}
 			case *redis.Message:
-				if c.dropEvents.Load() {
-					continue // test hook: a lost message
-				}
 				ev, ok := decodeEvent(v.Payload)
 				if !ok {
 					continue

@@ -162,12 +162,11 @@ func TestRedisRestartRecovers(t *testing.T) {
 func TestClockSkewNeverServesExpired(t *testing.T) {
 	rdb, mr := miniBackend(t)
 	clock := newFakeClock()
-	fast := func() time.Time { return clock.Now().Add(2 * time.Minute) }
-	slow := func() time.Time { return clock.Now().Add(-2 * time.Minute) }
+	fast, slow := clock.Offset(2*time.Minute), clock.Offset(-2*time.Minute)
 	f := newFakeFetcher(10 * time.Minute) // the issuer's lifetime, on the writer's clock
-	f.now = fast
-	writer := newCache(t, rdb, f, fastOpts(WithClock(fast), WithRefreshJitter(0))...)
-	reader := newCache(t, rdb, f, fastOpts(WithClock(slow), WithRefreshJitter(0))...)
+	f.now = fast.Now
+	writer := newCache(t, rdb, f, fastOpts(withClock(fast), WithRefreshJitter(0))...)
+	reader := newCache(t, rdb, f, fastOpts(withClock(slow), WithRefreshJitter(0))...)
 	ctx := ctxT(t)
 	tok, err := writer.Token(ctx)
 	if err != nil {

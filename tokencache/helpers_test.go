@@ -90,9 +90,13 @@ func (e *issuerErr) ErrorCode() string         { return e.code }
 func (e *issuerErr) RetryAfter() time.Duration { return e.after }
 
 // fakeClock is a settable clock shared with miniredis's FastForward.
+// fakeClock is a clock the test moves by hand. Its timers fire when
+// Advance passes their moment, each on its own goroutine as
+// time.AfterFunc's do, so a cache on it runs the production timer path.
 type fakeClock struct {
-	mu sync.Mutex // guards t
-	t  time.Time
+	mu     sync.Mutex // guards t, timers
+	t      time.Time
+	timers []*fakeTimer
 }
 
 func newFakeClock() *fakeClock { return &fakeClock{t: time.Now()} }
@@ -103,10 +107,78 @@ func (c *fakeClock) Now() time.Time {
 	return c.t
 }
 
+// Advance moves the clock by d and fires the timers it passes.
 func (c *fakeClock) Advance(d time.Duration) {
 	c.mu.Lock()
 	c.t = c.t.Add(d)
+	var due []func()
+	for _, tm := range c.timers {
+		if tm.active && !tm.at.After(c.t) {
+			tm.active = false
+			due = append(due, tm.f)
+		}
+	}
 	c.mu.Unlock()
+	for _, f := range due {
+		go f()
+	}
+}
+
+func (c *fakeClock) AfterFunc(d time.Duration, f func()) timer {
+	tm := &fakeTimer{c: c, f: f}
+	tm.Reset(d)
+	c.mu.Lock()
+	c.timers = append(c.timers, tm)
+	c.mu.Unlock()
+	return tm
+}
+
+// Offset is a clock that reads off ahead of c (behind if negative) and
+// shares its timers: replicas whose clocks disagree, moved together.
+func (c *fakeClock) Offset(off time.Duration) clock { return offsetOf{c, off} }
+
+type offsetOf struct {
+	*fakeClock
+	off time.Duration
+}
+
+func (o offsetOf) Now() time.Time { return o.fakeClock.Now().Add(o.off) }
+
+type fakeTimer struct {
+	c      *fakeClock
+	f      func()
+	at     time.Time // guarded by c.mu, as is active
+	active bool
+}
+
+func (tm *fakeTimer) Reset(d time.Duration) bool {
+	tm.c.mu.Lock()
+	defer tm.c.mu.Unlock()
+	was := tm.active
+	tm.at, tm.active = tm.c.t.Add(d), true
+	return was
+}
+
+func (tm *fakeTimer) Stop() bool {
+	tm.c.mu.Lock()
+	defer tm.c.mu.Unlock()
+	was := tm.active
+	tm.active = false
+	return was
+}
+
+// offsetClock is the system clock read off ahead (behind if negative),
+// with the system's timers: a replica whose clock is wrong.
+type offsetClock time.Duration
+
+func (o offsetClock) Now() time.Time { return time.Now().Add(time.Duration(o)) }
+func (offsetClock) AfterFunc(d time.Duration, f func()) timer {
+	return time.AfterFunc(d, f)
+}
+
+// withClock runs the cache on cl instead of the system clock.
+func withClock(cl clock) Option {
+	return func(c *config) error { c.clock = cl; return nil }
 }
 
 // backend is a Redis for a test: miniredis (fast, clock control) or a real

@@ -429,10 +429,8 @@ type modelConfig struct {
 	replicas int
 	life     time.Duration
 	lockTTL  time.Duration
-	// offsets of the replicas' clocks; nil: every replica uses the real
-	// clock (and the cache's timers, as in production). With offsets,
-	// every replica gets WithClock, which today also turns the cache's
-	// refresh-ahead timer off: calls alone start refreshes ahead.
+	// offsets of the replicas' clocks; nil: every replica uses the
+	// system clock. Either way the cache's timers run as in production.
 	offsets  []time.Duration
 	latency  time.Duration // of every issuer answer
 	pauseFor time.Duration // how long a paused replica stops; 0: 1.5 lock TTLs + 200 ms
@@ -540,7 +538,7 @@ func newModel(t modelTB, env *modelEnv, cfg modelConfig) *model {
 			WithRetry(3, 5*time.Millisecond, 20*time.Millisecond),
 		}
 		if cfg.offsets != nil {
-			opts = append(opts, WithClock(r.now))
+			opts = append(opts, withClock(offsetClock(r.off)))
 		}
 		c, err := New(r.rdb, modelFetcher{is: m.iss, r: r}, opts...)
 		if err != nil {
@@ -1096,8 +1094,7 @@ func TestModelRegressions(t *testing.T) {
 		// node whose clock lags); today its token is served past the
 		// issuer's expiry.
 		name: "item3 stretched key is never served past the issuer expiry",
-		// WithClock (zero offsets): calls alone drive refresh-ahead.
-		cfg: modelConfig{replicas: 3, life: 2 * time.Second, lockTTL: 800 * time.Millisecond, offsets: []time.Duration{0, 0, 0}},
+		cfg:  modelConfig{replicas: 3, life: 2 * time.Second, lockTTL: 800 * time.Millisecond, offsets: []time.Duration{0, 0, 0}},
 		steps: func(m *model, step func(func())) {
 			// Every replica re-reads its copy on re-subscribing, and
 			// takes the stretched TTL for the token's life.

@@ -101,8 +101,7 @@ type config struct {
 	backoffMax     time.Duration
 	failOpen       bool
 	logger         *slog.Logger
-	now            func() time.Time
-	injected       bool // now was set by WithClock
+	clock          clock
 	pubsubHealth   time.Duration
 	shardedPubSub  int8 // 0 auto, 1 on, -1 off
 	probeInterval  time.Duration
@@ -135,7 +134,7 @@ func defaultConfig() config {
 		backoffMax:     5 * time.Second,
 		failOpen:       true,
 		logger:         slog.New(slog.DiscardHandler),
-		now:            time.Now,
+		clock:          systemClock{},
 		pubsubHealth:   0, // go-redis's PING only notices a failed write; the probe covers liveness
 		probeInterval:  defaultProbeInterval,
 		probeTimeout:   defaultProbeTimeout,
@@ -373,17 +372,6 @@ func WithLogger(l *slog.Logger) Option {
 	return func(c *config) error {
 		if l != nil {
 			c.logger = l
-		}
-		return nil
-	}
-}
-
-// WithClock replaces time.Now, for tests. Freshness never depends on the
-// clock agreeing with other replicas: it comes from the key's PTTL.
-func WithClock(now func() time.Time) Option {
-	return func(c *config) error {
-		if now != nil {
-			c.now, c.injected = now, true
 		}
 		return nil
 	}

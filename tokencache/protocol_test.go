@@ -126,7 +126,7 @@ func TestFastClockReplicaDoesNotMakeTheFleetRefresh(t *testing.T) {
 	for i, off := range []time.Duration{time.Minute, 0, 0, 0} {
 		opts := fastOpts(WithExpirySkew(100*time.Millisecond), WithOwner(fmt.Sprint("replica-", i)))
 		if off != 0 {
-			opts = append(opts, WithClock(func() time.Time { return time.Now().Add(off) }))
+			opts = append(opts, withClock(offsetClock(off)))
 		}
 		caches = append(caches, newCache(t, s.Client(t), replicaFetcher{issuer: issuer, offset: off}, opts...))
 	}
@@ -461,9 +461,9 @@ func TestLostWriteWithSkewedClocksKeepsTheNewerToken(t *testing.T) {
 	rdb := s.Client(t)
 	issuer := &freshIssuer{life: time.Hour}
 	fast := newCache(t, s.Client(t), replicaFetcher{issuer: issuer, offset: time.Minute},
-		fastOpts(WithClock(func() time.Time { return time.Now().Add(time.Minute) }))...)
+		fastOpts(withClock(offsetClock(time.Minute)))...)
 	slow := newCache(t, s.Client(t), replicaFetcher{issuer: issuer, offset: -time.Minute},
-		fastOpts(WithClock(func() time.Time { return time.Now().Add(-time.Minute) }))...)
+		fastOpts(withClock(offsetClock(-time.Minute)))...)
 	t1, err := fast.Token(ctx)
 	if err != nil {
 		t.Fatal(err)

@@ -103,7 +103,7 @@ func TestRegressionFailOpenServesExpired(t *testing.T) {
 	clk := newFakeClock()
 	f := newFakeFetcher(2 * time.Second)
 	f.now = clk.Now
-	c := newCache(t, rdb, f, WithClock(clk.Now), WithWaitRecheck(10*time.Second), WithLockTTL(time.Second),
+	c := newCache(t, rdb, f, withClock(clk), WithWaitRecheck(10*time.Second), WithLockTTL(time.Second),
 		WithRetry(1, time.Millisecond, time.Millisecond))
 	tok, err := c.Token(ctx)
 	if err != nil {

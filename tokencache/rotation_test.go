@@ -159,7 +159,7 @@ func TestRotationAdoptedAtTheRefreshMoment(t *testing.T) {
 	for i := range caches {
 		rdb := srv.Client(t)
 		rdb.AddHook(&offers)
-		caches[i] = newCache(t, rdb, a.fetcher(), fastOpts(WithClock(clk.Now), WithRotation(a.extract),
+		caches[i] = newCache(t, rdb, a.fetcher(), fastOpts(withClock(clk), WithRotation(a.extract),
 			WithSubscriptionProbe(time.Hour, time.Second))...)
 		clients[i] = &http.Client{Transport: caches[i].Transport(nil)}
 	}

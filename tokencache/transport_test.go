@@ -139,8 +139,8 @@ func TestTransportCapturesRotation(t *testing.T) {
 		srv := httptest.NewServer(a)
 		defer srv.Close()
 		clk := newFakeClock()
-		c := newCache(t, rdb, a.fetcher(), fastOpts(WithClock(clk.Now), WithRotation(a.extract))...)
-		other := newCache(t, rdb, a.fetcher(), fastOpts(WithClock(clk.Now))...)
+		c := newCache(t, rdb, a.fetcher(), fastOpts(withClock(clk), WithRotation(a.extract))...)
+		other := newCache(t, rdb, a.fetcher(), fastOpts(withClock(clk))...)
 		ctx := ctxT(t)
 		first, err := c.Token(ctx)
 		if err != nil {
@@ -188,7 +188,7 @@ func TestRotationWithoutMemory(t *testing.T) {
 	a := newRotatingAPI(clk.Now)
 	srv := httptest.NewServer(a)
 	defer srv.Close()
-	c := newCache(t, rdb, a.fetcher(), fastOpts(WithClock(clk.Now), WithL1(false), WithRotation(a.extract))...)
+	c := newCache(t, rdb, a.fetcher(), fastOpts(withClock(clk), WithL1(false), WithRotation(a.extract))...)
 	ctx := ctxT(t)
 	first, err := c.Token(ctx)
 	if err != nil {
@@ -340,19 +340,14 @@ func TestRejectionWindowGrowsWhateverTheIssuerAndMemory(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			s := redistest.Start(t)
 			ctx := ctxT(t)
-			var mu sync.Mutex
-			base := time.Now()
-			var off time.Duration
-			clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return base.Add(off) }
-			f := &sameTokenFetcher{exp: base.Add(2 * time.Hour), fresh: tc.fresh}
-			c := newCache(t, s.Client(t), f, fastOpts(WithClock(clock), WithL1(tc.l1))...)
+			clock := newFakeClock()
+			f := &sameTokenFetcher{exp: clock.Now().Add(2 * time.Hour), fresh: tc.fresh}
+			c := newCache(t, s.Client(t), f, fastOpts(withClock(clock), WithL1(tc.l1))...)
 			api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(401) }))
 			defer api.Close()
 			hc := &http.Client{Transport: c.Transport(nil)}
 			for i := 0; i < 300; i++ { // 300 virtual seconds, one request a second
-				mu.Lock()
-				off += time.Second
-				mu.Unlock()
+				clock.Advance(time.Second)
 				req, _ := http.NewRequestWithContext(ctx, "GET", api.URL, nil)
 				resp, err := hc.Do(req)
 				if err != nil {

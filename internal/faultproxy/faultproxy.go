@@ -24,6 +24,8 @@ type Proxy struct {
 	// swallowed, and its connection turned half-open (see SwallowReply).
 	swallowNext atomic.Pointer[[]byte]
 	swallowed   atomic.Int64 // replies swallowed by SwallowReply
+	dropMsgs    atomic.Bool  // drop pub/sub messages (see DropMessages)
+	dropped     atomic.Int64 // messages dropped
 
 	mu     sync.Mutex // guards conns, closed
 	conns  map[*pair]struct{}
@@ -91,6 +93,10 @@ func (p *Proxy) pipe(pr *pair, src, dst net.Conn, downstream bool) {
 				pr.swallow.Store(true)
 				p.swallowed.Add(1)
 			}
+			if downstream && p.dropMsgs.Load() && isMessage(buf[:n]) {
+				p.dropped.Add(1)
+				continue
+			}
 			if !(downstream && pr.swallow.Load()) {
 				if _, werr := dst.Write(buf[:n]); werr != nil {
 					return
@@ -119,6 +125,24 @@ func (p *Proxy) drop(pr *pair) {
 // connection turns half-open, so the client's read times out, as when a
 // network fails between a command's execution and its reply.
 func (p *Proxy) SwallowReply(prefix []byte) { p.swallowNext.Store(&prefix) }
+
+// DropMessages makes every pub/sub message the server pushes vanish, while
+// replies and subscription confirmations pass: a subscriber that stays
+// subscribed and hears nothing, as when a message is lost on its way.
+func (p *Proxy) DropMessages() { p.dropMsgs.Store(true) }
+
+// Dropped reports how many messages DropMessages has dropped.
+func (p *Proxy) Dropped() int64 { return p.dropped.Load() }
+
+// isMessage reports whether a chunk from the server starts with a pub/sub
+// message: "message" or "smessage" as a RESP2 array or a RESP3 push.
+func isMessage(b []byte) bool {
+	if len(b) < 4 || (b[0] != '*' && b[0] != '>') || b[1] != '3' {
+		return false
+	}
+	rest := b[2:]
+	return bytes.HasPrefix(rest, []byte("\r\n$7\r\nmessage\r\n")) || bytes.HasPrefix(rest, []byte("\r\n$8\r\nsmessage\r\n"))
+}
 
 // Swallowed reports how many replies SwallowReply has swallowed.
 func (p *Proxy) Swallowed() int64 { return p.swallowed.Load() }
