@@ -53,11 +53,11 @@ type Cache struct {
 	wg     sync.WaitGroup
 	closed atomic.Bool
 
-	origin        string    // random id of this Cache in the events it publishes
-	epoch         time.Time // origin of the mono clock
-	jitterSeed    maphash.Seed
-	sysClock      bool // the clock is the system's: monoNow reads the monotonic clock directly
-	stats         counters
+	origin     string    // random id of this Cache in the events it publishes
+	epoch      time.Time // origin of the mono clock
+	jitterSeed maphash.Seed
+	sysClock   bool // the clock is the system's: monoNow reads the monotonic clock directly
+	stats      counters
 }
 
 // New returns a Cache for the token that f fetches, shared through rdb.

@@ -8,7 +8,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
 )
 
 // cronSchedule is one place that says how often the refresher runs and
