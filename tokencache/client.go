@@ -34,21 +34,45 @@ func WithClientTokens(newFetcher func(userID string) (Fetcher, error), maxUsers 
 	}
 }
 
-// ValidateUserID reports whether id can name a user's token: 1-128
+// ValidateUserID reports whether id can name a user's token: 1 to 128
 // printable ASCII bytes without braces, colons, slashes, quotes or
-// whitespace, so it cannot break out of its key or hash tag.
+// whitespace, so it cannot break out of its key or hash tag (Basiq's
+// UUIDs and hex ids pass). The error wraps ErrInvalidUserID and says why,
+// with the byte offset of the first offending character, never the id.
 func ValidateUserID(id string) error {
-	if id == "" || len(id) > 128 {
-		return fmt.Errorf("%w: must be 1-128 bytes, got %d", ErrInvalidUserID, len(id))
+	if id == "" {
+		return fmt.Errorf("%w: empty", ErrInvalidUserID)
+	}
+	if len(id) > maxUserIDLen {
+		return fmt.Errorf("%w: longer than %d bytes", ErrInvalidUserID, maxUserIDLen)
 	}
 	for i := 0; i < len(id); i++ {
-		b := id[i]
-		if b <= ' ' || b >= 0x7f || strings.IndexByte(`{}:/\"'`, b) >= 0 {
-			return fmt.Errorf("%w: forbidden character at byte %d", ErrInvalidUserID, i)
+		var why string
+		switch c := id[i]; {
+		case c == '{' || c == '}':
+			why = "holds a brace"
+		case c == ':':
+			why = "holds a colon"
+		case c == '/' || c == '\\':
+			why = "holds a slash"
+		case c == '"' || c == '\'':
+			why = "holds a quote"
+		case c == ' ' || '\t' <= c && c <= '\r':
+			why = "holds whitespace"
+		case c < 0x20 || c == 0x7f:
+			why = "holds a control character"
+		case c >= 0x80:
+			why = "holds a non-ASCII byte"
+		default:
+			continue
 		}
+		return fmt.Errorf("%w: %s at byte %d", ErrInvalidUserID, why, i)
 	}
 	return nil
 }
+
+// maxUserIDLen is the longest user id ValidateUserID accepts, in bytes.
+const maxUserIDLen = 128
 
 // userEntry finds or creates the user's state.
 func (c *Cache) userEntry(id string) (*entry, error) {

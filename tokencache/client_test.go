@@ -115,12 +115,33 @@ func TestUserIDValidation(t *testing.T) {
 	rdb, _ := miniBackend(t)
 	uf := &userFetchers{}
 	c := newCache(t, rdb, newFakeFetcher(time.Hour), fastOpts(WithClientTokens(uf.new, 0))...)
-	for _, id := range []string{"", "a{b", "a}b", "a:b", "a/b", "a b", "a\nb", "a\tb", "é", `a"b`, strings.Repeat("x", 129)} {
-		if _, err := clientToken(c, context.Background(), id); !errors.Is(err, ErrInvalidUserID) {
-			t.Errorf("user id %q: got %v, want ErrInvalidUserID", id, err)
+	for id, why := range map[string]string{
+		"":                       "empty",
+		strings.Repeat("x", 129): "longer than 128 bytes",
+		"a{b":                    "holds a brace at byte 1",
+		"ab}":                    "holds a brace at byte 2",
+		"a:b":                    "holds a colon at byte 1",
+		"a/b":                    "holds a slash at byte 1",
+		`a\b`:                    "holds a slash at byte 1",
+		`a"b`:                    "holds a quote at byte 1",
+		"a'b":                    "holds a quote at byte 1",
+		"a b":                    "holds whitespace at byte 1",
+		"a\tb":                   "holds whitespace at byte 1",
+		"a\nb":                   "holds whitespace at byte 1",
+		"a\x00b":                 "holds a control character at byte 1",
+		"a\x7fb":                 "holds a control character at byte 1",
+		"é":                      "holds a non-ASCII byte at byte 0",
+		"a\u200bb":               "holds a non-ASCII byte at byte 1",
+	} {
+		_, err := c.User(id)
+		if !errors.Is(err, ErrInvalidUserID) || !strings.HasSuffix(err.Error(), ": "+why) {
+			t.Errorf("user id %q: got %v, want ErrInvalidUserID that says %q", id, err, why)
+		}
+		if err := ValidateUserID(id); err == nil || (id != "" && strings.Contains(err.Error(), id)) {
+			t.Errorf("ValidateUserID(%q) = %v: want an error that does not repeat the id", id, err)
 		}
 	}
-	for _, id := range []string{"ea3a81a9-0d2c-4a63-b7b2-3c9b3e2f5b1a", "user_1.test", strings.Repeat("x", 128)} {
+	for _, id := range []string{"ea3a81a9-0d2c-4a63-b7b2-3c9b3e2f5b1a", "user_1.test", "a@b.example", strings.Repeat("x", 128)} {
 		if err := ValidateUserID(id); err != nil {
 			t.Errorf("valid user id %q rejected: %v", id, err)
 		}

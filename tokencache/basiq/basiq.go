@@ -43,9 +43,6 @@ const (
 	// 60-minute tokens; a lifetime beyond a day is a garbled answer, and
 	// caching it would serve a dead token for that long.
 	MaxExpiresIn = 24 * time.Hour
-
-	// MaxUserIDLen is the longest user id ValidateUserID accepts, in bytes.
-	MaxUserIDLen = 128
 )
 
 // Token scopes, the values of the scope form field.
@@ -176,14 +173,14 @@ func NewClient(apiKey, userID string, opts ...Option) (*Fetcher, error) {
 
 // ForUser returns a Fetcher of CLIENT_ACCESS tokens bound to userID, with
 // f's key and options. Basiq requires a userId for CLIENT_ACCESS: an id
-// that ValidateUserID rejects, empty included, gives a *UserIDError; a
+// that tokencache.ValidateUserID rejects, empty included, gives its error; a
 // misconfigured f gives its *ConfigError.
 func (f *Fetcher) ForUser(userID string) (*Fetcher, error) {
 	if err := f.Validate(); err != nil {
 		return nil, err
 	}
-	if err := ValidateUserID(userID); err != nil {
-		return nil, err
+	if err := tokencache.ValidateUserID(userID); err != nil {
+		return nil, fmt.Errorf("basiq: CLIENT_ACCESS tokens must be bound to a valid userId: %w", err)
 	}
 	c := *f
 	c.scope = ScopeClient
@@ -399,43 +396,6 @@ func keyFingerprint(key secret) string {
 	}
 	sum := sha256.Sum256([]byte("tokencache/basiq key\x00" + key.reveal()))
 	return "sha256:" + hex.EncodeToString(sum[:8])
-}
-
-// ValidateUserID reports whether id can be sent as a CLIENT_ACCESS userId
-// and used in a cache key: 1 to MaxUserIDLen bytes of ASCII letters,
-// digits, '-', '_' and '.', which covers Basiq's UUIDs and hex ids. Braces,
-// colons and slashes (which could break out of a Redis key or hash tag),
-// whitespace, control and non-ASCII characters are rejected. The error is
-// a *UserIDError wrapping tokencache.ErrInvalidUserID.
-func ValidateUserID(id string) error {
-	if id == "" {
-		return &UserIDError{Reason: "empty; CLIENT_ACCESS tokens must be bound to a userId", Offset: -1}
-	}
-	if len(id) > MaxUserIDLen {
-		return &UserIDError{Reason: "longer than " + strconv.Itoa(MaxUserIDLen) + " bytes", Offset: -1}
-	}
-	for i := 0; i < len(id); i++ {
-		c := id[i]
-		switch {
-		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9', c == '-', c == '_', c == '.':
-			continue
-		case c == '{' || c == '}':
-			return &UserIDError{Reason: "holds a brace", Offset: i}
-		case c == ':':
-			return &UserIDError{Reason: "holds a colon", Offset: i}
-		case c == '/' || c == '\\':
-			return &UserIDError{Reason: "holds a slash", Offset: i}
-		case c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f':
-			return &UserIDError{Reason: "holds whitespace", Offset: i}
-		case c < 0x20 || c == 0x7f:
-			return &UserIDError{Reason: "holds a control character", Offset: i}
-		case c >= 0x80:
-			return &UserIDError{Reason: "holds a non-ASCII byte", Offset: i}
-		default:
-			return &UserIDError{Reason: "holds a character other than letters, digits, '-', '_' and '.'", Offset: i}
-		}
-	}
-	return nil
 }
 
 // secret holds a credential inside a closure. fmt and slog print a func

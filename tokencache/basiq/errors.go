@@ -10,8 +10,6 @@ import (
 	"time"
 	"unicode"
 	"unicode/utf8"
-
-	"github.com/tokencache/tokencache/tokencache"
 )
 
 // Error codes this package assigns itself, beside the issuer's own codes
@@ -172,7 +170,7 @@ func retryableStatus(status int) bool {
 type ConfigError struct {
 	Field  string // "api key", "base URL", "version", "request"
 	Reason string
-	Err    error // e.g. a *UserIDError, or nil
+	Err    error // e.g. tokencache.ErrInvalidUserID, or nil
 }
 
 // Error implements the error interface.
@@ -188,25 +186,6 @@ func (e *ConfigError) Retryable() bool { return false }
 
 // ErrorCode returns "invalid-config".
 func (e *ConfigError) ErrorCode() string { return CodeInvalidConfig }
-
-// UserIDError reports a user id that ValidateUserID rejects. It wraps
-// tokencache.ErrInvalidUserID. The id itself is not repeated, only the
-// reason and the byte offset of the first offending character.
-type UserIDError struct {
-	Reason string
-	Offset int // byte offset of the offending character, -1 if none
-}
-
-// Error implements the error interface.
-func (e *UserIDError) Error() string {
-	if e.Offset >= 0 {
-		return "basiq: invalid user id: " + e.Reason + " at byte " + strconv.Itoa(e.Offset)
-	}
-	return "basiq: invalid user id: " + e.Reason
-}
-
-// Unwrap returns tokencache.ErrInvalidUserID.
-func (e *UserIDError) Unwrap() error { return tokencache.ErrInvalidUserID }
 
 // transportError classifies an error from http.Client.Do (or from reading
 // the body) into a retryable *Error.

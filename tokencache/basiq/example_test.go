@@ -57,7 +57,7 @@ func ExampleFetcher_ForUser() {
 	fmt.Println(errors.Is(err, tokencache.ErrInvalidUserID))
 	// Output:
 	// CLIENT_ACCESS a920c00f-df79-4a12-b711-2ac461c8090b
-	// basiq: invalid user id: empty; CLIENT_ACCESS tokens must be bound to a userId
+	// basiq: CLIENT_ACCESS tokens must be bound to a valid userId: tokencache: invalid user id: empty
 	// true
 }
 
@@ -96,17 +96,6 @@ func ExampleError_RetryAfter() {
 	}
 	// Output:
 	// too-many-requests true 30s
-}
-
-func ExampleValidateUserID() {
-	for _, id := range []string{"ea3a81", "a920c00f-df79-4a12-b711-2ac461c8090b", "x}:{y", "a b"} {
-		fmt.Printf("%q: %v\n", id, basiq.ValidateUserID(id))
-	}
-	// Output:
-	// "ea3a81": <nil>
-	// "a920c00f-df79-4a12-b711-2ac461c8090b": <nil>
-	// "x}:{y": basiq: invalid user id: holds a brace at byte 1
-	// "a b": basiq: invalid user id: holds whitespace at byte 1
 }
 
 // A printed Fetcher names its key by fingerprint only.
