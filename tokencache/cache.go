@@ -2,7 +2,6 @@ package tokencache
 
 import (
 	"context"
-	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -11,7 +10,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -119,10 +117,10 @@ func (c *Cache) Close() error {
 	c.closed.Store(true)
 	c.mu.Unlock()
 	c.cancel()
-	c.server.stopTimer()
+	c.server.sched.stop()
 	if c.users != nil {
 		for _, e := range c.users.Values() {
-			e.stopTimer()
+			e.sched.stop()
 		}
 	}
 	c.wg.Wait()
@@ -278,54 +276,6 @@ func identityFingerprint(f Fetcher, kr *KeyRing) string {
 	return "sha256:" + hex.EncodeToString(sum[:8])
 }
 
-// sameCredential reports whether fp, a fingerprint found in Redis or in an
-// event, names the entry's credential.
-func (e *entry) sameCredential(fp string) bool {
-	same, _ := e.checkCredential(fp)
-	return same
-}
-
-// checkCredential reports whether fp names the entry's credential, and
-// whether this replica can tell: a keyed fingerprint may be under any key
-// of the ring (replicas rotate the active key one by one), but not under a
-// key this replica lacks.
-func (e *entry) checkCredential(fp string) (same, known bool) {
-	if fp == e.credFP {
-		return true, true
-	}
-	id, ok := e.f.(Identifier)
-	if !ok {
-		return false, true
-	}
-	if strings.HasPrefix(fp, "sha256:") {
-		// Written by a replica without a key ring.
-		return fp == identityFingerprint(e.f, nil), true
-	}
-	kr := e.c.cfg.keyring
-	if !strings.HasPrefix(fp, keyedFPPrefix) {
-		return false, true
-	}
-	keyID, _, _ := strings.Cut(strings.TrimPrefix(fp, keyedFPPrefix), ":")
-	if kr == nil {
-		return false, false
-	}
-	want := kr.fingerprint(keyID, id.Identity())
-	if want == "" {
-		return false, false
-	}
-	return hmac.Equal([]byte(want), []byte(fp)), true
-}
-
-// eventCredential is the credential fingerprint an event may carry: the
-// keyed one, or none (an unkeyed one would let anyone who can subscribe
-// test guesses of the credential offline).
-func (e *entry) eventCredential() string {
-	if strings.HasPrefix(e.credFP, keyedFPPrefix) {
-		return e.credFP
-	}
-	return ""
-}
-
 func (c *Cache) lookup(key string) *entry {
 	if key == c.server.k.token {
 		return c.server
@@ -351,70 +301,8 @@ func (c *Cache) entries() []*entry {
 
 func (c *Cache) onEvent(ev Event) {
 	c.stats.events.Add(1)
-	e := c.lookup(ev.Key)
-	if e == nil {
-		return
-	}
-	switch ev.Type {
-	case EventRefreshed:
-		if ev.Origin == c.origin {
-			// Our own write: we install what we stored as soon as the
-			// script returns, which may be just after this event arrives.
-			// Reading it back would be a wasted command.
-			e.sig.fire()
-			return
-		}
-		if s := e.l1.Load(); s != nil && c.monoNow() < s.validUntil && (ev.TokenFP != "" && ev.TokenFP == s.fp ||
-			ev.TokenFP == "" && s.gen >= ev.Generation) {
-			// We already hold this token: nothing to read.
-			e.sig.fire()
-			return
-		}
-		e.sync()
-	case EventRefreshing:
-		if ev.Origin != c.origin && (ev.Credential == "" || e.sameCredential(ev.Credential)) {
-			e.hold(ev.Generation, c.cfg.lockTTL)
-		}
-	case EventInvalidated:
-		e.clearFailure()
-		if ev.TokenFP != "" {
-			// A read racing the deletion must not bring it back; the same
-			// token stored again (a newer generation) may. Rejected before
-			// the invalidation is noted, so Transport never holds a 401 of
-			// the invalidated token itself.
-			e.reject(ev.TokenFP, ev.Generation)
-		}
-		e.rej.invalidated(c.monoNow())
-		// Drop the invalidated token, or a copy older than it (we missed
-		// its refresh); not a newer one (Redis lost a write and its
-		// generations went back).
-		if s := e.l1.Load(); s != nil && (ev.TokenFP != "" && (s.fp == ev.TokenFP && (ev.Generation == 0 || s.gen <= ev.Generation) || s.gen < ev.Generation) ||
-			ev.TokenFP == "" && (ev.Generation == 0 || s.gen <= ev.Generation)) {
-			e.l1.CompareAndSwap(s, nil)
-		}
-		e.sig.fire()
-	case EventFailed:
-		if ev.Origin == c.origin || ev.Credential != "" && !e.sameCredential(ev.Credential) {
-			return // our own failure (recorded with its cause), or another credential's
-		}
-		if ev.Credential == "" && e.credFP != "" {
-			// Without a key ring no event names the credential (that would
-			// be an offline oracle for it): whose failure it is, the
-			// failure key in Redis says, read with the token.
-			e.sync()
-			return
-		}
-		fe := &FetchError{Code: ev.Code, Retryable: ev.Retryable, Remote: true, Message: ev.Message}
-		if ev.RetryInMS > 0 {
-			// The window is the sender's, but never longer than ours: a
-			// sender (or anyone who can PUBLISH) cannot silence us longer.
-			limit := c.cfg.negativeTTL
-			if ev.Retryable {
-				limit = maxRetryWindow
-			}
-			fe.Until = c.now().Add(min(time.Duration(ev.RetryInMS)*time.Millisecond, limit))
-		}
-		e.recordFailure(fe)
+	if e := c.lookup(ev.Key); e != nil {
+		e.onEvent(ev)
 	}
 }
 
@@ -423,7 +311,7 @@ func (c *Cache) onEvent(ev Event) {
 // Redis and the in-memory copy is re-read.
 func (c *Cache) onSubscribed() {
 	for _, e := range c.entries() {
-		e.expireSoft()
+		e.mem.expireSoft()
 		e.sig.fire()
 	}
 }

@@ -479,7 +479,7 @@ func TestInvalidateIsCompareAndDelete(t *testing.T) {
 			t.Fatalf("Invalidate(current) = %v, %v; want true", ok, err)
 		}
 		// b dropped its copy on the event: its next Token gets a new one.
-		eventually(t, "b to drop the invalidated token", func() bool { return b.server.l1.Load() == nil })
+		eventually(t, "b to drop the invalidated token", func() bool { return b.server.mem.l1.Load() == nil })
 		fresh, err := b.Token(ctx)
 		if err != nil {
 			t.Fatal(err)
@@ -820,7 +820,7 @@ func TestCloseStopsEverything(t *testing.T) {
 	if err := c.Close(); err != nil {
 		t.Fatalf("second Close: %v", err)
 	}
-	c.server.l1.Store(nil)
+	c.server.mem.l1.Store(nil)
 	if _, err := c.Token(ctxT(t)); !errors.Is(err, ErrClosed) {
 		t.Errorf("Token after Close: got %v, want ErrClosed", err)
 	}

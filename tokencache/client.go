@@ -96,7 +96,7 @@ func (c *Cache) userEntry(id string) (*entry, error) {
 func newUserLRU(size int) *lru.Cache[string, *entry] {
 	// size > 0 is checked by the option. An evicted entry's timer would
 	// keep it in memory until its moment.
-	l, _ := lru.NewWithEvict(size, func(_ string, e *entry) { e.stopTimer() })
+	l, _ := lru.NewWithEvict(size, func(_ string, e *entry) { e.sched.stop() })
 	return l
 }
 

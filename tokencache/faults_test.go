@@ -258,11 +258,11 @@ func TestEvictedKeysCostOneRefresh(t *testing.T) {
 	// Evicted: no event. Replicas drop their copies when they re-check.
 	rdb.Del(ctx, "tokencache:{default}:server", "tokencache:{default}:server:fence")
 	for _, c := range caches {
-		c.server.expireSoft()
+		c.server.mem.expireSoft()
 		_, _ = c.Token(ctx) // starts the background re-check
 	}
 	for _, c := range caches {
-		eventually(t, "the replica to notice the eviction", func() bool { return c.server.l1.Load() == nil })
+		eventually(t, "the replica to notice the eviction", func() bool { return c.server.mem.l1.Load() == nil })
 	}
 	done := make(chan error, len(caches)*10)
 	for _, c := range caches {
@@ -328,8 +328,8 @@ func TestIssuerBudgetWithoutRedis(t *testing.T) {
 	if err != nil {
 		t.Fatalf("fail-open fetch: %v", err)
 	}
-	c.server.l1.Store(nil) // as if the token had been rejected
-	c.server.pending.Store(nil)
+	c.server.mem.l1.Store(nil) // as if the token had been rejected
+	c.server.rf.pending.Store(nil)
 	if _, err := c.Token(ctx); !errors.Is(err, ErrBudgetExhausted) {
 		t.Errorf("second fail-open fetch in the window: got %v, want ErrBudgetExhausted", err)
 	}
@@ -450,11 +450,11 @@ func TestMaxmemoryEviction(t *testing.T) {
 		}
 	}
 	for _, c := range caches {
-		c.server.expireSoft()
+		c.server.mem.expireSoft()
 		_, _ = c.Token(ctx) // the background re-check finds the token gone
 	}
 	for _, c := range caches {
-		eventually(t, "the replica to notice the eviction", func() bool { return c.server.l1.Load() == nil })
+		eventually(t, "the replica to notice the eviction", func() bool { return c.server.mem.l1.Load() == nil })
 	}
 	done := make(chan error, len(caches)*10)
 	for _, c := range caches {

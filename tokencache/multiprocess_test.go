@@ -110,8 +110,8 @@ func replicaMain() int {
 			// seen by the background re-check that the first call after
 			// the copy's max age starts.
 			deadline := time.Now().Add(10 * time.Second)
-			for c.server.l1.Load() != nil && time.Now().Before(deadline) {
-				if s := c.server.l1.Load(); s != nil && c.monoNow() >= s.softUntil {
+			for c.server.mem.l1.Load() != nil && time.Now().Before(deadline) {
+				if s := c.server.mem.l1.Load(); s != nil && c.monoNow() >= s.softUntil {
 					_, _ = c.Token(context.Background())
 				}
 				time.Sleep(time.Millisecond)

@@ -230,7 +230,7 @@ func TestOnlyTheLeaseHolderDrawsAndWrites(t *testing.T) {
 	}
 	defer func() { _ = current.Release(ctx) }()
 
-	gen, _, err := e.begin(ctx, paused, 0, true, false)
+	gen, _, err := e.rf.begin(ctx, paused, 0, true, false)
 	if err != nil || gen >= 0 {
 		t.Fatalf("the paused holder drew generation %d (err %v); want the lease reported lost", gen, err)
 	}
@@ -238,8 +238,8 @@ func TestOnlyTheLeaseHolderDrawsAndWrites(t *testing.T) {
 		t.Fatalf("fence = %d after the paused holder's begin, want 0 (nothing drawn)", n)
 	}
 	tok := Token{AccessToken: "paused-token", TokenType: "Bearer", Expiry: time.Now().Add(time.Hour)}
-	rec := newRecord(tok, 1, time.Now(), time.Hour, "paused", e.credFP)
-	w, err := e.write(ctx, paused, &rec, time.Hour, false)
+	rec := newRecord(tok, 1, time.Now(), time.Hour, "paused", e.cred.fp)
+	w, err := e.rf.write(ctx, paused, &rec, time.Hour, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -250,12 +250,12 @@ func TestOnlyTheLeaseHolderDrawsAndWrites(t *testing.T) {
 		t.Fatal("the paused holder's token was stored")
 	}
 	// The current holder draws and writes.
-	gen, _, err = e.begin(ctx, current, 0, true, false)
+	gen, _, err = e.rf.begin(ctx, current, 0, true, false)
 	if err != nil || gen != 1 {
 		t.Fatalf("the current holder drew %d, %v; want 1", gen, err)
 	}
-	rec = newRecord(tok, gen, time.Now(), time.Hour, "current", e.credFP)
-	if w, err := e.write(ctx, current, &rec, time.Hour, false); err != nil || !w.Stored {
+	rec = newRecord(tok, gen, time.Now(), time.Hour, "current", e.cred.fp)
+	if w, err := e.rf.write(ctx, current, &rec, time.Hour, false); err != nil || !w.Stored {
 		t.Fatalf("the current holder's write = %+v, %v; want stored", w, err)
 	}
 }
@@ -302,7 +302,7 @@ func TestIssuerCallStopsWhenTheLeaseIsLost(t *testing.T) {
 		t.Fatalf("the other owner's draw: %d, %v", gen, err)
 	}
 	want := Token{AccessToken: "the-other-owners-token", TokenType: "Bearer", Expiry: time.Now().Add(time.Hour)}
-	rec := newRecord(want, gen, time.Now(), 59*time.Minute, "other", e.credFP)
+	rec := newRecord(want, gen, time.Now(), 59*time.Minute, "other", e.cred.fp)
 	ev := Event{Type: EventRefreshed, Key: key, Generation: gen, TokenFP: rec.TokenFP, Origin: "other"}
 	if w, err := paused.st.write(ctx, e.k, rec, 59*time.Minute, ev, "another-owner"); err != nil || !w.Stored {
 		t.Fatalf("the other owner's write: %+v, %v", w, err)
@@ -359,7 +359,7 @@ func TestRetriedScriptsAreIdempotent(t *testing.T) {
 		// The client resends the write after a lost reply: stored, not
 		// fenced out by itself.
 		tok := Token{AccessToken: "t1", TokenType: "Bearer", Expiry: time.Now().Add(time.Hour)}
-		rec := newRecord(tok, g1, time.Now(), time.Hour, "h", e.credFP)
+		rec := newRecord(tok, g1, time.Now(), time.Hour, "h", e.cred.fp)
 		ev := Event{Type: EventRefreshed, Key: e.k.token}
 		w1, err := c.st.write(ctx, e.k, rec, time.Hour, ev, lease.Value())
 		if err != nil || !w1.Stored {

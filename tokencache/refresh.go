@@ -4,221 +4,274 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
+	"sync/atomic"
 	"time"
 
 	"github.com/tokencache/tokencache/lock"
 )
 
-// This file is what happens at the issuer: calling it with retries and
-// the budget, remembering failures (here and for the fleet), and what a
-// caller gets when Redis is down.
+// This file is the refresh under the lock, and the one fenced write path
+// every token the issuer returns goes through. A refresh (a caller's, a
+// cron Refresh, or refresh-ahead) re-checks Redis under the lock, draws
+// the lease's fencing generation (begin), calls the issuer, and stores the
+// token fenced by that generation (write), publishing "refreshed". A
+// token fetched while Redis was down (redisDown) is written back later
+// through the same begin and write under the lock (writeBack).
 
-// fetch calls the issuer, retrying retryable errors with capped
-// exponential backoff and full jitter (or the issuer's Retry-After). Each
-// attempt takes its budget first; spent, if not nil, is the first one's,
-// already taken (see entry.begin).
-func (e *entry) fetch(ctx context.Context, redisDown bool, spent []int64) (Token, error) {
-	for attempt := 1; ; attempt++ {
-		var err error
-		switch {
-		case attempt == 1 && spent != nil && spent[0] < 0:
-			// Redis could not count it (say, a key of another type at
-			// the budget key): asking again would fail the same way.
-			e.c.stats.redisErrors.Add(1)
-			e.c.log().Warn("tokencache: issuer budget could not be counted in redis; keeping to it in this process", "key", e.c.budget.key)
-			err = e.c.takeBudget(ctx, true)
-		case attempt == 1 && spent != nil:
-			err = e.c.spent(spent)
-		default:
-			err = e.c.takeBudget(ctx, redisDown)
-		}
-		tok := Token{}
-		if err == nil {
-			e.c.stats.issuerCalls.Add(1)
-			tok, err = e.callFetcher(ctx)
-		}
-		if err == nil {
-			if err = e.check(tok); err == nil {
-				return tok, nil
-			}
-		}
-		e.c.stats.issuerErrors.Add(1)
-		if !isRetryable(err) || attempt >= e.c.cfg.maxAttempts || ctx.Err() != nil {
-			return Token{}, err
-		}
-		d := backoff(attempt, e.c.cfg.backoffBase, e.c.cfg.backoffMax)
-		if ra := retryAfter(err); ra > d {
-			d = min(ra, e.c.cfg.backoffMax)
-		}
-		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < d {
-			return Token{}, err
-		}
-		e.c.log().Info("tokencache: issuer call failed; retrying", "key", e.k.token, "attempt", attempt, "delay", d, "err", err)
-		t := time.NewTimer(d)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return Token{}, err
-		case <-t.C:
-		}
-	}
+// refresher refreshes one entry's token under the lock.
+type refresher struct {
+	e       *entry
+	pending atomic.Pointer[Token] // fetched while Redis was down; to write back
 }
 
-// callFetcher calls the Fetcher, turning a panic into an error: a broken
-// issuer response must not take the process down.
-func (e *entry) callFetcher(ctx context.Context) (tok Token, err error) {
+// locked runs with the lock held: re-check Redis, call the issuer, write
+// the token fenced by the lease's generation, release. done, if not nil,
+// says whether a token found on the re-check makes the refresh
+// unnecessary; nil means any usable token does.
+func (rf *refresher) locked(ctx context.Context, lease *lock.Lease, ahead bool, done func(readResult) bool) (Token, error) {
+	e := rf.e
 	defer func() {
-		if p := recover(); p != nil {
-			err = fmt.Errorf("tokencache: fetcher panicked: %v", p)
+		if err := lease.Release(ctx); err != nil {
+			e.c.log().Warn("tokencache: lock released late", "key", e.k.lock, "err", err)
 		}
 	}()
-	return e.f.Fetch(ctx)
+	// redisDown is for callers with nothing to serve. A refresh ahead
+	// (ahead: this replica serves a valid copy meanwhile) that loses Redis
+	// gives up and tries again later, without an issuer call outside the
+	// lock.
+	redisDown := func(err error) (Token, error) {
+		if ahead {
+			return Token{}, err
+		}
+		return rf.redisDown(ctx, err)
+	}
+	at := e.c.now()
+	r, err := e.read(ctx, at)
+	if err != nil {
+		return redisDown(err)
+	}
+	if r.found && (done == nil || done(r)) {
+		if s, ok := e.validSnapshot(r, at); ok {
+			e.install(s)
+			return s.tok, nil
+		}
+		r.found = false // past its expiry on this clock: refresh it
+	}
+	if ahead {
+		// The re-read may have brought the fleet's last failure: a refresh
+		// ahead waits out its window whether or not a token is stored.
+		if err := e.fails.negative(); err != nil {
+			return Token{}, err
+		}
+	}
+	// A refresh ahead (the fleet still has a valid token) tells the fleet
+	// one refresh is under way, so nobody else needs to try.
+	gen, spent, err := rf.begin(ctx, lease, e.mem.floor(r.rec.Generation), true, r.found)
+	if err != nil {
+		e.c.stats.redisErrors.Add(1)
+		return redisDown(err)
+	} else if gen < 0 {
+		return Token{}, fmt.Errorf("%w: the refresh lock's lease ended before the refresh began", ErrUnavailable)
+	}
+	// The issuer call stops when the lease is lost (its owner was paused
+	// past it, or Redis lost it): another replica may be refreshing by
+	// now, and whatever this call returned would be fenced out anyway.
+	fctx, stop := leaseContext(ctx, lease)
+	tok, err := e.iss.fetch(fctx, false, spent)
+	stop()
+	if err != nil && errors.Is(lease.Err(), lock.ErrLeaseLost) && ctx.Err() == nil {
+		return Token{}, errLeaseTaken
+	}
+	if err != nil {
+		switch {
+		case e.c.ctx.Err() != nil:
+			return Token{}, ErrClosed // shutting down is not the issuer's failure
+		case ctx.Err() != nil:
+			// The caller (a cron Refresh) or the refresh's own bound gave
+			// up: not the issuer's verdict, so the fleet is not told.
+			return Token{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
+		}
+		// The fleet learns of it (its event, and its failure key, which
+		// the other replicas check a credential-less event against).
+		return Token{}, e.iss.failed(ctx, err, true)
+	}
+	// The issuer's latest answer is authoritative: a token invalidated
+	// here that it hands out again is served again.
+	e.mem.unreject(tok.Fingerprint())
+	issued := e.c.now()
+	rec, ttl := rf.record(tok, gen, issued)
+	w, err := rf.write(ctx, lease, &rec, ttl, !r.found)
+	for err != nil && e.settle(ctx, err) {
+		// A cluster slot is moving: the lease holds; store the token once
+		// it has moved, so the fleet needs no other issuer call.
+		e.c.stats.redisErrors.Add(1)
+		w, err = rf.write(ctx, lease, &rec, ttl, !r.found)
+	}
+	if err != nil {
+		// The token is good; Redis is not. Serve it and write it back later.
+		e.c.stats.redisErrors.Add(1)
+		e.c.log().Warn("tokencache: could not store the new token; serving it from memory", "key", e.k.token, "err", err)
+		rf.pending.Store(&tok)
+		s := e.snapshotFor(rec, ttl, issued)
+		s.softUntil = min(s.validUntil, e.c.monoAt(issued)+mono(jitter(e.c.cfg.waitRecheck)))
+		e.install(s)
+		return tok, nil
+	}
+	if !w.Stored {
+		// Fenced out: our lease expired and a newer holder exists, or a
+		// newer token is stored. Prefer the fleet's token.
+		e.c.stats.fenced.Add(1)
+		e.c.log().Warn("tokencache: write rejected by fencing; a newer lease or token exists", "key", e.k.token,
+			"generation", gen, "fenced_by", w.FencedBy, "lease_lost", w.LeaseLost)
+		if tok2, ok, err := e.readAndInstall(ctx); err == nil && ok {
+			return tok2, nil
+		}
+		// Nothing usable is stored yet: our token is still valid, so
+		// serve it from memory while the newer holder finishes.
+		s := e.snapshotFor(rec, ttl, issued)
+		s.gen = 0
+		e.install(s)
+		return tok, nil
+	}
+	e.c.stats.refreshes.Add(1)
+	e.c.log().Info("tokencache: token refreshed", "key", e.k.token, "generation", rec.Generation, "token", tok)
+	rf.installWritten(rec, ttl, issued, w)
+	return tok, nil
 }
 
-// check rejects tokens the cache cannot share.
-func (e *entry) check(tok Token) error {
-	now := e.c.now()
-	switch {
-	case tok.AccessToken == "":
-		return fmt.Errorf("%w: empty access token", ErrInvalidToken)
-	case tok.Expiry.IsZero():
-		return fmt.Errorf("%w: no expiry", ErrInvalidToken)
-	case e.ttlFor(tok, now) < time.Millisecond:
-		return fmt.Errorf("%w: expires at %s, already past", ErrInvalidToken, tok.Expiry.UTC().Format(time.RFC3339))
-	}
-	return nil
-}
+// errLeaseTaken: another owner took the refresh lock during the issuer
+// call. Callers wait for its token (see caller.obtain).
+var errLeaseTaken = fmt.Errorf("%w: another owner took the refresh lock during the issuer call", ErrUnavailable)
 
-// fetchFailed turns a Fetcher error into a *FetchError and remembers it for
-// its back-off window (failureWindow). If publish, it tells the fleet
-// through a "failed" event, so its waiters return at once, and through
-// the failure key, so replicas that ask later (and those that hear an
-// event naming no credential) do too.
-func (e *entry) fetchFailed(ctx context.Context, err error, publish bool) *FetchError {
-	fe := &FetchError{Code: errorCode(err), Retryable: isRetryable(err), Message: truncate(err.Error(), 300), Err: err}
-	window := e.failureWindow(fe, err)
-	if window > 0 {
-		fe.Until = e.c.now().Add(window)
-	}
-	e.recordFailure(fe)
-	e.c.log().Error("tokencache: refresh failed", "key", e.k.token, "code", fe.Code, "retryable", fe.Retryable, "retry_in", window, "err", err)
-	if publish {
-		// The fleet learns it twice: waiters now, through the event, and
-		// replicas that ask later (or start later), through the failure
-		// key, which lives as long as the window.
-		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), e.c.cfg.lockTTL)
-		defer cancel()
-		if window > 0 {
-			f := failure{Code: fe.Code, Message: fe.Message, Retryable: fe.Retryable, By: e.c.cfg.host,
-				Fingerprint: e.credFP, Streak: e.failStreak.Load()}
-			if rerr := e.c.st.remember(pctx, e.k, f, window); rerr != nil {
-				e.c.log().Warn("tokencache: could not record the failure", "key", e.k.failed, "err", rerr)
+// leaseContext is ctx, cancelled as well when another owner takes the
+// lease's lock. A lease that merely expired (the watchdog could not reach
+// Redis, say during a failover) goes on: nobody else is refreshing, and
+// the write is fenced anyway. Cancel it when done: that also ends its
+// watching goroutine.
+func leaseContext(ctx context.Context, lease *lock.Lease) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(ctx)
+	go func() {
+		select {
+		case <-lease.Lost():
+			if errors.Is(lease.Err(), lock.ErrLeaseLost) {
+				cancel()
 			}
+		case <-ctx.Done():
 		}
-		ev := Event{Type: EventFailed, Key: e.k.token, Code: fe.Code, Message: fe.Message, Retryable: fe.Retryable,
-			RetryInMS: window.Milliseconds(), By: e.c.cfg.host, Origin: e.c.origin, Credential: e.eventCredential()}
-		if perr := e.c.st.publish(pctx, e.k.channel, ev); perr != nil {
-			e.c.log().Warn("tokencache: could not publish the failure", "key", e.k.token, "err", perr)
+	}()
+	return ctx, cancel
+}
+
+// The fenced write path, shared by the refresh (a caller's, a cron
+// Refresh's, refresh-ahead's: all go through locked) and the write-back:
+// begin draws the generation under the lease, record makes the value,
+// write stores it fenced, installWritten serves what was stored.
+
+// begin draws the lease's fencing generation once the holder has decided
+// to write (lifted past the stored token's if the counter fell behind it:
+// evicted, or lost in a failover). In the same round trip it counts the
+// first issuer call in the budget, if call and the budget key shares the
+// token's slot (spent is then the budget's reply), and, if ahead (the
+// fleet still has a valid token), announces "refreshing". A negative
+// generation means the lease was lost meanwhile.
+func (rf *refresher) begin(ctx context.Context, lease *lock.Lease, floor int64, call, ahead bool) (gen int64, spent []int64, err error) {
+	e := rf.e
+	var b *budget
+	if call && e.k.nsSlot {
+		b = e.c.budget
+	}
+	var ev *Event
+	if ahead {
+		ev = &Event{Type: EventRefreshing, Key: e.k.token, By: e.c.cfg.host, Origin: e.c.origin, Credential: e.cred.forEvent()}
+	}
+	var announce func(context.Context)
+	gen, err = lease.FenceWith(ctx, func(ctx context.Context) (int64, error) {
+		var g int64
+		g, spent, announce, err = e.c.st.begin(ctx, e.k, lease.Value(), floor, b, ev)
+		if err == nil && g == 0 {
+			err = lock.ErrLeaseLost // another owner holds the lock
 		}
+		return g, err
+	})
+	if errors.Is(err, lock.ErrLeaseLost) || errors.Is(err, lock.ErrLeaseExpired) {
+		return -1, nil, nil
 	}
-	return fe
+	if err == nil && announce != nil {
+		// Where the script could not publish (a user's token in a
+		// cluster, or the pub/sub mode unknown yet), the announcement
+		// costs a round trip of its own, bounded tightly: a lost one costs
+		// only the reads and lock attempts it would have saved.
+		actx, cancel := context.WithTimeout(ctx, announceTimeout)
+		announce(actx)
+		cancel()
+	}
+	return gen, spent, err
 }
 
-// maxRetryWindow caps how long the fleet waits after failed refreshes of
-// a retryable kind before calling the issuer again.
-const maxRetryWindow = 30 * time.Second
+// announceTimeout bounds a "refreshing" announcement sent on its own.
+const announceTimeout = 250 * time.Millisecond
 
-// failureWindow is how long nobody calls the issuer after this failure: the
-// negative TTL for a permanent error; for a retryable one, a back-off that
-// starts at the retry cap (each refresh has already retried with backoff)
-// and doubles with each refresh in a row that failed (so callers that keep asking
-// do not turn an outage into a stream of calls), or the issuer's
-// Retry-After if longer, capped at maxRetryWindow.
-func (e *entry) failureWindow(fe *FetchError, err error) time.Duration {
-	if !fe.Retryable {
-		return e.c.cfg.negativeTTL
-	}
-	streak := e.failStreak.Add(1)
-	d := jitter(min(maxRetryWindow, e.c.cfg.backoffMax<<min(streak-1, 16)))
-	return min(maxRetryWindow, max(d, retryAfter(err)))
+// record is the value that stores tok, issued at the local time issued,
+// under generation gen, and the key TTL it is stored with.
+func (rf *refresher) record(tok Token, gen int64, issued time.Time) (record, time.Duration) {
+	e := rf.e
+	ttl := e.c.cfg.ttlFor(tok, issued)
+	return newRecord(tok, gen, issued, ttl, e.c.cfg.host, e.cred.fp), ttl
 }
 
-// adoptFailure takes on a failure the fleet recorded in Redis, unless
-// one is already remembered here, and the fleet's count of failed
-// refreshes in a row, so the back-off grows whoever refreshes next.
-func (e *entry) adoptFailure(fe *FetchError, streak int32) {
-	for cur := e.failStreak.Load(); streak > cur && !e.failStreak.CompareAndSwap(cur, streak); cur = e.failStreak.Load() {
-	}
-	e.failMu.Lock()
-	cur := e.fail
-	e.failMu.Unlock()
-	if cur != nil && e.c.now().Before(cur.Until) {
-		return // ours is still in its window, and carries the local cause
-	}
-	e.recordFailure(fe)
-}
-
-func (e *entry) recordFailure(fe *FetchError) {
-	var gen int64
-	if s := e.l1.Load(); s != nil {
-		gen = s.gen
-	}
-	e.failMu.Lock()
-	e.fail = fe
-	e.failGen = gen
-	_, e.failSeq = e.sig.arm()
-	e.failMu.Unlock()
-	e.sig.fire()
-}
-
-// clearFailureBelow forgets the remembered failure once a token newer than
-// the one held when it happened is installed: re-reading the token whose
-// refresh failed is no reason to call the issuer again.
-func (e *entry) clearFailureBelow(gen int64) {
-	e.failMu.Lock()
-	clear := e.fail != nil && gen > e.failGen
-	if clear {
-		e.fail = nil
-	}
-	e.failMu.Unlock()
-	if clear {
-		e.failStreak.Store(0)
+// write stores rec with its fencing generation under lease and publishes
+// "refreshed". If lift is set (the holder found no usable token when it
+// re-checked) and the stored value claims a generation at or above ours
+// without the fence to back it (a hand edit, or a value written before the
+// fence was lost), the fence is lifted past it and the write tried once
+// more: garbage must not block writes forever.
+func (rf *refresher) write(ctx context.Context, lease *lock.Lease, rec *record, ttl time.Duration, lift bool) (writeResult, error) {
+	e := rf.e
+	for attempt := 0; ; attempt++ {
+		stored, err := rf.seal(*rec)
+		if err != nil {
+			return writeResult{}, err
+		}
+		ev := Event{Type: EventRefreshed, Key: e.k.token, Generation: rec.Generation, By: e.c.cfg.host, Origin: e.c.origin, TokenFP: rec.TokenFP}
+		ev.ExpiresAt, _ = rec.expiry()
+		w, err := e.c.st.write(ctx, e.k, stored, ttl, ev, lease.Value())
+		if err != nil || !w.Stale || !lift || attempt > 0 {
+			return w, err
+		}
+		gen, err := e.c.st.raiseFence(ctx, e.k, rec.Generation, w.FencedBy+1, ttl)
+		if err != nil || gen < 0 {
+			return writeResult{}, err
+		}
+		rec.Generation = gen
 	}
 }
 
-func (e *entry) clearFailure() {
-	e.failMu.Lock()
-	e.fail = nil
-	e.failMu.Unlock()
-	e.failStreak.Store(0)
+// seal returns rec as it is stored: with the token encrypted when the cache
+// has a key ring.
+func (rf *refresher) seal(rec record) (record, error) {
+	kr := rf.e.c.cfg.keyring
+	if kr == nil {
+		return rec, nil
+	}
+	id, sealed, err := kr.seal(rf.e.k.token, rec)
+	if err != nil {
+		return rec, fmt.Errorf("tokencache: encrypting the token: %w", err)
+	}
+	rec.AccessToken, rec.Ciphertext, rec.KeyID, rec.Seal = "", sealed, id, sealVersion
+	return rec, nil
 }
 
-// failureSince returns a failure recorded after the waiter armed at seq.
-func (e *entry) failureSince(seq uint64) *FetchError {
-	e.failMu.Lock()
-	defer e.failMu.Unlock()
-	if e.fail != nil && e.failSeq >= seq {
-		return e.fail
-	}
-	return nil
-}
-
-// negative returns a remembered failure still in its window: no issuer
-// call until it ends.
-func (e *entry) negative() error {
-	e.failMu.Lock()
-	defer e.failMu.Unlock()
-	if f := e.fail; f != nil && !f.Until.IsZero() && e.c.now().Before(f.Until) {
-		return f
-	}
-	return nil
+// installWritten makes rec, stored by w, the in-memory copy.
+func (rf *refresher) installWritten(rec record, ttl time.Duration, issued time.Time, w writeResult) {
+	rec.StoredMS = w.StoredMS
+	rf.e.install(rf.e.snapshotFor(rec, ttl, issued))
 }
 
 // redisDown decides what a caller with no token in memory gets when Redis
 // fails: under fail-open, a token fetched directly (one call per process,
 // this runs inside the singleflight) and written back later.
-func (e *entry) redisDown(ctx context.Context, rerr error) (Token, error) {
+func (rf *refresher) redisDown(ctx context.Context, rerr error) (Token, error) {
+	e := rf.e
 	if errors.Is(rerr, ErrDecrypt) {
 		return Token{}, rerr // Redis is fine; this replica's keys are not
 	}
@@ -230,38 +283,36 @@ func (e *entry) redisDown(ctx context.Context, rerr error) (Token, error) {
 	if !e.c.cfg.failOpen {
 		return Token{}, fmt.Errorf("%w: %w", ErrRedisUnavailable, rerr)
 	}
-	if err := e.negative(); err != nil {
+	if err := e.fails.negative(); err != nil {
 		return Token{}, err
 	}
 	e.c.stats.failOpen.Add(1)
 	e.c.log().Warn("tokencache: redis unavailable; fetching from the issuer directly", "key", e.k.token, "err", rerr)
-	tok, err := e.fetch(ctx, true, nil)
+	tok, err := e.iss.fetch(ctx, true, nil)
 	if err != nil {
 		if e.c.ctx.Err() != nil {
 			return Token{}, ErrClosed
 		}
-		return Token{}, e.fetchFailed(ctx, err, false)
+		return Token{}, e.iss.failed(ctx, err, false)
 	}
-	e.unreject(tok.Fingerprint())
+	e.mem.unreject(tok.Fingerprint())
 	issued := e.c.now()
-	ttl := e.ttlFor(tok, issued)
-	rec := newRecord(tok, 0, issued, ttl, e.c.cfg.host, e.credFP)
+	rec, ttl := rf.record(tok, 0, issued)
 	s := e.snapshotFor(rec, ttl, issued)
 	s.softUntil = min(s.validUntil, e.c.monoAt(issued)+mono(jitter(e.c.cfg.waitRecheck)))
-	e.pending.Store(&tok)
-	if e.c.cfg.l1 {
-		e.l1.Store(s)
-	}
+	rf.pending.Store(&tok)
+	e.mem.set(s)
 	return tok, nil
 }
 
 // writeBack stores a token fetched while Redis was down, unless the fleet
 // has stored one meanwhile, which then replaces ours. It reports whether
 // Redis was reachable.
-func (e *entry) writeBack(ctx context.Context, tok *Token) bool {
+func (rf *refresher) writeBack(ctx context.Context, tok *Token) bool {
+	e := rf.e
 	issued := e.c.now()
 	if !tok.Valid(issued) {
-		e.pending.CompareAndSwap(tok, nil)
+		rf.pending.CompareAndSwap(tok, nil)
 		return true
 	}
 	lease, err := e.c.locker.TryAcquire(ctx, e.k.lock)
@@ -276,80 +327,22 @@ func (e *entry) writeBack(ctx context.Context, tok *Token) bool {
 	if err != nil {
 		return false
 	}
-	e.pending.CompareAndSwap(tok, nil)
+	rf.pending.CompareAndSwap(tok, nil)
 	if r.found {
 		e.install(e.snapshotFor(r.rec, r.pttl, issued))
 		return true
 	}
-	gen, _, err := e.begin(ctx, lease, e.floor(r), false, false)
+	gen, _, err := rf.begin(ctx, lease, e.mem.floor(r.rec.Generation), false, false)
 	if err != nil || gen < 0 {
 		return err == nil
 	}
-	ttl := e.ttlFor(*tok, issued)
-	rec := newRecord(*tok, gen, issued, ttl, e.c.cfg.host, e.credFP)
-	if w, err := e.write(ctx, lease, &rec, ttl, true); err != nil {
-		e.pending.CompareAndSwap(nil, tok)
+	rec, ttl := rf.record(*tok, gen, issued)
+	if w, err := rf.write(ctx, lease, &rec, ttl, true); err != nil {
+		rf.pending.CompareAndSwap(nil, tok)
 		return false
 	} else if w.Stored {
 		e.c.log().Info("tokencache: wrote back a token fetched while redis was down", "key", e.k.token, "generation", rec.Generation)
-		rec.StoredMS = w.StoredMS
-		e.install(e.snapshotFor(rec, ttl, issued))
+		rf.installWritten(rec, ttl, issued, w)
 	}
 	return true
-}
-
-// isRetryable: only an error that says so is permanent. Timeouts,
-// cancellations and unknown errors are worth another try later.
-func isRetryable(err error) bool {
-	var r interface{ Retryable() bool }
-	if errors.As(err, &r) {
-		return r.Retryable()
-	}
-	return true
-}
-
-func retryAfter(err error) time.Duration {
-	var r interface{ RetryAfter() time.Duration }
-	if errors.As(err, &r) {
-		return r.RetryAfter()
-	}
-	return 0
-}
-
-func errorCode(err error) string {
-	var c interface{ ErrorCode() string }
-	if errors.As(err, &c) && c.ErrorCode() != "" {
-		return c.ErrorCode()
-	}
-	switch {
-	case errors.Is(err, context.DeadlineExceeded):
-		return "timeout"
-	case errors.Is(err, ErrInvalidToken):
-		return "invalid-token"
-	}
-	return "fetch-error"
-}
-
-// backoff is capped exponential backoff with full jitter.
-func backoff(attempt int, base, max time.Duration) time.Duration {
-	d := base << (attempt - 1)
-	if d > max || d <= 0 {
-		d = max
-	}
-	return time.Duration(rand.Int64N(int64(d)) + 1)
-}
-
-// jitter spreads d by ±25%.
-func jitter(d time.Duration) time.Duration {
-	if d <= 0 {
-		return d
-	}
-	return d*3/4 + time.Duration(rand.Int64N(int64(d)/2+1))
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "…"
 }

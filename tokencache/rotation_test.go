@@ -122,7 +122,7 @@ func toRefreshMoment(t *testing.T, clk *fakeClock, caches ...*Cache) {
 	t.Helper()
 	var moment time.Time
 	for _, c := range caches {
-		s := c.server.l1.Load()
+		s := c.server.mem.l1.Load()
 		if s == nil {
 			t.Fatal("a replica holds no token")
 		}
@@ -131,7 +131,7 @@ func toRefreshMoment(t *testing.T, clk *fakeClock, caches ...*Cache) {
 		}
 	}
 	for _, c := range caches {
-		if due := c.epoch.Add(time.Duration(c.server.l1.Load().softUntil)); !moment.Before(due) {
+		if due := c.epoch.Add(time.Duration(c.server.mem.l1.Load().softUntil)); !moment.Before(due) {
 			t.Skipf("a replica's jittered refresh moment (%v) falls within the moments' spread; rerun", due.Sub(moment))
 		}
 	}
@@ -214,7 +214,7 @@ func TestRotationAdoptedAtTheRefreshMoment(t *testing.T) {
 	a.forge.Store(true)
 	get(0)
 	a.forge.Store(false)
-	if s := caches[0].server.l1.Load(); s.tok.AccessToken != first.AccessToken || offers.n.Load() != offers1 {
+	if s := caches[0].server.mem.l1.Load(); s.tok.AccessToken != first.AccessToken || offers.n.Load() != offers1 {
 		t.Fatalf("a refused rotated token was offered")
 	}
 	get(0)
@@ -224,7 +224,7 @@ func TestRotationAdoptedAtTheRefreshMoment(t *testing.T) {
 	}
 	for i, c := range caches {
 		eventually(t, fmt.Sprintf("replica %d to hold the adopted token", i), func() bool {
-			s := c.server.l1.Load()
+			s := c.server.mem.l1.Load()
 			return s != nil && s.tok.AccessToken == adopted.AccessToken
 		})
 	}

@@ -148,7 +148,7 @@ func TestRefreshAheadCommandsAndMoment(t *testing.T) {
 			t.Errorf("refresh ahead sent %d %q commands, want %d", got, name, want)
 		}
 	}
-	second := c.server.l1.Load().tok
+	second := c.server.mem.l1.Load().tok
 	// Nobody used the new copy: its moment passes without a refresh.
 	time.Sleep(2500 * time.Millisecond)
 	if got := f.calls.Load(); got != 2 {
@@ -180,7 +180,7 @@ func TestRefreshAheadHonoursFleetFailureFoundUnderLock(t *testing.T) {
 			if _, err := c.Token(ctx); err != nil {
 				t.Fatal(err)
 			}
-			fl := failure{Code: "internal-server-error", Retryable: true, Fingerprint: c.server.credFP, Streak: 1}
+			fl := failure{Code: "internal-server-error", Retryable: true, Fingerprint: c.server.cred.fp, Streak: 1}
 			if err := c.st.remember(ctx, c.server.k, fl, 10*time.Second); err != nil {
 				t.Fatal(err)
 			}
@@ -241,7 +241,7 @@ func TestOwnRefreshedEventCostsNoRead(t *testing.T) {
 	if _, err := c.Token(ctx); err != nil {
 		t.Fatal(err)
 	}
-	gen := c.server.l1.Load().gen
+	gen := c.server.mem.l1.Load().gen
 	reads := c.Stats().RedisReads
 	// Our own event for a generation we have not installed yet.
 	c.onEvent(Event{Type: EventRefreshed, Key: c.server.k.token, Generation: gen + 1, Origin: c.origin})
@@ -327,7 +327,7 @@ func TestRefreshingAnnouncementsCannotStarveRefreshAhead(t *testing.T) {
 				return
 			case <-time.After(20 * time.Millisecond):
 			}
-			c.onEvent(Event{Type: EventRefreshing, Key: c.server.k.token, Generation: gen, Origin: "elsewhere", Credential: c.server.credFP})
+			c.onEvent(Event{Type: EventRefreshing, Key: c.server.k.token, Generation: gen, Origin: "elsewhere", Credential: c.server.cred.fp})
 		}
 	}()
 	defer func() { close(stop); <-done }()

@@ -134,7 +134,7 @@ func (t *transport) rotate(ctx context.Context, resp *http.Response, cur Token, 
 	if !ok || nt.AccessToken == cur.AccessToken || !nt.Expiry.After(cur.Expiry) {
 		return
 	}
-	if e.l1.Load() == nil && !e.dueByExpiry(cur, nt) {
+	if e.mem.l1.Load() == nil && !e.dueByExpiry(cur, nt) {
 		return
 	}
 	if stored, err := t.h.Offer(ctx, nt); err != nil {
@@ -148,7 +148,7 @@ func (t *transport) rotate(ctx context.Context, resp *http.Response, cur Token, 
 // token that has not reached its refresh-ahead moment (refreshMoment):
 // then a rotated token is not adopted.
 func (e *entry) rotationNotDue() bool {
-	s := e.l1.Load()
+	s := e.mem.l1.Load()
 	if s == nil {
 		return false
 	}
@@ -167,7 +167,7 @@ func (e *entry) refreshMoment(s *snapshot) mono {
 	if s.held || life <= 0 {
 		return s.dueAt
 	}
-	expiry := s.validUntil + mono(e.skewFor(life))
+	expiry := s.validUntil + mono(e.c.cfg.skewFor(life))
 	return min(expiry-mono(float64(life)*(1-e.c.cfg.refreshAhead)), s.dueAt)
 }
 
@@ -204,7 +204,7 @@ func (s tokenSource) Token() (*oauth2.Token, error) {
 // writer took off (a fifth of the lifetime at most, as ttlFor does).
 func (h *Handle) servedUntil(t Token) time.Time {
 	if e, err := h.entry(); err == nil {
-		if s := e.l1.Load(); s != nil && s.fp == t.Fingerprint() {
+		if s := e.mem.l1.Load(); s != nil && s.fp == t.Fingerprint() {
 			return h.c.epoch.Add(time.Duration(s.validUntil))
 		}
 	}
@@ -243,8 +243,8 @@ func (r *rejections) invalidated(now mono) {
 // invalidated within the rejection window, and it is younger than the
 // window itself.
 func (e *entry) holdRejection(tok Token) bool {
-	s := e.served()
-	if s == nil || s.fp != tok.Fingerprint() || e.isRejected(s.fp, s.gen) {
+	s := e.mem.served()
+	if s == nil || s.fp != tok.Fingerprint() || e.mem.isRejected(s.fp, s.gen) {
 		// Not the copy served, or the very token being invalidated (a
 		// request sent with it before its invalidation was heard).
 		return false
@@ -275,7 +275,7 @@ func (e *entry) holdRejection(tok Token) bool {
 // after a 401, was rejected at once.
 func (e *entry) apiRejectedFresh(fresh Token) {
 	id := fresh.Fingerprint()
-	if s := e.served(); s != nil && s.fp == id {
+	if s := e.mem.served(); s != nil && s.fp == id {
 		id += "/" + strconv.FormatInt(s.gen, 10)
 	}
 	r := &e.rej

@@ -1,0 +1,101 @@
+package tokencache
+
+import (
+	"context"
+	"time"
+)
+
+// This file is what the fleet's events do to one token: a "refreshed"
+// re-reads Redis (sync) unless the copy held is that token, a
+// "refreshing" holds this replica's refresh-ahead, an "invalidated" drops
+// the token and rejects it, a "failed" is remembered; and every one wakes
+// the callers waiting for the token.
+
+// onEvent applies an event about this token (see Cache.onEvent).
+func (e *entry) onEvent(ev Event) {
+	switch ev.Type {
+	case EventRefreshed:
+		if ev.Origin == e.c.origin {
+			// Our own write: we install what we stored as soon as the
+			// script returns, which may be just after this event arrives.
+			// Reading it back would be a wasted command.
+			e.sig.fire()
+			return
+		}
+		if s := e.mem.l1.Load(); s != nil && e.c.monoNow() < s.validUntil && (ev.TokenFP != "" && ev.TokenFP == s.fp ||
+			ev.TokenFP == "" && s.gen >= ev.Generation) {
+			// We already hold this token: nothing to read.
+			e.sig.fire()
+			return
+		}
+		e.sync()
+	case EventRefreshing:
+		if ev.Origin != e.c.origin && (ev.Credential == "" || e.cred.same(ev.Credential)) {
+			e.mem.hold(ev.Generation, e.c.cfg.lockTTL)
+		}
+	case EventInvalidated:
+		e.fails.clear()
+		if ev.TokenFP != "" {
+			// A read racing the deletion must not bring it back; the same
+			// token stored again (a newer generation) may. Rejected before
+			// the invalidation is noted, so Transport never holds a 401 of
+			// the invalidated token itself.
+			e.mem.reject(ev.TokenFP, ev.Generation)
+		}
+		e.rej.invalidated(e.c.monoNow())
+		// Drop the invalidated token, or a copy older than it (we missed
+		// its refresh); not a newer one (Redis lost a write and its
+		// generations went back).
+		if s := e.mem.l1.Load(); s != nil && (ev.TokenFP != "" && (s.fp == ev.TokenFP && (ev.Generation == 0 || s.gen <= ev.Generation) || s.gen < ev.Generation) ||
+			ev.TokenFP == "" && (ev.Generation == 0 || s.gen <= ev.Generation)) {
+			e.mem.drop(s)
+		}
+		e.sig.fire()
+	case EventFailed:
+		if ev.Origin == e.c.origin || ev.Credential != "" && !e.cred.same(ev.Credential) {
+			return // our own failure (recorded with its cause), or another credential's
+		}
+		if ev.Credential == "" && e.cred.fp != "" {
+			// Without a key ring no event names the credential (that would
+			// be an offline oracle for it): whose failure it is, the
+			// failure key in Redis says, read with the token.
+			e.sync()
+			return
+		}
+		fe := &FetchError{Code: ev.Code, Retryable: ev.Retryable, Remote: true, Message: ev.Message}
+		if ev.RetryInMS > 0 {
+			// The window is the sender's, but never longer than ours: a
+			// sender (or anyone who can PUBLISH) cannot silence us longer.
+			fe.Until = e.c.now().Add(min(time.Duration(ev.RetryInMS)*time.Millisecond, e.fails.limit(ev.Retryable)))
+		}
+		e.fails.record(fe)
+	}
+}
+
+// sync re-reads Redis after a "refreshed" event, then wakes the waiters.
+func (e *entry) sync() {
+	if !e.syncing.CompareAndSwap(false, true) {
+		e.syncAgain.Store(true)
+		return
+	}
+	if !e.c.goBackground(func(ctx context.Context) {
+		for {
+			e.syncAgain.Store(false)
+			rctx, cancel := context.WithTimeout(ctx, e.c.cfg.lockTTL)
+			_, _, err := e.readAndInstall(rctx)
+			cancel()
+			e.sig.fire()
+			if err == nil && e.syncAgain.Load() {
+				continue
+			}
+			e.syncing.Store(false)
+			// An event that arrived between the check above and the
+			// store saw syncing still set and only raised syncAgain.
+			if err != nil || !e.syncAgain.Load() || !e.syncing.CompareAndSwap(false, true) {
+				return
+			}
+		}
+	}) {
+		e.syncing.Store(false)
+	}
+}

@@ -1,0 +1,155 @@
+package tokencache
+
+import (
+	"context"
+	"time"
+)
+
+// This file is how a token read from Redis becomes the in-memory copy:
+// the checks every read makes (garbage, the credential, a rejected token,
+// the fleet's last failure, decryption), the copy's moments on this
+// replica's clock (snapshotFor), and install, which orders it against the
+// copy held and forgets a failure a newer token makes moot.
+
+// readAndInstall reads Redis and, on a usable token, installs it in
+// memory. It reports the token and whether there was one.
+func (e *entry) readAndInstall(ctx context.Context) (Token, bool, error) {
+	at := e.c.now()
+	r, err := e.read(ctx, at)
+	if err != nil || !r.found {
+		return Token{}, false, err
+	}
+	s, ok := e.validSnapshot(r, at)
+	if !ok {
+		return Token{}, false, nil
+	}
+	e.install(s)
+	if e.c.monoAt(at) >= s.dueAt {
+		e.sched.kick()
+	}
+	return s.tok, true, nil
+}
+
+// read wraps store.read with the checks every reader makes: counting,
+// logging garbage once per value, and the credential fingerprint.
+func (e *entry) read(ctx context.Context, at time.Time) (readResult, error) {
+	e.c.stats.redisReads.Add(1)
+	r, err := e.c.st.read(ctx, e.k.token, at)
+	if err != nil {
+		e.c.stats.redisErrors.Add(1)
+		return r, err
+	}
+	if r.bad != nil {
+		e.c.stats.badValues.Add(1)
+		e.c.log().Warn("tokencache: unusable value in redis, treating as a miss", "key", e.k.token, "err", r.bad)
+	}
+	if r.found && e.mem.isRejected(r.rec.TokenFP, r.rec.Generation) {
+		r.found = false
+	}
+	if r.failed != nil && e.cred.same(r.failedCred) {
+		if max := at.Add(e.fails.limit(r.failed.Retryable)); r.failed.Until.After(max) {
+			r.failed.Until = max
+		}
+		e.fails.adopt(r.failed, r.failedStreak)
+	}
+	same, known := e.cred.check(r.rec.Fingerprint)
+	if r.found && known && !same && r.rec.Ciphertext != "" {
+		// A fingerprint keyed under a key id we hold that does not match:
+		// another credential, or this replica's key for that id is wrong.
+		// Only the latter fails to open, and is this replica's problem:
+		// the token is not overwritten.
+		if _, err := e.c.cfg.keyring.open(e.k.token, r.rec); err != nil {
+			e.c.log().Error("tokencache: cannot decrypt the cached token", "key", e.k.token, "key_id", r.rec.KeyID, "err", err)
+			return readResult{}, err
+		}
+	}
+	if r.found && known && !same {
+		// Another deployment's token is a miss to refetch and overwrite.
+		if e.cred.warned.CompareAndSwap(false, true) {
+			e.c.log().Warn("tokencache: cached token was minted for another credential; not serving it",
+				"key", e.k.token, "stored_fingerprint", r.rec.Fingerprint, "our_fingerprint", e.cred.fp)
+		}
+		r.found = false
+	}
+	if r.found && r.rec.Ciphertext != "" {
+		tok, err := e.c.cfg.keyring.open(e.k.token, r.rec)
+		if err != nil {
+			e.c.log().Error("tokencache: cannot decrypt the cached token", "key", e.k.token, "key_id", r.rec.KeyID, "err", err)
+			return readResult{}, err
+		}
+		r.rec.AccessToken = tok
+	}
+	return r, nil
+}
+
+// snapshotFor makes the in-memory copy of rec, read at the local time at
+// with ttl of validity left on Redis's clock. The copy is served until the
+// earlier of that and the value's own expires_at minus the skew on the
+// local clock, with maxClockSkew of tolerance for replicas' clocks: a
+// replica whose clock is a minute off the writer's neither serves a token
+// late nor refreshes one early, and none serves one a Redis clock stretched.
+// The token's Expiry is the issuer's expiry as this replica's clock sees
+// it: the stored expires_at when the two agree within half the skew, else
+// the expiry measured on Redis's clock, so that a served token's Expiry is
+// always after the local time.
+func (e *entry) snapshotFor(rec record, ttl time.Duration, at time.Time) *snapshot {
+	cfg := &e.c.cfg
+	base := e.c.monoAt(at)
+	life := rec.lifetime()
+	skew := e.c.cfg.skewFor(life)
+	exp, _ := rec.expiry()
+	validUntil := min(base+mono(ttl), e.c.monoAt(exp.Add(maxClockSkew-skew)))
+	tok := rec.token()
+	if measured := at.Add(ttl + skew); absDuration(measured.Sub(exp)) > skew/2 {
+		// The end of validity plus the skew: the measured expiry, or less
+		// where the local guard cut the validity short.
+		validUntil = min(validUntil, e.c.monoAt(measured.Add(-skew)))
+		tok.Expiry = e.c.epoch.Add(time.Duration(validUntil) + skew)
+	} else {
+		validUntil = min(validUntil, e.c.monoAt(exp.Add(-skew/2)))
+	}
+	// The issuer's expiry on our clock is the validity's end plus the skew
+	// the writer took off; refresh-ahead is a share of the issuer's lifetime.
+	expiry := validUntil + mono(skew)
+	due := expiry - mono(float64(life)*(1-cfg.refreshAhead))
+	if cfg.refreshJitter > 0 && due < validUntil {
+		// The window never reaches the end of the token's validity: with
+		// a high refresh-ahead share some replicas would otherwise draw a
+		// moment at the very end, which is no refresh ahead at all.
+		window := min(cfg.refreshJitter*float64(life), 0.8*float64(validUntil-due))
+		due += mono(e.c.jitterShare(rec.TokenFP) * window)
+	}
+	due = min(due, validUntil)
+	soft := due
+	if cfg.l1MaxAge > 0 {
+		soft = min(soft, base+mono(cfg.l1MaxAge))
+	}
+	return &snapshot{tok: tok, gen: rec.Generation, fp: rec.TokenFP, validUntil: validUntil, dueAt: due, softUntil: soft,
+		storedMS: rec.StoredMS, born: e.c.monoAt(tok.Expiry.Add(-life))}
+}
+
+// validSnapshot is the copy of what r read at the local time at, and
+// whether it may still be served then: a value Redis's clock calls valid
+// may be past its expiry on this one (the local guard of snapshotFor).
+func (e *entry) validSnapshot(r readResult, at time.Time) (*snapshot, bool) {
+	s := e.snapshotFor(r.rec, r.pttl, at)
+	return s, e.c.monoAt(at) < s.validUntil
+}
+
+// install makes s the in-memory copy (see memory.install), unless this
+// replica invalidated it; a token newer than the one held when the last
+// refresh failed ends that failure's window.
+func (e *entry) install(s *snapshot) {
+	if e.mem.isRejected(s.fp, s.gen) {
+		return
+	}
+	e.fails.clearBelow(s.gen)
+	e.mem.install(s)
+}
+
+func absDuration(d time.Duration) time.Duration {
+	if d < 0 {
+		return -d
+	}
+	return d
+}

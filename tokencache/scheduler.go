@@ -1,0 +1,207 @@
+package tokencache
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tokencache/tokencache/lock"
+)
+
+// This file is when one token's background work runs: the timer set to
+// the in-memory copy's next moment, the one background run at a time
+// (kick), and what that run does: write back a token fetched while Redis
+// was down, re-check Redis, or refresh ahead of expiry under the lock
+// while callers keep getting the current token.
+
+// scheduler runs the background work of one entry.
+type scheduler struct {
+	e *entry
+
+	busy atomic.Bool // a background refresh or re-check runs
+	// used: a caller asked for the token since the timer last fired.
+	// The timer fires at the copy's next moment (its refresh-ahead
+	// moment), so a replica in use refreshes at its own jittered moment,
+	// not at whichever call comes after it: replicas whose callers run in
+	// step would otherwise all reach the lock at the same call.
+	used    atomic.Bool
+	mu      sync.Mutex // guards timer, stopped
+	timer   timer
+	stopped bool
+}
+
+// arm sets the entry's timer to the next moment of the copy in memory,
+// after an install or a put-off (which moves the moment later: a timer
+// that already fired would otherwise leave the new moment to the next
+// call).
+func (sc *scheduler) arm() {
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	// The copy is loaded under the lock: two arms racing cannot leave the
+	// timer set for the older copy's moment.
+	s := sc.e.mem.l1.Load()
+	if s == nil {
+		return
+	}
+	// A copy marked for a re-check (expireSoft: softUntil the minimum)
+	// is due now; the difference must not wrap around.
+	c := sc.e.c
+	now := c.monoNow()
+	d := time.Duration(max(s.softUntil, now) - now)
+	switch {
+	case sc.stopped:
+	case sc.timer == nil:
+		sc.timer = c.cfg.clock.AfterFunc(d, sc.onTimer)
+	default:
+		sc.timer.Reset(d)
+	}
+}
+
+// onTimer starts the background work of the copy in memory at its moment
+// if callers are using it; an unused copy waits for its next caller.
+func (sc *scheduler) onTimer() {
+	c := sc.e.c
+	s := sc.e.mem.l1.Load()
+	if s == nil || c.closed.Load() {
+		return
+	}
+	now := c.monoNow()
+	switch {
+	case now < s.softUntil:
+		sc.arm()
+	case now < s.validUntil && sc.used.Swap(false):
+		sc.kick()
+	}
+}
+
+// stop stops the entry's timer for good (the cache closes, or the entry
+// leaves the LRU of client tokens).
+func (sc *scheduler) stop() {
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	sc.stopped = true
+	if sc.timer != nil {
+		sc.timer.Stop()
+	}
+}
+
+// kick starts the background re-check / refresh-ahead, once at a time.
+func (sc *scheduler) kick() {
+	if sc.busy.Load() || !sc.busy.CompareAndSwap(false, true) {
+		return
+	}
+	if !sc.e.c.goBackground(func(ctx context.Context) {
+		defer sc.busy.Store(false)
+		sc.background(ctx)
+	}) {
+		sc.busy.Store(false)
+	}
+}
+
+// background re-reads Redis and, if the token is due, refreshes it ahead
+// of expiry while callers keep getting the current one.
+func (sc *scheduler) background(ctx context.Context) {
+	e := sc.e
+	ctx, cancel := context.WithTimeout(ctx, e.c.cfg.refreshTimeout)
+	defer cancel()
+	cur := e.mem.l1.Load()
+	if p := e.rf.pending.Load(); p != nil {
+		if !e.rf.writeBack(ctx, p) {
+			e.mem.later(jitter(e.c.cfg.waitRecheck))
+			return
+		}
+		cur = e.mem.l1.Load()
+	}
+	if cur != nil && e.c.monoNow() >= cur.dueAt {
+		// Due: try the lock straight away. The holder re-reads under it,
+		// so a read first would only tell the replicas that lose the lock
+		// what the winner's "refreshed" will tell them anyway.
+		sc.ahead(ctx, cur)
+		return
+	}
+	at := e.c.now()
+	r, err := e.read(ctx, at)
+	if err != nil {
+		// Redis is unreachable: keep serving memory, try again later.
+		e.mem.later(jitter(e.c.cfg.waitRecheck))
+		return
+	}
+	if !r.found {
+		// Deleted (an operator, an eviction, an invalidation whose event
+		// we missed) or garbage: stop serving the old copy.
+		if cur != nil {
+			e.mem.drop(cur)
+		}
+		return
+	}
+	s := e.snapshotFor(r.rec, r.pttl, at)
+	e.install(s)
+	now := e.c.monoAt(at)
+	// Decide on what we serve: the copy just read, or one newer than
+	// Redis's (Redis lost a write, or an event overtook this read). The
+	// copy just read came with its own next moment; a newer one gets the
+	// one it would have had, or it would send us back here at every call.
+	if c := e.mem.l1.Load(); c != nil && c != s {
+		s = c
+		next := s.dueAt
+		if e.c.cfg.l1MaxAge > 0 {
+			next = min(next, now+mono(e.c.cfg.l1MaxAge))
+		}
+		if now < next {
+			e.mem.putOff(next, false)
+			return
+		}
+	}
+	if now >= s.dueAt {
+		sc.ahead(ctx, s)
+	}
+}
+
+// ahead refreshes the token while callers keep getting served, the copy
+// that is due: under the lock, unless the fleet is backing off after a
+// failure or another replica holds the lock (its event will update us).
+func (sc *scheduler) ahead(ctx context.Context, served *snapshot) {
+	e := sc.e
+	if d := e.fails.backingOff(); d > 0 {
+		// A refresh failed recently, here or anywhere in the fleet: the
+		// current token is still good, so wait out the window.
+		e.mem.later(d)
+		return
+	}
+	lease, err := e.c.locker.TryAcquire(ctx, e.k.lock)
+	if err != nil {
+		if errors.Is(err, lock.ErrNotAcquired) {
+			e.c.stats.lockContended.Add(1)
+		}
+		// Someone else is refreshing (their event will update us), or
+		// Redis failed: look again later. A newer copy installed by the
+		// event meanwhile keeps its own, later moment.
+		e.mem.later(jitter(e.c.cfg.waitRecheck))
+		return
+	}
+	// Under the lock, a token newer than the one we serve (issued later,
+	// or in the same millisecond with a higher generation) means someone
+	// else refreshed; an older one (Redis lost a write) does not. A
+	// failure the re-read learns of from the fleet means waiting out its
+	// window, like one known before.
+	if _, err := e.rf.locked(ctx, lease, true, func(r readResult) bool {
+		if served.before(r.rec.Generation, r.rec.StoredMS) {
+			// Another replica refreshed, and we heard neither its
+			// "refreshing" (we would be holding back) nor its "refreshed".
+			e.c.suspectSubscription()
+			return true
+		}
+		return e.fails.backingOff() > 0
+	}); err != nil {
+		e.c.log().Warn("tokencache: refresh ahead failed; serving the current token", "key", e.k.token, "err", err)
+		e.mem.later(e.fails.retryDelay())
+	} else if d := e.fails.backingOff(); d > 0 {
+		e.mem.later(d)
+	} else if c := e.mem.l1.Load(); c != nil && c.fp == served.fp {
+		// Whatever happened, the token we decided on is still the one
+		// served: never come straight back here.
+		e.mem.later(jitter(e.c.cfg.waitRecheck))
+	}
+}
