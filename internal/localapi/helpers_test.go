@@ -28,13 +28,13 @@ const (
 
 // fleet is one Redis, one fake issuer and the caches of several replicas.
 type fleet struct {
-	t      *testing.T
+	t      testing.TB
 	redis  *redistest.Server
 	issuer *issuertest.Server
 	ns     string
 }
 
-func newFleet(t *testing.T, opts ...issuertest.Option) *fleet {
+func newFleet(t testing.TB, opts ...issuertest.Option) *fleet {
 	t.Helper()
 	srv := redistest.Start(t)
 	iss := issuertest.RunT(t, append([]issuertest.Option{issuertest.WithAPIKey(testAPIKey)}, opts...)...)
@@ -67,7 +67,7 @@ type server struct {
 
 // serve starts h behind Guard on lc (its Addr defaulting to loopback TCP
 // with testSecret) and returns how to reach it.
-func serve(t *testing.T, lc ListenConfig, h func(m *Metrics) http.Handler, g GuardConfig) *server {
+func serve(t testing.TB, lc ListenConfig, h func(m *Metrics) http.Handler, g GuardConfig) *server {
 	t.Helper()
 	if lc.Addr == "" {
 		lc.Addr, lc.Secret = "127.0.0.1:0", testSecret
@@ -96,7 +96,7 @@ func serve(t *testing.T, lc ListenConfig, h func(m *Metrics) http.Handler, g Gua
 	return s
 }
 
-func tokenServer(t *testing.T, src Source) *server {
+func tokenServer(t testing.TB, src Source) *server {
 	t.Helper()
 	return serve(t, ListenConfig{}, func(m *Metrics) http.Handler { return NewTokenHandler(src, m, nil) }, GuardConfig{})
 }
@@ -140,7 +140,7 @@ func (s *server) token(t testing.TB, user string) TokenResponse {
 
 // shortDir returns a directory with a short path (a socket path is
 // limited to about 100 bytes), removed at cleanup.
-func shortDir(t *testing.T) string {
+func shortDir(t testing.TB) string {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "lapi")
 	if err != nil {

@@ -31,7 +31,7 @@ type upstream struct {
 	headers []http.Header
 }
 
-func newUpstream(t *testing.T, f *fleet, extra http.HandlerFunc) *upstream {
+func newUpstream(t testing.TB, f *fleet, extra http.HandlerFunc) *upstream {
 	t.Helper()
 	u := &upstream{}
 	u.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -54,7 +54,7 @@ func (u *upstream) seen() []http.Header {
 	return append([]http.Header(nil), u.headers...)
 }
 
-func proxyServer(t *testing.T, src Source, up *url.URL, lc ListenConfig) *server {
+func proxyServer(t testing.TB, src Source, up *url.URL, lc ListenConfig) *server {
 	t.Helper()
 	return serve(t, lc, func(m *Metrics) http.Handler {
 		p, err := NewProxy(src, ProxyConfig{Upstream: up, Metrics: m})
