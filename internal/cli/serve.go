@@ -69,8 +69,12 @@ func runServe(ctx context.Context, a *app, args []string) error {
 	stats = s.cache.Stats
 	src := localapi.NewSource(s.cache, users, a.explainLine)
 
-	// Warm up: the first client finds the token in memory.
+	// Warm up: the first client finds the token in memory. The warm-up
+	// ends with ctx, and is waited for before the cache closes.
+	warm := make(chan struct{})
+	defer func() { <-warm }()
 	go func() {
+		defer close(warm)
 		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
 		if _, _, err := src.Token(wctx, ""); err != nil && ctx.Err() == nil {
