@@ -341,3 +341,27 @@ func TestNewProxyRefusesABadUpstream(t *testing.T) {
 		}
 	}
 }
+
+func TestProxyForAUserUsesItsClientToken(t *testing.T) {
+	f := newFleet(t)
+	up := newUpstream(t, f, nil)
+	p := serve(t, ListenConfig{}, func(m *Metrics) http.Handler {
+		h, err := NewProxy(f.source(), ProxyConfig{Upstream: up.url, UserID: "u-7", Metrics: m})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h
+	}, GuardConfig{})
+	if code, body := p.do(t, http.MethodGet, "/users/u-7/things", ""); code != http.StatusOK {
+		t.Errorf("the user's own resource: %d %s", code, body)
+	}
+	if code, _ := p.do(t, http.MethodGet, "/users/u-8/things", ""); code != http.StatusForbidden {
+		t.Errorf("another user's resource: %d, want 403 (a client token opens its own user only)", code)
+	}
+	if st := f.issuer.Stats(); st.ClientTokenCalls != 1 || st.ServerTokenCalls != 0 {
+		t.Errorf("issuer: %d client and %d server token calls, want 1 and 0", st.ClientTokenCalls, st.ServerTokenCalls)
+	}
+	if _, err := NewProxy(f.source(), ProxyConfig{Upstream: up.url, UserID: "bad{id"}); err == nil {
+		t.Error("a proxy for an invalid user id was built")
+	}
+}

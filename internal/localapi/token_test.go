@@ -2,12 +2,14 @@ package localapi
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/tokencache/tokencache/internal/securitytest"
 	"github.com/tokencache/tokencache/tokencache/issuertest"
 )
 
@@ -53,6 +55,21 @@ func TestTwentyClientsAcrossDaemonsGetOneTokenFromOneIssuerCall(t *testing.T) {
 	}
 	if !f.issuer.Valid(got[0].AccessToken) {
 		t.Error("the token served is not one the issuer accepts")
+	}
+	var scan securitytest.Scanner
+	scan.Add(t, "token", got[0].AccessToken)
+	var ok, issuer float64
+	for i, s := range servers {
+		ok += counter(t, s.reg, "tokencache_local_tokens_served_total", "token", "server", "result", ResultOK)
+		issuer += counter(t, s.reg, "tokencache_local_tokens_served_total", "tier", TierIssuer)
+		lint(t, s.reg)
+		mfs, _ := s.reg.Gather()
+		for _, mf := range mfs {
+			scan.Check(t, fmt.Sprintf("server %d metric %s", i, mf.GetName()), mf.String())
+		}
+	}
+	if ok != clients || issuer < 1 {
+		t.Errorf("metrics: %v tokens served ok (want %d), %v from the issuer tier (want at least 1)", ok, clients, issuer)
 	}
 }
 
