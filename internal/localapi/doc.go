@@ -10,10 +10,12 @@
 // Cache-Control: no-store, every client is rate limited, and no token
 // reaches a log line or a metric.
 //
-//	src := localapi.NewSource(cache, explain)
+//	src := localapi.NewSource(cache, true, nil) // true: ?user_id= serves client tokens
 //	ln, err := localapi.ListenConfig{Addr: "unix:/run/tokencache.sock"}.Listen()
-//	srv := &http.Server{Handler: localapi.Guard(localapi.NewTokenHandler(src, m), guardCfg)}
-//	err = srv.Serve(ln)
+//	h := localapi.NewTokenHandler(src, localapi.NewMetrics(reg, "default"), nil)
+//	err = (&http.Server{Handler: localapi.Guard(h, localapi.GuardConfig{Rate: 100, Burst: 200})}).Serve(ln)
+//
+// NewProxy is the API proxy over the same Source, behind the same Guard.
 //
 // The package never imports the tokencache library outside source.go, the
 // one adapter between the cache's handles and the handlers.
