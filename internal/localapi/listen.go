@@ -181,6 +181,9 @@ type unixListener struct {
 	path string
 }
 
+// Addr names the socket by its final path, not the name it was created under.
+func (l *unixListener) Addr() net.Addr { return &net.UnixAddr{Name: l.path, Net: "unix"} }
+
 func (l *unixListener) Close() error {
 	err := l.UnixListener.Close()
 	_ = os.Remove(l.path)

@@ -66,6 +66,9 @@ func TestSocketIsCreatedWithItsMode(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		if got := ln.Addr().String(); got != path {
+			t.Errorf("Addr() = %q, want %q", got, path)
+		}
 		fi, err := os.Stat(path)
 		if err != nil {
 			t.Fatal(err)
