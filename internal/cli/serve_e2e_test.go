@@ -117,7 +117,7 @@ func TestE2ENodeExample(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, node, filepath.Join("..", "..", "examples", "node", "main.mjs"))
+	cmd := exec.CommandContext(ctx, node, filepath.Join(repoRoot, "examples", "node", "main.mjs"))
 	cmd.Env = []string{
 		"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME"),
 		"TOKENCACHE_URL=" + base, EnvListenSecret + "=" + e2eListenSecret,
