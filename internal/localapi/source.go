@@ -54,19 +54,6 @@ type Source interface {
 // id, client tokens not enabled): they are answered 400, not 503.
 var ErrBadRequest = errors.New("bad request")
 
-// tokenHandle is what the server token and a user's client token share in
-// the library; handle picks one.
-type tokenHandle interface {
-	Token(ctx context.Context) (tokencache.Token, error)
-	InvalidateFingerprint(ctx context.Context, fp string, gen int64) (bool, error)
-	Transport(base http.RoundTripper) http.RoundTripper
-}
-
-var (
-	_ tokenHandle = (*tokencache.Cache)(nil)
-	_ tokenHandle = (*tokencache.User)(nil)
-)
-
 // cacheSource is a Source over a tokencache.Cache.
 type cacheSource struct {
 	c       *tokencache.Cache
@@ -85,9 +72,9 @@ func NewSource(c *tokencache.Cache, users bool, explain func(error) string) Sour
 	return &cacheSource{c: c, users: users, explain: explain}
 }
 
-func (s *cacheSource) handle(userID string) (tokenHandle, error) {
+func (s *cacheSource) handle(userID string) (*tokencache.Handle, error) {
 	if userID == "" {
-		return s.c, nil
+		return s.c.Handle, nil
 	}
 	if !s.users {
 		return nil, fmt.Errorf("%w: per-user client tokens are not enabled here", ErrBadRequest)
