@@ -264,8 +264,11 @@ func TestIdleFleetProbesOncePerInterval(t *testing.T) {
 	}
 	const (
 		replicas  = 30
-		interval  = 200 * time.Millisecond
-		intervals = 20
+		// Half a second: a loaded machine (CI beside other suites) delays
+		// a probe by a good part of a shorter interval, and every delayed
+		// probe past twice the interval elects another prober.
+		interval  = 500 * time.Millisecond
+		intervals = 10
 	)
 	srv := redistest.Start(t)
 	var publishes atomic.Int64

@@ -65,6 +65,8 @@ func commands() []command {
 		{name: "get", args: "[--header]", short: "print a valid token (or an Authorization header), fetching or waiting as needed", run: runGet},
 		{name: "refresh", args: "[--min-ttl D] [--force]", short: "cron mode: refresh the shared token if less than D remains; one status line", run: runRefresh},
 		{name: "daemon", args: "[--listen ADDR] [--interval D]", short: "keep the token fresh ahead of expiry; serves /healthz, /readyz, /metrics", run: runDaemon},
+		{name: "serve", args: "[--listen unix:PATH|ADDR]", short: "serve the token to local programs in any language: GET /v1/token, POST /v1/token/invalidate", run: runServe},
+		{name: "proxy", args: "[--upstream URL] [--listen unix:PATH|ADDR]", short: "forward API requests to the upstream, adding the token; a 401 refreshes it once for the fleet", run: runProxy},
 		{name: "inspect", args: "[--json]", short: "show the cached token's key, generation, expiry, TTL, writer, fingerprints (never the token)", run: runInspect},
 		{name: "invalidate", args: "[--fingerprint FP] [--generation N]", short: "compare-and-delete the cached token and publish \"invalidated\"", run: runInvalidate},
 		{name: "healthcheck", args: "[--url URL] [--timeout D]", short: "GET a URL, exit 0 on 2xx: a container health check for images without curl", run: runHealthcheck},

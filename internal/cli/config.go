@@ -32,6 +32,9 @@ const (
 	EnvRedisCAFile   = "TOKENCACHE_REDIS_CA_FILE"
 	EnvRedisCertFile = "TOKENCACHE_REDIS_CERT_FILE"
 	EnvRedisKeyFile  = "TOKENCACHE_REDIS_KEY_FILE"
+	// EnvListenSecret is the bearer secret clients of serve and proxy
+	// send (or use --listen-secret-file).
+	EnvListenSecret = "TOKENCACHE_LISTEN_SECRET"
 )
 
 // Defaults of the global flags.
@@ -51,6 +54,7 @@ var secretEnv = map[string]string{
 	EnvClientID:       "oauth2: the client id (or --client-id-file)",
 	EnvClientSecret:   "jwt, oauth2: the client secret (or --client-secret-file)",
 	EnvEncryptionKeys: "encryption at rest: id:base64key,... (or --encryption-keys-file)",
+	EnvListenSecret:   "serve, proxy: the bearer secret clients send (or --listen-secret-file)",
 }
 
 // secretFlags are flags that would put a secret on the command line, where
@@ -65,6 +69,8 @@ var secretFlags = map[string]string{
 	"password":        "put the Redis password in the URL from the environment (TOKENCACHE_REDIS_URL)",
 	"encryption-keys": "set TOKENCACHE_ENCRYPTION_KEYS in the environment, or pass --encryption-keys-file PATH",
 	"encryption-key":  "set TOKENCACHE_ENCRYPTION_KEYS in the environment, or pass --encryption-keys-file PATH",
+	"listen-secret":   "set TOKENCACHE_LISTEN_SECRET in the environment, or pass --listen-secret-file PATH",
+	"bearer-secret":   "set TOKENCACHE_LISTEN_SECRET in the environment, or pass --listen-secret-file PATH",
 }
 
 // refuseSecretFlags rejects a secret given as a plain flag value, naming

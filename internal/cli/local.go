@@ -1,0 +1,136 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/time/rate"
+
+	"github.com/tokencache/tokencache/internal/localapi"
+)
+
+// localFlags are the listener flags that serve and proxy share.
+type localFlags struct {
+	listen        string
+	socketMode    string
+	secretFile    string
+	certFile      string
+	keyFile       string
+	rate          float64
+	burst         int
+	metricsListen string
+}
+
+func (f *localFlags) register(fs *flag.FlagSet, defListen string) {
+	fs.StringVar(&f.listen, "listen", defListen, "unix:PATH (a socket of --socket-mode), a loopback HOST:PORT (needs the bearer secret), or any other address (needs TLS and the secret)")
+	fs.StringVar(&f.socketMode, "socket-mode", "0600", "permission bits of the unix: socket, octal")
+	fs.StringVar(&f.secretFile, "listen-secret-file", "", "read the bearer secret clients must send from this file ($"+EnvListenSecret+")")
+	fs.StringVar(&f.certFile, "tls-cert-file", "", "serve TLS with this PEM certificate (with --tls-key-file)")
+	fs.StringVar(&f.keyFile, "tls-key-file", "", "the PEM private key of --tls-cert-file")
+	fs.Float64Var(&f.rate, "rate", localapi.DefaultRate, "requests per second allowed to one client (0: no limit)")
+	fs.IntVar(&f.burst, "burst", localapi.DefaultBurst, "burst of requests allowed to one client")
+	fs.StringVar(&f.metricsListen, "metrics-listen", "", "address of a plain HTTP /healthz and /metrics server (default none)")
+}
+
+// listenConfig reads the secret and checks the listener rules: a
+// configuration they refuse is a usage error (exit 2) in one line.
+func (f *localFlags) listenConfig(a *app, cmd string) (localapi.ListenConfig, error) {
+	mode, err := strconv.ParseUint(f.socketMode, 8, 32)
+	if err != nil || mode > 0o777 {
+		return localapi.ListenConfig{}, usagef("%s: --socket-mode %q: want octal permission bits such as 0600", cmd, f.socketMode)
+	}
+	if mode == 0 {
+		return localapi.ListenConfig{}, usagef("%s: --socket-mode 0 would lock everyone out", cmd)
+	}
+	if f.rate < 0 || f.burst < 1 {
+		return localapi.ListenConfig{}, usagef("%s: --rate must be 0 or more and --burst 1 or more", cmd)
+	}
+	secret, err := a.g.secret(f.secretFile, EnvListenSecret)
+	if err != nil {
+		return localapi.ListenConfig{}, err
+	}
+	if secret != "" {
+		a.secrets = append(a.secrets, secret)
+	}
+	c := localapi.ListenConfig{Addr: f.listen, Mode: os.FileMode(mode), Secret: secret, CertFile: f.certFile, KeyFile: f.keyFile}
+	if err := c.Check(); err != nil {
+		return c, usagef("%s: %v (secret: $%s or --listen-secret-file; TLS: --tls-cert-file and --tls-key-file)", cmd, err, EnvListenSecret)
+	}
+	return c, nil
+}
+
+// guard returns h behind the secret and the rate limit of the flags.
+func (f *localFlags) guard(h http.Handler, c localapi.ListenConfig, rejected func(*http.Request, string)) http.Handler {
+	return localapi.Guard(h, localapi.GuardConfig{Secret: c.Secret, Rate: rate.Limit(f.rate), Burst: f.burst, Rejected: rejected})
+}
+
+// serveLocal serves h on the listener of c, and the metrics on
+// --metrics-listen if set, until ctx ends; then drains.
+func (f *localFlags) serveLocal(ctx context.Context, a *app, cmd string, c localapi.ListenConfig, h http.Handler, m *metrics) error {
+	ln, err := c.Listen()
+	if err != nil {
+		var ce *localapi.ConfigError
+		if errors.As(err, &ce) {
+			return usagef("%s: %v", cmd, err)
+		}
+		return fmt.Errorf("%s: %w", cmd, err)
+	}
+	servers := []*http.Server{{Handler: h, ReadHeaderTimeout: 5 * time.Second}}
+	listeners := []net.Listener{ln}
+	if f.metricsListen != "" {
+		mln, err := net.Listen("tcp", f.metricsListen)
+		if err != nil {
+			_ = ln.Close()
+			return fmt.Errorf("%s: --metrics-listen %s: %w", cmd, f.metricsListen, err)
+		}
+		mux := http.NewServeMux()
+		mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+		mux.Handle("GET /metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
+		servers = append(servers, &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second})
+		listeners = append(listeners, mln)
+	}
+	served := make(chan error, len(servers))
+	for i, srv := range servers {
+		go func() { served <- srv.Serve(listeners[i]) }()
+	}
+	auth := "bearer secret"
+	if c.Secret == "" {
+		auth = "socket mode " + fmt.Sprintf("%#o", uint32(c.Mode))
+	}
+	attrs := []any{"listen", ln.Addr().String(), "access", auth, "tls", c.CertFile != "", "token", a.label()}
+	if f.metricsListen != "" {
+		attrs = append(attrs, "metrics", listeners[1].Addr().String())
+	}
+	a.log.Info("tokencache "+cmd+" started", attrs...)
+
+	var serveErr error
+	select {
+	case <-ctx.Done():
+	case serveErr = <-served:
+	}
+	a.log.Info("tokencache " + cmd + " stopping")
+	sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+	defer cancel()
+	for _, srv := range servers {
+		if err := srv.Shutdown(sctx); err != nil && serveErr == nil {
+			serveErr = err
+		}
+	}
+	if serveErr != nil && !errors.Is(serveErr, http.ErrServerClosed) {
+		return fmt.Errorf("%s: serve: %w", cmd, serveErr)
+	}
+	a.log.Info("tokencache " + cmd + " stopped")
+	return nil
+}
+
+// explainLine is the reason a client of serve or proxy sees for an error:
+// the CLI's one line, scrubbed.
+func (a *app) explainLine(err error) string { return a.explain(err).Error() }

@@ -1,0 +1,217 @@
+package localapi
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strings"
+	"sync/atomic"
+)
+
+// DefaultMaxRetryBody is the largest request body the proxy keeps in
+// memory so that a request the upstream answers 401 can be sent again
+// with the new token. A larger body streams through, and its 401 goes
+// back to the client (the next request recovers).
+const DefaultMaxRetryBody = 1 << 20
+
+// ProxyConfig configures NewProxy.
+type ProxyConfig struct {
+	// Upstream is the API's base URL (scheme, host, optional path): the
+	// only place requests go.
+	Upstream *url.URL
+	// UserID, if not empty, authorizes with that user's client token
+	// instead of the server token.
+	UserID string
+	// Base carries requests to the upstream; nil means a clone of
+	// http.DefaultTransport.
+	Base http.RoundTripper
+	// MaxRetryBody overrides DefaultMaxRetryBody; negative means never
+	// buffer.
+	MaxRetryBody int64
+	Metrics      *Metrics
+	Logger       *slog.Logger
+}
+
+// NewProxy returns an API proxy to c.Upstream: it strips the client's
+// Authorization, adds the fleet's token itself (src.Transport: on a 401 it
+// invalidates the token once for the fleet and retries once), refuses
+// requests for any other host and CONNECT, streams bodies, and removes
+// any token from the upstream's response headers. Put it behind Guard.
+func NewProxy(src Source, c ProxyConfig) (http.Handler, error) {
+	u := c.Upstream
+	if u == nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" {
+		return nil, errors.New("upstream: want http(s)://host[:port][/path] without credentials, query or fragment")
+	}
+	base := c.Base
+	if base == nil {
+		base = http.DefaultTransport.(*http.Transport).Clone()
+	}
+	rt, err := src.Transport(c.UserID, countingBase{base})
+	if err != nil {
+		return nil, err
+	}
+	if c.MaxRetryBody == 0 {
+		c.MaxRetryBody = DefaultMaxRetryBody
+	}
+	log := c.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	p := &proxy{src: src, c: c, log: log}
+	p.rp = &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(u)
+			pr.Out.Header.Del("Authorization")
+			pr.Out.Header.Del("Proxy-Authorization")
+		},
+		Transport:      &outerTransport{rt: rt, m: c.Metrics},
+		FlushInterval:  -1,
+		ModifyResponse: modifyResponse,
+		ErrorHandler:   p.failed,
+		ErrorLog:       slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
+	return p, nil
+}
+
+type proxy struct {
+	src Source
+	c   ProxyConfig
+	rp  *httputil.ReverseProxy
+	log *slog.Logger
+}
+
+func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	w.Header().Del("Cache-Control") // the upstream's answer decides (see modifyResponse)
+	if r.Method == http.MethodConnect {
+		p.c.Metrics.proxyFailed("refused")
+		writeError(w, http.StatusMethodNotAllowed, "CONNECT is refused: this proxy forwards only to "+p.upstreamName())
+		return
+	}
+	if r.URL.Host != "" && !p.sameUpstream(r.URL) {
+		p.c.Metrics.proxyFailed("refused")
+		writeError(w, http.StatusForbidden, "this proxy forwards only to "+p.upstreamName())
+		return
+	}
+	if err := p.rewindable(r); err != nil {
+		p.c.Metrics.proxyFailed("error")
+		writeError(w, http.StatusBadRequest, "reading the request body: "+err.Error())
+		return
+	}
+	// The attempt counter lives on the incoming request's context, so that
+	// both the transport and the error handler see it.
+	p.rp.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), attemptsKey{}, new(atomic.Int32))))
+}
+
+func (p *proxy) upstreamName() string { return p.c.Upstream.Scheme + "://" + p.c.Upstream.Host }
+
+// sameUpstream reports whether an absolute-form request target names the
+// upstream.
+func (p *proxy) sameUpstream(t *url.URL) bool {
+	return strings.EqualFold(t.Host, p.c.Upstream.Host) && (t.Scheme == "" || strings.EqualFold(t.Scheme, p.c.Upstream.Scheme))
+}
+
+// rewindable buffers a body of at most MaxRetryBody bytes, so that the
+// token transport may send it again after a 401; a larger one streams.
+func (p *proxy) rewindable(r *http.Request) error {
+	if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 || p.c.MaxRetryBody < 0 {
+		return nil
+	}
+	if r.ContentLength > p.c.MaxRetryBody {
+		return nil
+	}
+	buf, err := io.ReadAll(io.LimitReader(r.Body, p.c.MaxRetryBody+1))
+	if err != nil {
+		return err
+	}
+	if int64(len(buf)) > p.c.MaxRetryBody {
+		// Unknown length, and too long: stream what was read, then the rest.
+		r.Body = struct {
+			io.Reader
+			io.Closer
+		}{io.MultiReader(bytes.NewReader(buf), r.Body), r.Body}
+		return nil
+	}
+	_ = r.Body.Close()
+	r.ContentLength = int64(len(buf))
+	r.TransferEncoding = nil
+	r.Body = io.NopCloser(bytes.NewReader(buf))
+	r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(buf)), nil }
+	return nil
+}
+
+// failed answers a request the transport could not complete: 503 with the
+// reason when no token could be had (nothing was sent), 502 when the
+// upstream did not answer.
+func (p *proxy) failed(w http.ResponseWriter, r *http.Request, err error) {
+	if r.Context().Err() != nil {
+		return // the client left
+	}
+	if attemptsOf(r.Context()) == 0 {
+		p.c.Metrics.proxyFailed("unavailable")
+		writeError(w, http.StatusServiceUnavailable, "no token: "+p.src.Explain(err))
+		return
+	}
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		err = ue.Err
+	}
+	p.c.Metrics.proxyFailed("error")
+	p.log.Warn("tokencache proxy: upstream did not answer", "upstream", p.upstreamName(), "err", err)
+	writeError(w, http.StatusBadGateway, fmt.Sprintf("upstream %s: %v", p.upstreamName(), err))
+}
+
+// modifyResponse removes any token the upstream sends back (a rotating
+// issuer's Authorization header: the client never holds a token) and
+// marks the answer no-store unless the upstream said otherwise.
+func modifyResponse(resp *http.Response) error {
+	resp.Header.Del("Authorization")
+	if resp.Header.Get("Cache-Control") == "" {
+		resp.Header.Set("Cache-Control", "no-store")
+	}
+	return nil
+}
+
+// attemptsKey is the context key of a request's upstream attempt counter.
+type attemptsKey struct{}
+
+func attemptsOf(ctx context.Context) int32 {
+	if n, ok := ctx.Value(attemptsKey{}).(*atomic.Int32); ok {
+		return n.Load()
+	}
+	return 0
+}
+
+// outerTransport counts each proxied request by the upstream's final
+// status, and the 401s the token transport recovered from: a request sent
+// twice was answered 401, its token invalidated for the fleet, and retried.
+type outerTransport struct {
+	rt http.RoundTripper
+	m  *Metrics
+}
+
+func (t *outerTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := t.rt.RoundTrip(req)
+	if attemptsOf(req.Context()) > 1 {
+		t.m.invalidated("proxy", "retried")
+	}
+	if err == nil {
+		t.m.proxyStatus(resp.StatusCode)
+	}
+	return resp, err
+}
+
+// countingBase counts the attempts that reach the upstream.
+type countingBase struct{ rt http.RoundTripper }
+
+func (b countingBase) RoundTrip(req *http.Request) (*http.Response, error) {
+	if n, ok := req.Context().Value(attemptsKey{}).(*atomic.Int32); ok {
+		n.Add(1)
+	}
+	return b.rt.RoundTrip(req)
+}

@@ -1,0 +1,173 @@
+package localapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"math"
+	"net/http"
+	"time"
+)
+
+// Paths of the token endpoint.
+const (
+	TokenPath      = "/v1/token"
+	InvalidatePath = "/v1/token/invalidate"
+)
+
+// tokenTimeout bounds one token request: a refresh the fleet shares goes
+// on past it, this client gets its 503 and may ask again.
+const tokenTimeout = 30 * time.Second
+
+// maxInvalidateBody bounds the body of an invalidation.
+const maxInvalidateBody = 16 << 10
+
+// TokenResponse is the answer of GET /v1/token.
+type TokenResponse struct {
+	AccessToken string `json:"access_token"`
+	TokenType   string `json:"token_type"`
+	ExpiresAt   string `json:"expires_at"` // RFC 3339, the issuer's expiry
+	ExpiresIn   int64  `json:"expires_in"` // whole seconds left
+}
+
+// InvalidateRequest is the body of POST /v1/token/invalidate: the
+// fingerprint of the token that got a 401, or the token itself.
+type InvalidateRequest struct {
+	Fingerprint string `json:"fingerprint,omitempty"`
+	AccessToken string `json:"access_token,omitempty"`
+}
+
+// InvalidateResponse says whether the token was deleted; false means it
+// had been replaced already (by another client's report, or a refresh).
+type InvalidateResponse struct {
+	Invalidated bool `json:"invalidated"`
+}
+
+// ErrorResponse is the body of every error answer: a code and one line
+// naming the cause, never a secret.
+type ErrorResponse struct {
+	Error  string `json:"error"`
+	Reason string `json:"reason"`
+}
+
+// NewTokenHandler returns the token endpoint over src: GET /v1/token
+// (?user_id= for a user's client token) and POST /v1/token/invalidate.
+// Put it behind Guard. m may be nil.
+func NewTokenHandler(src Source, m *Metrics, now func() time.Time) http.Handler {
+	if now == nil {
+		now = time.Now
+	}
+	h := &tokenHandler{src: src, m: m, now: now}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET "+TokenPath, h.token)
+	mux.HandleFunc("POST "+InvalidatePath, h.invalidate)
+	return mux
+}
+
+type tokenHandler struct {
+	src Source
+	m   *Metrics
+	now func() time.Time
+}
+
+func (h *tokenHandler) token(w http.ResponseWriter, r *http.Request) {
+	user := r.URL.Query().Get("user_id")
+	ctx, cancel := context.WithTimeout(r.Context(), tokenTimeout)
+	defer cancel()
+	tok, tier, err := h.src.Token(ctx, user)
+	if err != nil {
+		if r.Context().Err() != nil {
+			return // the client left
+		}
+		code, result := h.failure(err)
+		h.m.tokenServed(user != "", tier, result)
+		writeError(w, code, h.src.Explain(err))
+		return
+	}
+	typ := tok.TokenType
+	if typ == "" {
+		typ = "Bearer"
+	}
+	left := tok.Expiry.Sub(h.now())
+	h.m.tokenServed(user != "", tier, ResultOK)
+	writeJSON(w, http.StatusOK, TokenResponse{
+		AccessToken: tok.AccessToken,
+		TokenType:   typ,
+		ExpiresAt:   tok.Expiry.UTC().Format(time.RFC3339),
+		ExpiresIn:   int64(math.Max(0, math.Floor(left.Seconds()))),
+	})
+}
+
+func (h *tokenHandler) invalidate(w http.ResponseWriter, r *http.Request) {
+	user := r.URL.Query().Get("user_id")
+	var req InvalidateRequest
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxInvalidateBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil || dec.Decode(&struct{}{}) != io.EOF {
+		h.m.invalidated("client", "bad_request")
+		writeError(w, http.StatusBadRequest, `want a JSON object {"fingerprint": "..."} or {"access_token": "..."}`)
+		return
+	}
+	fp := req.Fingerprint
+	if req.AccessToken != "" {
+		if fp != "" && fp != h.src.Fingerprint(req.AccessToken) {
+			h.m.invalidated("client", "bad_request")
+			writeError(w, http.StatusBadRequest, "the fingerprint is not the access_token's")
+			return
+		}
+		fp = h.src.Fingerprint(req.AccessToken)
+	}
+	if fp == "" {
+		// An empty fingerprint would delete whatever is cached: a client
+		// must name the token that failed.
+		h.m.invalidated("client", "bad_request")
+		writeError(w, http.StatusBadRequest, "name the token that got a 401: fingerprint or access_token")
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), tokenTimeout)
+	defer cancel()
+	deleted, err := h.src.Invalidate(ctx, user, fp)
+	if err != nil {
+		code, _ := h.failure(err)
+		h.m.invalidated("client", "error")
+		writeError(w, code, h.src.Explain(err))
+		return
+	}
+	result := "kept"
+	if deleted {
+		result = "deleted"
+	}
+	h.m.invalidated("client", result)
+	writeJSON(w, http.StatusOK, InvalidateResponse{Invalidated: deleted})
+}
+
+// failure maps a Source error to a status and a metrics result.
+func (h *tokenHandler) failure(err error) (int, string) {
+	if errors.Is(err, ErrBadRequest) {
+		return http.StatusBadRequest, ResultBadRequest
+	}
+	return http.StatusServiceUnavailable, ResultUnavailable
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, code int, reason string) {
+	name := "unavailable"
+	switch code {
+	case http.StatusBadRequest:
+		name = "bad_request"
+	case http.StatusForbidden:
+		name = "forbidden"
+	case http.StatusMethodNotAllowed:
+		name = "method_not_allowed"
+	case http.StatusBadGateway:
+		name = "bad_gateway"
+	}
+	writeJSON(w, code, ErrorResponse{Error: name, Reason: reason})
+}
