@@ -131,7 +131,7 @@ func (e *entry) obtain(ctx context.Context) (Token, error) {
 		case errors.Is(err, lock.ErrNotAcquired):
 			e.c.stats.lockContended.Add(1)
 		case ctx.Err() != nil:
-			return Token{}, e.ctxErr(ctx)
+			return Token{}, e.c.ctxErr(ctx)
 		default:
 			// Redis answered the read just before: a failed lock attempt
 			// (a slow Redis, a timeout) is a reason to wait and look
@@ -151,7 +151,7 @@ func (e *entry) obtain(ctx context.Context) (Token, error) {
 			recheck = true
 		case <-ctx.Done():
 			t.Stop()
-			return Token{}, e.ctxErr(ctx)
+			return Token{}, e.c.ctxErr(ctx)
 		}
 		t.Stop()
 		if s := e.mem.valid(); s != nil {
@@ -163,9 +163,11 @@ func (e *entry) obtain(ctx context.Context) (Token, error) {
 	}
 }
 
-func (e *entry) ctxErr(ctx context.Context) error {
-	if e.c.ctx.Err() != nil {
+// ctxErr is what a caller whose ctx ended while it waited gets: ErrClosed
+// if the cache closed, else ErrUnavailable with the context's error.
+func (c *Cache) ctxErr(ctx context.Context) error {
+	if c.ctx.Err() != nil {
 		return ErrClosed
 	}
-	return fmt.Errorf("%w within %v (%w)", ErrUnavailable, e.c.cfg.refreshTimeout, ctx.Err())
+	return fmt.Errorf("%w within %v (%w)", ErrUnavailable, c.cfg.refreshTimeout, ctx.Err())
 }

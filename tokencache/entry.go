@@ -42,6 +42,7 @@ type entry struct {
 	rej rejections // the API's 401s, for Transport
 }
 
+// newEntry is the entry for the token at keys k that f fetches.
 func (c *Cache) newEntry(k keys, f Fetcher) *entry {
 	e := &entry{c: c, k: k, sig: newSignal()}
 	e.cred = credential{fp: identityFingerprint(f, c.cfg.keyring), f: f, kr: c.cfg.keyring}
@@ -53,6 +54,9 @@ func (c *Cache) newEntry(k keys, f Fetcher) *entry {
 	return e
 }
 
+// invalidate deletes the token fp (any, if empty) at generation gen (any,
+// if 0) here and in Redis, and rejects it until Redis says which
+// generation it deleted (see Handle.Invalidate).
 func (e *entry) invalidate(ctx context.Context, fp string, gen int64) (bool, error) {
 	if fp != "" {
 		// Until Redis says which generation it deleted, every copy of the
@@ -85,6 +89,8 @@ func (e *entry) invalidate(ctx context.Context, fp string, gen int64) (bool, err
 	return ok, err
 }
 
+// offer stores tok, obtained outside the cache, if it expires later than
+// the token stored (see Handle.Offer).
 func (e *entry) offer(ctx context.Context, tok Token) (bool, error) {
 	if err := e.iss.check(tok); err != nil {
 		return false, err
@@ -120,6 +126,8 @@ func (e *entry) offer(ctx context.Context, tok Token) (bool, error) {
 	return false, nil
 }
 
+// refreshNow refreshes the token under the lock unless minTTL of it
+// remains, or always with force (see Handle.Refresh).
 func (e *entry) refreshNow(ctx context.Context, minTTL time.Duration, force bool) (RefreshResult, error) {
 	res := RefreshResult{Key: e.k.token}
 	at := e.c.now()
@@ -164,6 +172,8 @@ func (e *entry) refreshNow(ctx context.Context, minTTL time.Duration, force bool
 	return res, nil
 }
 
+// inspect reads the stored token's metadata, the lock and the fence
+// (see Handle.Inspect).
 func (e *entry) inspect(ctx context.Context) (Status, error) {
 	st := Status{Key: e.k.token, LockKey: e.k.lock, FenceKey: e.k.fence, Channel: e.k.channel}
 	r, err := e.c.st.read(ctx, e.k.token, e.c.now())

@@ -140,7 +140,7 @@ func (rf *refresher) locked(ctx context.Context, lease *lock.Lease, ahead bool, 
 }
 
 // errLeaseTaken: another owner took the refresh lock during the issuer
-// call. Callers wait for its token (see caller.obtain).
+// call. Callers wait for its token (see entry.obtain).
 var errLeaseTaken = fmt.Errorf("%w: another owner took the refresh lock during the issuer call", ErrUnavailable)
 
 // leaseContext is ctx, cancelled as well when another owner takes the

@@ -126,7 +126,7 @@ func toRefreshMoment(t *testing.T, clk *fakeClock, caches ...*Cache) {
 		if s == nil {
 			t.Fatal("a replica holds no token")
 		}
-		if m := c.epoch.Add(time.Duration(c.server.refreshMoment(s))); m.After(moment) {
+		if m := c.epoch.Add(time.Duration(c.server.sched.moment(s))); m.After(moment) {
 			moment = m
 		}
 	}

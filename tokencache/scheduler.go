@@ -87,6 +87,22 @@ func (sc *scheduler) stop() {
 	}
 }
 
+// moment is the start of s's refresh-ahead window on the cache's
+// clock: the moment s has used the refresh-ahead share of its life, which
+// s.dueAt is plus this replica's jitter. Adopting a rotated token from
+// then on, before any replica's jittered timer, spares the issuer call.
+// While another replica announced it is refreshing (s.held), the moment is
+// the put-off s.dueAt: its token is on the way.
+func (sc *scheduler) moment(s *snapshot) mono {
+	c := sc.e.c
+	life := time.Duration(c.monoAt(s.tok.Expiry) - s.born)
+	if s.held || life <= 0 {
+		return s.dueAt
+	}
+	expiry := s.validUntil + mono(c.cfg.skewFor(life))
+	return min(expiry-mono(float64(life)*(1-c.cfg.refreshAhead)), s.dueAt)
+}
+
 // kick starts the background re-check / refresh-ahead, once at a time.
 func (sc *scheduler) kick() {
 	if sc.busy.Load() || !sc.busy.CompareAndSwap(false, true) {

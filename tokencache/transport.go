@@ -145,7 +145,7 @@ func (t *transport) rotate(ctx context.Context, resp *http.Response, cur Token, 
 }
 
 // rotationNotDue reports whether this replica holds a valid copy of the
-// token that has not reached its refresh-ahead moment (refreshMoment):
+// token that has not reached its refresh-ahead moment (scheduler.moment):
 // then a rotated token is not adopted.
 func (e *entry) rotationNotDue() bool {
 	s := e.mem.l1.Load()
@@ -153,22 +153,7 @@ func (e *entry) rotationNotDue() bool {
 		return false
 	}
 	now := e.c.monoNow()
-	return now < s.validUntil && now < e.refreshMoment(s)
-}
-
-// refreshMoment is the start of s's refresh-ahead window on the cache's
-// clock: the moment s has used the refresh-ahead share of its life, which
-// s.dueAt is plus this replica's jitter. Adopting a rotated token from
-// then on, before any replica's jittered timer, spares the issuer call.
-// While another replica announced it is refreshing (s.held), the moment is
-// the put-off s.dueAt: its token is on the way.
-func (e *entry) refreshMoment(s *snapshot) mono {
-	life := time.Duration(e.c.monoAt(s.tok.Expiry) - s.born)
-	if s.held || life <= 0 {
-		return s.dueAt
-	}
-	expiry := s.validUntil + mono(e.c.cfg.skewFor(life))
-	return min(expiry-mono(float64(life)*(1-e.c.cfg.refreshAhead)), s.dueAt)
+	return now < s.validUntil && now < e.sched.moment(s)
 }
 
 // dueByExpiry judges cur without an in-memory copy (WithL1(false)): it is
