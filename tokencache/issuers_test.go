@@ -216,7 +216,7 @@ func TestJWTRotationRefusedTokenLeavesNoSecretInLogs(t *testing.T) {
 		fmt.Fprint(w, "ok")
 	}))
 	t.Cleanup(api.Close)
-	f := jwtauth.New(srv.APIKey(), srv.ClientSecret(), jwtauth.WithBaseURL(srv.URL()), jwtauth.WithHMACVerification())
+	f := jwtauth.New(srv.APIKey(), srv.ClientSecret(), jwtauth.WithBaseURL(srv.URL()), jwtauth.WithHMACVerification(true))
 	var logs lockedBuffer
 	// Without the in-process copy every response is read for a rotated
 	// token, whatever the held token's age.

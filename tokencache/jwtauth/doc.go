@@ -9,7 +9,7 @@
 //
 //	f := jwtauth.New(apiKey, clientSecret,
 //		jwtauth.WithBaseURL("https://api.example.com"),
-//		jwtauth.WithHMACVerification(), // optional: check HS256 with the secret
+//		jwtauth.WithHMACVerification(true), // optional: check HS256 with the secret
 //	)
 //	tok, err := f.Fetch(ctx) // tok.Expiry is the JWT's exp
 //

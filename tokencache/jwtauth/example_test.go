@@ -46,7 +46,7 @@ func ExampleFetcher() {
 
 	f := jwtauth.New("example-key", "example-secret",
 		jwtauth.WithBaseURL(srv.URL),
-		jwtauth.WithHMACVerification(),
+		jwtauth.WithHMACVerification(true),
 		jwtauth.WithClock(exampleClock),
 	)
 	tok, err := f.Fetch(context.Background())
@@ -94,7 +94,7 @@ func ExampleFetcher_FromResponse() {
 
 	f := jwtauth.New("example-key", "example-secret",
 		jwtauth.WithBaseURL(srv.URL),
-		jwtauth.WithHMACVerification(),
+		jwtauth.WithHMACVerification(true),
 		jwtauth.WithClock(exampleClock),
 	)
 	// In production the cache calls it on each API response:

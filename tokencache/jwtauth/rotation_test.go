@@ -70,7 +70,7 @@ func TestFetcherFromResponseReadsTheAuthorizationHeader(t *testing.T) {
 // an exp after now, and the lifetime cap.
 func TestFetcherFromResponse(t *testing.T) {
 	plain := jwtauth.New(testAPIKey, testSecret, jwtauth.WithBaseURL("https://issuer.example"), jwtauth.WithClock(fixedClock))
-	verifying := jwtauth.New(testAPIKey, testSecret, jwtauth.WithBaseURL("https://issuer.example"), jwtauth.WithClock(fixedClock), jwtauth.WithHMACVerification())
+	verifying := jwtauth.New(testAPIKey, testSecret, jwtauth.WithBaseURL("https://issuer.example"), jwtauth.WithClock(fixedClock), jwtauth.WithHMACVerification(true))
 	claims := func(exp time.Time) string { return fmt.Sprintf(`{"sub":"svc","exp":%d}`, exp.Unix()) }
 	good := tokenExpiring(testNow.Add(time.Hour), "svc")
 	tests := []struct {
@@ -122,7 +122,7 @@ func TestFetcherFromResponse(t *testing.T) {
 // under -race): each yields its own token with its own expiry.
 func TestFetcherFromResponseConcurrent(t *testing.T) {
 	f := jwtauth.New(testAPIKey, testSecret, jwtauth.WithBaseURL("https://issuer.example"),
-		jwtauth.WithClock(fixedClock), jwtauth.WithHMACVerification())
+		jwtauth.WithClock(fixedClock), jwtauth.WithHMACVerification(true))
 	const n = 32
 	toks := make([]string, n)
 	exps := make([]time.Time, n)
