@@ -87,7 +87,7 @@ type Option func(*Locker) error
 func WithTTL(d time.Duration) Option {
 	return func(l *Locker) error {
 		if d < minTTL {
-			return fmt.Errorf("%w: WithTTL: %v is below %v", ErrConfig, d, minTTL)
+			return fmt.Errorf("%w: WithTTL(%v) is below %v", ErrConfig, d, minTTL)
 		}
 		l.ttl = d
 		return nil
@@ -99,7 +99,7 @@ func WithTTL(d time.Duration) Option {
 func WithRetryDelay(d time.Duration) Option {
 	return func(l *Locker) error {
 		if d <= 0 {
-			return fmt.Errorf("%w: WithRetryDelay: %v is not positive", ErrConfig, d)
+			return fmt.Errorf("%w: WithRetryDelay(%v) is not positive", ErrConfig, d)
 		}
 		l.retry = d
 		return nil
