@@ -17,6 +17,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tokencache/tokencache/internal/redistest"
+	"github.com/tokencache/tokencache/lock"
 	"github.com/tokencache/tokencache/tokencache"
 	"github.com/tokencache/tokencache/tokencache/basiq"
 	"github.com/tokencache/tokencache/tokencache/issuertest"
@@ -315,5 +316,18 @@ func TestJWTRotationLaterExpiryWins(t *testing.T) {
 	}
 	if srv.Stats().Rotations == 0 {
 		t.Fatal("the resource did not rotate")
+	}
+}
+
+// TestNewReturnsTheLockConfigError: a lock option the lock package refuses
+// (here a nil Redlock master, which the cache's own odd-count check lets
+// through) makes tokencache.New fail with the lock's error.
+func TestNewReturnsTheLockConfigError(t *testing.T) {
+	f := tokencache.FetcherFunc(func(context.Context) (tokencache.Token, error) {
+		return tokencache.Token{}, errors.New("not called")
+	})
+	c, err := tokencache.New(mini(t), f, tokencache.WithRedlock(nil, nil))
+	if c != nil || !errors.Is(err, lock.ErrConfig) || !strings.Contains(err.Error(), "WithRedlock") {
+		t.Fatalf("New: got %v, %v; want no cache and lock.ErrConfig naming WithRedlock", c, err)
 	}
 }
