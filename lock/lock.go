@@ -8,7 +8,7 @@
 // (Kleppmann's fencing tokens); the tokencache package does that in one
 // atomic script.
 //
-//	l := lock.New(rdb)
+//	l, err := lock.New(rdb, lock.WithTTL(5*time.Second))
 //	lease, err := l.TryAcquire(ctx, "job:lock")
 //	if errors.Is(err, lock.ErrNotAcquired) { ... someone else is working ... }
 //	defer lease.Release(context.Background())
@@ -49,6 +49,9 @@ var (
 	// ErrLeaseLost means the lease expired and another owner has taken
 	// the lock since.
 	ErrLeaseLost = errors.New("lock: lease taken by another owner")
+	// ErrConfig means New was given a nil client or an option a value it
+	// cannot use; the error names the option.
+	ErrConfig = errors.New("lock: invalid configuration")
 )
 
 // Locker hands out leases on one Redis deployment (a single node, a
@@ -65,64 +68,87 @@ type Locker struct {
 	onRetry func()
 }
 
-// Option configures a Locker.
-type Option func(*Locker)
+// minTTL is the shortest lease WithTTL accepts: Redis counts a lease's
+// lifetime in whole milliseconds.
+const minTTL = time.Millisecond
 
-// WithTTL sets the lease lifetime. Default DefaultTTL. The watchdog extends
-// a held lease every third of it.
+// defaultRetryDelay is the mean wait between attempts of a blocking
+// Acquire: a refresh holds the lock for about one issuer call, so a few
+// tries per typical call without loading Redis.
+const defaultRetryDelay = 50 * time.Millisecond
+
+// An Option configures a Locker. An option given a value it cannot use
+// makes New fail with an error wrapping ErrConfig.
+type Option func(*Locker) error
+
+// WithTTL sets the lease lifetime, at least 1ms (Redis counts it in whole
+// milliseconds). Default DefaultTTL.
+// The watchdog extends a held lease every third of it.
 func WithTTL(d time.Duration) Option {
-	return func(l *Locker) {
-		if d > 0 {
-			l.ttl = d
+	return func(l *Locker) error {
+		if d < minTTL {
+			return fmt.Errorf("%w: WithTTL(%v) is below %v", ErrConfig, d, minTTL)
 		}
+		l.ttl = d
+		return nil
 	}
 }
 
 // WithRetryDelay sets the mean delay between attempts of a blocking
-// Acquire (jittered ±50%). Default 50ms.
+// Acquire (jittered ±50%), a positive duration. Default 50ms.
 func WithRetryDelay(d time.Duration) Option {
-	return func(l *Locker) {
-		if d > 0 {
-			l.retry = d
+	return func(l *Locker) error {
+		if d <= 0 {
+			return fmt.Errorf("%w: WithRetryDelay(%v) is not positive", ErrConfig, d)
 		}
+		l.retry = d
+		return nil
 	}
 }
 
 // WithRedlock spreads the lock over further independent Redis masters in
 // addition to the one given to New: a lease needs a majority of them, so
 // the lock survives the loss of a minority. The fencing counter stays on
-// the first client.
+// the first client. Default: none, the lock lives on New's client alone;
+// no client adds none. A nil client is refused.
 func WithRedlock(more ...redis.UniversalClient) Option {
-	return func(l *Locker) {
+	return func(l *Locker) error {
 		if len(more) == 0 {
-			return
+			return nil
 		}
 		pools := []rsredis.Pool{goredis.NewPool(l.fence)}
-		for _, c := range more {
+		for i, c := range more {
+			if c == nil {
+				return fmt.Errorf("%w: WithRedlock: client %d is nil", ErrConfig, i)
+			}
 			pools = append(pools, goredis.NewPool(c))
 		}
 		l.rs = redsync.New(pools...)
 		l.nodes = len(pools)
+		return nil
 	}
 }
 
-// New returns a Locker on rdb.
-func New(rdb redis.UniversalClient, opts ...Option) *Locker {
+// New returns a Locker on rdb. It fails with an error wrapping ErrConfig
+// if rdb is nil or an option is given a value it cannot use.
+func New(rdb redis.UniversalClient, opts ...Option) (*Locker, error) {
+	if rdb == nil {
+		return nil, fmt.Errorf("%w: nil redis client", ErrConfig)
+	}
 	l := &Locker{
-		rs:     redsync.New(goredis.NewPool(rdb)),
-		fence:  rdb,
-		ttl:    DefaultTTL,
-		retry:  50 * time.Millisecond,
-		opTime: 0,
-		nodes:  1,
+		rs:    redsync.New(goredis.NewPool(rdb)),
+		fence: rdb,
+		ttl:   DefaultTTL,
+		retry: defaultRetryDelay,
+		nodes: 1,
 	}
 	for _, o := range opts {
-		o(l)
+		if err := o(l); err != nil {
+			return nil, err
+		}
 	}
-	if l.opTime == 0 {
-		l.opTime = l.ttl / 3
-	}
-	return l
+	l.opTime = l.ttl / 3
+	return l, nil
 }
 
 // TTL reports the lease lifetime.

@@ -3,6 +3,7 @@ package lock
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -28,6 +29,16 @@ func forEach(t *testing.T, f func(t *testing.T, rdb redis.UniversalClient)) {
 	}
 }
 
+// newLocker is New for a configuration the test knows to be valid.
+func newLocker(t *testing.T, rdb redis.UniversalClient, opts ...Option) *Locker {
+	t.Helper()
+	l, err := New(rdb, opts...)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	return l
+}
+
 func ctxT(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	t.Cleanup(cancel)
@@ -37,7 +48,7 @@ func ctxT(t *testing.T) context.Context {
 func TestMutualExclusionAndFence(t *testing.T) {
 	forEach(t, func(t *testing.T, rdb redis.UniversalClient) {
 		ctx := ctxT(t)
-		l := New(rdb, WithTTL(2*time.Second))
+		l := newLocker(t, rdb, WithTTL(2*time.Second))
 		a, err := l.TryAcquire(ctx, "t:lock")
 		if err != nil {
 			t.Fatal(err)
@@ -80,7 +91,7 @@ func TestWatchdogExtendsPastTTL(t *testing.T) {
 	forEach(t, func(t *testing.T, rdb redis.UniversalClient) {
 		ctx := ctxT(t)
 		beats := make(chan error, 100)
-		l := New(rdb, WithTTL(150*time.Millisecond))
+		l := newLocker(t, rdb, WithTTL(150*time.Millisecond))
 		l.onBeat = func(err error) { beats <- err }
 		a, err := l.TryAcquire(ctx, "w:lock")
 		if err != nil {
@@ -117,7 +128,7 @@ func TestLeaseLostAndExpired(t *testing.T) {
 			t.Run(tc.name, func(t *testing.T) {
 				ctx := ctxT(t)
 				rdb.Del(ctx, "l:lock")
-				l := New(rdb, WithTTL(150*time.Millisecond))
+				l := newLocker(t, rdb, WithTTL(150*time.Millisecond))
 				a, err := l.TryAcquire(ctx, "l:lock")
 				if err != nil {
 					t.Fatal(err)
@@ -152,7 +163,7 @@ func TestLeaseLostAndExpired(t *testing.T) {
 func TestAcquireWaitsAndHonoursContext(t *testing.T) {
 	forEach(t, func(t *testing.T, rdb redis.UniversalClient) {
 		ctx := ctxT(t)
-		l := New(rdb, WithTTL(2*time.Second), WithRetryDelay(5*time.Millisecond))
+		l := newLocker(t, rdb, WithTTL(2*time.Second), WithRetryDelay(5*time.Millisecond))
 		a, err := l.TryAcquire(ctx, "a:lock")
 		if err != nil {
 			t.Fatal(err)
@@ -187,7 +198,7 @@ func TestRedisDownIsAnError(t *testing.T) {
 	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr(), MaxRetries: -1})
 	defer rdb.Close()
 	mr.Close()
-	_, err := New(rdb).TryAcquire(ctxT(t), "d:lock")
+	_, err := newLocker(t, rdb).TryAcquire(ctxT(t), "d:lock")
 	if err == nil || errors.Is(err, ErrNotAcquired) {
 		t.Fatalf("TryAcquire with redis down: got %v, want a redis error", err)
 	}
@@ -207,7 +218,7 @@ func TestRedlockWithOneNodeDown(t *testing.T) {
 		}
 	})
 	ctx := ctxT(t)
-	l := New(cs[0], WithTTL(2*time.Second), WithRedlock(cs[1], cs[2]))
+	l := newLocker(t, cs[0], WithTTL(2*time.Second), WithRedlock(cs[1], cs[2]))
 	a, err := l.TryAcquire(ctx, "r:lock")
 	if err != nil {
 		t.Fatal(err)
@@ -232,5 +243,63 @@ func TestRedlockWithOneNodeDown(t *testing.T) {
 	servers[1].Stop() // a majority down
 	if _, err := l.TryAcquire(ctx, "r:lock"); err == nil || errors.Is(err, ErrNotAcquired) {
 		t.Fatalf("with two of three down: got %v, want a redis error", err)
+	}
+}
+
+// TestNewRefusesInvalidOptions: each option given a value it cannot use,
+// and a nil client, make New fail with ErrConfig, naming the option; the
+// smallest valid values are accepted.
+func TestNewRefusesInvalidOptions(t *testing.T) {
+	mr := miniredis.RunT(t)
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	t.Cleanup(func() { _ = rdb.Close() })
+	tests := []struct {
+		name    string
+		rdb     redis.UniversalClient
+		opts    []Option
+		wantMsg string // "" means accepted
+	}{
+		{"nil client", nil, nil, "nil redis client"},
+		{"zero TTL", rdb, []Option{WithTTL(0)}, "WithTTL"},
+		{"negative TTL", rdb, []Option{WithTTL(-time.Second)}, "WithTTL"},
+		{"TTL below 1ms", rdb, []Option{WithTTL(time.Millisecond - 1)}, "WithTTL"},
+		{"TTL of 1ms", rdb, []Option{WithTTL(time.Millisecond)}, ""},
+		{"zero retry delay", rdb, []Option{WithRetryDelay(0)}, "WithRetryDelay"},
+		{"negative retry delay", rdb, []Option{WithRetryDelay(-time.Millisecond)}, "WithRetryDelay"},
+		{"retry delay of 1ns", rdb, []Option{WithRetryDelay(1)}, ""},
+		{"nil Redlock client", rdb, []Option{WithRedlock(rdb, nil)}, "WithRedlock: client 1 is nil"},
+		{"no Redlock client", rdb, []Option{WithRedlock()}, ""},
+		{"first bad option wins", rdb, []Option{WithTTL(time.Second), WithRetryDelay(0), WithTTL(0)}, "WithRetryDelay"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			l, err := New(tt.rdb, tt.opts...)
+			if tt.wantMsg == "" {
+				if err != nil || l == nil {
+					t.Fatalf("New: got %v, %v; want a Locker", l, err)
+				}
+				return
+			}
+			if l != nil || !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), tt.wantMsg) {
+				t.Fatalf("New: got %v, %v; want no Locker and ErrConfig mentioning %q", l, err, tt.wantMsg)
+			}
+		})
+	}
+}
+
+// TestOptionsTakeEffect: valid options set what they say, and defaults
+// hold without them.
+func TestOptionsTakeEffect(t *testing.T) {
+	mr := miniredis.RunT(t)
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	t.Cleanup(func() { _ = rdb.Close() })
+	l := newLocker(t, rdb)
+	if l.TTL() != DefaultTTL || l.retry != defaultRetryDelay || l.nodes != 1 || l.opTime != DefaultTTL/3 {
+		t.Errorf("defaults: got ttl %v retry %v nodes %d opTime %v; want %v, %v, 1, %v",
+			l.TTL(), l.retry, l.nodes, l.opTime, DefaultTTL, defaultRetryDelay, DefaultTTL/3)
+	}
+	l = newLocker(t, rdb, WithTTL(3*time.Second), WithRetryDelay(time.Millisecond), WithRedlock(rdb, rdb))
+	if l.TTL() != 3*time.Second || l.retry != time.Millisecond || l.nodes != 3 || l.opTime != time.Second {
+		t.Errorf("options: got ttl %v retry %v nodes %d opTime %v; want 3s, 1ms, 3, 1s", l.TTL(), l.retry, l.nodes, l.opTime)
 	}
 }

@@ -78,12 +78,16 @@ func New(rdb redis.UniversalClient, f Fetcher, opts ...Option) (*Cache, error) {
 		h, _ := os.Hostname()
 		cfg.host = h + "/" + strconv.Itoa(os.Getpid())
 	}
+	locker, err := lock.New(rdb, lock.WithTTL(cfg.lockTTL), lock.WithRedlock(cfg.redlock...))
+	if err != nil {
+		return nil, err
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	c := &Cache{
 		rdb:        rdb,
 		cfg:        cfg,
 		st:         store{rdb: rdb, ps: newPubSub(rdb, cfg.shardedPubSub, cfg.logger)},
-		locker:     lock.New(rdb, lock.WithTTL(cfg.lockTTL), lock.WithRedlock(cfg.redlock...)),
+		locker:     locker,
 		channel:    eventsChannel(cfg.prefix, cfg.namespace),
 		sub:        subscriber{ready: make(chan struct{}), suspect: make(chan struct{}, 1)},
 		ctx:        ctx,

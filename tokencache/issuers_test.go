@@ -1,10 +1,13 @@
 package tokencache_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -14,6 +17,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tokencache/tokencache/internal/redistest"
+	"github.com/tokencache/tokencache/lock"
 	"github.com/tokencache/tokencache/tokencache"
 	"github.com/tokencache/tokencache/tokencache/basiq"
 	"github.com/tokencache/tokencache/tokencache/issuertest"
@@ -198,11 +202,78 @@ func TestClientTokensWithBasiq(t *testing.T) {
 	}
 }
 
+// TestJWTRotationRefusedTokenLeavesNoSecretInLogs: through the one
+// rotation path (WithRotation with the Fetcher's FromResponse), a rotated
+// token signed with another key is refused, the cache keeps its token, and
+// the warning it logs holds neither token nor credential.
+func TestJWTRotationRefusedTokenLeavesNoSecretInLogs(t *testing.T) {
+	srv := issuertest.RunT(t)
+	forged, err := issuertest.SignHS256("not-the-client-secret", map[string]any{"sub": "x", "exp": time.Now().Add(2 * time.Hour).Unix()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Authorization", "Bearer "+forged)
+		fmt.Fprint(w, "ok")
+	}))
+	t.Cleanup(api.Close)
+	f := jwtauth.New(srv.APIKey(), srv.ClientSecret(), jwtauth.WithBaseURL(srv.URL()), jwtauth.WithHMACVerification(true))
+	var logs lockedBuffer
+	// Without the in-process copy every response is read for a rotated
+	// token, whatever the held token's age.
+	c := newCache(t, mini(t), f, tokencache.WithRotation(f.FromResponse), tokencache.WithL1(false),
+		tokencache.WithLogger(slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))))
+	ctx := context.Background()
+	held, err := c.Token(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := (&http.Client{Transport: c.Transport(nil)}).Get(api.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if got, err := c.Token(ctx); err != nil || got.AccessToken != held.AccessToken {
+		t.Fatalf("after a forged rotation: got %v, %v; want the token held before", got, err)
+	}
+	if n := srv.Stats().AuthenticateCalls; n != 1 {
+		t.Errorf("authenticate calls: got %d, want 1", n)
+	}
+	out := logs.String()
+	if !strings.Contains(out, "unusable rotated token") {
+		t.Errorf("log: got %q, want a warning about the unusable rotated token", out)
+	}
+	for name, secret := range map[string]string{"forged token": forged, "held token": held.AccessToken,
+		"API key": srv.APIKey(), "client secret": srv.ClientSecret()} {
+		if strings.Contains(out, secret) {
+			t.Errorf("log holds the %s: %q", name, out)
+		}
+	}
+}
+
+// lockedBuffer is a bytes.Buffer safe for a logger's concurrent writes.
+type lockedBuffer struct {
+	mu sync.Mutex // guards b
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
 func TestJWTRotationLaterExpiryWins(t *testing.T) {
 	srv := issuertest.RunT(t)
 	rdb := mini(t)
 	f := jwtauth.New(srv.APIKey(), srv.ClientSecret(), jwtauth.WithBaseURL(srv.URL()))
-	c := newCache(t, rdb, f, tokencache.WithRotation(jwtauth.FromResponse))
+	c := newCache(t, rdb, f, tokencache.WithRotation(f.FromResponse))
 	ctx := context.Background()
 	cur, err := c.Token(ctx)
 	if err != nil {
@@ -245,5 +316,18 @@ func TestJWTRotationLaterExpiryWins(t *testing.T) {
 	}
 	if srv.Stats().Rotations == 0 {
 		t.Fatal("the resource did not rotate")
+	}
+}
+
+// TestNewReturnsTheLockConfigError: a lock option the lock package refuses
+// (here a nil Redlock master, which the cache's own odd-count check lets
+// through) makes tokencache.New fail with the lock's error.
+func TestNewReturnsTheLockConfigError(t *testing.T) {
+	f := tokencache.FetcherFunc(func(context.Context) (tokencache.Token, error) {
+		return tokencache.Token{}, errors.New("not called")
+	})
+	c, err := tokencache.New(mini(t), f, tokencache.WithRedlock(nil, nil))
+	if c != nil || !errors.Is(err, lock.ErrConfig) || !strings.Contains(err.Error(), "WithRedlock") {
+		t.Fatalf("New: got %v, %v; want no cache and lock.ErrConfig naming WithRedlock", c, err)
 	}
 }

@@ -223,7 +223,10 @@ func TestOnlyTheLeaseHolderDrawsAndWrites(t *testing.T) {
 	if err := rdb.Del(ctx, e.k.lock).Err(); err != nil {
 		t.Fatal(err)
 	}
-	other := lock.New(rdb, lock.WithTTL(2*time.Second))
+	other, err := lock.New(rdb, lock.WithTTL(2*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
 	current, err := other.TryAcquire(ctx, e.k.lock)
 	if err != nil {
 		t.Fatal(err)

@@ -70,7 +70,7 @@ func (a *rotatingAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	fmt.Fprint(w, "ok")
 }
 
-// extract reads the rotated token as jwtauth.FromResponse would.
+// extract reads the rotated token as a jwtauth Fetcher's FromResponse would.
 func (a *rotatingAPI) extract(resp *http.Response) (Token, bool, error) {
 	return extractMinted(resp, &a.mu, a.valid)
 }

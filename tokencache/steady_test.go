@@ -382,7 +382,11 @@ func TestOlderTokenInRedisCausesNoReadStorm(t *testing.T) {
 	if err := rdb.Set(ctx, key, older, 50*time.Minute).Err(); err != nil { // the write is lost
 		t.Fatal(err)
 	}
-	lease, err := lock.New(rdb).TryAcquire(ctx, lockKey) // someone else refreshes
+	someone, err := lock.New(rdb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lease, err := someone.TryAcquire(ctx, lockKey) // someone else refreshes
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,10 +15,11 @@ import (
 // WithRotation makes the cache's Transport adopt rotated tokens from API
 // responses, the way authenticate-and-rotate issuers advise: check the
 // token's expiry with each request and, when it is about to expire, use the
-// new token the response carries. extract returns that token (for example
-// jwtauth.FromResponse, which reads "Authorization: Bearer <jwt>", or a
-// jwtauth Fetcher's FromResponse method, which also verifies its signature)
-// and whether there is one.
+// new token the response carries. extract returns that token and whether
+// there is one; for those issuers it is a jwtauth Fetcher's FromResponse
+// method, which reads "Authorization: Bearer <jwt>" and checks the token as
+// a fetched one (exp, lifetime cap, signature when verification is on). An
+// extract error is logged and the token ignored.
 //
 // Until the token this replica holds reaches its refresh-ahead moment
 // (WithRefreshAhead's share of its life, before any replica's jitter),

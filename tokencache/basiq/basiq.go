@@ -75,6 +75,7 @@ type Fetcher struct {
 
 	tokenURL string
 	op       string // "POST /token", for errors
+	optErr   error  // first option given a value it cannot use
 	cfgErr   error  // first configuration problem, from Validate and Fetch
 	redact   *redactor
 }
@@ -84,8 +85,17 @@ var (
 	_ tokencache.Identifier = (*Fetcher)(nil)
 )
 
-// Option configures a Fetcher.
+// An Option configures a Fetcher. An option given a value it cannot use
+// is reported, as a *ConfigError naming it, by Validate and by every
+// Fetch; New itself does not fail.
 type Option func(*Fetcher)
+
+// refuse records the first option given a value it cannot use.
+func (f *Fetcher) refuse(field, reason string) {
+	if f.optErr == nil {
+		f.optErr = &ConfigError{Field: field, Reason: reason}
+	}
+}
 
 // WithBaseURL sets the API root the token endpoint hangs off: {base}/token.
 // Default DefaultBaseURL. It must be an absolute http or https URL without
@@ -99,35 +109,47 @@ func WithBaseURL(base string) Option {
 // copy that follows no redirect: a redirected request would carry the API
 // key to wherever it points (Go forwards Authorization to the same host on
 // another port or scheme), so a 3xx answer is an *Error with its status.
-// A nil client keeps the default.
+// A nil client is refused.
 func WithHTTPClient(c *http.Client) Option {
 	return func(f *Fetcher) {
-		if c != nil {
-			f.client = c
+		if c == nil {
+			f.refuse("HTTP client", "WithHTTPClient(nil); leave the option out for the default")
+			return
 		}
+		f.client = c
 	}
 }
 
-// WithVersion sets the basiq-version header. Default DefaultVersion.
+// WithVersion sets the basiq-version header, printable ASCII without
+// spaces. Default DefaultVersion.
 func WithVersion(v string) Option {
 	return func(f *Fetcher) { f.version = v }
 }
 
 // WithClock sets the clock that turns expires_in into Token.Expiry and
 // HTTP-date Retry-After headers into delays. Default time.Now. For tests.
+// A nil clock is refused.
 func WithClock(now func() time.Time) Option {
 	return func(f *Fetcher) {
-		if now != nil {
-			f.now = now
+		if now == nil {
+			f.refuse("clock", "WithClock(nil); leave the option out for time.Now")
+			return
 		}
+		f.now = now
 	}
 }
 
 // WithTimeout bounds each token request, on top of the caller's context.
-// Default DefaultTimeout; zero or negative leaves only the context (and
-// the http.Client's own Timeout) in charge.
+// Default DefaultTimeout; zero leaves only the context (and the
+// http.Client's own Timeout) in charge. A negative duration is refused.
 func WithTimeout(d time.Duration) Option {
-	return func(f *Fetcher) { f.timeout = d }
+	return func(f *Fetcher) {
+		if d < 0 {
+			f.refuse("timeout", "WithTimeout("+d.String()+") is negative; 0 means no per-request bound")
+			return
+		}
+		f.timeout = d
+	}
 }
 
 // New returns a Fetcher of SERVER_ACCESS tokens for apiKey, the key from
@@ -135,7 +157,8 @@ func WithTimeout(d time.Duration) Option {
 // is already encoded; do not base64 it again).
 //
 // New does not fail: a configuration problem (an empty key, a bad base
-// URL) is reported by Validate, and by every Fetch as a *ConfigError.
+// URL, an option given a value it cannot use) is reported by Validate, and
+// by every Fetch as a *ConfigError.
 func New(apiKey string, opts ...Option) *Fetcher {
 	f := &Fetcher{
 		apiKey:  newSecret(apiKey),
@@ -210,6 +233,9 @@ func (f *Fetcher) Validate() error {
 // check validates the configuration once, in New, and precomputes the
 // token URL.
 func (f *Fetcher) check() error {
+	if f.optErr != nil {
+		return f.optErr
+	}
 	key := f.apiKey.reveal()
 	switch {
 	case key == "":

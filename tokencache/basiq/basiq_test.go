@@ -683,6 +683,52 @@ func TestConfigErrors(t *testing.T) {
 	}
 }
 
+// TestOptionsRefuseInvalidValues: an option given a value it cannot use
+// makes Validate, Fetch and ForUser report a *ConfigError naming the
+// option, before anything is sent; the border values are accepted.
+func TestOptionsRefuseInvalidValues(t *testing.T) {
+	tests := []struct {
+		name      string
+		opts      []basiq.Option
+		wantField string // "" means accepted
+	}{
+		{"nil HTTP client", []basiq.Option{basiq.WithHTTPClient(nil)}, "HTTP client"},
+		{"nil clock", []basiq.Option{basiq.WithClock(nil)}, "clock"},
+		{"negative timeout", []basiq.Option{basiq.WithTimeout(-time.Second)}, "timeout"},
+		{"zero timeout", []basiq.Option{basiq.WithTimeout(0)}, ""},
+		{"empty version", []basiq.Option{basiq.WithVersion("")}, "version"},
+		{"relative base URL", []basiq.Option{basiq.WithBaseURL("/api")}, "base URL"},
+		{"first bad option wins", []basiq.Option{basiq.WithClock(nil), basiq.WithTimeout(-1)}, "clock"},
+		{"bad option before a good one", []basiq.Option{basiq.WithHTTPClient(nil), basiq.WithHTTPClient(http.DefaultClient)}, "HTTP client"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := issuertest.RunT(t, issuertest.WithAPIKey(testKey))
+			f := basiq.New(testKey, append([]basiq.Option{basiq.WithBaseURL(srv.URL())}, tt.opts...)...)
+			if tt.wantField == "" {
+				if err := f.Validate(); err != nil {
+					t.Fatalf("Validate: got %v, want nil", err)
+				}
+				return
+			}
+			var ce *basiq.ConfigError
+			if err := f.Validate(); !errors.As(err, &ce) || ce.Field != tt.wantField {
+				t.Fatalf("Validate: got %v, want a *basiq.ConfigError on %q", err, tt.wantField)
+			}
+			if _, err := f.Fetch(context.Background()); !errors.As(err, &ce) || ce.Field != tt.wantField {
+				t.Fatalf("Fetch: got %v, want a *basiq.ConfigError on %q", err, tt.wantField)
+			}
+			if _, err := f.ForUser("u1"); !errors.As(err, &ce) {
+				t.Errorf("ForUser: got %v, want the config error", err)
+			}
+			if n := srv.Stats().TokenCalls; n != 0 {
+				t.Errorf("token calls: got %d, want 0", n)
+			}
+			assertNoSecret(t, ce, testKey)
+		})
+	}
+}
+
 func TestDefaults(t *testing.T) {
 	f := basiq.New(testKey)
 	if err := f.Validate(); err != nil {

@@ -166,9 +166,10 @@ func retryableStatus(status int) bool {
 
 // ConfigError reports a Fetcher that cannot work as configured (no API
 // key, a key holding whitespace or control characters, a malformed base
-// URL). It is permanent: Retryable reports false. It never holds the key.
+// URL, an option given a value it cannot use). It is permanent: Retryable
+// reports false. It never holds the key.
 type ConfigError struct {
-	Field  string // "api key", "base URL", "version", "request"
+	Field  string // "api key", "base URL", "version", "HTTP client", "clock", "timeout", "request"
 	Reason string
 	Err    error // e.g. tokencache.ErrInvalidUserID, or nil
 }

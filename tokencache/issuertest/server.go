@@ -11,6 +11,7 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -66,6 +67,7 @@ const (
 // New (a bare http.Handler to mount or Start yourself). Its methods are
 // safe for concurrent use, also while requests are served.
 type Server struct {
+	cfgErr       error // first option given a value it cannot use
 	apiKey       string
 	clientSecret string
 	now          func() time.Time
@@ -154,16 +156,47 @@ type TokenRequest struct {
 	Status      int  // the status answered
 }
 
-// Option configures a Server.
+// ErrConfig is wrapped by the error Validate and Start return when an
+// option was given a value the Server cannot use; the error names the
+// option. A Server so built answers every request with a 500 naming it.
+var ErrConfig = errors.New("issuertest: invalid configuration")
+
+// An Option configures a Server. An option given a value it cannot use is
+// reported, wrapping ErrConfig, by Validate and Start (NewServer panics
+// with it, RunT fails the test); New itself does not fail.
 type Option func(*Server)
 
+// refuse records the first option given a value the Server cannot use.
+func (s *Server) refuse(reason string) {
+	if s.cfgErr == nil {
+		s.cfgErr = fmt.Errorf("%w: %s", ErrConfig, reason)
+	}
+}
+
 // WithAPIKey sets the API key accepted by /token (verbatim after
-// "Basic ") and as /authenticate's apiKey. Default DefaultAPIKey.
-func WithAPIKey(key string) Option { return func(s *Server) { s.apiKey = key } }
+// "Basic ") and as /authenticate's apiKey. Default DefaultAPIKey. An
+// empty key is refused.
+func WithAPIKey(key string) Option {
+	return func(s *Server) {
+		if key == "" {
+			s.refuse("WithAPIKey(\"\"); leave the option out for DefaultAPIKey")
+			return
+		}
+		s.apiKey = key
+	}
+}
 
 // WithClientSecret sets /authenticate's clientSecret and the JWTs' HS256
-// key. Default DefaultClientSecret.
-func WithClientSecret(secret string) Option { return func(s *Server) { s.clientSecret = secret } }
+// key. Default DefaultClientSecret. An empty secret is refused.
+func WithClientSecret(secret string) Option {
+	return func(s *Server) {
+		if secret == "" {
+			s.refuse("WithClientSecret(\"\"); leave the option out for DefaultClientSecret")
+			return
+		}
+		s.clientSecret = secret
+	}
+}
 
 // WithLifetime sets the lifetime of new tokens. Default DefaultLifetime.
 // A sub-second lifetime gives a fractional expires_in; JWT exp claims are
@@ -173,28 +206,57 @@ func WithLifetime(d time.Duration) Option { return func(s *Server) { s.lifetime 
 
 // WithClock sets the server's clock, which stamps expiries and judges
 // them. Default time.Now. Share a fake clock with the client under test
-// to expire tokens without sleeping.
+// to expire tokens without sleeping. A nil clock is refused.
 func WithClock(now func() time.Time) Option {
 	return func(s *Server) {
-		if now != nil {
-			s.now = now
+		if now == nil {
+			s.refuse("WithClock(nil); leave the option out for time.Now")
+			return
 		}
+		s.now = now
 	}
 }
 
-// WithLatency delays every /token and /authenticate answer by d.
-func WithLatency(d time.Duration) Option { return func(s *Server) { s.latency = d } }
+// WithLatency delays every /token and /authenticate answer by d. Default
+// 0, no delay. A negative duration is refused.
+func WithLatency(d time.Duration) Option {
+	return func(s *Server) {
+		if d < 0 {
+			s.refuse("WithLatency(" + d.String() + ") is negative")
+			return
+		}
+		s.latency = d
+	}
+}
 
 // WithRotation makes the resource return a newer JWT in its
-// Authorization response header to requests made with a JWT.
+// Authorization response header to requests made with a JWT. Default
+// false.
 func WithRotation(on bool) Option { return func(s *Server) { s.rotation = on } }
 
-// WithAuthFormat sets how /authenticate returns its JWT. Default AuthText.
-func WithAuthFormat(f AuthFormat) Option { return func(s *Server) { s.authFormat = f } }
+// WithAuthFormat sets how /authenticate returns its JWT, one of the
+// AuthFormat constants. Default AuthText. Another value is refused.
+func WithAuthFormat(f AuthFormat) Option {
+	return func(s *Server) {
+		if f < AuthText || f > AuthJSONJWT {
+			s.refuse("WithAuthFormat(" + strconv.Itoa(int(f)) + ") is not an AuthFormat")
+			return
+		}
+		s.authFormat = f
+	}
+}
 
 // WithVersions sets the basiq-version values /token accepts. Default
-// "2.0" and "3.0".
-func WithVersions(v ...string) Option { return func(s *Server) { s.versions = v } }
+// "2.0" and "3.0". No version, or an empty one, is refused.
+func WithVersions(v ...string) Option {
+	return func(s *Server) {
+		if len(v) == 0 || slices.Contains(v, "") {
+			s.refuse(fmt.Sprintf("WithVersions(%q) needs at least one version and no empty one", v))
+			return
+		}
+		s.versions = slices.Clone(v)
+	}
+}
 
 // New returns a Server that is not listening: an http.Handler to mount,
 // or to Start. Most tests want NewServer or RunT.
@@ -217,7 +279,9 @@ func New(opts ...Option) *Server {
 }
 
 // NewServer returns a Server listening on a free loopback port. Like
-// httptest.NewServer it panics if it cannot listen; Close it when done.
+// httptest.NewServer it panics if it cannot listen, and it panics with
+// Validate's error if an option was given a value it cannot use; Close it
+// when done.
 func NewServer(opts ...Option) *Server {
 	s := New(opts...)
 	if err := s.Start(); err != nil {
@@ -234,7 +298,8 @@ type TB interface {
 }
 
 // RunT returns a listening Server that is closed when the test ends. It
-// fails the test if the server cannot listen.
+// fails the test if the server cannot listen or an option was given a
+// value it cannot use.
 func RunT(tb TB, opts ...Option) *Server {
 	tb.Helper()
 	s := New(opts...)
@@ -246,12 +311,20 @@ func RunT(tb TB, opts ...Option) *Server {
 	return s
 }
 
-// Start listens on a free loopback port and serves in the background.
+// Validate reports the first option New was given a value it cannot use,
+// as an error wrapping ErrConfig, or nil.
+func (s *Server) Validate() error { return s.cfgErr }
+
+// Start listens on a free loopback port and serves in the background. It
+// fails with Validate's error on a misconfigured Server.
 func (s *Server) Start() error { return s.StartOn("127.0.0.1:0") }
 
 // StartOn listens on addr (e.g. ":8080" for the docker demo) and serves
 // in the background.
 func (s *Server) StartOn(addr string) error {
+	if s.cfgErr != nil {
+		return s.cfgErr
+	}
 	s.startMu.Lock()
 	defer s.startMu.Unlock()
 	select {
@@ -453,6 +526,10 @@ func (s *Server) lookup(token string) (issued, bool) {
 // (/users, /users/{id}/..., /jobs/{id}), the generic resource (/api/...,
 // and other paths under /users/{id}/) or the /_issuertest/ endpoints.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if s.cfgErr != nil {
+		http.Error(w, s.cfgErr.Error(), http.StatusInternalServerError)
+		return
+	}
 	switch p := r.URL.Path; {
 	case p == TokenPath:
 		s.serveToken(w, r)

@@ -8,8 +8,10 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"os/exec"
@@ -667,5 +669,76 @@ func TestConcurrentUse(t *testing.T) {
 	wg.Wait()
 	if st := srv.Stats(); st.TokenCalls != n*10 || st.ResourceCalls != n*10 || st.Unauthorized != 0 {
 		t.Errorf("got %+v, want %d token and resource calls, no 401", st, n*10)
+	}
+}
+
+// fatalTB is a TB that records Fatalf instead of ending the test.
+type fatalTB struct{ fatal string }
+
+func (*fatalTB) Helper()                             {}
+func (*fatalTB) Cleanup(func())                      {}
+func (f *fatalTB) Fatalf(format string, args ...any) { f.fatal = fmt.Sprintf(format, args...) }
+
+// TestOptionsRefuseInvalidValues: an option given a value the Server cannot
+// use is reported, wrapping ErrConfig and naming the option, by Validate
+// and Start, by RunT as a test failure, and to every request as a 500; the
+// border values are accepted.
+func TestOptionsRefuseInvalidValues(t *testing.T) {
+	tests := []struct {
+		name    string
+		opts    []issuertest.Option
+		wantMsg string // "" means accepted
+	}{
+		{"empty API key", []issuertest.Option{issuertest.WithAPIKey("")}, `WithAPIKey("")`},
+		{"empty client secret", []issuertest.Option{issuertest.WithClientSecret("")}, `WithClientSecret("")`},
+		{"nil clock", []issuertest.Option{issuertest.WithClock(nil)}, "WithClock(nil)"},
+		{"negative latency", []issuertest.Option{issuertest.WithLatency(-time.Millisecond)}, "WithLatency(-1ms)"},
+		{"zero latency", []issuertest.Option{issuertest.WithLatency(0)}, ""},
+		{"unknown auth format", []issuertest.Option{issuertest.WithAuthFormat(issuertest.AuthJSONJWT + 1)}, "WithAuthFormat(4)"},
+		{"negative auth format", []issuertest.Option{issuertest.WithAuthFormat(-1)}, "WithAuthFormat(-1)"},
+		{"last auth format", []issuertest.Option{issuertest.WithAuthFormat(issuertest.AuthJSONJWT)}, ""},
+		{"no version", []issuertest.Option{issuertest.WithVersions()}, "WithVersions([])"},
+		{"an empty version", []issuertest.Option{issuertest.WithVersions("3.0", "")}, `WithVersions(["3.0" ""])`},
+		{"one version", []issuertest.Option{issuertest.WithVersions("3.0")}, ""},
+		{"expired lifetime is a feature", []issuertest.Option{issuertest.WithLifetime(-time.Second)}, ""},
+		{"first bad option wins", []issuertest.Option{issuertest.WithClock(nil), issuertest.WithLatency(-1)}, "WithClock(nil)"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := issuertest.New(tt.opts...)
+			defer s.Close()
+			rec := httptest.NewRecorder()
+			s.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, issuertest.StatsPath, nil))
+			if tt.wantMsg == "" {
+				if err := s.Validate(); err != nil {
+					t.Fatalf("Validate: got %v, want nil", err)
+				}
+				if rec.Code != http.StatusOK {
+					t.Errorf("GET %s: got %d, want 200", issuertest.StatsPath, rec.Code)
+				}
+				return
+			}
+			for what, err := range map[string]error{"Validate": s.Validate(), "Start": s.Start()} {
+				if !errors.Is(err, issuertest.ErrConfig) || !strings.Contains(err.Error(), tt.wantMsg) {
+					t.Errorf("%s: got %v, want ErrConfig mentioning %s", what, err, tt.wantMsg)
+				}
+			}
+			if s.URL() != "" {
+				t.Errorf("URL: got %q, want none: a misconfigured server does not listen", s.URL())
+			}
+			if rec.Code != http.StatusInternalServerError || !strings.Contains(rec.Body.String(), tt.wantMsg) {
+				t.Errorf("GET %s: got %d %q, want 500 naming %s", issuertest.StatsPath, rec.Code, rec.Body, tt.wantMsg)
+			}
+			var tb fatalTB
+			issuertest.RunT(&tb, tt.opts...)
+			if !strings.Contains(tb.fatal, tt.wantMsg) {
+				t.Errorf("RunT: got failure %q, want one naming %s", tb.fatal, tt.wantMsg)
+			}
+		})
+	}
+	for _, secret := range []string{issuertest.DefaultAPIKey, issuertest.DefaultClientSecret} {
+		if err := issuertest.New(issuertest.WithClock(nil)).Validate(); strings.Contains(err.Error(), secret) {
+			t.Errorf("config error holds a credential: %v", err)
+		}
 	}
 }

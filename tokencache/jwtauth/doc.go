@@ -9,7 +9,7 @@
 //
 //	f := jwtauth.New(apiKey, clientSecret,
 //		jwtauth.WithBaseURL("https://api.example.com"),
-//		jwtauth.WithHMACVerification(), // optional: check HS256 with the secret
+//		jwtauth.WithHMACVerification(true), // optional: check HS256 with the secret
 //	)
 //	tok, err := f.Fetch(ctx) // tok.Expiry is the JWT's exp
 //
@@ -19,18 +19,15 @@
 // already expired is refused, so the cache never shares a token it cannot age
 // out.
 //
-// RotationTransport wraps the http.RoundTripper that talks to the API and
-// hands each rotated token to an Offerer (the cache), which keeps it only if
-// it expires later than the one it holds:
-//
-//	client := &http.Client{Transport: &jwtauth.RotationTransport{Offerer: cache}}
-//
-// FromResponse does the same extraction for callers that see responses some
-// other way, and ExpiryOf reads the exp of any JWT. A Fetcher's FromResponse
-// method also applies the checks Fetch does (signature, exp, lifetime cap);
-// it is the extractor to give the cache's transport:
+// Later API responses may carry a newer JWT. The Fetcher's FromResponse
+// method reads it and checks it as Fetch checks a fetched one (the
+// signature with WithHMACVerification, an exp after now, an exp at most
+// DefaultMaxLifetime ahead); give it to the cache, whose Transport then
+// adopts rotated tokens once for the whole fleet:
 //
 //	cache, err := tokencache.New(rdb, f, tokencache.WithRotation(f.FromResponse))
+//
+// ExpiryOf reads the exp of any JWT.
 //
 // Errors never contain the API key, the client secret or a token: Fetch
 // returns an *Error whose Retryable, RetryAfter and ErrorCode methods tell the

@@ -48,9 +48,10 @@ var (
 // Conditions of the Fetcher's configuration and of the issuer's routing.
 // Both are permanent.
 var (
-	// ErrConfig is wrapped by the error Fetch returns when the Fetcher itself is
-	// misconfigured (no base URL, or one that is not http or https). It is
-	// permanent: no retry will fix it.
+	// ErrConfig is wrapped by the error Validate and Fetch return when the
+	// Fetcher itself is misconfigured (no base URL, one that is not http or
+	// https, an option given a value it cannot use). It is permanent: no
+	// retry will fix it.
 	ErrConfig = errors.New("jwtauth: invalid configuration")
 
 	// ErrRedirect is wrapped by the error Fetch returns when the issuer

@@ -46,7 +46,7 @@ func ExampleFetcher() {
 
 	f := jwtauth.New("example-key", "example-secret",
 		jwtauth.WithBaseURL(srv.URL),
-		jwtauth.WithHMACVerification(),
+		jwtauth.WithHMACVerification(true),
 		jwtauth.WithClock(exampleClock),
 	)
 	tok, err := f.Fetch(context.Background())
@@ -88,38 +88,33 @@ func ExampleExpiryOf() {
 	// true true
 }
 
-func ExampleRotationTransport() {
+func ExampleFetcher_FromResponse() {
 	srv := exampleIssuer()
 	defer srv.Close()
 
-	// In production the Offerer is the token cache; here it prints.
-	offerer := jwtauth.OffererFunc(func(_ context.Context, t tokencache.Token) (bool, error) {
-		fmt.Println("offered a token expiring", t.Expiry.Format(time.RFC3339))
-		return true, nil
-	})
-	client := &http.Client{Transport: &jwtauth.RotationTransport{
-		Offerer: offerer,
-		HMACKey: []byte("example-secret"),
-		Now:     exampleClock,
-	}}
-
-	resp, err := client.Get(srv.URL + "/accounts")
+	f := jwtauth.New("example-key", "example-secret",
+		jwtauth.WithBaseURL(srv.URL),
+		jwtauth.WithHMACVerification(true),
+		jwtauth.WithClock(exampleClock),
+	)
+	// In production the cache calls it on each API response:
+	// tokencache.New(rdb, f, tokencache.WithRotation(f.FromResponse)).
+	resp, err := http.Get(srv.URL + "/accounts")
 	if err != nil {
 		fmt.Println("error:", err)
 		return
 	}
 	resp.Body.Close()
-	fmt.Println(resp.Status)
+	tok, ok, err := f.FromResponse(resp)
+	fmt.Println(ok, err, "rotated token expires", tok.Expiry.Format(time.RFC3339))
+
+	// A token signed with another key is refused, and the error does not
+	// hold it.
+	forged := &http.Response{Header: http.Header{}}
+	forged.Header.Set("Authorization", "Bearer eyJhbGciOiJIUzI1NiJ9.eyJleHAiOjE4OTM0OTkyMDB9.c2ln")
+	_, ok, err = f.FromResponse(forged)
+	fmt.Println(ok, errors.Is(err, jwtauth.ErrSignature))
 	// Output:
-	// offered a token expiring 2030-01-01T13:00:00Z
-	// 200 OK
-}
-
-func ExampleFromResponse() {
-	resp := &http.Response{Header: http.Header{}}
-	resp.Header.Set("Authorization", "Bearer eyJhbGciOiJIUzI1NiJ9.eyJleHAiOjE4OTM0OTkyMDB9.c2ln")
-
-	tok, ok, err := jwtauth.FromResponse(resp)
-	fmt.Println(ok, err, tok.Expiry.Format(time.RFC3339))
-	// Output: true <nil> 2030-01-01T12:00:00Z
+	// true <nil> rotated token expires 2030-01-01T13:00:00Z
+	// false true
 }

@@ -47,6 +47,7 @@ type Fetcher struct {
 	now          func() time.Time
 	timeout      time.Duration
 	verify       bool
+	optErr       error // first option given a value it cannot use
 }
 
 var (
@@ -54,37 +55,66 @@ var (
 	_ tokencache.Identifier = (*Fetcher)(nil)
 )
 
-// Option configures a Fetcher.
+// An Option configures a Fetcher. An option given a value it cannot use
+// is reported, as an error wrapping ErrConfig that names it, by Validate
+// and by every Fetch; New itself does not fail.
 type Option func(*Fetcher)
+
+// refuse records the first option given a value it cannot use.
+func (f *Fetcher) refuse(reason string) {
+	if f.optErr == nil {
+		f.optErr = &detailError{ErrConfig, reason}
+	}
+}
 
 // WithBaseURL sets the issuer's base URL, such as "https://api.example.com"
 // or "https://example.com/api/v1"; the path (default "/authenticate") is
-// appended to it. There is no default: Fetch fails with ErrConfig until a
-// base URL is set.
+// appended to it. There is no default: Validate and Fetch fail with
+// ErrConfig until an absolute http or https base URL is set.
 func WithBaseURL(u string) Option { return func(f *Fetcher) { f.baseURL = u } }
 
 // WithPath replaces the authenticate path appended to the base URL.
-// Default: DefaultPath, "/authenticate".
-func WithPath(p string) Option { return func(f *Fetcher) { f.path = p } }
+// Default: DefaultPath, "/authenticate". An empty path is refused.
+func WithPath(p string) Option {
+	return func(f *Fetcher) {
+		if strings.Trim(p, "/") == "" {
+			f.refuse("WithPath(" + strconv.Quote(p) + ") names no path; leave the option out for " + DefaultPath)
+			return
+		}
+		f.path = p
+	}
+}
 
 // WithHTTPClient sets the HTTP client used to call the issuer. Default: a
 // client on http.DefaultTransport. Its Timeout, if any, bounds each call in
 // addition to the context passed to Fetch and WithTimeout. Whatever the
 // client, the Fetcher uses a copy that follows no redirect: the request
 // body holds the credentials, and a 307 or 308 would resend it to wherever
-// the Location points. A redirect fails the Fetch with ErrRedirect.
+// the Location points. A redirect fails the Fetch with ErrRedirect. A nil
+// client is refused.
 func WithHTTPClient(c *http.Client) Option {
 	return func(f *Fetcher) {
-		if c != nil {
-			f.client = c
+		if c == nil {
+			f.refuse("WithHTTPClient(nil); leave the option out for the default")
+			return
 		}
+		f.client = c
 	}
 }
 
 // WithTimeout bounds each authenticate request, connection to last byte,
-// on top of the caller's context. Default DefaultTimeout; zero or negative
-// leaves only the context (and the client's own Timeout) in charge.
-func WithTimeout(d time.Duration) Option { return func(f *Fetcher) { f.timeout = d } }
+// on top of the caller's context. Default DefaultTimeout; zero leaves only
+// the context (and the client's own Timeout) in charge. A negative
+// duration is refused.
+func WithTimeout(d time.Duration) Option {
+	return func(f *Fetcher) {
+		if d < 0 {
+			f.refuse("WithTimeout(" + d.String() + ") is negative; 0 means no per-request bound")
+			return
+		}
+		f.timeout = d
+	}
+}
 
 // noRedirects returns a copy of c that follows no redirect: it fails with
 // ErrRedirect, naming where the issuer pointed (without query or user
@@ -101,26 +131,31 @@ func noRedirects(c *http.Client) *http.Client {
 }
 
 // WithClock sets the clock used to reject tokens that are already expired
-// and to read an HTTP-date Retry-After. Default: time.Now.
+// and to read an HTTP-date Retry-After. Default: time.Now. A nil clock is
+// refused.
 func WithClock(now func() time.Time) Option {
 	return func(f *Fetcher) {
-		if now != nil {
-			f.now = now
+		if now == nil {
+			f.refuse("WithClock(nil); leave the option out for time.Now")
+			return
 		}
+		f.now = now
 	}
 }
 
-// WithHMACVerification makes Fetch verify each token's HS256 signature with
-// the client secret as the HMAC key, as the issuer's guide does with
-// jwt.verify(token, clientSecret). A token whose alg is not HS256 ("none"
-// included) is refused with ErrAlgorithm, one whose signature does not match
-// with ErrSignature. Default: off, because the token came straight from the
-// issuer over the connection the caller configured, and not every issuer
-// signs with the client secret.
-func WithHMACVerification() Option { return func(f *Fetcher) { f.verify = true } }
+// WithHMACVerification(true) makes Fetch, and FromResponse, verify each
+// token's HS256 signature with the client secret as the HMAC key, as the
+// issuer's guide does with jwt.verify(token, clientSecret). A token whose
+// alg is not HS256 ("none" included) is refused with ErrAlgorithm, one
+// whose signature does not match with ErrSignature. Default false, because
+// the token came straight from the issuer over the connection the caller
+// configured, and not every issuer signs with the client secret.
+func WithHMACVerification(on bool) Option { return func(f *Fetcher) { f.verify = on } }
 
 // New returns a Fetcher for the given credentials. Set the issuer with
-// WithBaseURL.
+// WithBaseURL. New does not fail: a configuration problem (no base URL, an
+// option given a value it cannot use) is reported by Validate, and by
+// every Fetch.
 func New(apiKey, clientSecret string, opts ...Option) *Fetcher {
 	f := &Fetcher{
 		apiKey:       apiKey,
@@ -150,6 +185,17 @@ func (f *Fetcher) Identity() string {
 		b.WriteString(s)
 	}
 	return b.String()
+}
+
+// Validate reports whether f can make requests, without making one: every
+// option was given a usable value and the base URL is an absolute http or
+// https URL. The error, if any, is the permanent *Error Fetch would
+// return, wrapping ErrConfig; it never holds a credential.
+func (f *Fetcher) Validate() error {
+	if _, err := f.endpoint(); err != nil {
+		return &Error{Code: "invalid-config", Err: err}
+	}
+	return nil
 }
 
 // Fetch authenticates and returns the JWT as a Bearer token expiring at its
@@ -225,6 +271,12 @@ func (f *Fetcher) endpointString() string {
 
 // endpoint validates and returns the authenticate URL.
 func (f *Fetcher) endpoint() (*url.URL, error) {
+	if f == nil {
+		return nil, &detailError{ErrConfig, "nil Fetcher (build it with jwtauth.New)"}
+	}
+	if f.optErr != nil {
+		return nil, f.optErr
+	}
 	if f.baseURL == "" {
 		return nil, &detailError{ErrConfig, "no base URL (use WithBaseURL)"}
 	}

@@ -219,7 +219,7 @@ func TestFetchVerification(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			var opts []jwtauth.Option
 			if tt.verify {
-				opts = append(opts, jwtauth.WithHMACVerification())
+				opts = append(opts, jwtauth.WithHMACVerification(true))
 			}
 			_, f := newIssuer(t, http.StatusOK, tt.token, opts...)
 			got, err := f.Fetch(context.Background())
@@ -400,6 +400,68 @@ func TestFetchConfigErrors(t *testing.T) {
 	}
 }
 
+// TestOptionsRefuseInvalidValues: an option given a value it cannot use
+// makes Validate and Fetch report a permanent *Error wrapping ErrConfig
+// that names the option, before anything is sent; the border values are
+// accepted.
+func TestOptionsRefuseInvalidValues(t *testing.T) {
+	tests := []struct {
+		name    string
+		opts    []jwtauth.Option
+		wantMsg string // "" means accepted
+	}{
+		{"nil HTTP client", []jwtauth.Option{jwtauth.WithHTTPClient(nil)}, "WithHTTPClient(nil)"},
+		{"nil clock", []jwtauth.Option{jwtauth.WithClock(nil)}, "WithClock(nil)"},
+		{"negative timeout", []jwtauth.Option{jwtauth.WithTimeout(-time.Second)}, "WithTimeout(-1s)"},
+		{"zero timeout", []jwtauth.Option{jwtauth.WithTimeout(0)}, ""},
+		{"empty path", []jwtauth.Option{jwtauth.WithPath("")}, `WithPath("")`},
+		{"slash path", []jwtauth.Option{jwtauth.WithPath("/")}, `WithPath("/")`},
+		{"other path", []jwtauth.Option{jwtauth.WithPath("/v2/auth")}, ""},
+		{"no base URL", []jwtauth.Option{jwtauth.WithBaseURL("")}, "no base URL"},
+		{"relative base URL", []jwtauth.Option{jwtauth.WithBaseURL("/api")}, "not an absolute"},
+		{"first bad option wins", []jwtauth.Option{jwtauth.WithClock(nil), jwtauth.WithTimeout(-1)}, "WithClock(nil)"},
+		{"bad option before a good one", []jwtauth.Option{jwtauth.WithHTTPClient(nil), jwtauth.WithHTTPClient(http.DefaultClient)}, "WithHTTPClient(nil)"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var calls atomic.Int64
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				calls.Add(1)
+				_, _ = io.WriteString(w, tokenExpiring(time.Now().Add(time.Hour), "svc"))
+			}))
+			defer srv.Close()
+			f := jwtauth.New(testAPIKey, testSecret, append([]jwtauth.Option{jwtauth.WithBaseURL(srv.URL)}, tt.opts...)...)
+			if tt.wantMsg == "" {
+				if err := f.Validate(); err != nil {
+					t.Fatalf("Validate: got %v, want nil", err)
+				}
+				if _, err := f.Fetch(context.Background()); err != nil {
+					t.Fatalf("Fetch: got %v, want a token", err)
+				}
+				return
+			}
+			verr := f.Validate()
+			_, ferr := f.Fetch(context.Background())
+			for what, err := range map[string]error{"Validate": verr, "Fetch": ferr} {
+				var e *jwtauth.Error
+				if !errors.Is(err, jwtauth.ErrConfig) || !errors.As(err, &e) || e.Retryable() || e.ErrorCode() != "invalid-config" {
+					t.Fatalf("%s: got %v, want a permanent invalid-config *jwtauth.Error wrapping ErrConfig", what, err)
+				}
+				if !strings.Contains(err.Error(), tt.wantMsg) {
+					t.Errorf("%s: got %q, want it to mention %q", what, err, tt.wantMsg)
+				}
+				assertNoSecrets(t, what+" error", err.Error())
+			}
+			if n := calls.Load(); n != 0 {
+				t.Errorf("issuer calls: got %d, want 0", n)
+			}
+		})
+	}
+	if err := (*jwtauth.Fetcher)(nil).Validate(); !errors.Is(err, jwtauth.ErrConfig) {
+		t.Errorf("nil Fetcher: got %v, want ErrConfig", err)
+	}
+}
+
 func TestFetchOptions(t *testing.T) {
 	tok := tokenExpiring(testNow.Add(time.Hour), "svc")
 	var gotPath string
@@ -442,7 +504,7 @@ func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { retu
 
 func TestIdentity(t *testing.T) {
 	base := jwtauth.New("key", "secret", jwtauth.WithBaseURL("https://a.example"))
-	same := jwtauth.New("key", "secret", jwtauth.WithBaseURL("https://a.example"), jwtauth.WithHMACVerification())
+	same := jwtauth.New("key", "secret", jwtauth.WithBaseURL("https://a.example"), jwtauth.WithHMACVerification(true))
 	if base.Identity() != same.Identity() {
 		t.Errorf("Identity: differs for the same endpoint and credentials")
 	}
@@ -481,7 +543,7 @@ func TestErrorsNeverLeak(t *testing.T) {
 	}
 	for _, status := range []int{200, 400, 401, 403, 429, 500, 503} {
 		for i, body := range bodies {
-			is, f := newIssuer(t, status, body, jwtauth.WithHMACVerification())
+			is, f := newIssuer(t, status, body, jwtauth.WithHMACVerification(true))
 			is.header.Set("Retry-After", testSecret)
 			is.header.Set("X-Echo", echo)
 			_, err := f.Fetch(context.Background())
