@@ -256,8 +256,6 @@ type modelReplica struct {
 
 type modelWindow struct{ from, to time.Time }
 
-func (r *modelReplica) now() time.Time { return time.Now().Add(r.off) }
-
 // startPause stops the replica's Redis commands and issuer answers for
 // pauseFor, as a GC pause, CPU throttling or SIGSTOP would: its
 // watchdog cannot extend the lease, which expires.

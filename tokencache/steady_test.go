@@ -263,7 +263,7 @@ func TestIdleFleetProbesOncePerInterval(t *testing.T) {
 		t.Skip("idles for a few seconds")
 	}
 	const (
-		replicas  = 30
+		replicas = 30
 		// Half a second: a loaded machine (CI beside other suites) delays
 		// a probe by a good part of a shorter interval, and every delayed
 		// probe past twice the interval elects another prober.

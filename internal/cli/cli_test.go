@@ -49,7 +49,7 @@ func TestUsageErrors(t *testing.T) {
 		{"bad scope", base, []string{"--scope", "ALL", "get"}, `--scope "ALL"`},
 		{"client scope without user", base, []string{"get", "--scope", "CLIENT_ACCESS"}, "needs --user-id"},
 		{"user without client scope", base, []string{"get", "--user-id", "u1"}, "needs --scope CLIENT_ACCESS"},
-		{"bad user id", base, []string{"get", "--scope", "CLIENT_ACCESS", "--user-id", "a}b"}, "forbidden character"},
+		{"bad user id", base, []string{"get", "--scope", "CLIENT_ACCESS", "--user-id", "a}b"}, "holds a brace"},
 		{"bad provider", base, []string{"get", "--provider", "magic"}, `--provider "magic"`},
 		{"provider from env", map[string]string{EnvProvider: "magic"}, []string{"get"}, `--provider "magic"`},
 		{"bad log level", map[string]string{EnvLogLevel: "loud"}, []string{"get"}, EnvLogLevel},
