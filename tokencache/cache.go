@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/tokencache/tokencache/lock"
+	"github.com/tokencache/tokencache/tokencache/internal/protocol"
 )
 
 // subscribeWait bounds how long a caller that found no token waits for the
@@ -33,7 +34,7 @@ const subscribeWait = 500 * time.Millisecond
 type Cache struct {
 	rdb     redis.UniversalClient
 	cfg     config
-	st      store
+	st      *store
 	locker  *lock.Locker
 	channel string
 	server  *entry
@@ -81,9 +82,9 @@ func New(rdb redis.UniversalClient, f Fetcher, opts ...Option) (*Cache, error) {
 	c := &Cache{
 		rdb:        rdb,
 		cfg:        cfg,
-		st:         store{rdb: rdb, ps: newPubSub(rdb, cfg.shardedPubSub, cfg.logger)},
+		st:         newStore(rdb, cfg.shardedPubSub, cfg.logger),
 		locker:     lock.New(rdb, lock.WithTTL(cfg.lockTTL), lock.WithRedlock(cfg.redlock...)),
-		channel:    eventsChannel(cfg.prefix, cfg.namespace),
+		channel:    protocol.EventsChannel(cfg.prefix, cfg.namespace),
 		sub:        subscriber{ready: make(chan struct{}), suspect: make(chan struct{}, 1)},
 		ctx:        ctx,
 		cancel:     cancel,
@@ -92,8 +93,8 @@ func New(rdb redis.UniversalClient, f Fetcher, opts ...Option) (*Cache, error) {
 	}
 	c.epoch = c.cfg.now()
 	c.injectedClock = cfg.injected
-	c.server = c.newEntry(serverKeys(cfg.prefix, cfg.namespace), f)
-	c.budget = newBudget(budgetKey(cfg.prefix, cfg.namespace), cfg.budgetLimit, cfg.budgetWindow)
+	c.server = c.newEntry(protocol.ServerKeys(cfg.prefix, cfg.namespace), f)
+	c.budget = newBudget(protocol.BudgetKey(cfg.prefix, cfg.namespace), cfg.budgetLimit, cfg.budgetWindow)
 	c.stats.budgetLeft.Store(-1)
 	if cfg.clientFetcher != nil {
 		c.users = newUserLRU(cfg.maxUsers)
@@ -261,7 +262,7 @@ func (c *Cache) Inspect(ctx context.Context) (Status, error) {
 // Keys reports the Redis names used for the shared token.
 func (c *Cache) Keys() (token, lock, fence, channel string) {
 	k := c.server.k
-	return k.token, k.lock, k.fence, k.channel
+	return k.Token, k.Lock, k.Fence, k.Channel
 }
 
 // Stats are counters of what a Cache did since New.
@@ -378,7 +379,7 @@ func (e *entry) eventCredential() string {
 }
 
 func (c *Cache) lookup(key string) *entry {
-	if key == c.server.k.token {
+	if key == c.server.k.Token {
 		return c.server
 	}
 	if c.users != nil {
@@ -400,14 +401,14 @@ func (c *Cache) entries() []*entry {
 	return out
 }
 
-func (c *Cache) onEvent(ev Event) {
+func (c *Cache) onEvent(ev protocol.Event) {
 	c.stats.events.Add(1)
 	e := c.lookup(ev.Key)
 	if e == nil {
 		return
 	}
 	switch ev.Type {
-	case EventRefreshed:
+	case protocol.EventRefreshed:
 		if ev.Origin == c.origin {
 			// Our own write: we install what we stored as soon as the
 			// script returns, which may be just after this event arrives.
@@ -422,11 +423,11 @@ func (c *Cache) onEvent(ev Event) {
 			return
 		}
 		e.sync()
-	case EventRefreshing:
+	case protocol.EventRefreshing:
 		if ev.Origin != c.origin && (ev.Credential == "" || e.sameCredential(ev.Credential)) {
 			e.hold(ev.Generation, c.cfg.lockTTL)
 		}
-	case EventInvalidated:
+	case protocol.EventInvalidated:
 		e.clearFailure()
 		if ev.TokenFP != "" {
 			// A read racing the deletion must not bring it back; the same
@@ -444,7 +445,7 @@ func (c *Cache) onEvent(ev Event) {
 			e.l1.CompareAndSwap(s, nil)
 		}
 		e.sig.fire()
-	case EventFailed:
+	case protocol.EventFailed:
 		if ev.Origin == c.origin || ev.Credential != "" && !e.sameCredential(ev.Credential) {
 			return // our own failure (recorded with its cause), or another credential's
 		}

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
+
+	"github.com/tokencache/tokencache/tokencache/internal/protocol"
 )
 
 // DefaultMaxUsers bounds the per-user client tokens held in memory: the
@@ -85,8 +87,8 @@ func (u *User) ID() string { return u.id }
 
 // Keys reports the Redis names used for the user's client token.
 func (u *User) Keys() (token, lock, fence, channel string) {
-	k := clientKeys(u.c.cfg.prefix, u.c.cfg.namespace, u.id)
-	return k.token, k.lock, k.fence, k.channel
+	k := protocol.ClientKeys(u.c.cfg.prefix, u.c.cfg.namespace, u.id)
+	return k.Token, k.Lock, k.Fence, k.Channel
 }
 
 // Token returns a valid client token for the user, exactly as
@@ -150,7 +152,7 @@ func (c *Cache) userEntry(id string) (*entry, error) {
 	if f == nil {
 		return nil, fmt.Errorf("tokencache: nil fetcher for user")
 	}
-	e := c.newEntry(clientKeys(c.cfg.prefix, c.cfg.namespace, id), f)
+	e := c.newEntry(protocol.ClientKeys(c.cfg.prefix, c.cfg.namespace, id), f)
 	if prev, ok, _ := c.users.PeekOrAdd(id, e); ok {
 		return prev, nil
 	}
