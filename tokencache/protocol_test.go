@@ -433,9 +433,10 @@ func TestWriteWhoseReplyIsLostIsStoredOnce(t *testing.T) {
 		done <- err
 	}()
 	eventually(t, "the issuer call", func() bool { return f.calls.Load() == 1 })
-	// The write script's reply ({1, generation, published, stored ms}) is
-	// lost after the script ran: the client times out and sends it again.
-	p.SwallowReply([]byte("*4\r\n:1\r\n"))
+	// The write script's reply ({"stored", generation, published, stored
+	// ms}) is lost after the script ran: the client times out and sends it
+	// again.
+	p.SwallowReply([]byte("*4\r\n$6\r\nstored\r\n"))
 	close(gate)
 	if err := <-done; err != nil {
 		t.Fatal(err)

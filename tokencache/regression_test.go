@@ -70,7 +70,7 @@ func TestRegressionRemoteRetryAtUnbounded(t *testing.T) {
 }
 
 // R3: a hand-written value with a high generation that the reader treats as
-// garbage (here: no TTL) is never overwritten: writeScript returns -2 forever,
+// garbage (here: no TTL) is never overwritten: the write script answers "stale" forever,
 // so every refresh is fenced and nothing is shared.
 func TestRegressionGarbageWithHighGenerationFencesForever(t *testing.T) {
 	rdb, _ := miniBackend(t)

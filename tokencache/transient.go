@@ -15,7 +15,7 @@ import (
 // LOADING) may stay so for long: it counts as Redis being down, and
 // callers with nothing to serve fail open (WithFailOpen) as before. A caller with nothing to serve waits briefly
 // and re-checks Redis (settle); a read that names a key the migrating
-// source lacks is made again on the token key alone (readTokenOnly).
+// source lacks is made again on the token key alone (protocol.Client.Read).
 
 // isTransient reports whether err is a cluster's or a node's passing
 // refusal rather than Redis being unreachable (protocol.Moving), through
