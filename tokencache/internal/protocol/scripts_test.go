@@ -621,3 +621,53 @@ func TestScriptsAreNamed(t *testing.T) {
 		t.Error("an unknown name has a script")
 	}
 }
+
+// The read made while a cluster slot moves names the token key alone: the
+// token as the full read sees it, without the fleet's failure.
+func TestScriptReadTokenOnly(t *testing.T) {
+	forEachServer(t, func(t *testing.T, s server) {
+		ctx := ctxT(t)
+		k := ServerKeys("tc", "moving")
+		rec := testRecord(2, time.Hour)
+		if err := s.rdb.Set(ctx, k.Token, mustJSON(t, rec), time.Hour).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.rdb.Set(ctx, k.Failed, mustJSON(t, Failure{Code: "x"}), time.Minute).Err(); err != nil {
+			t.Fatal(err)
+		}
+		res, err := readTokenScript.Run(ctx, s.rdb, []string{k.Token}).Slice()
+		if err != nil {
+			t.Fatal(err)
+		}
+		d := decoder{script: "read token", res: res}
+		v, pttl, bad, f, fttl, now := d.res6()
+		if d.err != nil || v == nil || *v != mustJSON(t, rec) || pttl <= 0 || bad || f != nil || fttl != 0 || now <= 0 {
+			t.Errorf("read token only: value %v, pttl %d, bad %v, failure %v (%d), now %d, %v; want the token, no failure",
+				v != nil, pttl, bad, f, fttl, now, d.err)
+		}
+	})
+}
+
+func TestPubSubModeOnASingleNode(t *testing.T) {
+	forEachServer(t, func(t *testing.T, s server) {
+		ctx := ctxT(t)
+		for want, mode := range map[Mode]Mode{ModeAuto: ModeClassic, ModeClassic: ModeClassic, ModeSharded: ModeSharded} {
+			ps := NewPubSub(s.rdb, want, nil)
+			if got := ps.Mode(); got != mode {
+				t.Errorf("asked %d: mode %d, want %d", want, got, mode)
+			}
+			if sharded, ok := ps.Sharded(ctx); !ok || sharded != (mode == ModeSharded) {
+				t.Errorf("asked %d: sharded %v, %v", want, sharded, ok)
+			}
+		}
+		c, _ := newClient(s.rdb, ModeAuto)
+		next := listen(t, s.rdb, "tc:{ns}:events", false)
+		ev := Event{Type: EventProbe, Key: "tc:{ns}:events", Origin: "me"}
+		if err := c.Publish(ctx, "tc:{ns}:events", ev); err != nil {
+			t.Fatal(err)
+		}
+		if p, ok := DecodeEvent(next()); !ok || p != ev {
+			t.Errorf("heard %+v, want %+v", p, ev)
+		}
+	})
+}
