@@ -30,9 +30,6 @@ func NewClient(rdb redis.UniversalClient, ps *PubSub) *Client {
 	return &Client{rdb: rdb, ps: ps}
 }
 
-// PubSub is the pub/sub the client publishes through.
-func (c *Client) PubSub() *PubSub { return c.ps }
-
 // FenceMargin is how long a fencing counter outlives the token written
 // under it. Every key the cache writes expires, so a fleet whose users come
 // and go leaves nothing behind in Redis; a counter that expired is
