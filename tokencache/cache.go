@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/tokencache/tokencache/lock"
+	"github.com/tokencache/tokencache/tokencache/internal/protocol"
 )
 
 // subscribeWait bounds how long a caller that found no token waits for the
@@ -37,7 +38,7 @@ type Cache struct {
 
 	rdb     redis.UniversalClient
 	cfg     config
-	st      store
+	st      *store
 	locker  *lock.Locker
 	channel string
 	server  *entry
@@ -88,9 +89,9 @@ func New(rdb redis.UniversalClient, f Fetcher, opts ...Option) (*Cache, error) {
 	c := &Cache{
 		rdb:        rdb,
 		cfg:        cfg,
-		st:         store{rdb: rdb, ps: newPubSub(rdb, cfg.shardedPubSub, cfg.logger)},
+		st:         newStore(rdb, cfg.shardedPubSub, cfg.logger),
 		locker:     locker,
-		channel:    eventsChannel(cfg.prefix, cfg.namespace),
+		channel:    protocol.EventsChannel(cfg.prefix, cfg.namespace),
 		sub:        subscriber{ready: make(chan struct{}), suspect: make(chan struct{}, 1)},
 		ctx:        ctx,
 		cancel:     cancel,
@@ -99,9 +100,9 @@ func New(rdb redis.UniversalClient, f Fetcher, opts ...Option) (*Cache, error) {
 	}
 	c.epoch = c.cfg.clock.Now()
 	_, c.sysClock = cfg.clock.(systemClock)
-	c.server = c.newEntry(serverKeys(cfg.prefix, cfg.namespace), f)
+	c.server = c.newEntry(protocol.ServerKeys(cfg.prefix, cfg.namespace), f)
 	c.Handle = &Handle{c: c, e: c.server}
-	c.budget = newBudget(budgetKey(cfg.prefix, cfg.namespace), cfg.budgetLimit, cfg.budgetWindow)
+	c.budget = newBudget(protocol.BudgetKey(cfg.prefix, cfg.namespace), cfg.budgetLimit, cfg.budgetWindow)
 	c.stats.budgetLeft.Store(-1)
 	if cfg.clientFetcher != nil {
 		c.users = newUserLRU(cfg.maxUsers)
@@ -331,7 +332,7 @@ func (e *entry) eventCredential() string {
 }
 
 func (c *Cache) lookup(key string) *entry {
-	if key == c.server.k.token {
+	if key == c.server.k.Token {
 		return c.server
 	}
 	if c.users != nil {
@@ -353,14 +354,14 @@ func (c *Cache) entries() []*entry {
 	return out
 }
 
-func (c *Cache) onEvent(ev Event) {
+func (c *Cache) onEvent(ev protocol.Event) {
 	c.stats.events.Add(1)
 	e := c.lookup(ev.Key)
 	if e == nil {
 		return
 	}
 	switch ev.Type {
-	case EventRefreshed:
+	case protocol.EventRefreshed:
 		if ev.Origin == c.origin {
 			// Our own write: we install what we stored as soon as the
 			// script returns, which may be just after this event arrives.
@@ -375,11 +376,11 @@ func (c *Cache) onEvent(ev Event) {
 			return
 		}
 		e.sync()
-	case EventRefreshing:
+	case protocol.EventRefreshing:
 		if ev.Origin != c.origin && (ev.Credential == "" || e.sameCredential(ev.Credential)) {
 			e.hold(ev.Generation, c.cfg.lockTTL)
 		}
-	case EventInvalidated:
+	case protocol.EventInvalidated:
 		e.clearFailure()
 		if ev.TokenFP != "" {
 			// A read racing the deletion must not bring it back; the same
@@ -397,7 +398,7 @@ func (c *Cache) onEvent(ev Event) {
 			e.l1.CompareAndSwap(s, nil)
 		}
 		e.sig.fire()
-	case EventFailed:
+	case protocol.EventFailed:
 		if ev.Origin == c.origin || ev.Credential != "" && !e.sameCredential(ev.Credential) {
 			return // our own failure (recorded with its cause), or another credential's
 		}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/tokencache/tokencache/lock"
+	"github.com/tokencache/tokencache/tokencache/internal/protocol"
 )
 
 // This file is the life of one cached token: the hot path, the slow path
@@ -158,14 +159,14 @@ func (e *entry) slow(ctx context.Context) (Token, error) {
 		if ctx.Done() == nil {
 			// A caller that cannot give up runs the work itself (or
 			// joins it): no goroutine hand-off.
-			v, err, _ := e.c.sf.Do(e.k.token, shared)
+			v, err, _ := e.c.sf.Do(e.k.Token, shared)
 			if err != nil {
 				return Token{}, err
 			}
 			tok = v.(Token)
 		} else {
 			select {
-			case r := <-e.c.sf.DoChan(e.k.token, shared):
+			case r := <-e.c.sf.DoChan(e.k.Token, shared):
 				if r.Err != nil {
 					return Token{}, r.Err
 				}
@@ -229,7 +230,7 @@ func (e *entry) obtain(ctx context.Context) (Token, error) {
 			return Token{}, err
 		}
 
-		lease, err := e.c.locker.TryAcquire(ctx, e.k.lock)
+		lease, err := e.c.locker.TryAcquire(ctx, e.k.Lock)
 		switch {
 		case err == nil:
 			tok, err := e.refreshLocked(ctx, lease, false, nil)
@@ -250,7 +251,7 @@ func (e *entry) obtain(ctx context.Context) (Token, error) {
 			// (a slow Redis, a timeout) is a reason to wait and look
 			// again, not to call the issuer from every replica.
 			e.c.stats.redisErrors.Add(1)
-			e.c.log().Warn("tokencache: lock attempt failed; waiting and re-checking", "key", e.k.lock, "err", err)
+			e.c.log().Warn("tokencache: lock attempt failed; waiting and re-checking", "key", e.k.Lock, "err", err)
 		}
 
 		// Another replica is refreshing: wait for its event, bounded by a
@@ -306,14 +307,14 @@ func (e *entry) readAndInstall(ctx context.Context) (Token, bool, error) {
 // logging garbage once per value, and the credential fingerprint.
 func (e *entry) read(ctx context.Context, at time.Time) (readResult, error) {
 	e.c.stats.redisReads.Add(1)
-	r, err := e.c.st.read(ctx, e.k.token, at)
+	r, err := e.c.st.read(ctx, e.k.Token, at)
 	if err != nil {
 		e.c.stats.redisErrors.Add(1)
 		return r, err
 	}
 	if r.bad != nil {
 		e.c.stats.badValues.Add(1)
-		e.c.log().Warn("tokencache: unusable value in redis, treating as a miss", "key", e.k.token, "err", r.bad)
+		e.c.log().Warn("tokencache: unusable value in redis, treating as a miss", "key", e.k.Token, "err", r.bad)
 	}
 	if r.found && e.isRejected(r.rec.TokenFP, r.rec.Generation) {
 		r.found = false
@@ -334,8 +335,8 @@ func (e *entry) read(ctx context.Context, at time.Time) (readResult, error) {
 		// another credential, or this replica's key for that id is wrong.
 		// Only the latter fails to open, and is this replica's problem:
 		// the token is not overwritten.
-		if _, err := e.c.cfg.keyring.open(e.k.token, r.rec); err != nil {
-			e.c.log().Error("tokencache: cannot decrypt the cached token", "key", e.k.token, "key_id", r.rec.KeyID, "err", err)
+		if _, err := e.c.cfg.keyring.open(e.k.Token, r.rec); err != nil {
+			e.c.log().Error("tokencache: cannot decrypt the cached token", "key", e.k.Token, "key_id", r.rec.KeyID, "err", err)
 			return readResult{}, err
 		}
 	}
@@ -343,14 +344,14 @@ func (e *entry) read(ctx context.Context, at time.Time) (readResult, error) {
 		// Another deployment's token is a miss to refetch and overwrite.
 		if e.warnedFP.CompareAndSwap(false, true) {
 			e.c.log().Warn("tokencache: cached token was minted for another credential; not serving it",
-				"key", e.k.token, "stored_fingerprint", r.rec.Fingerprint, "our_fingerprint", e.credFP)
+				"key", e.k.Token, "stored_fingerprint", r.rec.Fingerprint, "our_fingerprint", e.credFP)
 		}
 		r.found = false
 	}
 	if r.found && r.rec.Ciphertext != "" {
-		tok, err := e.c.cfg.keyring.open(e.k.token, r.rec)
+		tok, err := e.c.cfg.keyring.open(e.k.Token, r.rec)
 		if err != nil {
-			e.c.log().Error("tokencache: cannot decrypt the cached token", "key", e.k.token, "key_id", r.rec.KeyID, "err", err)
+			e.c.log().Error("tokencache: cannot decrypt the cached token", "key", e.k.Token, "key_id", r.rec.KeyID, "err", err)
 			return readResult{}, err
 		}
 		r.rec.AccessToken = tok
@@ -371,11 +372,11 @@ func (e *entry) read(ctx context.Context, at time.Time) (readResult, error) {
 func (e *entry) snapshotFor(rec record, ttl time.Duration, at time.Time) *snapshot {
 	cfg := &e.c.cfg
 	base := e.c.monoAt(at)
-	life := rec.lifetime()
+	life := rec.Lifetime()
 	skew := e.skewFor(life)
-	exp, _ := rec.expiry()
+	exp, _ := rec.Expiry()
 	validUntil := min(base+mono(ttl), e.c.monoAt(exp.Add(maxClockSkew-skew)))
-	tok := rec.token()
+	tok := recordToken(rec)
 	if measured := at.Add(ttl + skew); absDuration(measured.Sub(exp)) > skew/2 {
 		// The end of validity plus the skew: the measured expiry, or less
 		// where the local guard cut the validity short.
@@ -648,7 +649,7 @@ func (e *entry) refreshAhead(ctx context.Context, served *snapshot) {
 		e.later(d)
 		return
 	}
-	lease, err := e.c.locker.TryAcquire(ctx, e.k.lock)
+	lease, err := e.c.locker.TryAcquire(ctx, e.k.Lock)
 	if err != nil {
 		if errors.Is(err, lock.ErrNotAcquired) {
 			e.c.stats.lockContended.Add(1)
@@ -673,7 +674,7 @@ func (e *entry) refreshAhead(ctx context.Context, served *snapshot) {
 		}
 		return e.backingOff() > 0
 	}); err != nil {
-		e.c.log().Warn("tokencache: refresh ahead failed; serving the current token", "key", e.k.token, "err", err)
+		e.c.log().Warn("tokencache: refresh ahead failed; serving the current token", "key", e.k.Token, "err", err)
 		e.later(e.retryDelay(err))
 	} else if d := e.backingOff(); d > 0 {
 		e.later(d)
@@ -736,7 +737,7 @@ func (e *entry) sync() {
 func (e *entry) refreshLocked(ctx context.Context, lease *lock.Lease, ahead bool, done func(readResult) bool) (Token, error) {
 	defer func() {
 		if err := lease.Release(ctx); err != nil {
-			e.c.log().Warn("tokencache: lock released late", "key", e.k.lock, "err", err)
+			e.c.log().Warn("tokencache: lock released late", "key", e.k.Lock, "err", err)
 		}
 	}()
 	// redisDown is for callers with nothing to serve. A refresh ahead
@@ -815,7 +816,7 @@ func (e *entry) refreshLocked(ctx context.Context, lease *lock.Lease, ahead bool
 	if err != nil {
 		// The token is good; Redis is not. Serve it and write it back later.
 		e.c.stats.redisErrors.Add(1)
-		e.c.log().Warn("tokencache: could not store the new token; serving it from memory", "key", e.k.token, "err", err)
+		e.c.log().Warn("tokencache: could not store the new token; serving it from memory", "key", e.k.Token, "err", err)
 		e.pending.Store(&tok)
 		s := e.snapshotFor(rec, ttl, issued)
 		s.softUntil = min(s.validUntil, e.c.monoAt(issued)+mono(jitter(e.c.cfg.waitRecheck)))
@@ -826,7 +827,7 @@ func (e *entry) refreshLocked(ctx context.Context, lease *lock.Lease, ahead bool
 		// Fenced out: our lease expired and a newer holder exists, or a
 		// newer token is stored. Prefer the fleet's token.
 		e.c.stats.fenced.Add(1)
-		e.c.log().Warn("tokencache: write rejected by fencing; a newer lease or token exists", "key", e.k.token,
+		e.c.log().Warn("tokencache: write rejected by fencing; a newer lease or token exists", "key", e.k.Token,
 			"generation", gen, "fenced_by", w.FencedBy, "lease_lost", w.LeaseLost)
 		if tok2, ok, err := e.readAndInstall(ctx); err == nil && ok {
 			return tok2, nil
@@ -839,7 +840,7 @@ func (e *entry) refreshLocked(ctx context.Context, lease *lock.Lease, ahead bool
 		return tok, nil
 	}
 	e.c.stats.refreshes.Add(1)
-	e.c.log().Info("tokencache: token refreshed", "key", e.k.token, "generation", rec.Generation, "token", tok)
+	e.c.log().Info("tokencache: token refreshed", "key", e.k.Token, "generation", rec.Generation, "token", tok)
 	rec.StoredMS = w.StoredMS
 	e.install(e.snapshotFor(rec, ttl, issued))
 	return tok, nil
@@ -891,17 +892,17 @@ func (e *entry) write(ctx context.Context, lease *lock.Lease, rec *record, ttl t
 		if err != nil {
 			return writeResult{}, err
 		}
-		ev := Event{Type: EventRefreshed, Key: e.k.token, Generation: rec.Generation, By: e.c.cfg.host, Origin: e.c.origin, TokenFP: rec.TokenFP}
-		ev.ExpiresAt, _ = rec.expiry()
+		ev := protocol.Event{Type: protocol.EventRefreshed, Key: e.k.Token, Generation: rec.Generation, By: e.c.cfg.host, Origin: e.c.origin, TokenFP: rec.TokenFP}
+		ev.ExpiresAt, _ = rec.Expiry()
 		w, err := e.c.st.write(ctx, e.k, stored, ttl, ev, lease.Value())
 		if err != nil || !w.Stale || !lift || attempt > 0 {
 			return w, err
 		}
-		gen, err := e.c.st.raiseFence(ctx, e.k, rec.Generation, w.FencedBy+1, ttl)
-		if err != nil || gen < 0 {
+		r, err := e.c.st.raiseFence(ctx, e.k, rec.Generation, w.FencedBy+1, ttl)
+		if err != nil || !r.Raised {
 			return writeResult{}, err
 		}
-		rec.Generation = gen
+		rec.Generation = r.Generation
 	}
 }
 
@@ -912,7 +913,7 @@ func (e *entry) seal(rec record) (record, error) {
 	if kr == nil {
 		return rec, nil
 	}
-	id, sealed, err := kr.seal(e.k.token, rec)
+	id, sealed, err := kr.seal(e.k.Token, rec)
 	if err != nil {
 		return rec, fmt.Errorf("tokencache: encrypting the token: %w", err)
 	}
@@ -927,34 +928,34 @@ func (e *entry) seal(rec record) (record, error) {
 // token's slot (spent is then the budget's reply), and, if ahead (the
 // fleet still has a valid token), announces "refreshing". A negative
 // generation means the lease was lost meanwhile.
-func (e *entry) begin(ctx context.Context, lease *lock.Lease, floor int64, call, ahead bool) (gen int64, spent []int64, err error) {
+func (e *entry) begin(ctx context.Context, lease *lock.Lease, floor int64, call, ahead bool) (gen int64, spent *protocol.Budget, err error) {
 	var b *budget
-	if call && e.k.nsSlot {
+	if call && e.k.NSSlot {
 		b = e.c.budget
 	}
-	var ev *Event
+	var ev *protocol.Event
 	if ahead {
-		ev = &Event{Type: EventRefreshing, Key: e.k.token, By: e.c.cfg.host, Origin: e.c.origin, Credential: e.eventCredential()}
+		ev = &protocol.Event{Type: protocol.EventRefreshing, Key: e.k.Token, By: e.c.cfg.host, Origin: e.c.origin, Credential: e.eventCredential()}
 	}
-	var announce func(context.Context)
+	var res protocol.BeginResult
 	gen, err = lease.FenceWith(ctx, func(ctx context.Context) (int64, error) {
-		var g int64
-		g, spent, announce, err = e.c.st.begin(ctx, e.k, lease.Value(), floor, b, ev)
-		if err == nil && g == 0 {
+		res, err = e.c.st.begin(ctx, e.k, lease.Value(), floor, b, ev)
+		if err == nil && res.LeaseLost {
 			err = lock.ErrLeaseLost // another owner holds the lock
 		}
-		return g, err
+		return res.Generation, err
 	})
+	spent = res.Budget
 	if errors.Is(err, lock.ErrLeaseLost) || errors.Is(err, lock.ErrLeaseExpired) {
 		return -1, nil, nil
 	}
-	if err == nil && announce != nil {
+	if err == nil && res.Pending() {
 		// Where the script could not publish (a user's token in a
 		// cluster, or the pub/sub mode unknown yet), the announcement
 		// costs a round trip of its own, bounded tightly: a lost one costs
 		// only the reads and lock attempts it would have saved.
 		actx, cancel := context.WithTimeout(ctx, announceTimeout)
-		announce(actx)
+		res.Finish(actx)
 		cancel()
 	}
 	return gen, spent, err
@@ -998,7 +999,8 @@ func (e *entry) invalidate(ctx context.Context, fp string, gen int64) (bool, err
 	if p := e.pending.Load(); p != nil && (fp == "" || p.Fingerprint() == fp) {
 		e.pending.CompareAndSwap(p, nil)
 	}
-	ok, deleted, err := e.c.st.invalidate(ctx, e.k, fp, gen)
+	inv, err := e.c.st.invalidate(ctx, e.k, fp, gen)
+	ok, deleted := inv.Deleted, inv.Generation
 	if fp != "" {
 		// The rejection ends at the generation deleted (or asked for):
 		// the same token stored again later, by an issuer that hands it
@@ -1011,7 +1013,7 @@ func (e *entry) invalidate(ctx context.Context, fp string, gen int64) (bool, err
 		}
 	}
 	if ok {
-		e.c.log().Info("tokencache: token invalidated", "key", e.k.token, "token_fp", fp)
+		e.c.log().Info("tokencache: token invalidated", "key", e.k.Token, "token_fp", fp)
 	}
 	return ok, err
 }
@@ -1028,23 +1030,24 @@ func (e *entry) offer(ctx context.Context, tok Token) (bool, error) {
 	// one meanwhile: a concurrent offer of a token that expires later
 	// draws again, one that expires earlier gives up.
 	for attempt := 0; attempt < 3; attempt++ {
-		gen, err := e.c.st.offerDraw(ctx, e.k, rec.ExpiresAt, rec.Fingerprint, ttl)
-		if err != nil || gen <= 0 {
+		d, err := e.c.st.offerDraw(ctx, e.k, rec.ExpiresAt, rec.Fingerprint, ttl)
+		if err != nil || d.NotNewer {
 			return false, err
 		}
+		gen := d.Generation
 		rec.Generation = gen
-		ev := Event{Type: EventRefreshed, Key: e.k.token, Generation: gen, By: e.c.cfg.host, Origin: e.c.origin, TokenFP: rec.TokenFP}
-		ev.ExpiresAt, _ = rec.expiry()
+		ev := protocol.Event{Type: protocol.EventRefreshed, Key: e.k.Token, Generation: gen, By: e.c.cfg.host, Origin: e.c.origin, TokenFP: rec.TokenFP}
+		ev.ExpiresAt, _ = rec.Expiry()
 		stored, err := e.seal(rec)
 		if err != nil {
 			return false, err
 		}
-		n, storedMS, err := e.c.st.offer(ctx, e.k, stored, ttl, ev)
-		if err != nil || n == 0 {
+		o, err := e.c.st.offer(ctx, e.k, stored, ttl, ev)
+		if err != nil || o.NotNewer {
 			return false, err
 		}
-		if n > 0 {
-			rec.StoredMS = storedMS
+		if o.Stored {
+			rec.StoredMS = o.StoredMS
 			e.install(e.snapshotFor(rec, ttl, issued))
 			return true, nil
 		}
@@ -1053,7 +1056,7 @@ func (e *entry) offer(ctx context.Context, tok Token) (bool, error) {
 }
 
 func (e *entry) refreshNow(ctx context.Context, minTTL time.Duration, force bool) (RefreshResult, error) {
-	res := RefreshResult{Key: e.k.token}
+	res := RefreshResult{Key: e.k.Token}
 	at := e.c.now()
 	r, err := e.read(ctx, at)
 	if err != nil {
@@ -1076,9 +1079,9 @@ func (e *entry) refreshNow(ctx context.Context, minTTL time.Duration, force bool
 		return res, nil
 	}
 	seen := r.rec.Generation
-	lease, err := e.c.locker.Acquire(ctx, e.k.lock)
+	lease, err := e.c.locker.Acquire(ctx, e.k.Lock)
 	if err != nil {
-		return res, &RedisError{Op: "lock", Key: e.k.lock, Err: err}
+		return res, &RedisError{Op: "lock", Key: e.k.Lock, Err: err}
 	}
 	before := e.c.stats.refreshes.Load()
 	tok, err := e.refreshLocked(ctx, lease, false, func(r readResult) bool {
@@ -1097,14 +1100,14 @@ func (e *entry) refreshNow(ctx context.Context, minTTL time.Duration, force bool
 }
 
 func (e *entry) inspect(ctx context.Context) (Status, error) {
-	st := Status{Key: e.k.token, LockKey: e.k.lock, FenceKey: e.k.fence, Channel: e.k.channel}
-	r, err := e.c.st.read(ctx, e.k.token, e.c.now())
+	st := Status{Key: e.k.Token, LockKey: e.k.Lock, FenceKey: e.k.Fence, Channel: e.k.Channel}
+	r, err := e.c.st.read(ctx, e.k.Token, e.c.now())
 	if err != nil {
 		return st, err
 	}
 	pipe := e.c.rdb.Pipeline()
-	lockTTL := pipe.PTTL(ctx, e.k.lock)
-	fence := pipe.Get(ctx, e.k.fence)
+	lockTTL := pipe.PTTL(ctx, e.k.Lock)
+	fence := pipe.Get(ctx, e.k.Fence)
 	_, _ = pipe.Exec(ctx)
 	if d, err := lockTTL.Result(); err == nil && d > 0 {
 		st.LockHeld, st.LockTTL = true, d
@@ -1126,7 +1129,7 @@ func (e *entry) inspect(ctx context.Context) (Status, error) {
 		st.Found = r.found
 		st.Generation = r.rec.Generation
 		st.TokenType = r.rec.TokenType
-		st.ExpiresAt, _ = r.rec.expiry()
+		st.ExpiresAt, _ = r.rec.Expiry()
 		st.IssuedAt, _ = time.Parse(time.RFC3339Nano, r.rec.IssuedAt)
 		st.TTL = r.pttl
 		st.RefreshedBy = r.rec.RefreshedBy

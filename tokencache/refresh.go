@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/tokencache/tokencache/lock"
+	"github.com/tokencache/tokencache/tokencache/internal/protocol"
 )
 
 // This file is what happens at the issuer: calling it with retries and
@@ -18,18 +19,18 @@ import (
 // exponential backoff and full jitter (or the issuer's Retry-After). Each
 // attempt takes its budget first; spent, if not nil, is the first one's,
 // already taken (see entry.begin).
-func (e *entry) fetch(ctx context.Context, redisDown bool, spent []int64) (Token, error) {
+func (e *entry) fetch(ctx context.Context, redisDown bool, spent *protocol.Budget) (Token, error) {
 	for attempt := 1; ; attempt++ {
 		var err error
 		switch {
-		case attempt == 1 && spent != nil && spent[0] < 0:
+		case attempt == 1 && spent != nil && spent.Uncountable:
 			// Redis could not count it (say, a key of another type at
 			// the budget key): asking again would fail the same way.
 			e.c.stats.redisErrors.Add(1)
 			e.c.log().Warn("tokencache: issuer budget could not be counted in redis; keeping to it in this process", "key", e.c.budget.key)
 			err = e.c.takeBudget(ctx, true)
 		case attempt == 1 && spent != nil:
-			err = e.c.spent(spent)
+			err = e.c.spent(*spent)
 		default:
 			err = e.c.takeBudget(ctx, redisDown)
 		}
@@ -54,7 +55,7 @@ func (e *entry) fetch(ctx context.Context, redisDown bool, spent []int64) (Token
 		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < d {
 			return Token{}, err
 		}
-		e.c.log().Info("tokencache: issuer call failed; retrying", "key", e.k.token, "attempt", attempt, "delay", d, "err", err)
+		e.c.log().Info("tokencache: issuer call failed; retrying", "key", e.k.Token, "attempt", attempt, "delay", d, "err", err)
 		t := time.NewTimer(d)
 		select {
 		case <-ctx.Done():
@@ -102,7 +103,7 @@ func (e *entry) fetchFailed(ctx context.Context, err error, publish bool) *Fetch
 		fe.Until = e.c.now().Add(window)
 	}
 	e.recordFailure(fe)
-	e.c.log().Error("tokencache: refresh failed", "key", e.k.token, "code", fe.Code, "retryable", fe.Retryable, "retry_in", window, "err", err)
+	e.c.log().Error("tokencache: refresh failed", "key", e.k.Token, "code", fe.Code, "retryable", fe.Retryable, "retry_in", window, "err", err)
 	if publish {
 		// The fleet learns it twice: waiters now, through the event, and
 		// replicas that ask later (or start later), through the failure
@@ -113,13 +114,13 @@ func (e *entry) fetchFailed(ctx context.Context, err error, publish bool) *Fetch
 			f := failure{Code: fe.Code, Message: fe.Message, Retryable: fe.Retryable, By: e.c.cfg.host,
 				Fingerprint: e.credFP, Streak: e.failStreak.Load()}
 			if rerr := e.c.st.remember(pctx, e.k, f, window); rerr != nil {
-				e.c.log().Warn("tokencache: could not record the failure", "key", e.k.failed, "err", rerr)
+				e.c.log().Warn("tokencache: could not record the failure", "key", e.k.Failed, "err", rerr)
 			}
 		}
-		ev := Event{Type: EventFailed, Key: e.k.token, Code: fe.Code, Message: fe.Message, Retryable: fe.Retryable,
+		ev := protocol.Event{Type: protocol.EventFailed, Key: e.k.Token, Code: fe.Code, Message: fe.Message, Retryable: fe.Retryable,
 			RetryInMS: window.Milliseconds(), By: e.c.cfg.host, Origin: e.c.origin, Credential: e.eventCredential()}
-		if perr := e.c.st.publish(pctx, e.k.channel, ev); perr != nil {
-			e.c.log().Warn("tokencache: could not publish the failure", "key", e.k.token, "err", perr)
+		if perr := e.c.st.publish(pctx, e.k.Channel, ev); perr != nil {
+			e.c.log().Warn("tokencache: could not publish the failure", "key", e.k.Token, "err", perr)
 		}
 	}
 	return fe
@@ -234,7 +235,7 @@ func (e *entry) redisDown(ctx context.Context, rerr error) (Token, error) {
 		return Token{}, err
 	}
 	e.c.stats.failOpen.Add(1)
-	e.c.log().Warn("tokencache: redis unavailable; fetching from the issuer directly", "key", e.k.token, "err", rerr)
+	e.c.log().Warn("tokencache: redis unavailable; fetching from the issuer directly", "key", e.k.Token, "err", rerr)
 	tok, err := e.fetch(ctx, true, nil)
 	if err != nil {
 		if e.c.ctx.Err() != nil {
@@ -264,7 +265,7 @@ func (e *entry) writeBack(ctx context.Context, tok *Token) bool {
 		e.pending.CompareAndSwap(tok, nil)
 		return true
 	}
-	lease, err := e.c.locker.TryAcquire(ctx, e.k.lock)
+	lease, err := e.c.locker.TryAcquire(ctx, e.k.Lock)
 	if errors.Is(err, lock.ErrNotAcquired) {
 		return true // someone is refreshing; their token will do
 	}
@@ -291,7 +292,7 @@ func (e *entry) writeBack(ctx context.Context, tok *Token) bool {
 		e.pending.CompareAndSwap(nil, tok)
 		return false
 	} else if w.Stored {
-		e.c.log().Info("tokencache: wrote back a token fetched while redis was down", "key", e.k.token, "generation", rec.Generation)
+		e.c.log().Info("tokencache: wrote back a token fetched while redis was down", "key", e.k.Token, "generation", rec.Generation)
 		rec.StoredMS = w.StoredMS
 		e.install(e.snapshotFor(rec, ttl, issued))
 	}
