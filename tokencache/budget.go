@@ -6,8 +6,9 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 	"golang.org/x/time/rate"
+
+	"github.com/tokencache/tokencache/tokencache/internal/protocol"
 )
 
 // Default issuer budget: at most 300 token requests per 5 minutes for the
@@ -41,35 +42,6 @@ func WithIssuerBudget(limit int, window time.Duration) Option {
 		return nil
 	}
 }
-
-// budgetLua counts one issuer call in a fixed window: KEYS[kb] is the
-// budget key, ARGV[ab] the limit and ARGV[ab+1] the window in ms. It
-// sets {allowed 1|0, ms until the window resets, calls counted} in the
-// local "spent", which the script declares before it. The refresh's begin script (store.go) runs it too, so
-// that a refresh takes its first issuer call's budget in the same round
-// trip as its fencing generation.
-func budgetLua(kb, ab int) string {
-	return fmt.Sprintf(`
-do
-  local n = redis.call('INCR', KEYS[%[1]d])
-  local ttl = redis.call('PTTL', KEYS[%[1]d])
-  if ttl < 0 then
-    redis.call('PEXPIRE', KEYS[%[1]d], ARGV[%[3]d])
-    ttl = tonumber(ARGV[%[3]d])
-  end
-  local allowed = 1
-  if n > tonumber(ARGV[%[2]d]) then allowed = 0 end
-  spent = {allowed, ttl, n}
-end
-`, kb, ab, ab+1)
-}
-
-// budgetScript counts one issuer call in a fixed window.
-//
-//	KEYS[1] budget key
-//	ARGV[1] limit, ARGV[2] window ms
-//	returns {allowed 1|0, ms until the window resets, calls counted}
-var budgetScript = redis.NewScript("local spent\n" + budgetLua(1, 1) + "return spent\n")
 
 // budget is the cache's issuer budget.
 type budget struct {
@@ -106,21 +78,19 @@ func (e *budgetError) Retryable() bool           { return true }
 func (e *budgetError) RetryAfter() time.Duration { return e.reset }
 func (e *budgetError) ErrorCode() string         { return "issuer-budget-exhausted" }
 
-// take spends one call from the budget, or says when the next is allowed.
-// With redisDown (the caller just failed to reach Redis) it goes straight
-// to the per-process limiter instead of waiting out another Redis timeout.
+// takeBudget spends one call from the budget, or says when the next is
+// allowed. With redisDown (the caller just failed to reach Redis) it goes
+// straight to the per-process limiter instead of waiting out another Redis
+// timeout.
 func (c *Cache) takeBudget(ctx context.Context, redisDown bool) error {
 	b := c.budget
 	if b == nil {
 		return nil
 	}
-	var res []int64
+	var res protocol.Budget
 	var err error
 	if !redisDown {
-		res, err = budgetScript.Run(ctx, c.rdb, []string{b.key}, b.limit, b.window.Milliseconds()).Int64Slice()
-		if err == nil && len(res) != 3 {
-			err = fmt.Errorf("unexpected script reply of %d elements", len(res))
-		}
+		res, err = c.st.p.TakeBudget(ctx, protocol.BudgetSpec{Key: b.key, Limit: b.limit, Window: b.window})
 		if err != nil {
 			// Counted and said: the fleet-wide budget is off until this
 			// works again (Redis down, or an ACL without the commands).
@@ -139,12 +109,15 @@ func (c *Cache) takeBudget(ctx context.Context, redisDown bool) error {
 	return c.spent(res)
 }
 
-// spent turns a budget count, {allowed 1|0, ms until the window resets,
-// calls counted}, into the verdict on one issuer call.
-func (c *Cache) spent(res []int64) error {
-	c.stats.budgetLeft.Store(max(0, int64(c.budget.limit)-res[2]))
-	if res[0] == 0 {
-		return &budgetError{reset: time.Duration(res[1]) * time.Millisecond}
+// spent turns the budget's verdict on one issuer call into an error, and
+// keeps Stats.BudgetLeft (not for a call counted by an earlier try, whose
+// count the reply does not carry).
+func (c *Cache) spent(b protocol.Budget) error {
+	if b.Counted > 0 {
+		c.stats.budgetLeft.Store(max(0, int64(c.budget.limit)-b.Counted))
+	}
+	if !b.Allowed {
+		return &budgetError{reset: b.ResetIn}
 	}
 	return nil
 }

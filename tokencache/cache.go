@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/tokencache/tokencache/lock"
+	"github.com/tokencache/tokencache/tokencache/internal/protocol"
 )
 
 // subscribeWait bounds how long a caller that found no token waits for the
@@ -35,7 +36,7 @@ type Cache struct {
 
 	rdb     redis.UniversalClient
 	cfg     config
-	st      store
+	st      *store
 	locker  *lock.Locker
 	channel string
 	server  *entry
@@ -86,9 +87,9 @@ func New(rdb redis.UniversalClient, f Fetcher, opts ...Option) (*Cache, error) {
 	c := &Cache{
 		rdb:        rdb,
 		cfg:        cfg,
-		st:         store{rdb: rdb, ps: newPubSub(rdb, cfg.shardedPubSub, cfg.logger)},
+		st:         newStore(rdb, cfg.shardedPubSub, cfg.logger),
 		locker:     locker,
-		channel:    eventsChannel(cfg.prefix, cfg.namespace),
+		channel:    protocol.EventsChannel(cfg.prefix, cfg.namespace),
 		sub:        subscriber{ready: make(chan struct{}), suspect: make(chan struct{}, 1)},
 		ctx:        ctx,
 		cancel:     cancel,
@@ -97,9 +98,9 @@ func New(rdb redis.UniversalClient, f Fetcher, opts ...Option) (*Cache, error) {
 	}
 	c.epoch = c.cfg.clock.Now()
 	_, c.sysClock = cfg.clock.(systemClock)
-	c.server = c.newEntry(serverKeys(cfg.prefix, cfg.namespace), f)
+	c.server = c.newEntry(protocol.ServerKeys(cfg.prefix, cfg.namespace), f)
 	c.Handle = &Handle{c: c, e: c.server}
-	c.budget = newBudget(budgetKey(cfg.prefix, cfg.namespace), cfg.budgetLimit, cfg.budgetWindow)
+	c.budget = newBudget(protocol.BudgetKey(cfg.prefix, cfg.namespace), cfg.budgetLimit, cfg.budgetWindow)
 	c.stats.budgetLeft.Store(-1)
 	if cfg.clientFetcher != nil {
 		c.users = newUserLRU(cfg.maxUsers)
@@ -281,7 +282,7 @@ func identityFingerprint(f Fetcher, kr *KeyRing) string {
 }
 
 func (c *Cache) lookup(key string) *entry {
-	if key == c.server.k.token {
+	if key == c.server.k.Token {
 		return c.server
 	}
 	if c.users != nil {
@@ -303,7 +304,7 @@ func (c *Cache) entries() []*entry {
 	return out
 }
 
-func (c *Cache) onEvent(ev Event) {
+func (c *Cache) onEvent(ev protocol.Event) {
 	c.stats.events.Add(1)
 	if e := c.lookup(ev.Key); e != nil {
 		e.onEvent(ev)

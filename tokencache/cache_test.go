@@ -14,6 +14,7 @@ import (
 
 	"github.com/tokencache/tokencache/internal/faultproxy"
 	"github.com/tokencache/tokencache/lock"
+	"github.com/tokencache/tokencache/tokencache/internal/protocol"
 )
 
 func TestStampedeOneIssuerCall(t *testing.T) {
@@ -111,8 +112,8 @@ func TestRedisLayout(t *testing.T) {
 		if strings.Contains(msg.Payload, tok.AccessToken) {
 			t.Errorf("event carries the token: %s", msg.Payload)
 		}
-		ev, ok := decodeEvent(msg.Payload)
-		if !ok || ev.Type != EventRefreshed || ev.Generation != 1 || ev.Key != "tokencache:{payments}:server" {
+		ev, ok := protocol.DecodeEvent(msg.Payload)
+		if !ok || ev.Type != protocol.EventRefreshed || ev.Generation != 1 || ev.Key != "tokencache:{payments}:server" {
 			t.Errorf("event = %+v, want refreshed generation 1 for the server key", ev)
 		}
 	})
@@ -540,7 +541,7 @@ func TestGarbageInRedisIsAMiss(t *testing.T) {
 			return r.Set(ctx, key, valid(func(map[string]any) {}), 48*time.Hour).Err()
 		}},
 		{"huge value", func(ctx context.Context, r redis.UniversalClient) error {
-			return r.Set(ctx, key, strings.Repeat("x", MaxValueSize+1), time.Hour).Err()
+			return r.Set(ctx, key, strings.Repeat("x", protocol.MaxValueSize+1), time.Hour).Err()
 		}},
 		{"a hash, not a string", func(ctx context.Context, r redis.UniversalClient) error {
 			return r.HSet(ctx, key, "access_token", "x").Err()

@@ -56,14 +56,14 @@ func (e *entry) slow(ctx context.Context) (Token, error) {
 		if ctx.Done() == nil {
 			// A caller that cannot give up runs the work itself (or
 			// joins it): no goroutine hand-off.
-			v, err, _ := e.c.sf.Do(e.k.token, shared)
+			v, err, _ := e.c.sf.Do(e.k.Token, shared)
 			if err != nil {
 				return Token{}, err
 			}
 			tok = v.(Token)
 		} else {
 			select {
-			case r := <-e.c.sf.DoChan(e.k.token, shared):
+			case r := <-e.c.sf.DoChan(e.k.Token, shared):
 				if r.Err != nil {
 					return Token{}, r.Err
 				}
@@ -116,7 +116,7 @@ func (e *entry) obtain(ctx context.Context) (Token, error) {
 			return Token{}, err
 		}
 
-		lease, err := e.c.locker.TryAcquire(ctx, e.k.lock)
+		lease, err := e.c.locker.TryAcquire(ctx, e.k.Lock)
 		switch {
 		case err == nil:
 			tok, err := e.rf.locked(ctx, lease, false, nil)
@@ -137,7 +137,7 @@ func (e *entry) obtain(ctx context.Context) (Token, error) {
 			// (a slow Redis, a timeout) is a reason to wait and look
 			// again, not to call the issuer from every replica.
 			e.c.stats.redisErrors.Add(1)
-			e.c.log().Warn("tokencache: lock attempt failed; waiting and re-checking", "key", e.k.lock, "err", err)
+			e.c.log().Warn("tokencache: lock attempt failed; waiting and re-checking", "key", e.k.Lock, "err", err)
 		}
 
 		// Another replica is refreshing: wait for its event, bounded by a

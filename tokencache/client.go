@@ -5,6 +5,8 @@ import (
 	"strings"
 
 	lru "github.com/hashicorp/golang-lru/v2"
+
+	"github.com/tokencache/tokencache/tokencache/internal/protocol"
 )
 
 // defaultMaxUsers bounds the per-user client tokens held in memory: the
@@ -86,7 +88,7 @@ func (c *Cache) userEntry(id string) (*entry, error) {
 	if f == nil {
 		return nil, fmt.Errorf("tokencache: nil fetcher for user")
 	}
-	e := c.newEntry(clientKeys(c.cfg.prefix, c.cfg.namespace, id), f)
+	e := c.newEntry(protocol.ClientKeys(c.cfg.prefix, c.cfg.namespace, id), f)
 	if prev, ok, _ := c.users.PeekOrAdd(id, e); ok {
 		return prev, nil
 	}

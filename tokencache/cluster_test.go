@@ -15,6 +15,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"github.com/tokencache/tokencache/internal/redistest"
+	"github.com/tokencache/tokencache/tokencache/internal/protocol"
 )
 
 // On a 3-master Redis Cluster: separate OS processes stampede, one issuer
@@ -90,9 +91,9 @@ func TestClusterKeysAndUsers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	k := serverKeys(defaultKeyPrefix, DefaultNamespace)
-	slot := cc.ClusterKeySlot(ctx, k.token).Val()
-	for _, key := range []string{k.lock, k.fence, k.failed, k.channel} {
+	k := protocol.ServerKeys(defaultKeyPrefix, DefaultNamespace)
+	slot := cc.ClusterKeySlot(ctx, k.Token).Val()
+	for _, key := range []string{k.Lock, k.Fence, k.Failed, k.Channel} {
 		if s := cc.ClusterKeySlot(ctx, key).Val(); s != slot {
 			t.Errorf("%s is in slot %d, the token in %d", key, s, slot)
 		}
@@ -171,23 +172,23 @@ func TestClusterShardedEventsSurviveResharding(t *testing.T) {
 	}
 	for _, c := range []*Cache{a, b} {
 		// Each cache asks the cluster once, from its subscriber.
-		eventually(t, "sharded pub/sub on a Redis 7 cluster", func() bool { return c.st.ps.mode.Load() == modeSharded })
+		eventually(t, "sharded pub/sub on a Redis 7 cluster", func() bool { return c.st.ps.Mode() == protocol.ModeSharded })
 	}
-	k := serverKeys(defaultKeyPrefix, DefaultNamespace)
+	k := protocol.ServerKeys(defaultKeyPrefix, DefaultNamespace)
 	cc := cl.Client(t)
-	slot := int(cc.ClusterKeySlot(ctx, k.channel).Val())
+	slot := int(cc.ClusterKeySlot(ctx, k.Channel).Val())
 	owner := cl.Owner(t, slot)
 	subscribers := func(node int) (sharded, classic int64) {
 		c := cl.Nodes[node].Client(t)
-		sn, err := c.PubSubShardNumSub(ctx, k.channel).Result()
+		sn, err := c.PubSubShardNumSub(ctx, k.Channel).Result()
 		if err != nil {
 			t.Fatal(err)
 		}
-		n, err := c.PubSubNumSub(ctx, k.channel).Result()
+		n, err := c.PubSubNumSub(ctx, k.Channel).Result()
 		if err != nil {
 			t.Fatal(err)
 		}
-		return sn[k.channel], n[k.channel]
+		return sn[k.Channel], n[k.Channel]
 	}
 	eventually(t, "both replicas to SSUBSCRIBE on the owner of the channel's slot", func() bool {
 		s, c := subscribers(owner)
@@ -265,7 +266,7 @@ func TestPubSubModes(t *testing.T) {
 		name  string
 		rdb   func(t *testing.T) (a, b redis.UniversalClient)
 		opts  []Option
-		want  int32
+		want  protocol.Mode
 		watch func(t *testing.T, rdb redis.UniversalClient, channel string) int64
 	}
 	single := func(t *testing.T) (redis.UniversalClient, redis.UniversalClient) {
@@ -283,9 +284,9 @@ func TestPubSubModes(t *testing.T) {
 		return rdb.PubSubShardNumSub(context.Background(), ch).Val()[ch]
 	}
 	for _, s := range []setup{
-		{"single node, default", single, nil, modeClassic, classicSubs},
-		{"single node, sharded asked", single, []Option{WithShardedPubSub(true)}, modeSharded, shardSubs},
-		{"cluster, classic asked", cluster, []Option{WithShardedPubSub(false)}, modeClassic, classicSubs},
+		{"single node, default", single, nil, protocol.ModeClassic, classicSubs},
+		{"single node, sharded asked", single, []Option{WithShardedPubSub(true)}, protocol.ModeSharded, shardSubs},
+		{"cluster, classic asked", cluster, []Option{WithShardedPubSub(false)}, protocol.ModeClassic, classicSubs},
 	} {
 		t.Run(s.name, func(t *testing.T) {
 			ctx := ctxT(t)
@@ -303,7 +304,7 @@ func TestPubSubModes(t *testing.T) {
 			if _, err := b.Token(ctx); err != nil {
 				t.Fatal(err)
 			}
-			eventually(t, "the pub/sub mode", func() bool { return b.st.ps.mode.Load() == s.want })
+			eventually(t, "the pub/sub mode", func() bool { return b.st.ps.Mode() == s.want })
 			_, _, _, ch := b.Keys()
 			eventually(t, "both subscriptions", func() bool { return s.watch(t, rb, ch) == 2 })
 			before := b.Stats().Events

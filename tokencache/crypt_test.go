@@ -14,6 +14,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tokencache/tokencache/internal/redistest"
+	"github.com/tokencache/tokencache/tokencache/internal/protocol"
 )
 
 func testKey(t *testing.T) []byte {
@@ -183,9 +184,9 @@ func TestCredentialFingerprintIsKeyedAndNeverAnEventOracle(t *testing.T) {
 		if strings.Contains(m.Payload, unkeyed) || strings.Contains(m.Payload, `"credential"`) {
 			t.Fatalf("an event carries the credential's unkeyed fingerprint: %s", m.Payload)
 		}
-		var ev Event
+		var ev protocol.Event
 		_ = json.Unmarshal([]byte(m.Payload), &ev)
-		if ev.Type == EventRefreshed || ev.Type == EventFailed {
+		if ev.Type == protocol.EventRefreshed || ev.Type == protocol.EventFailed {
 			seen[ev.Type] = true
 		}
 	}

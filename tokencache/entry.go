@@ -2,6 +2,7 @@ package tokencache
 
 import (
 	"context"
+	"github.com/tokencache/tokencache/tokencache/internal/protocol"
 	"math"
 	"sync/atomic"
 	"time"
@@ -72,7 +73,8 @@ func (e *entry) invalidate(ctx context.Context, fp string, gen int64) (bool, err
 	if p := e.rf.pending.Load(); p != nil && (fp == "" || p.Fingerprint() == fp) {
 		e.rf.pending.CompareAndSwap(p, nil)
 	}
-	ok, deleted, err := e.c.st.invalidate(ctx, e.k, fp, gen)
+	inv, err := e.c.st.invalidate(ctx, e.k, fp, gen)
+	ok, deleted := inv.Deleted, inv.Generation
 	if fp != "" {
 		// The rejection ends at the generation deleted (or asked for):
 		// the same token stored again later, by an issuer that hands it
@@ -84,7 +86,7 @@ func (e *entry) invalidate(ctx context.Context, fp string, gen int64) (bool, err
 		}
 	}
 	if ok {
-		e.c.log().Info("tokencache: token invalidated", "key", e.k.token, "token_fp", fp)
+		e.c.log().Info("tokencache: token invalidated", "key", e.k.Token, "token_fp", fp)
 	}
 	return ok, err
 }
@@ -102,23 +104,24 @@ func (e *entry) offer(ctx context.Context, tok Token) (bool, error) {
 	// one meanwhile: a concurrent offer of a token that expires later
 	// draws again, one that expires earlier gives up.
 	for attempt := 0; attempt < 3; attempt++ {
-		gen, err := e.c.st.offerDraw(ctx, e.k, rec.ExpiresAt, rec.Fingerprint, ttl)
-		if err != nil || gen <= 0 {
+		d, err := e.c.st.offerDraw(ctx, e.k, rec.ExpiresAt, rec.Fingerprint, ttl)
+		if err != nil || d.NotNewer {
 			return false, err
 		}
+		gen := d.Generation
 		rec.Generation = gen
-		ev := Event{Type: EventRefreshed, Key: e.k.token, Generation: gen, By: e.c.cfg.host, Origin: e.c.origin, TokenFP: rec.TokenFP}
-		ev.ExpiresAt, _ = rec.expiry()
+		ev := protocol.Event{Type: protocol.EventRefreshed, Key: e.k.Token, Generation: gen, By: e.c.cfg.host, Origin: e.c.origin, TokenFP: rec.TokenFP}
+		ev.ExpiresAt, _ = rec.Expiry()
 		stored, err := e.rf.seal(rec)
 		if err != nil {
 			return false, err
 		}
-		n, storedMS, err := e.c.st.offer(ctx, e.k, stored, ttl, ev)
-		if err != nil || n == 0 {
+		o, err := e.c.st.offer(ctx, e.k, stored, ttl, ev)
+		if err != nil || o.NotNewer {
 			return false, err
 		}
-		if n > 0 {
-			rec.StoredMS = storedMS
+		if o.Stored {
+			rec.StoredMS = o.StoredMS
 			e.install(e.snapshotFor(rec, ttl, issued))
 			return true, nil
 		}
@@ -129,7 +132,7 @@ func (e *entry) offer(ctx context.Context, tok Token) (bool, error) {
 // refreshNow refreshes the token under the lock unless minTTL of it
 // remains, or always with force (see Handle.Refresh).
 func (e *entry) refreshNow(ctx context.Context, minTTL time.Duration, force bool) (RefreshResult, error) {
-	res := RefreshResult{Key: e.k.token}
+	res := RefreshResult{Key: e.k.Token}
 	at := e.c.now()
 	r, err := e.read(ctx, at)
 	if err != nil {
@@ -152,9 +155,9 @@ func (e *entry) refreshNow(ctx context.Context, minTTL time.Duration, force bool
 		return res, nil
 	}
 	seen := r.rec.Generation
-	lease, err := e.c.locker.Acquire(ctx, e.k.lock)
+	lease, err := e.c.locker.Acquire(ctx, e.k.Lock)
 	if err != nil {
-		return res, &RedisError{Op: "lock", Key: e.k.lock, Err: err}
+		return res, &RedisError{Op: "lock", Key: e.k.Lock, Err: err}
 	}
 	before := e.c.stats.refreshes.Load()
 	tok, err := e.rf.locked(ctx, lease, false, func(r readResult) bool {
@@ -175,14 +178,14 @@ func (e *entry) refreshNow(ctx context.Context, minTTL time.Duration, force bool
 // inspect reads the stored token's metadata, the lock and the fence
 // (see Handle.Inspect).
 func (e *entry) inspect(ctx context.Context) (Status, error) {
-	st := Status{Key: e.k.token, LockKey: e.k.lock, FenceKey: e.k.fence, Channel: e.k.channel}
-	r, err := e.c.st.read(ctx, e.k.token, e.c.now())
+	st := Status{Key: e.k.Token, LockKey: e.k.Lock, FenceKey: e.k.Fence, Channel: e.k.Channel}
+	r, err := e.c.st.read(ctx, e.k.Token, e.c.now())
 	if err != nil {
 		return st, err
 	}
 	pipe := e.c.rdb.Pipeline()
-	lockTTL := pipe.PTTL(ctx, e.k.lock)
-	fence := pipe.Get(ctx, e.k.fence)
+	lockTTL := pipe.PTTL(ctx, e.k.Lock)
+	fence := pipe.Get(ctx, e.k.Fence)
 	_, _ = pipe.Exec(ctx)
 	if d, err := lockTTL.Result(); err == nil && d > 0 {
 		st.LockHeld, st.LockTTL = true, d
@@ -204,7 +207,7 @@ func (e *entry) inspect(ctx context.Context) (Status, error) {
 		st.Found = r.found
 		st.Generation = r.rec.Generation
 		st.TokenType = r.rec.TokenType
-		st.ExpiresAt, _ = r.rec.expiry()
+		st.ExpiresAt, _ = r.rec.Expiry()
 		st.IssuedAt, _ = time.Parse(time.RFC3339Nano, r.rec.IssuedAt)
 		st.TTL = r.pttl
 		st.RefreshedBy = r.rec.RefreshedBy

@@ -2,59 +2,14 @@ package tokencache
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/tokencache/tokencache/tokencache/internal/protocol"
 )
-
-// Event types published on the events channel.
-const (
-	EventRefreshed   = "refreshed"
-	EventInvalidated = "invalidated"
-	EventFailed      = "failed"
-	// EventRefreshing says a replica holds the lock and is calling the
-	// issuer for a token that is still valid (refresh ahead). Replicas
-	// that hear it hold back their own refresh-ahead for one lock TTL
-	// instead of each reading Redis and trying the lock: in steady state
-	// a renewal costs every other replica one read, after "refreshed".
-	EventRefreshing = "refreshing"
-)
-
-// Event is the JSON message published on the channel
-// "<prefix>:{<namespace>}:events". It never carries a token or a
-// credential: replicas that see "refreshed" read the new token from Redis.
-type Event struct {
-	Type       string    `json:"type"`
-	Key        string    `json:"key"`
-	Generation int64     `json:"generation,omitempty"`
-	ExpiresAt  time.Time `json:"expires_at,omitzero"`
-	By         string    `json:"by,omitempty"`     // host/pid of the publisher
-	Origin     string    `json:"origin,omitempty"` // random id of the publishing Cache
-	// For "failed":
-	Code      string `json:"code,omitempty"`
-	Message   string `json:"message,omitempty"`
-	Retryable bool   `json:"retryable,omitempty"`
-	RetryInMS int64  `json:"retry_in_ms,omitempty"` // how long not to call the issuer (a permanent error)
-	// Credential is the keyed fingerprint of the credential (with a key
-	// ring; see WithEncryption), absent otherwise.
-	Credential string `json:"credential,omitempty"`
-	// For "invalidated": the fingerprint of the deleted token.
-	TokenFP string `json:"token_fp,omitempty"`
-}
-
-// maxEventSize bounds an event we are willing to decode.
-const maxEventSize = 4 << 10
-
-func decodeEvent(payload string) (Event, bool) {
-	var ev Event
-	if len(payload) > maxEventSize || json.Unmarshal([]byte(payload), &ev) != nil || ev.Key == "" {
-		return ev, false
-	}
-	return ev, true
-}
 
 // signal is a broadcast that waiters cannot miss: a waiter takes the
 // current channel before it re-checks Redis, and every fire closes that
@@ -103,10 +58,6 @@ func (c *Cache) suspectSubscription() {
 	}
 }
 
-// EventProbe is the type of the liveness probes a cache publishes on its
-// own events channel when it has heard nothing for a while.
-const EventProbe = "probe"
-
 // runSubscriber owns the cache's one subscription. Besides dispatching
 // events it proves the subscription alive: go-redis's health check only
 // writes a PING and never notices a half-open connection that swallows
@@ -132,7 +83,7 @@ const EventProbe = "probe"
 // the new owner.
 func (c *Cache) runSubscriber(ctx context.Context) {
 	defer c.wg.Done()
-	if !c.st.ps.resolve(ctx) {
+	if !c.st.ps.Resolve(ctx) {
 		return
 	}
 	ps, msgs := c.subscribe(ctx)
@@ -177,7 +128,7 @@ func (c *Cache) runSubscriber(ctx context.Context) {
 	// nothing either way: skip this round rather than re-subscribe.
 	probe := func(now time.Time) {
 		pctx, cancel := context.WithTimeout(ctx, c.cfg.probeTimeout)
-		err := c.st.publish(pctx, c.channel, Event{Type: EventProbe, Key: c.channel, Origin: c.origin})
+		err := c.st.publish(pctx, c.channel, protocol.Event{Type: protocol.EventProbe, Key: c.channel, Origin: c.origin})
 		cancel()
 		var rerr redis.Error
 		if err != nil && errors.As(err, &rerr) {
@@ -202,7 +153,7 @@ func (c *Cache) runSubscriber(ctx context.Context) {
 		c.stats.resubscribes.Add(1)
 		c.log().Warn("tokencache: subscribing again", "channel", c.channel, "reason", why, "attempt", fails+1)
 		_ = ps.Close()
-		c.st.ps.reload(ctx)
+		c.st.ps.Reload(ctx)
 		if after > 0 {
 			// Give the cluster client time to load the new slot map first:
 			// subscribing with the old one would ask the old owner.
@@ -257,11 +208,11 @@ func (c *Cache) runSubscriber(ctx context.Context) {
 					resubscribe("the server ended the subscription ("+v.Kind+")", slotMapDelay)
 				}
 			case *redis.Message:
-				ev, ok := decodeEvent(v.Payload)
+				ev, ok := protocol.DecodeEvent(v.Payload)
 				if !ok {
 					continue
 				}
-				if ev.Type == EventProbe {
+				if ev.Type == protocol.EventProbe {
 					if leader == "" || ev.Origin <= leader || lastHeard.Sub(leaderHeard) > 2*c.cfg.probeInterval {
 						leader, leaderHeard = ev.Origin, lastHeard
 					}
@@ -278,7 +229,7 @@ func (c *Cache) runSubscriber(ctx context.Context) {
 }
 
 func (c *Cache) subscribe(ctx context.Context) (*redis.PubSub, <-chan any) {
-	ps := c.st.ps.subscribe(ctx, c.channel)
+	ps := c.st.ps.Subscribe(ctx, c.channel)
 	return ps, ps.ChannelWithSubscriptions(
 		redis.WithChannelSize(256),
 		redis.WithChannelHealthCheckInterval(c.cfg.pubsubHealth),

@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/tokencache/tokencache/tokencache/internal/protocol"
 )
 
 // FuzzDecodeRecord feeds the Redis value decoder whatever a hand edit or an
@@ -23,17 +25,17 @@ func FuzzDecodeRecord(f *testing.F) {
 	f.Add([]byte(`null`))
 	f.Add([]byte(`{"access_token":1}`))
 	f.Fuzz(func(t *testing.T, raw []byte) {
-		rec, err := decodeRecord("k", raw)
+		rec, err := protocol.DecodeRecord("k", raw)
 		if err != nil {
-			if _, ok := err.(*ValueError); !ok {
-				t.Fatalf("error of type %T, want *ValueError", err)
+			if _, ok := err.(*protocol.RecordError); !ok {
+				t.Fatalf("error of type %T, want *protocol.RecordError", err)
 			}
 			return
 		}
-		if rec.AccessToken == "" || rec.lifetime() <= 0 {
+		if rec.AccessToken == "" || rec.Lifetime() <= 0 {
 			t.Fatalf("accepted an unusable record: %+v", rec)
 		}
-		if tok := rec.token(); tok.Expiry.IsZero() {
+		if tok := recordToken(rec); tok.Expiry.IsZero() {
 			t.Fatalf("accepted a record without an expiry")
 		}
 	})
@@ -47,7 +49,7 @@ func FuzzDecodeEvent(f *testing.F) {
 	f.Add(`{"type":"invalidated","key":"k","generation":-1}`)
 	f.Add(`not json`)
 	f.Fuzz(func(t *testing.T, payload string) {
-		ev, ok := decodeEvent(payload)
+		ev, ok := protocol.DecodeEvent(payload)
 		if ok && ev.Key == "" {
 			t.Fatalf("accepted an event without a key")
 		}

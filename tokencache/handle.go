@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/tokencache/tokencache/tokencache/internal/protocol"
 	"golang.org/x/oauth2"
 )
 
@@ -50,9 +51,9 @@ func (h *Handle) UserID() string { return h.user }
 func (h *Handle) Keys() (token, lock, fence, channel string) {
 	k := h.c.server.k
 	if h.e == nil {
-		k = clientKeys(h.c.cfg.prefix, h.c.cfg.namespace, h.user)
+		k = protocol.ClientKeys(h.c.cfg.prefix, h.c.cfg.namespace, h.user)
 	}
-	return k.token, k.lock, k.fence, k.channel
+	return k.Token, k.Lock, k.Fence, k.Channel
 }
 
 // Token returns a valid token, from memory when it can (no Redis round

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/tokencache/tokencache/tokencache/internal/protocol"
 	"math/rand/v2"
 	"time"
 )
@@ -26,19 +27,19 @@ type issuer struct {
 // exponential backoff and full jitter (or the issuer's Retry-After). Each
 // attempt takes its budget first; spent, if not nil, is the first one's,
 // already taken (see refresher.begin).
-func (is *issuer) fetch(ctx context.Context, redisDown bool, spent []int64) (Token, error) {
+func (is *issuer) fetch(ctx context.Context, redisDown bool, spent *protocol.Budget) (Token, error) {
 	c := is.c
 	for attempt := 1; ; attempt++ {
 		var err error
 		switch {
-		case attempt == 1 && spent != nil && spent[0] < 0:
+		case attempt == 1 && spent != nil && spent.Uncountable:
 			// Redis could not count it (say, a key of another type at
 			// the budget key): asking again would fail the same way.
 			c.stats.redisErrors.Add(1)
 			c.log().Warn("tokencache: issuer budget could not be counted in redis; keeping to it in this process", "key", c.budget.key)
 			err = c.takeBudget(ctx, true)
 		case attempt == 1 && spent != nil:
-			err = c.spent(spent)
+			err = c.spent(*spent)
 		default:
 			err = c.takeBudget(ctx, redisDown)
 		}
@@ -63,7 +64,7 @@ func (is *issuer) fetch(ctx context.Context, redisDown bool, spent []int64) (Tok
 		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < d {
 			return Token{}, err
 		}
-		c.log().Info("tokencache: issuer call failed; retrying", "key", is.k.token, "attempt", attempt, "delay", d, "err", err)
+		c.log().Info("tokencache: issuer call failed; retrying", "key", is.k.Token, "attempt", attempt, "delay", d, "err", err)
 		t := time.NewTimer(d)
 		select {
 		case <-ctx.Done():
@@ -112,7 +113,7 @@ func (is *issuer) failed(ctx context.Context, err error, publish bool) *FetchErr
 		fe.Until = c.now().Add(window)
 	}
 	is.fails.record(fe)
-	c.log().Error("tokencache: refresh failed", "key", is.k.token, "code", fe.Code, "retryable", fe.Retryable, "retry_in", window, "err", err)
+	c.log().Error("tokencache: refresh failed", "key", is.k.Token, "code", fe.Code, "retryable", fe.Retryable, "retry_in", window, "err", err)
 	if publish {
 		// The fleet learns it twice: waiters now, through the event, and
 		// replicas that ask later (or start later), through the failure
@@ -123,13 +124,13 @@ func (is *issuer) failed(ctx context.Context, err error, publish bool) *FetchErr
 			f := failure{Code: fe.Code, Message: fe.Message, Retryable: fe.Retryable, By: c.cfg.host,
 				Fingerprint: is.cred.fp, Streak: is.fails.streak.Load()}
 			if rerr := c.st.remember(pctx, is.k, f, window); rerr != nil {
-				c.log().Warn("tokencache: could not record the failure", "key", is.k.failed, "err", rerr)
+				c.log().Warn("tokencache: could not record the failure", "key", is.k.Failed, "err", rerr)
 			}
 		}
-		ev := Event{Type: EventFailed, Key: is.k.token, Code: fe.Code, Message: fe.Message, Retryable: fe.Retryable,
+		ev := protocol.Event{Type: protocol.EventFailed, Key: is.k.Token, Code: fe.Code, Message: fe.Message, Retryable: fe.Retryable,
 			RetryInMS: window.Milliseconds(), By: c.cfg.host, Origin: c.origin, Credential: is.cred.forEvent()}
-		if perr := c.st.publish(pctx, is.k.channel, ev); perr != nil {
-			c.log().Warn("tokencache: could not publish the failure", "key", is.k.token, "err", perr)
+		if perr := c.st.publish(pctx, is.k.Channel, ev); perr != nil {
+			c.log().Warn("tokencache: could not publish the failure", "key", is.k.Token, "err", perr)
 		}
 	}
 	return fe

@@ -2,6 +2,7 @@ package tokencache
 
 import (
 	"context"
+	"github.com/tokencache/tokencache/tokencache/internal/protocol"
 	"time"
 )
 
@@ -12,9 +13,9 @@ import (
 // the callers waiting for the token.
 
 // onEvent applies an event about this token (see Cache.onEvent).
-func (e *entry) onEvent(ev Event) {
+func (e *entry) onEvent(ev protocol.Event) {
 	switch ev.Type {
-	case EventRefreshed:
+	case protocol.EventRefreshed:
 		if ev.Origin == e.c.origin {
 			// Our own write: we install what we stored as soon as the
 			// script returns, which may be just after this event arrives.
@@ -29,11 +30,11 @@ func (e *entry) onEvent(ev Event) {
 			return
 		}
 		e.sync()
-	case EventRefreshing:
+	case protocol.EventRefreshing:
 		if ev.Origin != e.c.origin && (ev.Credential == "" || e.cred.same(ev.Credential)) {
 			e.mem.hold(ev.Generation, e.c.cfg.lockTTL)
 		}
-	case EventInvalidated:
+	case protocol.EventInvalidated:
 		e.fails.clear()
 		if ev.TokenFP != "" {
 			// A read racing the deletion must not bring it back; the same
@@ -51,7 +52,7 @@ func (e *entry) onEvent(ev Event) {
 			e.mem.drop(s)
 		}
 		e.sig.fire()
-	case EventFailed:
+	case protocol.EventFailed:
 		if ev.Origin == e.c.origin || ev.Credential != "" && !e.cred.same(ev.Credential) {
 			return // our own failure (recorded with its cause), or another credential's
 		}

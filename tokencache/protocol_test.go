@@ -15,6 +15,7 @@ import (
 	"github.com/tokencache/tokencache/internal/faultproxy"
 	"github.com/tokencache/tokencache/internal/redistest"
 	"github.com/tokencache/tokencache/lock"
+	"github.com/tokencache/tokencache/tokencache/internal/protocol"
 )
 
 // This file pins the protocol's promises where real deployments differ
@@ -213,21 +214,21 @@ func TestOnlyTheLeaseHolderDrawsAndWrites(t *testing.T) {
 	rdb := s.Client(t)
 	c := newCache(t, rdb, newFakeFetcher(time.Hour), fastOpts()...)
 	e := c.server
-	paused, err := c.locker.TryAcquire(ctx, e.k.lock)
+	paused, err := c.locker.TryAcquire(ctx, e.k.Lock)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer func() { _ = paused.Release(ctx) }()
 	// The holder is paused past its lease: the lock expires and another
 	// replica takes it.
-	if err := rdb.Del(ctx, e.k.lock).Err(); err != nil {
+	if err := rdb.Del(ctx, e.k.Lock).Err(); err != nil {
 		t.Fatal(err)
 	}
 	other, err := lock.New(rdb, lock.WithTTL(2*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
-	current, err := other.TryAcquire(ctx, e.k.lock)
+	current, err := other.TryAcquire(ctx, e.k.Lock)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -237,7 +238,7 @@ func TestOnlyTheLeaseHolderDrawsAndWrites(t *testing.T) {
 	if err != nil || gen >= 0 {
 		t.Fatalf("the paused holder drew generation %d (err %v); want the lease reported lost", gen, err)
 	}
-	if n, _ := rdb.Get(ctx, e.k.fence).Int64(); n != 0 {
+	if n, _ := rdb.Get(ctx, e.k.Fence).Int64(); n != 0 {
 		t.Fatalf("fence = %d after the paused holder's begin, want 0 (nothing drawn)", n)
 	}
 	tok := Token{AccessToken: "paused-token", TokenType: "Bearer", Expiry: time.Now().Add(time.Hour)}
@@ -249,7 +250,7 @@ func TestOnlyTheLeaseHolderDrawsAndWrites(t *testing.T) {
 	if w.Stored || !w.LeaseLost {
 		t.Fatalf("the paused holder's write = %+v, want refused with the lease lost", w)
 	}
-	if n, _ := rdb.Exists(ctx, e.k.token).Result(); n != 0 {
+	if n, _ := rdb.Exists(ctx, e.k.Token).Result(); n != 0 {
 		t.Fatal("the paused holder's token was stored")
 	}
 	// The current holder draws and writes.
@@ -300,13 +301,14 @@ func TestIssuerCallStopsWhenTheLeaseIsLost(t *testing.T) {
 	// the caller that was waiting on the paused holder's refresh is served
 	// that token.
 	e := paused.server
-	gen, _, _, err := paused.st.begin(ctx, e.k, "another-owner", 0, nil, nil)
+	drew, err := paused.st.begin(ctx, e.k, "another-owner", 0, nil, nil)
+	gen := drew.Generation
 	if err != nil || gen <= 0 {
 		t.Fatalf("the other owner's draw: %d, %v", gen, err)
 	}
 	want := Token{AccessToken: "the-other-owners-token", TokenType: "Bearer", Expiry: time.Now().Add(time.Hour)}
 	rec := newRecord(want, gen, time.Now(), 59*time.Minute, "other", e.cred.fp)
-	ev := Event{Type: EventRefreshed, Key: key, Generation: gen, TokenFP: rec.TokenFP, Origin: "other"}
+	ev := protocol.Event{Type: protocol.EventRefreshed, Key: key, Generation: gen, TokenFP: rec.TokenFP, Origin: "other"}
 	if w, err := paused.st.write(ctx, e.k, rec, 59*time.Minute, ev, "another-owner"); err != nil || !w.Stored {
 		t.Fatalf("the other owner's write: %+v, %v", w, err)
 	}
@@ -331,7 +333,7 @@ func TestRetriedScriptsAreIdempotent(t *testing.T) {
 		ctx := ctxT(t)
 		c := newCache(t, rdb, newFakeFetcher(time.Hour), fastOpts()...)
 		e := c.server
-		lease, err := c.locker.TryAcquire(ctx, e.k.lock)
+		lease, err := c.locker.TryAcquire(ctx, e.k.Lock)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -339,31 +341,32 @@ func TestRetriedScriptsAreIdempotent(t *testing.T) {
 		b := c.budget
 		// The client resends the begin script after a lost reply: the same
 		// generation, counted once in the budget and the fence.
-		g1, spent1, _, err := c.st.begin(ctx, e.k, lease.Value(), 0, b, nil)
+		r1, err := c.st.begin(ctx, e.k, lease.Value(), 0, b, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		g2, spent2, _, err := c.st.begin(ctx, e.k, lease.Value(), 0, b, nil)
+		r2, err := c.st.begin(ctx, e.k, lease.Value(), 0, b, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
+		g1, g2 := r1.Generation, r2.Generation
 		if g1 != 1 || g2 != g1 {
 			t.Fatalf("generations %d then %d, want 1 twice", g1, g2)
 		}
-		if spent1[2] != 1 || spent2[2] != -1 {
-			t.Fatalf("budget counts %v then %v, want 1 counted then -1 (already counted)", spent1, spent2)
+		if r1.Budget == nil || r1.Budget.Counted != 1 || !r2.Replayed || r2.Budget == nil || !r2.Budget.Allowed || r2.Budget.Counted != 0 {
+			t.Fatalf("begin replies %+v then %+v, want 1 counted then a replay (already counted)", r1, r2)
 		}
 		if n, _ := rdb.Get(ctx, b.key).Int64(); n != 1 {
 			t.Fatalf("budget key = %d, want 1", n)
 		}
-		if n, _ := rdb.Get(ctx, e.k.fence).Int64(); n != 1 {
+		if n, _ := rdb.Get(ctx, e.k.Fence).Int64(); n != 1 {
 			t.Fatalf("fence = %d, want 1", n)
 		}
 		// The client resends the write after a lost reply: stored, not
 		// fenced out by itself.
 		tok := Token{AccessToken: "t1", TokenType: "Bearer", Expiry: time.Now().Add(time.Hour)}
 		rec := newRecord(tok, g1, time.Now(), time.Hour, "h", e.cred.fp)
-		ev := Event{Type: EventRefreshed, Key: e.k.token}
+		ev := protocol.Event{Type: protocol.EventRefreshed, Key: e.k.Token}
 		w1, err := c.st.write(ctx, e.k, rec, time.Hour, ev, lease.Value())
 		if err != nil || !w1.Stored {
 			t.Fatalf("first write = %+v, %v", w1, err)
@@ -433,9 +436,10 @@ func TestWriteWhoseReplyIsLostIsStoredOnce(t *testing.T) {
 		done <- err
 	}()
 	eventually(t, "the issuer call", func() bool { return f.calls.Load() == 1 })
-	// The write script's reply ({1, generation, published, stored ms}) is
-	// lost after the script ran: the client times out and sends it again.
-	p.SwallowReply([]byte("*4\r\n:1\r\n"))
+	// The write script's reply ({"stored", generation, published, stored
+	// ms}) is lost after the script ran: the client times out and sends it
+	// again.
+	p.SwallowReply([]byte("*4\r\n$6\r\nstored\r\n"))
 	close(gate)
 	if err := <-done; err != nil {
 		t.Fatal(err)
@@ -545,8 +549,8 @@ func storeAsLaggingRedisWould(t *testing.T, rdb *redis.Client, key string, expir
 	exp := now.Add(-expiredAgo)
 	issued := exp.Add(-life)
 	ttl := life - skew
-	m["expires_at"] = exp.UTC().Format(expiryLayout)
-	m["issued_at"] = issued.UTC().Format(expiryLayout)
+	m["expires_at"] = exp.UTC().Format(protocol.ExpiryLayout)
+	m["issued_at"] = issued.UTC().Format(protocol.ExpiryLayout)
 	m["ttl_ms"] = ttl.Milliseconds()
 	// on the old master's (true) clock it was stored at issued; the new
 	// master's clock is lag behind, so it reads stored_ms as lag later

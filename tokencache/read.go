@@ -34,14 +34,14 @@ func (e *entry) readAndInstall(ctx context.Context) (Token, bool, error) {
 // logging garbage once per value, and the credential fingerprint.
 func (e *entry) read(ctx context.Context, at time.Time) (readResult, error) {
 	e.c.stats.redisReads.Add(1)
-	r, err := e.c.st.read(ctx, e.k.token, at)
+	r, err := e.c.st.read(ctx, e.k.Token, at)
 	if err != nil {
 		e.c.stats.redisErrors.Add(1)
 		return r, err
 	}
 	if r.bad != nil {
 		e.c.stats.badValues.Add(1)
-		e.c.log().Warn("tokencache: unusable value in redis, treating as a miss", "key", e.k.token, "err", r.bad)
+		e.c.log().Warn("tokencache: unusable value in redis, treating as a miss", "key", e.k.Token, "err", r.bad)
 	}
 	if r.found && e.mem.isRejected(r.rec.TokenFP, r.rec.Generation) {
 		r.found = false
@@ -58,8 +58,8 @@ func (e *entry) read(ctx context.Context, at time.Time) (readResult, error) {
 		// another credential, or this replica's key for that id is wrong.
 		// Only the latter fails to open, and is this replica's problem:
 		// the token is not overwritten.
-		if _, err := e.c.cfg.keyring.open(e.k.token, r.rec); err != nil {
-			e.c.log().Error("tokencache: cannot decrypt the cached token", "key", e.k.token, "key_id", r.rec.KeyID, "err", err)
+		if _, err := e.c.cfg.keyring.open(e.k.Token, r.rec); err != nil {
+			e.c.log().Error("tokencache: cannot decrypt the cached token", "key", e.k.Token, "key_id", r.rec.KeyID, "err", err)
 			return readResult{}, err
 		}
 	}
@@ -67,14 +67,14 @@ func (e *entry) read(ctx context.Context, at time.Time) (readResult, error) {
 		// Another deployment's token is a miss to refetch and overwrite.
 		if e.cred.warned.CompareAndSwap(false, true) {
 			e.c.log().Warn("tokencache: cached token was minted for another credential; not serving it",
-				"key", e.k.token, "stored_fingerprint", r.rec.Fingerprint, "our_fingerprint", e.cred.fp)
+				"key", e.k.Token, "stored_fingerprint", r.rec.Fingerprint, "our_fingerprint", e.cred.fp)
 		}
 		r.found = false
 	}
 	if r.found && r.rec.Ciphertext != "" {
-		tok, err := e.c.cfg.keyring.open(e.k.token, r.rec)
+		tok, err := e.c.cfg.keyring.open(e.k.Token, r.rec)
 		if err != nil {
-			e.c.log().Error("tokencache: cannot decrypt the cached token", "key", e.k.token, "key_id", r.rec.KeyID, "err", err)
+			e.c.log().Error("tokencache: cannot decrypt the cached token", "key", e.k.Token, "key_id", r.rec.KeyID, "err", err)
 			return readResult{}, err
 		}
 		r.rec.AccessToken = tok
@@ -95,11 +95,11 @@ func (e *entry) read(ctx context.Context, at time.Time) (readResult, error) {
 func (e *entry) snapshotFor(rec record, ttl time.Duration, at time.Time) *snapshot {
 	cfg := &e.c.cfg
 	base := e.c.monoAt(at)
-	life := rec.lifetime()
+	life := rec.Lifetime()
 	skew := e.c.cfg.skewFor(life)
-	exp, _ := rec.expiry()
+	exp, _ := rec.Expiry()
 	validUntil := min(base+mono(ttl), e.c.monoAt(exp.Add(maxClockSkew-skew)))
-	tok := rec.token()
+	tok := recordToken(rec)
 	if measured := at.Add(ttl + skew); absDuration(measured.Sub(exp)) > skew/2 {
 		// The end of validity plus the skew: the measured expiry, or less
 		// where the local guard cut the validity short.

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/tokencache/tokencache/lock"
+	"github.com/tokencache/tokencache/tokencache/internal/protocol"
 )
 
 // This file is the refresh under the lock, and the one fenced write path
@@ -32,7 +33,7 @@ func (rf *refresher) locked(ctx context.Context, lease *lock.Lease, ahead bool, 
 	e := rf.e
 	defer func() {
 		if err := lease.Release(ctx); err != nil {
-			e.c.log().Warn("tokencache: lock released late", "key", e.k.lock, "err", err)
+			e.c.log().Warn("tokencache: lock released late", "key", e.k.Lock, "err", err)
 		}
 	}()
 	// redisDown is for callers with nothing to serve. A refresh ahead
@@ -110,7 +111,7 @@ func (rf *refresher) locked(ctx context.Context, lease *lock.Lease, ahead bool, 
 	if err != nil {
 		// The token is good; Redis is not. Serve it and write it back later.
 		e.c.stats.redisErrors.Add(1)
-		e.c.log().Warn("tokencache: could not store the new token; serving it from memory", "key", e.k.token, "err", err)
+		e.c.log().Warn("tokencache: could not store the new token; serving it from memory", "key", e.k.Token, "err", err)
 		rf.pending.Store(&tok)
 		s := e.snapshotFor(rec, ttl, issued)
 		s.softUntil = min(s.validUntil, e.c.monoAt(issued)+mono(jitter(e.c.cfg.waitRecheck)))
@@ -121,7 +122,7 @@ func (rf *refresher) locked(ctx context.Context, lease *lock.Lease, ahead bool, 
 		// Fenced out: our lease expired and a newer holder exists, or a
 		// newer token is stored. Prefer the fleet's token.
 		e.c.stats.fenced.Add(1)
-		e.c.log().Warn("tokencache: write rejected by fencing; a newer lease or token exists", "key", e.k.token,
+		e.c.log().Warn("tokencache: write rejected by fencing; a newer lease or token exists", "key", e.k.Token,
 			"generation", gen, "fenced_by", w.FencedBy, "lease_lost", w.LeaseLost)
 		if tok2, ok, err := e.readAndInstall(ctx); err == nil && ok {
 			return tok2, nil
@@ -134,7 +135,7 @@ func (rf *refresher) locked(ctx context.Context, lease *lock.Lease, ahead bool, 
 		return tok, nil
 	}
 	e.c.stats.refreshes.Add(1)
-	e.c.log().Info("tokencache: token refreshed", "key", e.k.token, "generation", rec.Generation, "token", tok)
+	e.c.log().Info("tokencache: token refreshed", "key", e.k.Token, "generation", rec.Generation, "token", tok)
 	rf.installWritten(rec, ttl, issued, w)
 	return tok, nil
 }
@@ -174,35 +175,35 @@ func leaseContext(ctx context.Context, lease *lock.Lease) (context.Context, cont
 // token's slot (spent is then the budget's reply), and, if ahead (the
 // fleet still has a valid token), announces "refreshing". A negative
 // generation means the lease was lost meanwhile.
-func (rf *refresher) begin(ctx context.Context, lease *lock.Lease, floor int64, call, ahead bool) (gen int64, spent []int64, err error) {
+func (rf *refresher) begin(ctx context.Context, lease *lock.Lease, floor int64, call, ahead bool) (gen int64, spent *protocol.Budget, err error) {
 	e := rf.e
 	var b *budget
-	if call && e.k.nsSlot {
+	if call && e.k.NSSlot {
 		b = e.c.budget
 	}
-	var ev *Event
+	var ev *protocol.Event
 	if ahead {
-		ev = &Event{Type: EventRefreshing, Key: e.k.token, By: e.c.cfg.host, Origin: e.c.origin, Credential: e.cred.forEvent()}
+		ev = &protocol.Event{Type: protocol.EventRefreshing, Key: e.k.Token, By: e.c.cfg.host, Origin: e.c.origin, Credential: e.cred.forEvent()}
 	}
-	var announce func(context.Context)
+	var res protocol.BeginResult
 	gen, err = lease.FenceWith(ctx, func(ctx context.Context) (int64, error) {
-		var g int64
-		g, spent, announce, err = e.c.st.begin(ctx, e.k, lease.Value(), floor, b, ev)
-		if err == nil && g == 0 {
+		res, err = e.c.st.begin(ctx, e.k, lease.Value(), floor, b, ev)
+		if err == nil && res.LeaseLost {
 			err = lock.ErrLeaseLost // another owner holds the lock
 		}
-		return g, err
+		return res.Generation, err
 	})
+	spent = res.Budget
 	if errors.Is(err, lock.ErrLeaseLost) || errors.Is(err, lock.ErrLeaseExpired) {
 		return -1, nil, nil
 	}
-	if err == nil && announce != nil {
+	if err == nil && res.Pending() {
 		// Where the script could not publish (a user's token in a
 		// cluster, or the pub/sub mode unknown yet), the announcement
 		// costs a round trip of its own, bounded tightly: a lost one costs
 		// only the reads and lock attempts it would have saved.
 		actx, cancel := context.WithTimeout(ctx, announceTimeout)
-		announce(actx)
+		res.Finish(actx)
 		cancel()
 	}
 	return gen, spent, err
@@ -232,17 +233,17 @@ func (rf *refresher) write(ctx context.Context, lease *lock.Lease, rec *record, 
 		if err != nil {
 			return writeResult{}, err
 		}
-		ev := Event{Type: EventRefreshed, Key: e.k.token, Generation: rec.Generation, By: e.c.cfg.host, Origin: e.c.origin, TokenFP: rec.TokenFP}
-		ev.ExpiresAt, _ = rec.expiry()
+		ev := protocol.Event{Type: protocol.EventRefreshed, Key: e.k.Token, Generation: rec.Generation, By: e.c.cfg.host, Origin: e.c.origin, TokenFP: rec.TokenFP}
+		ev.ExpiresAt, _ = rec.Expiry()
 		w, err := e.c.st.write(ctx, e.k, stored, ttl, ev, lease.Value())
 		if err != nil || !w.Stale || !lift || attempt > 0 {
 			return w, err
 		}
-		gen, err := e.c.st.raiseFence(ctx, e.k, rec.Generation, w.FencedBy+1, ttl)
-		if err != nil || gen < 0 {
+		r, err := e.c.st.raiseFence(ctx, e.k, rec.Generation, w.FencedBy+1, ttl)
+		if err != nil || !r.Raised {
 			return writeResult{}, err
 		}
-		rec.Generation = gen
+		rec.Generation = r.Generation
 	}
 }
 
@@ -253,7 +254,7 @@ func (rf *refresher) seal(rec record) (record, error) {
 	if kr == nil {
 		return rec, nil
 	}
-	id, sealed, err := kr.seal(rf.e.k.token, rec)
+	id, sealed, err := kr.seal(rf.e.k.Token, rec)
 	if err != nil {
 		return rec, fmt.Errorf("tokencache: encrypting the token: %w", err)
 	}
@@ -287,7 +288,7 @@ func (rf *refresher) redisDown(ctx context.Context, rerr error) (Token, error) {
 		return Token{}, err
 	}
 	e.c.stats.failOpen.Add(1)
-	e.c.log().Warn("tokencache: redis unavailable; fetching from the issuer directly", "key", e.k.token, "err", rerr)
+	e.c.log().Warn("tokencache: redis unavailable; fetching from the issuer directly", "key", e.k.Token, "err", rerr)
 	tok, err := e.iss.fetch(ctx, true, nil)
 	if err != nil {
 		if e.c.ctx.Err() != nil {
@@ -315,7 +316,7 @@ func (rf *refresher) writeBack(ctx context.Context, tok *Token) bool {
 		rf.pending.CompareAndSwap(tok, nil)
 		return true
 	}
-	lease, err := e.c.locker.TryAcquire(ctx, e.k.lock)
+	lease, err := e.c.locker.TryAcquire(ctx, e.k.Lock)
 	if errors.Is(err, lock.ErrNotAcquired) {
 		return true // someone is refreshing; their token will do
 	}
@@ -341,7 +342,7 @@ func (rf *refresher) writeBack(ctx context.Context, tok *Token) bool {
 		rf.pending.CompareAndSwap(nil, tok)
 		return false
 	} else if w.Stored {
-		e.c.log().Info("tokencache: wrote back a token fetched while redis was down", "key", e.k.token, "generation", rec.Generation)
+		e.c.log().Info("tokencache: wrote back a token fetched while redis was down", "key", e.k.Token, "generation", rec.Generation)
 		rf.installWritten(rec, ttl, issued, w)
 	}
 	return true

@@ -13,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tokencache/tokencache/internal/redistest"
+	"github.com/tokencache/tokencache/tokencache/internal/protocol"
 )
 
 // R1: closing one replica while it refreshes publishes a PERMANENT failure
@@ -58,7 +59,7 @@ func TestRegressionRemoteRetryAtUnbounded(t *testing.T) {
 	}
 	b := newCache(t, rdb, newFakeFetcher(time.Hour), fastOpts()...)
 	b.waitSubscribed(ctx, time.Second)
-	ev, _ := json.Marshal(Event{Type: EventFailed, Key: "tokencache:{default}:server", Code: "access-denied",
+	ev, _ := json.Marshal(protocol.Event{Type: protocol.EventFailed, Key: "tokencache:{default}:server", Code: "access-denied",
 		RetryInMS: (24 * time.Hour).Milliseconds(), Origin: "hostile-peer"}) // any PUBLISH
 	rdb.Publish(ctx, "tokencache:{default}:events", ev)
 	eventually(t, "event", func() bool { return b.Stats().Events > 0 })
@@ -69,7 +70,7 @@ func TestRegressionRemoteRetryAtUnbounded(t *testing.T) {
 }
 
 // R3: a hand-written value with a high generation that the reader treats as
-// garbage (here: no TTL) is never overwritten: writeScript returns -2 forever,
+// garbage (here: no TTL) is never overwritten: the write script answers "stale" forever,
 // so every refresh is fenced and nothing is shared.
 func TestRegressionGarbageWithHighGenerationFencesForever(t *testing.T) {
 	rdb, _ := miniBackend(t)

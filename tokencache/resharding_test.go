@@ -10,6 +10,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"github.com/tokencache/tokencache/internal/redistest"
+	"github.com/tokencache/tokencache/tokencache/internal/protocol"
 )
 
 // Resharding a Redis Cluster (issue 12, item 6): while the namespace's
@@ -44,8 +45,8 @@ func isMoving(err error) bool {
 // nsSlot returns the namespace's slot, its master and another master.
 func nsSlot(t *testing.T, cl *redistest.Cluster, ns string) (k keys, slot, from, to int) {
 	t.Helper()
-	k = serverKeys(defaultKeyPrefix, ns)
-	slot = int(cl.Client(t).ClusterKeySlot(context.Background(), k.token).Val())
+	k = protocol.ServerKeys(defaultKeyPrefix, ns)
+	slot = int(cl.Client(t).ClusterKeySlot(context.Background(), k.Token).Val())
 	from = cl.Owner(t, slot)
 	return k, slot, from, (from + 1) % len(cl.Nodes)
 }
@@ -88,7 +89,7 @@ func TestClusterMigratingSlot(t *testing.T) {
 		cl.StartMove(t, slot, from, to)
 		// The state the issue measured: the read script is redirected and
 		// refused, though the token is on the source.
-		if err := readScript.Run(ctx, cc, []string{k.token, k.failed}).Err(); !isMoving(err) {
+		if err := protocol.Script("read").Run(ctx, cc, []string{k.Token, k.Failed}).Err(); !isMoving(err) {
 			t.Fatalf("read script with the slot migrating: %v, want ASK or TRYAGAIN", err)
 		}
 		joins("slot migrating, keys on the source")
@@ -96,7 +97,7 @@ func TestClusterMigratingSlot(t *testing.T) {
 		joins("move cancelled")
 		cl.StartMove(t, slot, from, to)
 		cl.MigrateKeys(t, slot, from, to)
-		if err := readScript.Run(ctx, cc, []string{k.token, k.failed}).Err(); !isMoving(err) {
+		if err := protocol.Script("read").Run(ctx, cc, []string{k.Token, k.Failed}).Err(); !isMoving(err) {
 			t.Fatalf("read script with the keys migrated: %v, want ASK or TRYAGAIN", err)
 		}
 		joins("slot migrating, keys on the target")

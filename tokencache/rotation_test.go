@@ -16,6 +16,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tokencache/tokencache/internal/redistest"
+	"github.com/tokencache/tokencache/tokencache/internal/protocol"
 )
 
 // rotatingAPI is an authenticate-and-rotate API on a test clock: the
@@ -88,8 +89,8 @@ func (o *offerCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 			return err // go-redis retries with EVAL: count that one
 		}
 		switch name, arg := strings.ToLower(fmt.Sprint(a[0])), fmt.Sprint(a[1]); {
-		case name == "evalsha" && arg == offerScript.Hash(),
-			name == "eval" && fmt.Sprintf("%x", sha1.Sum([]byte(arg))) == offerScript.Hash():
+		case name == "evalsha" && arg == protocol.Script("offer").Hash(),
+			name == "eval" && fmt.Sprintf("%x", sha1.Sum([]byte(arg))) == protocol.Script("offer").Hash():
 			o.n.Add(1)
 		}
 		return err

@@ -186,7 +186,7 @@ func (sc *scheduler) ahead(ctx context.Context, served *snapshot) {
 		e.mem.later(d)
 		return
 	}
-	lease, err := e.c.locker.TryAcquire(ctx, e.k.lock)
+	lease, err := e.c.locker.TryAcquire(ctx, e.k.Lock)
 	if err != nil {
 		if errors.Is(err, lock.ErrNotAcquired) {
 			e.c.stats.lockContended.Add(1)
@@ -211,7 +211,7 @@ func (sc *scheduler) ahead(ctx context.Context, served *snapshot) {
 		}
 		return e.fails.backingOff() > 0
 	}); err != nil {
-		e.c.log().Warn("tokencache: refresh ahead failed; serving the current token", "key", e.k.token, "err", err)
+		e.c.log().Warn("tokencache: refresh ahead failed; serving the current token", "key", e.k.Token, "err", err)
 		e.mem.later(e.fails.retryDelay())
 	} else if d := e.fails.backingOff(); d > 0 {
 		e.mem.later(d)

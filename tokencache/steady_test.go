@@ -12,6 +12,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/tokencache/tokencache/internal/redistest"
 	"github.com/tokencache/tokencache/lock"
+	"github.com/tokencache/tokencache/tokencache/internal/protocol"
 )
 
 // In steady state, with the defaults, a fleet renews its token with one
@@ -141,7 +142,7 @@ func TestRefreshAheadCommandsAndMoment(t *testing.T) {
 	// No call from here on: the moment starts the refresh by itself. The
 	// lock key is gone once the release was sent.
 	eventually(t, "the refresh ahead at the replica's moment", func() bool {
-		return c.Stats().Refreshes == 2 && observer.Exists(ctx, c.server.k.lock).Val() == 0
+		return c.Stats().Refreshes == 2 && observer.Exists(ctx, c.server.k.Lock).Val() == 0
 	})
 	for name, want := range map[string]int64{"": 5, "set": 1, "evalsha": 4} {
 		if got := cmds[name].Load() - before[name]; got != want {
@@ -185,7 +186,7 @@ func TestRefreshAheadHonoursFleetFailureFoundUnderLock(t *testing.T) {
 				t.Fatal(err)
 			}
 			if evicted {
-				srv.Client(t).Del(ctx, c.server.k.token)
+				srv.Client(t).Del(ctx, c.server.k.Token)
 			}
 			locks := sets.Load()
 			// Past the moment, callers keep asking.
@@ -244,13 +245,13 @@ func TestOwnRefreshedEventCostsNoRead(t *testing.T) {
 	gen := c.server.mem.l1.Load().gen
 	reads := c.Stats().RedisReads
 	// Our own event for a generation we have not installed yet.
-	c.onEvent(Event{Type: EventRefreshed, Key: c.server.k.token, Generation: gen + 1, Origin: c.origin})
+	c.onEvent(protocol.Event{Type: protocol.EventRefreshed, Key: c.server.k.Token, Generation: gen + 1, Origin: c.origin})
 	time.Sleep(50 * time.Millisecond) // a read-back would start at once
 	if got := c.Stats().RedisReads; got != reads {
 		t.Errorf("%d reads after our own refreshed event, want 0", got-reads)
 	}
 	// Someone else's: one read.
-	c.onEvent(Event{Type: EventRefreshed, Key: c.server.k.token, Generation: gen + 1, Origin: "another"})
+	c.onEvent(protocol.Event{Type: protocol.EventRefreshed, Key: c.server.k.Token, Generation: gen + 1, Origin: "another"})
 	eventually(t, "the read after another replica's event", func() bool { return c.Stats().RedisReads == reads+1 })
 }
 
@@ -330,7 +331,7 @@ func TestRefreshingAnnouncementsCannotStarveRefreshAhead(t *testing.T) {
 				return
 			case <-time.After(20 * time.Millisecond):
 			}
-			c.onEvent(Event{Type: EventRefreshing, Key: c.server.k.token, Generation: gen, Origin: "elsewhere", Credential: c.server.cred.fp})
+			c.onEvent(protocol.Event{Type: protocol.EventRefreshing, Key: c.server.k.Token, Generation: gen, Origin: "elsewhere", Credential: c.server.cred.fp})
 		}
 	}()
 	defer func() { close(stop); <-done }()

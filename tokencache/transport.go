@@ -251,7 +251,7 @@ func (e *entry) holdRejection(tok Token) bool {
 	e.c.stats.rejectionsHeld.Add(1)
 	if logNow {
 		e.c.log().Warn("tokencache: the API rejects a token younger than the rejection window; returning its 401s without refetching",
-			"key", e.k.token, "token", tok, "token_age", time.Duration(now-s.born).Round(time.Millisecond), "window", w)
+			"key", e.k.Token, "token", tok, "token_age", time.Duration(now-s.born).Round(time.Millisecond), "window", w)
 	}
 	return true
 }

@@ -1,9 +1,10 @@
-package tokencache
+package protocol
 
 import (
 	"context"
 	"errors"
 	"log/slog"
+	"math/rand/v2"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -11,54 +12,65 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// pubsub decides how a cache publishes and subscribes to its events
+// PubSub decides how a cache publishes and subscribes to its events
 // channel: classic PUBLISH/SUBSCRIBE, or sharded SPUBLISH/SSUBSCRIBE.
 //
 // In a Redis Cluster a classic PUBLISH is copied to every node over the
 // cluster bus; a sharded one stays on the shard that owns the channel's
 // slot, which is where its subscribers are. So on a *redis.ClusterClient
 // whose servers have sharded pub/sub (Redis 7.0+) the cache uses it, unless
-// told otherwise (WithShardedPubSub); on a single node or Sentinel it uses
-// classic pub/sub, which every tool (redis-cli SUBSCRIBE) understands.
+// told otherwise; on a single node or Sentinel it uses classic pub/sub,
+// which every tool (redis-cli SUBSCRIBE) understands.
 //
 // A script may only SPUBLISH to a channel in the slot of its keys: the
 // server token's keys share the channel's hash tag, a user's do not. For
 // those the script leaves the event to the caller, which publishes it
 // right after (see command).
-type pubsub struct {
+type PubSub struct {
 	rdb  redis.UniversalClient
-	want int8         // 0 auto, 1 sharded, -1 classic (WithShardedPubSub)
-	mode atomic.Int32 // 0 not yet known, 1 classic, 2 sharded
+	mode atomic.Int32 // a Mode; ModeAuto until known
 	log  *slog.Logger
 }
 
+// Mode is how events are published.
+type Mode int32
+
+// The modes. ModeAuto, given to NewPubSub, asks a cluster's servers
+// whether they have sharded pub/sub; as a PubSub's Mode it means the
+// answer is not known yet.
 const (
-	modeUnknown int32 = iota
-	modeClassic
-	modeSharded
+	ModeAuto Mode = iota
+	ModeClassic
+	ModeSharded
 )
 
-func newPubSub(rdb redis.UniversalClient, want int8, log *slog.Logger) *pubsub {
-	p := &pubsub{rdb: rdb, want: want, log: log}
+// NewPubSub returns the pub/sub of rdb in mode want: ModeAuto is sharded
+// on a cluster whose servers have it, classic elsewhere. Warnings (a
+// publish the server refused or that failed) go to log.
+func NewPubSub(rdb redis.UniversalClient, want Mode, log *slog.Logger) *PubSub {
+	p := &PubSub{rdb: rdb, log: log}
 	_, cluster := rdb.(*redis.ClusterClient)
 	switch {
-	case want > 0:
-		p.mode.Store(modeSharded)
-	case want < 0 || !cluster:
-		p.mode.Store(modeClassic)
+	case want == ModeSharded:
+		p.mode.Store(int32(ModeSharded))
+	case want == ModeClassic || !cluster:
+		p.mode.Store(int32(ModeClassic))
 	}
 	return p
 }
 
-// sharded reports whether events go over sharded pub/sub, asking the
+// Mode is the mode in use: ModeAuto while it is not known yet.
+func (p *PubSub) Mode() Mode { return Mode(p.mode.Load()) }
+
+// Sharded reports whether events go over sharded pub/sub, asking the
 // server once (COMMAND INFO SPUBLISH) on a cluster in auto mode. ok is
 // false when that question could not be answered yet; the answer is then
 // classic for this call and asked again next time.
-func (p *pubsub) sharded(ctx context.Context) (sharded, ok bool) {
-	switch p.mode.Load() {
-	case modeSharded:
+func (p *PubSub) Sharded(ctx context.Context) (sharded, ok bool) {
+	switch p.Mode() {
+	case ModeSharded:
 		return true, true
-	case modeClassic:
+	case ModeClassic:
 		return false, true
 	}
 	res, err := p.rdb.Do(ctx, "COMMAND", "INFO", "SPUBLISH").Slice()
@@ -67,19 +79,19 @@ func (p *pubsub) sharded(ctx context.Context) (sharded, ok bool) {
 	// COMMAND INFO) gets classic pub/sub. No answer (Redis down) or a
 	// passing state (LOADING, CLUSTERDOWN, ...) is asked again later.
 	var rerr redis.Error
-	if err != nil && (!errors.As(err, &rerr) || transient(err)) {
+	if err != nil && (!errors.As(err, &rerr) || passing(err)) {
 		return false, false
 	}
-	m := modeClassic
+	m := ModeClassic
 	if err == nil && len(res) == 1 && res[0] != nil {
-		m = modeSharded
+		m = ModeSharded
 	}
-	p.mode.CompareAndSwap(modeUnknown, m)
-	return p.mode.Load() == modeSharded, true
+	p.mode.CompareAndSwap(int32(ModeAuto), int32(m))
+	return p.Mode() == ModeSharded, true
 }
 
-// transient reports whether a Redis error reply describes a passing state.
-func transient(err error) bool {
+// passing reports whether a Redis error reply describes a passing state.
+func passing(err error) bool {
 	msg := strings.ToUpper(err.Error())
 	for _, p := range []string{"LOADING", "CLUSTERDOWN", "TRYAGAIN", "MASTERDOWN", "BUSY", "MOVED", "ASK "} {
 		if strings.HasPrefix(msg, p) {
@@ -89,12 +101,12 @@ func transient(err error) bool {
 	return false
 }
 
-// resolve waits until the publish mode is known, asking again with a
+// Resolve waits until the publish mode is known, asking again with a
 // growing pause while Redis cannot answer. It is false only when ctx ends.
-func (p *pubsub) resolve(ctx context.Context) bool {
+func (p *PubSub) Resolve(ctx context.Context) bool {
 	pause := 100 * time.Millisecond
 	for {
-		if _, ok := p.sharded(ctx); ok {
+		if _, ok := p.Sharded(ctx); ok {
 			return true
 		}
 		t := time.NewTimer(jitter(pause))
@@ -108,28 +120,38 @@ func (p *pubsub) resolve(ctx context.Context) bool {
 	}
 }
 
+// jitter spreads d by ±25%.
+func jitter(d time.Duration) time.Duration {
+	if d <= 0 {
+		return d
+	}
+	return d*3/4 + time.Duration(rand.Int64N(int64(d)/2+1))
+}
+
 // command is the publish command a script on k's keys should run, or ""
 // with after set when the caller must publish the script's event itself:
 // the keys are in another slot than the channel, or the mode is not known
 // yet (then the event goes out both ways, so that nobody misses it).
-func (p *pubsub) command(ctx context.Context, k keys) (cmd string, after bool) {
-	s, ok := p.sharded(ctx)
+func (p *PubSub) command(ctx context.Context, k Keys) (cmd string, after bool) {
+	s, ok := p.Sharded(ctx)
 	switch {
 	case !ok:
 		return "", true
 	case !s:
 		return "PUBLISH", false
-	case k.nsSlot:
+	case k.NSSlot:
 		return "SPUBLISH", false
 	}
 	return "", true
 }
 
-func (p *pubsub) publish(ctx context.Context, channel string, payload []byte) error {
-	s, ok := p.sharded(ctx)
+// Publish sends payload on channel the way events are published. While
+// the mode is not known it goes out both ways, and one that went out is
+// enough.
+func (p *PubSub) Publish(ctx context.Context, channel string, payload []byte) error {
+	s, ok := p.Sharded(ctx)
 	switch {
 	case !ok:
-		// Not known yet: both ways, and one that went out is enough.
 		serr := p.rdb.SPublish(ctx, channel, payload).Err()
 		if perr := p.rdb.Publish(ctx, channel, payload).Err(); perr != nil && serr != nil {
 			return perr
@@ -144,44 +166,39 @@ func (p *pubsub) publish(ctx context.Context, channel string, payload []byte) er
 // publishAfter publishes the event of a script that could not. The write
 // stands either way; a lost event costs listeners what their next read
 // finds, so a failure is logged, not returned.
-func (p *pubsub) publishAfter(ctx context.Context, channel string, payload []byte) {
+func (p *PubSub) publishAfter(ctx context.Context, channel string, payload []byte) {
 	if len(payload) == 0 {
 		return
 	}
-	if err := p.publish(ctx, channel, payload); err != nil {
+	if err := p.Publish(ctx, channel, payload); err != nil {
 		p.log.Warn("tokencache: could not publish an event; replicas will see the change at their next read", "channel", channel, "err", err)
 	}
 }
 
 // afterScript finishes the publishing of a script that changed a token:
 // publish its event now (after), or log that the server refused the
-// script's own publish (the event is then marked with a leading "!").
-func (p *pubsub) afterScript(ctx context.Context, channel, cmd string, after bool, payload string) {
+// script's own publish (published false).
+func (p *PubSub) afterScript(ctx context.Context, channel, cmd string, after bool, payload []byte, published bool) {
 	switch {
 	case after:
-		p.publishAfter(ctx, channel, []byte(payload))
-	case strings.HasPrefix(payload, "!"):
-		p.refused(channel, cmd)
+		p.publishAfter(ctx, channel, payload)
+	case !published:
+		p.log.Warn("tokencache: Redis refused to publish an event (check the ACL for +publish or +spublish); replicas will see the change at their next read",
+			"channel", channel, "command", cmd)
 	}
 }
 
-// refused logs a publish command the server refused inside a script.
-func (p *pubsub) refused(channel, cmd string) {
-	p.log.Warn("tokencache: Redis refused to publish an event (check the ACL for +publish or +spublish); replicas will see the change at their next read",
-		"channel", channel, "command", cmd)
-}
-
-// subscribe subscribes to channel the way events are published.
-func (p *pubsub) subscribe(ctx context.Context, channel string) *redis.PubSub {
-	if s, _ := p.sharded(ctx); s {
+// Subscribe subscribes to channel the way events are published.
+func (p *PubSub) Subscribe(ctx context.Context, channel string) *redis.PubSub {
+	if s, _ := p.Sharded(ctx); s {
 		return p.rdb.SSubscribe(ctx, channel)
 	}
 	return p.rdb.Subscribe(ctx, channel)
 }
 
-// reload asks a cluster client to refresh its slot map: after a shard
+// Reload asks a cluster client to refresh its slot map: after a shard
 // channel's slot moved, or a subscription that stays silent.
-func (p *pubsub) reload(ctx context.Context) {
+func (p *PubSub) Reload(ctx context.Context) {
 	if cc, ok := p.rdb.(*redis.ClusterClient); ok {
 		cc.ReloadState(ctx)
 	}
