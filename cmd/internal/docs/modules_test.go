@@ -314,9 +314,13 @@ func TestDocumentedGoCommandsWorkFromTheRoot(t *testing.T) {
 			r = result{modules: map[string]bool{}}
 			cmd := exec.Command("go", append([]string{"list", "-f", "{{with .Module}}{{.Path}}{{end}}"}, c.patterns...)...)
 			cmd.Dir = repoRoot
-			if out, err := cmd.CombinedOutput(); err != nil {
+			out, err := cmd.CombinedOutput()
+			switch {
+			case err != nil:
 				r.err = fmt.Sprintf("%v: %s", err, out)
-			} else {
+			case strings.Contains(string(out), "matched no packages"):
+				r.err = string(out)
+			default:
 				for _, m := range strings.Fields(string(out)) {
 					r.modules[m] = true
 				}
