@@ -11,6 +11,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tokencache/tokencache/internal/redistest"
+	"github.com/tokencache/tokencache/internal/testutil"
 )
 
 func clients(t *testing.T) map[string]redis.UniversalClient {
@@ -39,15 +40,9 @@ func newLocker(t *testing.T, rdb redis.UniversalClient, opts ...Option) *Locker 
 	return l
 }
 
-func ctxT(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	t.Cleanup(cancel)
-	return ctx
-}
-
 func TestMutualExclusionAndFence(t *testing.T) {
 	forEach(t, func(t *testing.T, rdb redis.UniversalClient) {
-		ctx := ctxT(t)
+		ctx := testutil.Context(t)
 		l := newLocker(t, rdb, WithTTL(2*time.Second))
 		a, err := l.TryAcquire(ctx, "t:lock")
 		if err != nil {
@@ -89,7 +84,7 @@ func TestMutualExclusionAndFence(t *testing.T) {
 
 func TestWatchdogExtendsPastTTL(t *testing.T) {
 	forEach(t, func(t *testing.T, rdb redis.UniversalClient) {
-		ctx := ctxT(t)
+		ctx := testutil.Context(t)
 		beats := make(chan error, 100)
 		l := newLocker(t, rdb, WithTTL(150*time.Millisecond))
 		l.onBeat = func(err error) { beats <- err }
@@ -126,7 +121,7 @@ func TestLeaseLostAndExpired(t *testing.T) {
 			{"taken", func(ctx context.Context) error { return rdb.Set(ctx, "l:lock", "someone-else", time.Minute).Err() }, ErrLeaseLost},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
-				ctx := ctxT(t)
+				ctx := testutil.Context(t)
 				rdb.Del(ctx, "l:lock")
 				l := newLocker(t, rdb, WithTTL(150*time.Millisecond))
 				a, err := l.TryAcquire(ctx, "l:lock")
@@ -162,7 +157,7 @@ func TestLeaseLostAndExpired(t *testing.T) {
 
 func TestAcquireWaitsAndHonoursContext(t *testing.T) {
 	forEach(t, func(t *testing.T, rdb redis.UniversalClient) {
-		ctx := ctxT(t)
+		ctx := testutil.Context(t)
 		l := newLocker(t, rdb, WithTTL(2*time.Second), WithRetryDelay(5*time.Millisecond))
 		a, err := l.TryAcquire(ctx, "a:lock")
 		if err != nil {
@@ -198,7 +193,7 @@ func TestRedisDownIsAnError(t *testing.T) {
 	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr(), MaxRetries: -1})
 	defer rdb.Close()
 	mr.Close()
-	_, err := newLocker(t, rdb).TryAcquire(ctxT(t), "d:lock")
+	_, err := newLocker(t, rdb).TryAcquire(testutil.Context(t), "d:lock")
 	if err == nil || errors.Is(err, ErrNotAcquired) {
 		t.Fatalf("TryAcquire with redis down: got %v, want a redis error", err)
 	}
@@ -217,7 +212,7 @@ func TestRedlockWithOneNodeDown(t *testing.T) {
 			_ = c.Close()
 		}
 	})
-	ctx := ctxT(t)
+	ctx := testutil.Context(t)
 	l := newLocker(t, cs[0], WithTTL(2*time.Second), WithRedlock(cs[1], cs[2]))
 	a, err := l.TryAcquire(ctx, "r:lock")
 	if err != nil {

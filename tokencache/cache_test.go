@@ -167,7 +167,8 @@ func errorsN(n int, err error) []error {
 func TestRefreshAheadDoesNotBlockCallers(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, rdb redis.UniversalClient, mr *miniredis.Miniredis) {
 		// miniredis: a fake clock and FastForward; redis-server: real time
-		// with a short-lived token (4s: TTL 3.2s, due after 2s).
+		// with a short-lived token (4s: TTL 3.2s, due after 2s), where
+		// advance sleeps: real expiry on a real server is the subject.
 		life, wait := time.Hour, 40*time.Minute
 		var cl clock = systemClock{}
 		now, advance := time.Now, time.Sleep
@@ -240,7 +241,7 @@ func TestRefreshAheadOneReplicaRefreshesOthersFollow(t *testing.T) {
 				t.Fatalf("Token during refresh-ahead: %v", err)
 			}
 		}
-		time.Sleep(2 * time.Millisecond)
+		time.Sleep(2 * time.Millisecond) // the callers' pace: the subject is a rate of calls
 	}
 	// One call per refresh for the whole fleet: one per 0.9-1.2s here
 	// (30% of 3s, plus up to 10% jitter), plus the first.
@@ -867,4 +868,53 @@ func TestLockWatchdogKeepsSecondReplicaOut(t *testing.T) {
 		t.Errorf("issuer calls = %d, want 1 (the watchdog must hold the lock)", got)
 	}
 	_ = lock.DefaultTTL
+}
+
+// A hand-written value with a high generation that the reader treats as
+// unusable (here: no TTL) is overwritten by the next refresh, not left to
+// fence every write forever so that nothing is shared.
+func TestUnusableValueWithAHighGenerationDoesNotFenceEveryWrite(t *testing.T) {
+	rdb, _ := miniBackend(t)
+	ctx := ctxT(t)
+	key := "tokencache:{default}:server"
+	f := newFakeFetcher(time.Hour)
+	v, _ := json.Marshal(map[string]any{"access_token": "hand", "token_type": "Bearer",
+		"expires_at": time.Now().Add(time.Hour).UTC().Format(time.RFC3339),
+		"issued_at":  time.Now().UTC().Format(time.RFC3339), "generation": 100,
+		"fingerprint": identityFingerprint(f, nil)})
+	rdb.Set(ctx, key, v, 0) // hand SET without EX
+	c := newCache(t, rdb, f, fastOpts(WithL1(false))...)
+	for i := 0; i < 5; i++ {
+		if _, err := c.Token(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, _ := rdb.Get(ctx, key).Result()
+	t.Logf("issuer calls=%d fenced=%d; value still hand-written: %v", f.calls.Load(), c.Stats().FencedWrites, got == string(v))
+	if f.calls.Load() != 1 {
+		t.Errorf("issuer calls = %d for 5 Token calls, want 1", f.calls.Load())
+	}
+}
+
+// With Redis down, the copy a fail-open fetch keeps in memory is served
+// no later than the token's expiry (skewed), however long Redis stays
+// down.
+func TestFailOpenNeverServesATokenPastItsExpiry(t *testing.T) {
+	rdb, mr := miniBackend(t)
+	mr.Close() // Redis down
+	ctx := ctxT(t)
+	clk := newFakeClock()
+	f := newFakeFetcher(2 * time.Second)
+	f.now = clk.Now
+	c := newCache(t, rdb, f, withClock(clk), WithWaitRecheck(10*time.Second), WithLockTTL(time.Second),
+		WithRetry(1, time.Millisecond, time.Millisecond))
+	tok, err := c.Token(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk.Advance(5 * time.Second) // 3s past the issuer's expiry
+	tok2, err := c.Token(ctx)
+	if err == nil && tok2.AccessToken == tok.AccessToken {
+		t.Errorf("served %v at %v, i.e. after its expiry", tok2, clk.Now().UTC())
+	}
 }

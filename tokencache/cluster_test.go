@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -352,5 +353,52 @@ func (h commandCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redi
 			}
 		}
 		return next(ctx, cmds)
+	}
+}
+
+// On Redis Cluster a user's token key ("{ns/user}") and the events
+// channel ("{ns}") hash to different slots, so no one script may take
+// both: client tokens are stored, shared and invalidated there all the
+// same, beside the server token.
+func TestClusterSharesClientTokens(t *testing.T) {
+	s := redistest.Start(t, "--cluster-enabled", "yes", "--cluster-config-file", filepath.Join(t.TempDir(), "nodes.conf"))
+	ctx := ctxT(t)
+	plain := redis.NewClient(&redis.Options{Addr: s.Addr})
+	if err := plain.Do(ctx, "CLUSTER", "ADDSLOTSRANGE", 0, 16383).Err(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "cluster ok", func() bool {
+		info, _ := plain.ClusterInfo(ctx).Result()
+		return strings.Contains(info, "cluster_state:ok")
+	})
+	cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{s.Addr}})
+	defer cc.Close()
+	defer plain.Close()
+	var calls [2]int
+	mk := func(i int) *Cache {
+		return newCache(t, cc, newFakeFetcher(time.Hour), fastOpts(WithClientTokens(func(u string) (Fetcher, error) {
+			calls[i]++
+			return newFakeFetcher(time.Hour), nil
+		}, 0))...)
+	}
+	a, b := mk(0), mk(1)
+	// The premise: one script over a user's key and the channel is refused.
+	if err := cc.Eval(ctx, "return 1", []string{"tokencache:{default/alice}:client", "tokencache:{default}:events"}).Err(); err == nil || !strings.Contains(err.Error(), "CROSSSLOT") {
+		t.Fatalf("a script over a user's key and the events channel: %v, want CROSSSLOT", err)
+	}
+	ta, errA := clientToken(a, ctx, "alice")
+	tb, errB := clientToken(b, ctx, "alice")
+	n, _ := cc.Exists(ctx, "tokencache:{default/alice}:client").Result()
+	t.Logf("errA=%v errB=%v sameToken=%v keyExists=%d", errA, errB, ta.AccessToken == tb.AccessToken, n)
+	if n == 0 || ta.AccessToken != tb.AccessToken {
+		t.Errorf("client token not shared on cluster")
+	}
+	u, _ := a.User("alice")
+	if _, err := u.Invalidate(ctx, ta); err != nil {
+		t.Errorf("Invalidate of a client token on cluster: %v", err)
+	}
+	// server token works
+	if _, err := a.Token(ctx); err != nil {
+		t.Errorf("server token: %v", err)
 	}
 }

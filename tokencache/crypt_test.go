@@ -248,3 +248,33 @@ func TestSealedValueWithRaisedGenerationIsRefused(t *testing.T) {
 		t.Fatalf("Token over a sealed value with its generation raised = %v, want ErrDecrypt", err)
 	}
 }
+
+// A token sealed with a key this replica lacks carries a credential
+// fingerprint keyed under that key: the replica cannot tell whether it is
+// its own credential's (and it lacks the key) or another deployment's, so
+// it reports a KeyError naming the key id and does not overwrite it. (An
+// unkeyed fingerprint that would tell would also let anyone who can read
+// it test guesses of the credential offline.)
+func TestValueSealedWithAKeyThisReplicaLacksIsReportedNotOverwritten(t *testing.T) {
+	rdb, _ := miniBackend(t)
+	k1, k2 := make([]byte, 32), make([]byte, 32)
+	rand.Read(k1)
+	rand.Read(k2)
+	r1, _ := NewKeyRing("a", map[string][]byte{"a": k1})
+	r2, _ := NewKeyRing("b", map[string][]byte{"b": k2})
+	f1 := newFakeFetcher(time.Hour)
+	f1.id = "deployment-1"
+	f2 := newFakeFetcher(time.Hour)
+	f2.id = "deployment-2"
+	c1 := newCache(t, rdb, f1, fastOpts(WithEncryption(r1))...)
+	c2 := newCache(t, rdb, f2, fastOpts(WithEncryption(r2))...)
+	ctx := ctxT(t)
+	if _, err := c1.Token(ctx); err != nil {
+		t.Fatal(err)
+	}
+	_, err := c2.Token(ctx)
+	var ke *KeyError
+	if !errors.As(err, &ke) || ke.KeyID != "a" || f2.calls.Load() != 0 {
+		t.Errorf("deployment-2 over a value sealed with a key it lacks: %v, issuer calls %d; want a KeyError naming key id a, no issuer call", err, f2.calls.Load())
+	}
+}

@@ -35,4 +35,27 @@
 //	tokencache:{default}:server:lock   the refresh lock while a refresh runs
 //	tokencache:{default}:server:fence  the fencing counter
 //	tokencache:{default}:events        channel: refreshing / refreshed / invalidated / failed, never the token
+//
+// The value at the token key is JSON that an operator can read with GET:
+// access_token, token_type, expires_at (the issuer's expiry), issued_at,
+// generation (the fencing generation that wrote it), refreshed_by,
+// fingerprint (of the credential that minted it), token_fp (of the token),
+// ttl_ms and stored_ms (Redis's TIME at the write); an encrypted value
+// carries ciphertext, key_id and seal instead of access_token. A value is
+// at most 64 KiB.
+//
+// Events are JSON messages on the channel, at most 4 KiB, that never carry
+// a token or a credential:
+//
+//	{"type":"refreshing","key":…,"generation":…}            a replica holds the lock and calls the issuer ahead of expiry
+//	{"type":"refreshed","key":…,"generation":…,"expires_at":…}  a new token is stored: read it from Redis
+//	{"type":"invalidated","key":…,"token_fp":…}             the token with that fingerprint was deleted
+//	{"type":"failed","key":…,"code":…,"message":…,"retryable":…,"retry_in_ms":…}  the issuer refused; do not call it for retry_in_ms
+//	{"type":"probe","key":…,"origin":…}                     a replica checking that its subscription still hears
+//
+// Every event also names its publisher ("by", host/pid; "origin", the
+// Cache's random id). Anything else heard on the channel is ignored.
+//
+// ARCHITECTURE.md at the repository root maps the package's files and
+// follows one Token call through them.
 package tokencache

@@ -14,6 +14,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tokencache/tokencache/internal/redistest"
+	"github.com/tokencache/tokencache/internal/testutil"
 )
 
 // fakeFetcher is a hand-written issuer: it counts calls, mints unique
@@ -89,49 +90,16 @@ func (e *issuerErr) Retryable() bool           { return e.retryable }
 func (e *issuerErr) ErrorCode() string         { return e.code }
 func (e *issuerErr) RetryAfter() time.Duration { return e.after }
 
-// fakeClock is a settable clock shared with miniredis's FastForward.
-// fakeClock is a clock the test moves by hand. Its timers fire when
-// Advance passes their moment, each on its own goroutine as
-// time.AfterFunc's do, so a cache on it runs the production timer path.
-type fakeClock struct {
-	mu     sync.Mutex // guards t, timers
-	t      time.Time
-	timers []*fakeTimer
-}
+// fakeClock is the shared hand-moved clock (testutil.Clock) seen through
+// the cache's clock interface, so a cache on it runs the production timer
+// path.
+type fakeClock struct{ *testutil.Clock }
 
-func newFakeClock() *fakeClock { return &fakeClock{t: time.Now()} }
+func newFakeClock() *fakeClock { return newFakeClockAt(time.Now()) }
 
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
+func newFakeClockAt(start time.Time) *fakeClock { return &fakeClock{testutil.NewClock(start)} }
 
-// Advance moves the clock by d and fires the timers it passes.
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	var due []func()
-	for _, tm := range c.timers {
-		if tm.active && !tm.at.After(c.t) {
-			tm.active = false
-			due = append(due, tm.f)
-		}
-	}
-	c.mu.Unlock()
-	for _, f := range due {
-		go f()
-	}
-}
-
-func (c *fakeClock) AfterFunc(d time.Duration, f func()) timer {
-	tm := &fakeTimer{c: c, f: f}
-	tm.Reset(d)
-	c.mu.Lock()
-	c.timers = append(c.timers, tm)
-	c.mu.Unlock()
-	return tm
-}
+func (c *fakeClock) AfterFunc(d time.Duration, f func()) timer { return c.Clock.AfterFunc(d, f) }
 
 // Offset is a clock that reads off ahead of c (behind if negative) and
 // shares its timers: replicas whose clocks disagree, moved together.
@@ -143,29 +111,6 @@ type offsetOf struct {
 }
 
 func (o offsetOf) Now() time.Time { return o.fakeClock.Now().Add(o.off) }
-
-type fakeTimer struct {
-	c      *fakeClock
-	f      func()
-	at     time.Time // guarded by c.mu, as is active
-	active bool
-}
-
-func (tm *fakeTimer) Reset(d time.Duration) bool {
-	tm.c.mu.Lock()
-	defer tm.c.mu.Unlock()
-	was := tm.active
-	tm.at, tm.active = tm.c.t.Add(d), true
-	return was
-}
-
-func (tm *fakeTimer) Stop() bool {
-	tm.c.mu.Lock()
-	defer tm.c.mu.Unlock()
-	was := tm.active
-	tm.active = false
-	return was
-}
 
 // offsetClock is the system clock read off ahead (behind if negative),
 // with the system's timers: a replica whose clock is wrong.
@@ -237,24 +182,12 @@ func fastOpts(extra ...Option) []Option {
 	}, extra...)
 }
 
-// eventually polls cond (a count or state check, not a duration
-// assertion) until it holds or a generous bound passes.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
-func ctxT(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	t.Cleanup(cancel)
-	return ctx
-}
+// eventually and ctxT are the shared helpers under the names this
+// package's tests use.
+var (
+	eventually = testutil.Eventually
+	ctxT       = testutil.Context
+)
 
 func isFetchError(err error, code string, remote bool) bool {
 	var fe *FetchError

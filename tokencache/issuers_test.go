@@ -13,9 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/alicebob/miniredis/v2"
-	"github.com/redis/go-redis/v9"
-
 	"github.com/tokencache/tokencache/internal/redistest"
 	"github.com/tokencache/tokencache/lock"
 	"github.com/tokencache/tokencache/tokencache"
@@ -26,29 +23,6 @@ import (
 
 // The cache against the real issuers (Basiq, authenticate-and-rotate) as
 // the fake issuer implements them.
-
-func mini(t *testing.T) redis.UniversalClient {
-	t.Helper()
-	mr := miniredis.RunT(t)
-	c := redis.NewClient(&redis.Options{Addr: mr.Addr()})
-	t.Cleanup(func() { _ = c.Close() })
-	return c
-}
-
-func newCache(t *testing.T, rdb redis.UniversalClient, f tokencache.Fetcher, opts ...tokencache.Option) *tokencache.Cache {
-	t.Helper()
-	opts = append([]tokencache.Option{
-		tokencache.WithRetry(3, time.Millisecond, 5*time.Millisecond),
-		tokencache.WithWaitRecheck(100 * time.Millisecond),
-		tokencache.WithLockTTL(2 * time.Second),
-	}, opts...)
-	c, err := tokencache.New(rdb, f, opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.Close() })
-	return c
-}
 
 func TestBasiqErrorCodesThroughTheCache(t *testing.T) {
 	cases := []struct {
@@ -71,7 +45,7 @@ func TestBasiqErrorCodesThroughTheCache(t *testing.T) {
 		t.Run(fmt.Sprint(tc.status, " ", tc.code), func(t *testing.T) {
 			srv := issuertest.RunT(t)
 			srv.FailAlways(issuertest.Failure{Status: tc.status, Code: tc.code, Title: "t", Detail: "d", RetryAfter: tc.retryAfter})
-			c := newCache(t, mini(t), basiq.New(srv.APIKey(), basiq.WithBaseURL(srv.URL())))
+			c := tokencache.NewTestCache(t, tokencache.NewTestRedis(t), basiq.New(srv.APIKey(), basiq.WithBaseURL(srv.URL())))
 			_, err := c.Token(context.Background())
 			var fe *tokencache.FetchError
 			if !errors.As(err, &fe) || fe.Code != tc.code || fe.Retryable != tc.retryable {
@@ -94,9 +68,9 @@ func TestBasiqErrorCodesThroughTheCache(t *testing.T) {
 
 func TestWrongKeyLosesNothing(t *testing.T) {
 	srv := issuertest.RunT(t)
-	rdb := mini(t)
+	rdb := tokencache.NewTestRedis(t)
 	ctx := context.Background()
-	good := newCache(t, rdb, basiq.New(srv.APIKey(), basiq.WithBaseURL(srv.URL())))
+	good := tokencache.NewTestCache(t, rdb, basiq.New(srv.APIKey(), basiq.WithBaseURL(srv.URL())))
 	tok, err := good.Token(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -104,7 +78,7 @@ func TestWrongKeyLosesNothing(t *testing.T) {
 	before, _ := rdb.Get(ctx, "tokencache:{default}:server").Result()
 
 	const wrongKey = "d3Jvbmcta2V5LXRoYXQtbXVzdC1uZXZlci1sZWFr"
-	bad := newCache(t, rdb, basiq.New(wrongKey, basiq.WithBaseURL(srv.URL())))
+	bad := tokencache.NewTestCache(t, rdb, basiq.New(wrongKey, basiq.WithBaseURL(srv.URL())))
 	_, err = bad.Token(ctx)
 	var be *basiq.Error
 	if !errors.As(err, &be) || be.Status != http.StatusUnauthorized {
@@ -135,7 +109,7 @@ func TestFleetWide401WithBasiq(t *testing.T) {
 	rdb := redistest.Start(t).Client(t)
 	var clients []*http.Client
 	for range 5 {
-		c := newCache(t, rdb, basiq.New(srv.APIKey(), basiq.WithBaseURL(srv.URL())))
+		c := tokencache.NewTestCache(t, rdb, basiq.New(srv.APIKey(), basiq.WithBaseURL(srv.URL())))
 		clients = append(clients, &http.Client{Transport: c.Transport(nil)})
 	}
 	get := func(hc *http.Client) error {
@@ -176,7 +150,7 @@ func TestFleetWide401WithBasiq(t *testing.T) {
 func TestClientTokensWithBasiq(t *testing.T) {
 	srv := issuertest.RunT(t)
 	f := basiq.New(srv.APIKey(), basiq.WithBaseURL(srv.URL()))
-	c := newCache(t, mini(t), f, tokencache.WithClientTokens(func(id string) (tokencache.Fetcher, error) {
+	c := tokencache.NewTestCache(t, tokencache.NewTestRedis(t), f, tokencache.WithClientTokens(func(id string) (tokencache.Fetcher, error) {
 		return f.ForUser(id)
 	}, 100))
 	u, err := c.User("ea3a81a9-0d2c-4a63-b7b2-3c9b3e2f5b1a")
@@ -221,7 +195,7 @@ func TestJWTRotationRefusedTokenLeavesNoSecretInLogs(t *testing.T) {
 	var logs lockedBuffer
 	// Without the in-process copy every response is read for a rotated
 	// token, whatever the held token's age.
-	c := newCache(t, mini(t), f, tokencache.WithRotation(f.FromResponse), tokencache.WithL1(false),
+	c := tokencache.NewTestCache(t, tokencache.NewTestRedis(t), f, tokencache.WithRotation(f.FromResponse), tokencache.WithL1(false),
 		tokencache.WithLogger(slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))))
 	ctx := context.Background()
 	held, err := c.Token(ctx)
@@ -271,9 +245,9 @@ func (l *lockedBuffer) String() string {
 
 func TestJWTRotationLaterExpiryWins(t *testing.T) {
 	srv := issuertest.RunT(t)
-	rdb := mini(t)
+	rdb := tokencache.NewTestRedis(t)
 	f := jwtauth.New(srv.APIKey(), srv.ClientSecret(), jwtauth.WithBaseURL(srv.URL()))
-	c := newCache(t, rdb, f, tokencache.WithRotation(f.FromResponse))
+	c := tokencache.NewTestCache(t, rdb, f, tokencache.WithRotation(f.FromResponse))
 	ctx := context.Background()
 	cur, err := c.Token(ctx)
 	if err != nil {
@@ -326,7 +300,7 @@ func TestNewReturnsTheLockConfigError(t *testing.T) {
 	f := tokencache.FetcherFunc(func(context.Context) (tokencache.Token, error) {
 		return tokencache.Token{}, errors.New("not called")
 	})
-	c, err := tokencache.New(mini(t), f, tokencache.WithRedlock(nil, nil))
+	c, err := tokencache.New(tokencache.NewTestRedis(t), f, tokencache.WithRedlock(nil, nil))
 	if c != nil || !errors.Is(err, lock.ErrConfig) || !strings.Contains(err.Error(), "WithRedlock") {
 		t.Fatalf("New: got %v, %v; want no cache and lock.ErrConfig naming WithRedlock", c, err)
 	}

@@ -40,7 +40,7 @@ type slowIssuer struct {
 
 func (s *slowIssuer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	n := s.calls.Add(1)
-	time.Sleep(s.latency)
+	time.Sleep(s.latency) // the issuer's latency is the fixture, not a wait
 	s.mu.Lock()
 	s.answered = append(s.answered, time.Now())
 	s.mu.Unlock()
@@ -114,7 +114,7 @@ func replicaMain() int {
 				if s := c.server.mem.l1.Load(); s != nil && c.monoNow() >= s.softUntil {
 					_, _ = c.Token(context.Background())
 				}
-				time.Sleep(time.Millisecond)
+				time.Sleep(time.Millisecond) // the poll of a wait on a condition: a replica process has no testing.T
 			}
 			fmt.Fprintln(out, "ready")
 			out.Flush()

@@ -87,7 +87,7 @@ func TestSentinelFailover(t *testing.T) {
 						expired.Add(1)
 					}
 					calls.Add(1)
-					time.Sleep(time.Millisecond)
+					time.Sleep(time.Millisecond) // the callers' pace
 				}
 			})
 		}
@@ -109,7 +109,11 @@ func TestSentinelFailover(t *testing.T) {
 		info, err := rc.Info(ctx, "replication").Result()
 		return err == nil && strings.Contains(info, "role:master")
 	})
-	time.Sleep(300 * time.Millisecond) // some traffic on the new topology
+	// Some traffic on the new topology: every client has moved to the
+	// new master, and the callers went on through it.
+	eventually(t, "every replica's client to follow the new master", func() bool { return following(replica) })
+	promoted := calls.Load()
+	eventually(t, "some traffic on the new topology", func() bool { return calls.Load() >= promoted+100 })
 	stop()
 	if n := errs.Load(); n != 0 {
 		t.Errorf("%d of %d calls failed or changed token across the failover, want 0", n, calls.Load())

@@ -70,35 +70,45 @@ func steadyCommandsPerRenewal(t *testing.T, replicas, renewals int) float64 {
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	var errs atomic.Int64
-	for _, c := range caches {
+	served := make([]atomic.Pointer[string], len(caches)) // each replica's last token
+	for i, c := range caches {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for ctx.Err() == nil {
-				if _, err := c.Token(ctx); err != nil && ctx.Err() == nil {
+				tok, err := c.Token(ctx)
+				if err != nil && ctx.Err() == nil {
 					errs.Add(1)
 				}
-				time.Sleep(10 * time.Millisecond)
+				if err == nil {
+					served[i].Store(&tok.AccessToken)
+				}
+				time.Sleep(10 * time.Millisecond) // the callers' pace: the subject is a steady load
 			}
 		}()
 	}
 	defer func() { cancel(); wg.Wait() }()
 
-	// Warm up through the cold start and one renewal, then count.
-	waitCalls := func(n int64) {
-		deadline := time.Now().Add(time.Duration(n+2) * life)
-		for f.calls.Load() < n && time.Now().Before(deadline) {
-			time.Sleep(10 * time.Millisecond)
-		}
+	// waitServed waits until every replica serves the token of issuer
+	// call n (the fake issuer numbers its tokens): that renewal's reads
+	// are done.
+	waitServed := func(n int64) {
+		t.Helper()
+		prefix := fmt.Sprintf("secret-token-%d-", n)
+		eventually(t, fmt.Sprintf("every replica to serve token %d", n), func() bool {
+			for i := range served {
+				if p := served[i].Load(); p == nil || !strings.HasPrefix(*p, prefix) {
+					return false
+				}
+			}
+			return true
+		})
 	}
-	// A window from just after one renewal to just after the last: the
-	// renewal's reads follow its issuer call within the issuer's latency
-	// plus a round trip, far less than life/5.
-	waitCalls(2)
-	time.Sleep(life / 5)
+	// A window from just after one renewal (warmed up through the cold
+	// start) to just after the last.
+	waitServed(2)
 	startCalls, startCmds := f.calls.Load(), cmds.Load()
-	waitCalls(startCalls + int64(renewals))
-	time.Sleep(life / 5)
+	waitServed(startCalls + int64(renewals))
 	calls, sent := f.calls.Load()-startCalls, cmds.Load()-startCmds
 	cancel()
 	wg.Wait()
@@ -150,7 +160,9 @@ func TestRefreshAheadCommandsAndMoment(t *testing.T) {
 		}
 	}
 	second := c.server.mem.l1.Load().tok
-	// Nobody used the new copy: its moment passes without a refresh.
+	// Nobody used the new copy: its moment passes without a refresh. (A
+	// sleep, not a wait: the subject is that nothing happens while real
+	// time passes the moment on a real redis-server.)
 	time.Sleep(2500 * time.Millisecond)
 	if got := f.calls.Load(); got != 2 {
 		t.Fatalf("%d issuer calls for an unused copy, want 2", got)
@@ -195,7 +207,7 @@ func TestRefreshAheadHonoursFleetFailureFoundUnderLock(t *testing.T) {
 				if _, err := c.Token(ctx); err != nil {
 					t.Fatal(err)
 				}
-				time.Sleep(10 * time.Millisecond)
+				time.Sleep(10 * time.Millisecond) // the callers' pace through the window
 			}
 			if got := f.calls.Load(); got != 1 {
 				t.Errorf("%d issuer calls during the fleet's back-off window, want 1 (the first)", got)
@@ -246,7 +258,9 @@ func TestOwnRefreshedEventCostsNoRead(t *testing.T) {
 	reads := c.Stats().RedisReads
 	// Our own event for a generation we have not installed yet.
 	c.onEvent(protocol.Event{Type: protocol.EventRefreshed, Key: c.server.k.Token, Generation: gen + 1, Origin: c.origin})
-	time.Sleep(50 * time.Millisecond) // a read-back would start at once
+	// A read-back would start at once; a sleep, as the subject is a read
+	// that must not happen, so there is nothing to wait for.
+	time.Sleep(50 * time.Millisecond)
 	if got := c.Stats().RedisReads; got != reads {
 		t.Errorf("%d reads after our own refreshed event, want 0", got-reads)
 	}
@@ -286,7 +300,9 @@ func TestIdleFleetProbesOncePerInterval(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// Let the first election settle, then count.
+	// Let the first election settle, then count. The subject is a rate
+	// (probes per interval of real time), so these sleeps are the
+	// measurement window, not waits for an event.
 	time.Sleep(3 * interval)
 	start := publishes.Load()
 	time.Sleep(intervals * interval)
@@ -365,7 +381,8 @@ func TestRefreshingAnnouncementsCannotStarveRefreshAhead(t *testing.T) {
 // every call.
 func TestOlderTokenInRedisCausesNoReadStorm(t *testing.T) {
 	rdb, _ := miniBackend(t)
-	c := newCache(t, rdb, newFakeFetcher(time.Hour), fastOpts()...)
+	f := newFakeFetcher(time.Hour)
+	c := newCache(t, rdb, f, fastOpts()...)
 	ctx := ctxT(t)
 	if _, err := c.Token(ctx); err != nil {
 		t.Fatal(err)
@@ -375,7 +392,7 @@ func TestOlderTokenInRedisCausesNoReadStorm(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(2 * time.Millisecond) // a later expiry for the next token
+	f.setLife(time.Hour + time.Minute) // a later expiry for the next token
 	newer, err := c.Refresh(ctx, 0, true)
 	if err != nil {
 		t.Fatal(err)
@@ -399,7 +416,8 @@ func TestOlderTokenInRedisCausesNoReadStorm(t *testing.T) {
 		if err != nil || tok.AccessToken != newer.Token.AccessToken {
 			t.Fatalf("served %v, %v; want the newer token", tok, err)
 		}
-		time.Sleep(time.Millisecond)
+		time.Sleep(time.Millisecond) // the callers' pace: calls spread over time, not a burst
+
 	}
 	if n := c.Stats().RedisReads - reads; n > 5 {
 		t.Errorf("%d Redis reads for 200 calls: the newer copy is re-checked at every call", n)
@@ -438,6 +456,7 @@ func TestShorterLivedTokenIsStillNewer(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.setLife(2 * time.Second)
+	// The callers' pace through 5s of renewals of 2s tokens.
 	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
 		if _, err := c.Token(ctx); err != nil {
 			t.Fatal(err)
@@ -465,6 +484,8 @@ func TestPublishRefusedByACL(t *testing.T) {
 	}
 	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr, Username: "nopub", Password: "pw"})
 	t.Cleanup(func() { _ = rdb.Close() })
+	var publishes atomic.Int64 // attempted: the ACL refuses them
+	rdb.AddHook(commandCounter{name: "publish", n: &publishes})
 	f := newFakeFetcher(time.Hour)
 	c := newCache(t, rdb, f, fastOpts(WithSubscriptionProbe(50*time.Millisecond, 50*time.Millisecond))...)
 	tok, err := c.Token(ctx)
@@ -478,7 +499,8 @@ func TestPublishRefusedByACL(t *testing.T) {
 	if ok, err := c.Invalidate(ctx, tok); err != nil || !ok {
 		t.Fatalf("invalidate with publish refused: %v, %v", ok, err)
 	}
-	time.Sleep(20 * 50 * time.Millisecond) // twenty probe intervals
+	sent := publishes.Load()
+	eventually(t, "twenty more refused probes", func() bool { return publishes.Load() >= sent+20 })
 	if n := c.Stats().Resubscribes; n > 1 {
 		t.Errorf("%d re-subscriptions: a refused probe is not a dead subscription", n)
 	}

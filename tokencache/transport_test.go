@@ -3,6 +3,7 @@ package tokencache
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -184,7 +185,7 @@ func TestRotationWithoutMemory(t *testing.T) {
 	rdb, mr := miniBackend(t)
 	// A whole second, so that the API's expiries (whole seconds, like a
 	// JWT's exp) fall exactly where the arithmetic below says.
-	clk := &fakeClock{t: time.Now().Truncate(time.Second)}
+	clk := newFakeClockAt(time.Now().Truncate(time.Second))
 	a := newRotatingAPI(clk.Now)
 	srv := httptest.NewServer(a)
 	defer srv.Close()
@@ -359,5 +360,31 @@ func TestRejectionWindowGrowsWhateverTheIssuerAndMemory(t *testing.T) {
 				t.Errorf("issuer calls = %d, want the window to double (10,20,40,80,160 s: about 6)", f.calls.Load())
 			}
 		})
+	}
+}
+
+// TokenSource hands oauth2 an expiry that keeps the skew the writer used
+// for the token's whole lifetime, not one recomputed from the life that
+// remains: oauth2 must not reuse the token past the cache's own skewed
+// expiry.
+func TestTokenSourceExpiryKeepsTheWritersSkew(t *testing.T) {
+	rdb, _ := miniBackend(t)
+	ctx := ctxT(t)
+	f := newFakeFetcher(time.Hour)
+	key := "tokencache:{default}:server"
+	now := time.Now()
+	exp := now.Add(60 * time.Second)
+	rec := newRecord(Token{AccessToken: "t", Expiry: exp}, 1, now.Add(-59*time.Minute), 0, "w", identityFingerprint(f, nil))
+	b, _ := json.Marshal(rec)
+	rdb.Set(ctx, key, b, 30*time.Second) // what the writer set: 60s left - 30s skew
+	c := newCache(t, rdb, f, fastOpts()...)
+	ot, err := c.TokenSource(ctx).Token()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("cache serves until ~%v from now; oauth2 Expiry %v from now (Valid() until %v)",
+		30*time.Second, time.Until(ot.Expiry).Round(time.Second), (time.Until(ot.Expiry) - 10*time.Second).Round(time.Second))
+	if time.Until(ot.Expiry)-10*time.Second > 31*time.Second {
+		t.Errorf("oauth2 would reuse the token past the cache's skewed expiry")
 	}
 }

@@ -15,7 +15,7 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/tokencache/tokencache/internal/bench"
+	"github.com/tokencache/tokencache/cmd/internal/bench"
 )
 
 func main() {

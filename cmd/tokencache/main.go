@@ -11,7 +11,7 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/tokencache/tokencache/internal/cli"
+	"github.com/tokencache/tokencache/cmd/internal/cli"
 )
 
 func main() {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/tokencache/tokencache/internal/redistest"
+	"github.com/tokencache/tokencache/internal/testutil"
 	"github.com/tokencache/tokencache/tokencache"
 )
 
@@ -36,13 +37,13 @@ func TestPermanentErrorReachesEveryReplica(t *testing.T) {
 
 	release := is.holdNext()
 	h := holder.get(30 * time.Second)
-	eventually(t, "the holder to call the issuer", func() bool { return is.calls.Load() == 1 })
+	testutil.Eventually(t, "the holder to call the issuer", func() bool { return is.calls.Load() == 1 })
 	var gets []pending
 	for _, w := range waiters {
 		gets = append(gets, w.get(10*time.Second))
 	}
 	for _, w := range waiters {
-		eventually(t, "replica "+w.name+" to wait", func() bool { return w.stats().Waits > 0 })
+		testutil.Eventually(t, "replica "+w.name+" to wait", func() bool { return w.stats().Waits > 0 })
 	}
 	release()
 
@@ -184,7 +185,7 @@ func TestIssuerStorm(t *testing.T) {
 	const margin = 500 * time.Millisecond
 	stop := make(chan struct{})
 	collect := callLoop(caches, 2, 10*time.Millisecond, 10*time.Second, stop)
-	time.Sleep(time.Until(servedUntil.Add(2 * time.Second)))
+	time.Sleep(time.Until(servedUntil.Add(2 * time.Second))) // real expiry is the subject: callers run past it
 	close(stop)
 	calls := collect()
 	stormEnd := time.Now()
@@ -241,6 +242,7 @@ func TestIssuerStorm(t *testing.T) {
 	is.setMode(modeOK)
 	mintedBefore := is.minted.Load()
 	var tok tokencache.Token
+	// A wait on a condition that keeps the last answer for the report below.
 	for deadline := time.Now().Add(40 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		var fe *tokencache.FetchError
 		if tok, err = caches[0].Token(ctx); err == nil || !errors.As(err, &fe) || time.Now().After(deadline) {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/tokencache/tokencache/internal/testutil"
 	"github.com/tokencache/tokencache/tokencache"
 )
 
@@ -44,23 +45,10 @@ func newCache(t testing.TB, addr string, cfg config, extra ...tokencache.Option)
 // subscribers: every replica started so far is listening.
 func waitSubscribers(t testing.TB, rdb redis.UniversalClient, channel string, n int64) {
 	t.Helper()
-	eventually(t, "replicas to subscribe", func() bool {
+	testutil.Eventually(t, "replicas to subscribe", func() bool {
 		m, err := rdb.PubSubNumSub(context.Background(), channel).Result()
 		return err == nil && m[channel] >= n
 	})
-}
-
-// eventually polls cond (a state, not a duration) until it holds or a
-// generous bound passes.
-func eventually(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // fingerprint is tokencache's fingerprint of an access token.

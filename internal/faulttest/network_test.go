@@ -48,6 +48,8 @@ func TestSlowAndDroppedRedis(t *testing.T) {
 			proxy.DropAll()
 		}
 	}
+	// The sleeps below are the fault schedule: phases of real time with
+	// the callers running, each fault held for its phase.
 	faultPhases := 0
 	time.Sleep(time.Second)
 	proxy.SetDelay(200 * time.Millisecond) // slow

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/tokencache/tokencache/internal/redistest"
+	"github.com/tokencache/tokencache/internal/testutil"
 )
 
 // Scenario 5: every pub/sub connection is killed (CLIENT KILL TYPE pubsub)
@@ -38,13 +39,13 @@ func TestPubSubKilledDuringWait(t *testing.T) {
 		waitSubscribers(t, rdb, channel, subscribers)
 		release := is.holdNext()
 		h := holder.get(30 * time.Second)
-		eventually(t, "the holder to call the issuer", func() bool { return is.calls.Load() == int64(round) })
+		testutil.Eventually(t, "the holder to call the issuer", func() bool { return is.calls.Load() == int64(round) })
 		var gets []pending
 		for _, w := range waiters {
 			gets = append(gets, w.get(waitBound))
 		}
 		for _, w := range waiters {
-			eventually(t, "replica "+w.name+" to wait", func() bool { return w.stats().Waits >= uint64(round) })
+			testutil.Eventually(t, "replica "+w.name+" to wait", func() bool { return w.stats().Waits >= uint64(round) })
 		}
 		killed, err := rdb.ClientKillByFilter(ctx, "TYPE", "pubsub").Result()
 		if err != nil || killed < subscribers {
@@ -83,7 +84,7 @@ func TestPubSubKilledDuringWait(t *testing.T) {
 			t.Fatalf("invalidate: %v, %v", ok, err)
 		}
 		for i, r := range all {
-			eventually(t, "replica "+r.name+" to hear the invalidation", func() bool { return r.stats().Events > seen[i] })
+			testutil.Eventually(t, "replica "+r.name+" to hear the invalidation", func() bool { return r.stats().Events > seen[i] })
 		}
 	}
 }

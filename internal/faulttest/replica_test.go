@@ -222,7 +222,7 @@ func soakLoop(c *tokencache.Cache, d, every time.Duration) soakReport {
 		case !now.Before(tok.Expiry):
 			r.Expired = append(r.Expired, fmt.Sprintf("%s expired %v before it was returned", tok.Fingerprint(), now.Sub(tok.Expiry)))
 		}
-		time.Sleep(every/2 + rand.N(every))
+		time.Sleep(every/2 + rand.N(every)) // the caller's pace, jittered
 	}
 	r.Stats = c.Stats()
 	return r

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/tokencache/tokencache/internal/redistest"
+	"github.com/tokencache/tokencache/internal/testutil"
 )
 
 // Scenario 1: the lock holder is killed with SIGKILL while its issuer call
@@ -26,13 +27,13 @@ func TestHolderKilledMidFetch(t *testing.T) {
 	release := is.holdNext() // the holder's call is never answered
 	defer release()
 	first := holder.get(30 * time.Second)
-	eventually(t, "the holder to call the issuer", func() bool { return is.calls.Load() == 1 })
+	testutil.Eventually(t, "the holder to call the issuer", func() bool { return is.calls.Load() == 1 })
 	var gets []pending
 	for _, w := range waiters {
 		gets = append(gets, w.get(30*time.Second))
 	}
 	for _, w := range waiters {
-		eventually(t, "replica "+w.name+" to wait for the holder", func() bool { return w.stats().Waits > 0 })
+		testutil.Eventually(t, "replica "+w.name+" to wait for the holder", func() bool { return w.stats().Waits > 0 })
 	}
 
 	killed := time.Now()
@@ -90,9 +91,9 @@ func TestPausedHolderIsFencedOut(t *testing.T) {
 	release := is.holdNext()
 	defer release()
 	late := holder.get(time.Minute)
-	eventually(t, "the holder to call the issuer", func() bool { return is.calls.Load() == 1 })
+	testutil.Eventually(t, "the holder to call the issuer", func() bool { return is.calls.Load() == 1 })
 	holder.signal(syscall.SIGSTOP)
-	eventually(t, "the paused holder's lease to run out", func() bool {
+	testutil.Eventually(t, "the paused holder's lease to run out", func() bool {
 		st, err := ops.Inspect(ctx)
 		return err == nil && !st.LockHeld
 	})
@@ -113,7 +114,7 @@ func TestPausedHolderIsFencedOut(t *testing.T) {
 	// The issuer answers the paused process (the kernel buffers it), then
 	// the process resumes and tries to store its now-older token.
 	release()
-	eventually(t, "the issuer to answer the paused holder", func() bool { return is.minted.Load() == 2 })
+	testutil.Eventually(t, "the issuer to answer the paused holder", func() bool { return is.minted.Load() == 2 })
 	holder.signal(syscall.SIGCONT)
 	res := late.wait(60 * time.Second)
 	if !res.Received || res.Class != "" {

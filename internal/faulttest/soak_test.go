@@ -127,7 +127,7 @@ func TestSoak(t *testing.T) {
 		if time.Now().Add(gap + 2*time.Second).After(end) {
 			break
 		}
-		time.Sleep(gap)
+		time.Sleep(gap) // the fault schedule: a random quiet gap of real time, then a fault held for its phase
 		w := faultWindow{start: time.Now()}
 		switch order[len(faults)%len(order)] {
 		case 0:
@@ -247,7 +247,7 @@ func TestSoak(t *testing.T) {
 	is.srv.CloseClientConnections()
 	deadline := time.Now().Add(15 * time.Second)
 	for runtime.NumGoroutine() > baseline+2 && time.Now().Before(deadline) {
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(50 * time.Millisecond) // the poll of a wait on a condition; on timeout the goroutines are dumped below
 	}
 	if n := runtime.NumGoroutine(); n > baseline+2 {
 		var b strings.Builder

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -23,9 +24,12 @@ import (
 // It returns the first thing that went wrong, including any Redis error
 // the caches counted but did not return.
 func libraryFlow(ctx context.Context, dial func() redis.UniversalClient, iss *issuertest.Server, ns string) error {
+	var published atomic.Int64 // PUBLISH commands answered: probes among them
 	newCache := func(key, ns string) (*tokencache.Cache, error) {
 		f := basiq.New(key, basiq.WithBaseURL(iss.URL()))
-		return tokencache.New(dial(), f,
+		rdb := dial()
+		rdb.AddHook(publishCounter{&published})
+		return tokencache.New(rdb, f,
 			tokencache.WithNamespace(ns),
 			tokencache.WithClientTokens(func(user string) (tokencache.Fetcher, error) { return f.ForUser(user) }, 8),
 			tokencache.WithSubscriptionProbe(50*time.Millisecond, 5*time.Second),
@@ -94,7 +98,7 @@ func libraryFlow(ctx context.Context, dial func() redis.UniversalClient, iss *is
 		if time.Now().After(deadline) {
 			return errors.New("the other replica kept serving the invalidated token")
 		}
-		time.Sleep(10 * time.Millisecond)
+		time.Sleep(10 * time.Millisecond) // the poll of a wait on a condition (no testing.T here)
 	}
 
 	if r, err := c2.Refresh(ctx, 0, true); err != nil || !r.Refreshed {
@@ -135,8 +139,12 @@ func libraryFlow(ctx context.Context, dial func() redis.UniversalClient, iss *is
 		return fmt.Errorf("the failure was not remembered in Redis: %+v, %v", st.LastFailure, err)
 	}
 
-	// Let the subscription probe run at least once.
-	time.Sleep(200 * time.Millisecond)
+	// Let the subscription probes run: a few more answered PUBLISH.
+	for sent, deadline := published.Load(), time.Now().Add(10*time.Second); published.Load() < sent+4; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			return errors.New("no subscription probe was published")
+		}
+	}
 	for i, c := range []*tokencache.Cache{c1, c2, bad} {
 		if s := c.Stats(); s.RedisErrors != 0 || s.Resubscribes != 0 {
 			return fmt.Errorf("cache %d: %d Redis errors, %d resubscriptions", i+1, s.RedisErrors, s.Resubscribes)
@@ -161,4 +169,21 @@ func TestLibraryOverTLS(t *testing.T) {
 	if _, ok := keys["tokencache:{tls}:server"]; !ok {
 		t.Errorf("no token key in the TLS server; keys: %d", len(keys))
 	}
+}
+
+// publishCounter counts the PUBLISH commands Redis answered.
+type publishCounter struct{ n *atomic.Int64 }
+
+func (publishCounter) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h publishCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		err := next(ctx, cmd)
+		if cmd.Name() == "publish" && err == nil {
+			h.n.Add(1)
+		}
+		return err
+	}
+}
+func (publishCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
 }

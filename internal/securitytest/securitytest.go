@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 	"sync"
@@ -32,7 +33,7 @@ const ACLPrefix = "ACL SETUSER tokencache on "
 // "&tokencache:*", "resetchannels", "-@all", "+get".
 func ReadmeACL(tb testing.TB) []string {
 	tb.Helper()
-	path := filepath.Join(moduleRoot(tb), "README.md")
+	path := filepath.Join(repoRoot(tb), "README.md")
 	f, err := os.Open(path)
 	if err != nil {
 		tb.Fatalf("securitytest: %v", err)
@@ -113,19 +114,25 @@ func ACLDenials(tb testing.TB, admin redis.UniversalClient, user string) []strin
 	return out
 }
 
-func moduleRoot(tb testing.TB) string {
+// libraryModule is the module line of the repository root's go.mod.
+var libraryModule = regexp.MustCompile(`(?m)^module\s+github\.com/tokencache/tokencache\s*$`)
+
+// repoRoot is the repository root: the nearest directory above the working
+// directory whose go.mod is the library's (the commands' module in cmd/
+// has a go.mod of its own).
+func repoRoot(tb testing.TB) string {
 	tb.Helper()
 	dir, err := os.Getwd()
 	if err != nil {
 		tb.Fatalf("securitytest: %v", err)
 	}
 	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+		if b, err := os.ReadFile(filepath.Join(dir, "go.mod")); err == nil && libraryModule.Match(b) {
 			return dir
 		}
 		parent := filepath.Dir(dir)
 		if parent == dir {
-			tb.Fatalf("securitytest: no go.mod above the working directory")
+			tb.Fatalf("securitytest: no go.mod of github.com/tokencache/tokencache above the working directory")
 		}
 		dir = parent
 	}

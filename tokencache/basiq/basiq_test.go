@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokencache/tokencache/internal/testutil"
 	"github.com/tokencache/tokencache/tokencache"
 	"github.com/tokencache/tokencache/tokencache/basiq"
 	"github.com/tokencache/tokencache/tokencache/issuertest"
@@ -25,31 +26,15 @@ import (
 // testKey is a secret the tests look for in every error string.
 const testKey = "c2VjcmV0LWFwaS1rZXktZG8tbm90LWxlYWstNDI0MjQy"
 
-// fakeClock is a settable clock shared by the fake issuer and the Fetcher.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newClock() *fakeClock {
-	return &fakeClock{t: time.Date(2025, 3, 14, 9, 0, 0, 0, time.UTC)}
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
+// newClock is the shared hand-moved clock, at a fixed moment so that
+// the issuer's expiries are the same on every run.
+func newClock() *testutil.Clock {
+	return testutil.NewClock(time.Date(2025, 3, 14, 9, 0, 0, 0, time.UTC))
 }
 
 // setup starts a fake issuer with testKey and returns it with a Fetcher
 // pointed at it.
-func setup(t *testing.T, srvOpts ...issuertest.Option) (*issuertest.Server, *basiq.Fetcher, *fakeClock) {
+func setup(t *testing.T, srvOpts ...issuertest.Option) (*issuertest.Server, *basiq.Fetcher, *testutil.Clock) {
 	t.Helper()
 	clk := newClock()
 	srv := issuertest.RunT(t, append([]issuertest.Option{issuertest.WithAPIKey(testKey), issuertest.WithClock(clk.Now)}, srvOpts...)...)

@@ -20,26 +20,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokencache/tokencache/internal/testutil"
 	"github.com/tokencache/tokencache/tokencache/issuertest"
 )
 
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newClock() *fakeClock { return &fakeClock{t: time.Date(2025, 3, 14, 9, 0, 0, 0, time.UTC)} }
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
+// newClock is the shared hand-moved clock, at a fixed moment so that
+// the issuer's expiries are the same on every run.
+func newClock() *testutil.Clock {
+	return testutil.NewClock(time.Date(2025, 3, 14, 9, 0, 0, 0, time.UTC))
 }
 
 // response is a decoded answer.
@@ -502,9 +490,7 @@ func TestLatencyHonoursContextAndClose(t *testing.T) {
 		_, err := http.DefaultClient.Do(tokenRequest(t, srv, url.Values{"scope": {"SERVER_ACCESS"}}))
 		done <- err
 	}()
-	for srv.Stats().TokenCalls < 2 {
-		time.Sleep(time.Millisecond)
-	}
+	testutil.Eventually(t, "the second call to reach the issuer", func() bool { return srv.Stats().TokenCalls >= 2 })
 	srv.Close()
 	<-done // returns (with a 503 or a closed connection) instead of hanging
 	srv.Close()

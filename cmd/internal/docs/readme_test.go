@@ -9,12 +9,13 @@ import (
 )
 
 // TestReadmeQuickStartCompiles builds the first Go block of README.md as a
-// program of this module.
+// program of the library's module alone (outside the workspace): what an
+// application that imports the library compiles.
 func TestReadmeQuickStartCompiles(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds a program")
 	}
-	root, err := filepath.Abs("../..")
+	root, err := filepath.Abs(repoRoot)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -40,6 +41,7 @@ func TestReadmeQuickStartCompiles(t *testing.T) {
 	}
 	cmd := exec.Command("go", "vet", "./"+filepath.Base(dir))
 	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "GOWORK=off")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("the README quick start does not compile: %v\n%s", err, out)
 	}

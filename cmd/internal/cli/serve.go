@@ -5,7 +5,7 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/tokencache/tokencache/internal/localapi"
+	"github.com/tokencache/tokencache/cmd/internal/localapi"
 	"github.com/tokencache/tokencache/tokencache"
 	"github.com/tokencache/tokencache/tokencache/basiq"
 )

@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tokencache/tokencache/internal/localapi"
+	"github.com/tokencache/tokencache/cmd/internal/localapi"
 	"github.com/tokencache/tokencache/internal/redistest"
 	"github.com/tokencache/tokencache/internal/securitytest"
 )

@@ -2,11 +2,14 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
+	"go/version"
 	"io"
 	"net/url"
 	"os"
+	"os/exec"
 	"path"
 	"path/filepath"
 	"regexp"
@@ -19,7 +22,7 @@ import (
 )
 
 // repoRoot is the repository root, seen from this package's directory.
-const repoRoot = "../.."
+const repoRoot = "../../.."
 
 type composeFile struct {
 	Services map[string]composeService `yaml:"services"`
@@ -158,24 +161,44 @@ func numericUser(user string) bool {
 	return digits(uid) && strings.Trim(uid, "0") != "" && (!hasGID || digits(gid))
 }
 
-// TestDockerfile checks the image: its builder's Go is go.mod's, and it
-// runs as a numeric non-root user.
+// TestDockerfile checks the image: its builder's Go is a pinned release at
+// least as new as every go line of the workspace, its dependency layer
+// copies go.work and every module's go.mod and go.sum and downloads each
+// module's requirements, and it runs as a numeric non-root user.
 func TestDockerfile(t *testing.T) {
 	img := readImage(t, repoRoot, "Dockerfile")
-	gomod, err := os.ReadFile(filepath.Join(repoRoot, "go.mod"))
+	builder, _, _ := strings.Cut(img.goImage, "-")
+	if !regexp.MustCompile(`^[0-9]+\.[0-9]+\.[0-9]+$`).MatchString(builder) {
+		t.Fatalf("builder image golang:%s: want a pinned release, golang:1.N.P", img.goImage)
+	}
+	for _, m := range readWorkspace(t) {
+		if version.Compare("go"+builder, "go"+m.goLine) < 0 {
+			t.Errorf("builder image golang:%s is older than %s's go %s", img.goImage, m.file, m.goLine)
+		}
+	}
+	raw, err := os.ReadFile(filepath.Join(repoRoot, "Dockerfile"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := regexp.MustCompile(`(?m)^go (\S+)$`).FindSubmatch(gomod)
-	if m == nil {
-		t.Fatal("go.mod has no go line")
+	copied, download := dependencyLayer(string(raw))
+	if download == nil {
+		t.Fatal("the Dockerfile has no go mod download before COPY . .")
 	}
-	want := string(m[1])
-	if tc := regexp.MustCompile(`(?m)^toolchain go(\S+)$`).FindSubmatch(gomod); tc != nil {
-		want = string(tc[1])
+	if !copied["go.work"] {
+		t.Error("the dependency layer does not COPY go.work")
 	}
-	if v, _, _ := strings.Cut(img.goImage, "-"); v != want {
-		t.Errorf("builder image golang:%s, want golang:%s (go.mod)", img.goImage, want)
+	for _, m := range readWorkspace(t) {
+		if m.file == "go.work" {
+			continue // not a module
+		}
+		for _, f := range []string{"go.mod", "go.sum"} {
+			if name := path.Join(m.dir, f); !copied[name] {
+				t.Errorf("the dependency layer does not COPY %s", name)
+			}
+		}
+		if !download[m.dir] {
+			t.Errorf("the go mod download line does not name the module %s", m.dir)
+		}
 	}
 	if !numericUser(img.user) {
 		t.Errorf("USER %q: want a numeric non-root uid[:gid] (runAsNonRoot refuses a named user)", img.user)
@@ -185,6 +208,79 @@ func TestDockerfile(t *testing.T) {
 			t.Errorf("numericUser(%q) = true", bad)
 		}
 	}
+}
+
+// workspaceModule is a go.work file or a module it uses, with its go line.
+type workspaceModule struct {
+	dir    string // relative to the repository root, "." for the root
+	file   string // go.work or <dir>/go.mod
+	goLine string
+}
+
+// readWorkspace returns go.work and every module it uses, as the go
+// command reads them.
+func readWorkspace(t *testing.T) []workspaceModule {
+	t.Helper()
+	var work struct {
+		Go  string
+		Use []struct{ DiskPath string }
+	}
+	goJSON(t, &work, "work", "edit", "-json", "go.work")
+	out := []workspaceModule{{dir: ".", file: "go.work", goLine: work.Go}}
+	for _, u := range work.Use {
+		var mod struct{ Go string }
+		dir := path.Clean(u.DiskPath)
+		file := path.Join(dir, "go.mod")
+		goJSON(t, &mod, "mod", "edit", "-json", file)
+		out = append(out, workspaceModule{dir: dir, file: file, goLine: mod.Go})
+	}
+	return out
+}
+
+// goJSON runs the go command in the repository root and decodes its output.
+func goJSON(t *testing.T, v any, args ...string) {
+	t.Helper()
+	cmd := exec.Command("go", args...)
+	cmd.Dir = repoRoot
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go %s: %v", strings.Join(args, " "), err)
+	}
+	if err := json.Unmarshal(out, v); err != nil {
+		t.Fatalf("go %s: %v", strings.Join(args, " "), err)
+	}
+}
+
+// dependencyLayer reads the Dockerfile's lines before "COPY . .": where
+// the files they copy land under WORKDIR, and the module directories named by the go mod download line
+// (nil if there is none).
+func dependencyLayer(dockerfile string) (copied, download map[string]bool) {
+	copied = map[string]bool{}
+	for _, line := range strings.Split(dockerfile, "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 3 && f[0] == "COPY" && !strings.HasPrefix(f[1], "--") {
+			if f[1] == "." {
+				break
+			}
+			srcs, dest := f[1:len(f)-1], f[len(f)-1]
+			for _, src := range srcs {
+				// Where the file lands under WORKDIR: COPY a/go.mod ./a/
+				// puts it at a/go.mod.
+				if strings.HasSuffix(dest, "/") || len(srcs) > 1 {
+					copied[path.Join(dest, path.Base(src))] = true
+				} else {
+					copied[path.Clean(dest)] = true
+				}
+			}
+		}
+		if len(f) >= 1 && f[0] == "RUN" && strings.Contains(line, "go mod download") {
+			download = map[string]bool{}
+			for _, w := range strings.FieldsFunc(line, func(r rune) bool { return strings.ContainsRune(" ;\"'()", r) }) {
+				download[path.Clean(w)] = true
+			}
+		}
+	}
+	return copied, download
 }
 
 // programSource returns the source of the program an image's entrypoint

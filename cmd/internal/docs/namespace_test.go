@@ -13,7 +13,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
-	"github.com/tokencache/tokencache/internal/cli"
+	"github.com/tokencache/tokencache/cmd/internal/cli"
 	"github.com/tokencache/tokencache/tokencache"
 )
 
@@ -305,7 +305,7 @@ func checkOneNamespace(uses []namespaceUse) error {
 // the examples, docker-compose.yml and the Kubernetes CronJob — names the
 // same token, so that the refresher refreshes the token the backends read.
 func TestOneNamespace(t *testing.T) {
-	uses, err := namespaceUses(os.DirFS("../.."))
+	uses, err := namespaceUses(os.DirFS(repoRoot))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -331,7 +331,7 @@ func TestOneNamespace(t *testing.T) {
 // repository's files, each broken in one place, and expects it to name
 // that place.
 func TestOneNamespaceCatchesADisagreement(t *testing.T) {
-	root := os.DirFS("../..")
+	root := os.DirFS(repoRoot)
 	base := fstest.MapFS{}
 	err := fs.WalkDir(root, ".", func(p string, d fs.DirEntry, err error) error {
 		if err != nil {

@@ -5,7 +5,7 @@ import (
 	"net/http"
 	"net/url"
 
-	"github.com/tokencache/tokencache/internal/localapi"
+	"github.com/tokencache/tokencache/cmd/internal/localapi"
 	"github.com/tokencache/tokencache/tokencache"
 )
 

@@ -10,20 +10,9 @@ import (
 	"time"
 
 	"github.com/tokencache/tokencache/internal/securitytest"
+	"github.com/tokencache/tokencache/internal/testutil"
 	"github.com/tokencache/tokencache/tokencache/issuertest"
 )
-
-// waitFor polls cond until it holds, failing after a generous bound.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
 
 func TestTwentyClientsAcrossDaemonsGetOneTokenFromOneIssuerCall(t *testing.T) {
 	f := newFleet(t, issuertest.WithLatency(50*time.Millisecond))
@@ -117,7 +106,7 @@ func TestReported401RefreshesOnceAndEveryDaemonServesTheNewToken(t *testing.T) {
 		t.Errorf("deletions: got %d, want 1 (compare-and-delete)", deleted)
 	}
 	for i, s := range servers {
-		waitFor(t, "daemon to serve the new token", func() bool { return s.token(t, "").AccessToken != old })
+		testutil.Eventually(t, "daemon to serve the new token", func() bool { return s.token(t, "").AccessToken != old })
 		if tok := s.token(t, "").AccessToken; !f.issuer.Valid(tok) {
 			t.Errorf("daemon %d serves a token the issuer rejects", i)
 		}
@@ -154,7 +143,7 @@ func TestClientTokensPerUserAcrossDaemons(t *testing.T) {
 	if code != http.StatusOK || !strings.Contains(body, `"invalidated":true`) {
 		t.Errorf("invalidate u-1: %d %s", code, body)
 	}
-	waitFor(t, "a new client token", func() bool { return b.token(t, "u-1").AccessToken != ta.AccessToken })
+	testutil.Eventually(t, "a new client token", func() bool { return b.token(t, "u-1").AccessToken != ta.AccessToken })
 	if st := f.issuer.Stats(); st.ClientTokenCalls != 2 {
 		t.Errorf("client token calls: %d, want 2", st.ClientTokenCalls)
 	}

@@ -14,7 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/time/rate"
 
-	"github.com/tokencache/tokencache/internal/localapi"
+	"github.com/tokencache/tokencache/cmd/internal/localapi"
 )
 
 // localFlags are the listener flags that serve and proxy share.
