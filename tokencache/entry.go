@@ -19,7 +19,7 @@ import (
 //	memory.go     the in-memory copy: its order, its moments, rejections
 //	refresh.go    the refresh under the lock and the one fenced write path
 //	issuer.go     the issuer call: retries, budget, failures told to the fleet
-//	failures.go   the failure memory and its back-off window
+//	failure.go    the failure memory and its back-off window
 //	scheduler.go  the timer, background re-checks and refresh-ahead
 //	onevent.go    what the fleet's events do to this token; waking waiters
 //	credential.go whose token it is
