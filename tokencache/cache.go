@@ -90,12 +90,12 @@ func New(rdb redis.UniversalClient, f Fetcher, opts ...Option) (*Cache, error) {
 		st:         newStore(rdb, cfg.shardedPubSub, cfg.logger),
 		locker:     locker,
 		channel:    protocol.EventsChannel(cfg.prefix, cfg.namespace),
-		sub:        subscriber{ready: make(chan struct{}), suspect: make(chan struct{}, 1)},
 		ctx:        ctx,
 		cancel:     cancel,
 		origin:     strconv.FormatUint(rand.Uint64(), 36),
 		jitterSeed: maphash.MakeSeed(),
 	}
+	c.sub = subscriber{c: c, ready: make(chan struct{}), suspect: make(chan struct{}, 1)}
 	c.epoch = c.cfg.clock.Now()
 	_, c.sysClock = cfg.clock.(systemClock)
 	c.server = c.newEntry(protocol.ServerKeys(cfg.prefix, cfg.namespace), f)
@@ -106,7 +106,7 @@ func New(rdb redis.UniversalClient, f Fetcher, opts ...Option) (*Cache, error) {
 		c.users = newUserLRU(cfg.maxUsers)
 	}
 	c.wg.Add(1)
-	go c.runSubscriber(ctx)
+	go c.sub.runSubscriber(ctx)
 	return c, nil
 }
 
@@ -314,8 +314,8 @@ func (c *Cache) onEvent(ev protocol.Event) {
 // onSubscribed runs on every confirmed (re-)subscription: whatever was
 // published while we were not subscribed is lost, so waiters re-check
 // Redis and the in-memory copy is re-read.
-func (c *Cache) onSubscribed() {
-	for _, e := range c.entries() {
+func (s *subscriber) onSubscribed() {
+	for _, e := range s.c.entries() {
 		e.mem.expireSoft()
 		e.sig.fire()
 	}

@@ -95,14 +95,14 @@ func (e *entry) obtain(ctx context.Context) (Token, error) {
 		if ok {
 			if recheck {
 				// The re-check, not the holder's event, found the token.
-				e.c.suspectSubscription()
+				e.c.sub.suspectSubscription()
 			}
 			e.c.stats.redisHits.Add(1)
 			return tok, nil
 		}
 		// Subscribe first, then re-check: a "refreshed" published between
 		// the two reads cannot be missed.
-		e.c.waitSubscribed(ctx, subscribeWait)
+		e.c.sub.waitSubscribed(ctx, subscribeWait)
 		wake, seq := e.sig.arm()
 		if tok, ok, err = e.readAndInstall(ctx); err != nil {
 			if e.settle(ctx, err) {

@@ -41,6 +41,7 @@ func (s *signal) fire() {
 // events to the cache and tells it about every (re-)subscription, after
 // which everything learnt from events must be re-checked in Redis.
 type subscriber struct {
+	c         *Cache
 	ready     chan struct{} // closed on the first confirmed subscription
 	readyOnce sync.Once
 	suspect   chan struct{} // an event seems to have been missed; cap 1
@@ -51,7 +52,8 @@ type subscriber struct {
 // (a newer token under the lock, a waiter that the re-check woke instead
 // of the event). A probe costs one PUBLISH; a dead subscription is then
 // replaced within the probe timeout, whatever the probe interval.
-func (c *Cache) suspectSubscription() {
+func (s *subscriber) suspectSubscription() {
+	c := s.c
 	select {
 	case c.sub.suspect <- struct{}{}:
 	default:
@@ -81,12 +83,13 @@ func (c *Cache) suspectSubscription() {
 // subscriptions when its slot moves to another node (a resharding, a
 // failover): the cache then reloads the slot map and subscribes again, on
 // the new owner.
-func (c *Cache) runSubscriber(ctx context.Context) {
+func (s *subscriber) runSubscriber(ctx context.Context) {
+	c := s.c
 	defer c.wg.Done()
 	if !c.st.ps.Resolve(ctx) {
 		return
 	}
-	ps, msgs := c.subscribe(ctx)
+	ps, msgs := c.sub.subscribe(ctx)
 	defer func() { _ = ps.Close() }()
 
 	lastHeard := time.Now()
@@ -145,7 +148,7 @@ func (c *Cache) runSubscriber(ctx context.Context) {
 	// the timer fires (msgs is nil meanwhile).
 	pending := false
 	subscribeAgain := func(now time.Time) {
-		ps, msgs = c.subscribe(ctx)
+		ps, msgs = c.sub.subscribe(ctx)
 		probeSent, lastHeard = now, now
 		tick.Reset(wait())
 	}
@@ -202,7 +205,7 @@ func (c *Cache) runSubscriber(ctx context.Context) {
 					probeSent, fails = time.Time{}, 0
 					schedule(lastHeard)
 					c.sub.readyOnce.Do(func() { close(c.sub.ready) })
-					c.onSubscribed()
+					c.sub.onSubscribed()
 				case "sunsubscribe", "unsubscribe":
 					// We never unsubscribe: the server did (the slot moved).
 					resubscribe("the server ended the subscription ("+v.Kind+")", slotMapDelay)
@@ -228,7 +231,8 @@ func (c *Cache) runSubscriber(ctx context.Context) {
 	}
 }
 
-func (c *Cache) subscribe(ctx context.Context) (*redis.PubSub, <-chan any) {
+func (s *subscriber) subscribe(ctx context.Context) (*redis.PubSub, <-chan any) {
+	c := s.c
 	ps := c.st.ps.Subscribe(ctx, c.channel)
 	return ps, ps.ChannelWithSubscriptions(
 		redis.WithChannelSize(256),
@@ -241,7 +245,8 @@ func (c *Cache) subscribe(ctx context.Context) (*redis.PubSub, <-chan any) {
 const slotMapDelay = 200 * time.Millisecond
 
 // waitSubscribed waits, at most d, for the first confirmed subscription.
-func (c *Cache) waitSubscribed(ctx context.Context, d time.Duration) bool {
+func (s *subscriber) waitSubscribed(ctx context.Context, d time.Duration) bool {
+	c := s.c
 	select {
 	case <-c.sub.ready:
 		return true

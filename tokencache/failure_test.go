@@ -29,8 +29,8 @@ func TestClosingAReplicaMidRefreshDoesNotFailTheFleet(t *testing.T) {
 	a, _ := New(rdb, fA, fastOpts()...)
 	fB := newFakeFetcher(time.Hour)
 	b := newCache(t, rdb, fB, fastOpts()...)
-	a.waitSubscribed(ctx, time.Second)
-	b.waitSubscribed(ctx, time.Second)
+	a.sub.waitSubscribed(ctx, time.Second)
+	b.sub.waitSubscribed(ctx, time.Second)
 
 	go func() { _, _ = a.Token(context.Background()) }()
 	eventually(t, "A calls the issuer", func() bool { return fA.calls.Load() == 1 })
@@ -61,7 +61,7 @@ func TestFailedEventCannotHideAValidTokenInRedis(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := newCache(t, rdb, newFakeFetcher(time.Hour), fastOpts()...)
-	b.waitSubscribed(ctx, time.Second)
+	b.sub.waitSubscribed(ctx, time.Second)
 	ev, _ := json.Marshal(protocol.Event{Type: protocol.EventFailed, Key: "tokencache:{default}:server", Code: "access-denied",
 		RetryInMS: (24 * time.Hour).Milliseconds(), Origin: "hostile-peer"}) // any PUBLISH
 	rdb.Publish(ctx, "tokencache:{default}:events", ev)

@@ -52,7 +52,7 @@ func halfOpen(t *testing.T, f Fetcher, aOpts, bOpts []Option) (a, b *Cache, firs
 	if first, err = a.Token(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if !a.waitSubscribed(ctx, 5*time.Second) {
+	if !a.sub.waitSubscribed(ctx, 5*time.Second) {
 		t.Fatal("never subscribed")
 	}
 	if n := proxy.SwallowExisting(); n == 0 {

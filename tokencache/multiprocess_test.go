@@ -96,7 +96,7 @@ func replicaMain() int {
 	}
 	defer c.Close()
 	n, _ := strconv.Atoi(os.Getenv("TC_GOROUTINES"))
-	if !c.waitSubscribed(context.Background(), 10*time.Second) {
+	if !c.sub.waitSubscribed(context.Background(), 10*time.Second) {
 		fmt.Println("err not subscribed")
 		return 1
 	}

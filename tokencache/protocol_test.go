@@ -499,8 +499,8 @@ func TestLostWriteWithSkewedClocksKeepsTheNewerToken(t *testing.T) {
 	if err := rdb.Set(ctx, fenceKey, 1, time.Hour).Err(); err != nil {
 		t.Fatal(err)
 	}
-	fast.onSubscribed() // a re-subscription: each replica re-checks Redis
-	slow.onSubscribed()
+	fast.sub.onSubscribed() // a re-subscription: each replica re-checks Redis
+	slow.sub.onSubscribed()
 	for i := range 50 {
 		for _, c := range []*Cache{fast, slow} {
 			got, err := c.Token(ctx)

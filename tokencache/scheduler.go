@@ -206,7 +206,7 @@ func (sc *scheduler) ahead(ctx context.Context, served *snapshot) {
 		if served.before(r.rec.Generation, r.rec.StoredMS) {
 			// Another replica refreshed, and we heard neither its
 			// "refreshing" (we would be holding back) nor its "refreshed".
-			e.c.suspectSubscription()
+			e.c.sub.suspectSubscription()
 			return true
 		}
 		return e.fails.backingOff() > 0

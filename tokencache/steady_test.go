@@ -409,7 +409,7 @@ func TestOlderTokenInRedisCausesNoReadStorm(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = lease.Release(context.Background()) }()
-	c.onSubscribed() // a re-subscription: the copy is re-checked
+	c.sub.onSubscribed() // a re-subscription: the copy is re-checked
 	reads := c.Stats().RedisReads
 	for range 200 {
 		tok, err := c.Token(ctx)
