@@ -2,10 +2,11 @@ package tokencache
 
 import (
 	"context"
-	"github.com/tokencache/tokencache/tokencache/internal/protocol"
 	"math"
 	"sync/atomic"
 	"time"
+
+	"github.com/tokencache/tokencache/tokencache/internal/protocol"
 )
 
 // This file is one cached token (the server token, or one user's client

@@ -7,8 +7,9 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/tokencache/tokencache/tokencache/internal/protocol"
 	"golang.org/x/oauth2"
+
+	"github.com/tokencache/tokencache/tokencache/internal/protocol"
 )
 
 // Handle is one shared token: the server token (the Handle embedded in

@@ -4,9 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/tokencache/tokencache/tokencache/internal/protocol"
 	"math/rand/v2"
 	"time"
+
+	"github.com/tokencache/tokencache/tokencache/internal/protocol"
 )
 
 // This file is what happens at the issuer: calling one token's Fetcher

@@ -2,8 +2,9 @@ package tokencache
 
 import (
 	"context"
-	"github.com/tokencache/tokencache/tokencache/internal/protocol"
 	"time"
+
+	"github.com/tokencache/tokencache/tokencache/internal/protocol"
 )
 
 // This file is what the fleet's events do to one token: a "refreshed"

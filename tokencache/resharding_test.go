@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
 	"github.com/tokencache/tokencache/internal/redistest"
 	"github.com/tokencache/tokencache/tokencache/internal/protocol"
 )
