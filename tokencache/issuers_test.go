@@ -1,7 +1,6 @@
 package tokencache_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -14,6 +13,7 @@ import (
 	"time"
 
 	"github.com/tokencache/tokencache/internal/redistest"
+	"github.com/tokencache/tokencache/internal/testutil"
 	"github.com/tokencache/tokencache/lock"
 	"github.com/tokencache/tokencache/tokencache"
 	"github.com/tokencache/tokencache/tokencache/basiq"
@@ -192,7 +192,7 @@ func TestJWTRotationRefusedTokenLeavesNoSecretInLogs(t *testing.T) {
 	}))
 	t.Cleanup(api.Close)
 	f := jwtauth.New(srv.APIKey(), srv.ClientSecret(), jwtauth.WithBaseURL(srv.URL()), jwtauth.WithHMACVerification(true))
-	var logs lockedBuffer
+	var logs testutil.Buffer
 	// Without the in-process copy every response is read for a rotated
 	// token, whatever the held token's age.
 	c := tokencache.NewTestCache(t, tokencache.NewTestRedis(t), f, tokencache.WithRotation(f.FromResponse), tokencache.WithL1(false),
@@ -223,24 +223,6 @@ func TestJWTRotationRefusedTokenLeavesNoSecretInLogs(t *testing.T) {
 			t.Errorf("log holds the %s: %q", name, out)
 		}
 	}
-}
-
-// lockedBuffer is a bytes.Buffer safe for a logger's concurrent writes.
-type lockedBuffer struct {
-	mu sync.Mutex // guards b
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 func TestJWTRotationLaterExpiryWins(t *testing.T) {

@@ -2,7 +2,6 @@ package faulttest
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -20,6 +19,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/tokencache/tokencache/internal/testutil"
 	"github.com/tokencache/tokencache/tokencache"
 )
 
@@ -246,7 +246,7 @@ type replica struct {
 	mu      sync.Mutex // guards replies
 	replies map[string]chan string
 	exited  chan struct{} // closed when its stdout ends
-	stderr  *lockedBuffer
+	stderr  *testutil.Buffer
 }
 
 // startReplica starts a replica process with cfg and waits for its
@@ -260,7 +260,7 @@ func startReplica(t testing.TB, name string, cfg config) *replica {
 	}
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), replicaEnv+"="+string(b))
-	r := &replica{t: t, name: name, cmd: cmd, replies: map[string]chan string{}, exited: make(chan struct{}), stderr: &lockedBuffer{}}
+	r := &replica{t: t, name: name, cmd: cmd, replies: map[string]chan string{}, exited: make(chan struct{}), stderr: &testutil.Buffer{}}
 	cmd.Stderr = r.stderr
 	if r.stdin, err = cmd.StdinPipe(); err != nil {
 		t.Fatal(err)
@@ -441,28 +441,4 @@ func (r *replica) stats() tokencache.Stats {
 		r.t.Fatalf("replica %s: stats: %v", r.name, err)
 	}
 	return s
-}
-
-// lockedBuffer collects a child's stderr.
-type lockedBuffer struct {
-	mu sync.Mutex // guards b
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) Len() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Len()
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
