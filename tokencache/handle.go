@@ -70,6 +70,13 @@ func (h *Handle) Token(ctx context.Context) (Token, error) {
 	return e.token(ctx)
 }
 
+// Token is the server token's Handle.Token. It is declared on Cache (not
+// only promoted from the embedded Handle) so that the hot path, a copy in
+// memory, is one call: the compiler inlines this into the caller.
+func (c *Cache) Token(ctx context.Context) (Token, error) {
+	return c.server.token(ctx)
+}
+
 // Invalidate deletes the shared token if it is still tok (compare and
 // delete: a token that replaced tok meanwhile is kept) and publishes
 // "invalidated", so every replica drops its copy. It reports whether the
