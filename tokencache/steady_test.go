@@ -32,20 +32,25 @@ func TestSteadyStateCommandsPerRenewal(t *testing.T) {
 	}
 	for _, tc := range []struct {
 		replicas int
+		renewals int
 		max      float64
 	}{
 		// (5 + 9) / 10 = 1.4 measured; 1.5 is the target itself, and
 		// leaves room for a replica that reaches the lock a moment after
-		// the winner (two commands) every other renewal.
-		{10, 1.5},
+		// the winner (two commands) every other renewal. Twelve renewals:
+		// one scheduling hiccup that delays the winner's "refreshing" can
+		// put several replicas on the lock at once (12 extra commands,
+		// seen idle on this code and the code before it), which six
+		// renewals cannot absorb but twelve can.
+		{10, 12, 1.5},
 		// (5 + 39) / 40 = 1.1 measured (1.12-1.14 on an idle machine);
 		// the bound is the target, 1.5: a loaded machine (CI beside other
 		// builds) reached 1.26, replicas reaching the lock a moment after
 		// the winner before its "refreshing" arrives.
-		{40, 1.5},
+		{40, 6, 1.5},
 	} {
 		t.Run(fmt.Sprint(tc.replicas), func(t *testing.T) {
-			perReplica := steadyCommandsPerRenewal(t, tc.replicas, 6)
+			perReplica := steadyCommandsPerRenewal(t, tc.replicas, tc.renewals)
 			if perReplica > tc.max {
 				t.Errorf("%.2f Redis commands per replica per renewal, want at most %.2f", perReplica, tc.max)
 			}
