@@ -58,14 +58,12 @@ var (
 // Sentinel-managed master or a cluster) or, with several clients, on
 // independent masters with Redlock's majority rule.
 type Locker struct {
-	rs      *redsync.Redsync
-	fence   redis.UniversalClient // holds the fencing counters
-	ttl     time.Duration
-	retry   time.Duration // base delay between Acquire attempts
-	opTime  time.Duration // timeout of one extend or release
-	nodes   int
-	onBeat  func(err error) // test hook: called after every watchdog beat
-	onRetry func()
+	rs     *redsync.Redsync
+	fence  redis.UniversalClient // holds the fencing counters
+	ttl    time.Duration
+	retry  time.Duration // base delay between Acquire attempts
+	opTime time.Duration // timeout of one extend or release
+	nodes  int
 }
 
 // minTTL is the shortest lease WithTTL accepts: Redis counts a lease's
@@ -192,9 +190,6 @@ func (l *Locker) acquire(ctx context.Context, key string, wait bool) (*Lease, er
 		}
 		if !wait {
 			return nil, ErrNotAcquired
-		}
-		if l.onRetry != nil {
-			l.onRetry()
 		}
 		d := l.retry/2 + rand.N(l.retry+1)
 		t := time.NewTimer(d)
@@ -338,9 +333,6 @@ func (le *Lease) watchdog() {
 		case <-t.C:
 		}
 		err := le.extend()
-		if le.l.onBeat != nil {
-			le.l.onBeat(err)
-		}
 		if errors.Is(err, ErrLeaseExpired) || errors.Is(err, ErrLeaseLost) {
 			le.mu.Lock()
 			le.err = err

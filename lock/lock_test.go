@@ -3,7 +3,9 @@ package lock
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -85,18 +87,22 @@ func TestMutualExclusionAndFence(t *testing.T) {
 func TestWatchdogExtendsPastTTL(t *testing.T) {
 	forEach(t, func(t *testing.T, rdb redis.UniversalClient) {
 		ctx := testutil.Context(t)
-		beats := make(chan error, 100)
 		l := newLocker(t, rdb, WithTTL(150*time.Millisecond))
-		l.onBeat = func(err error) { beats <- err }
 		a, err := l.TryAcquire(ctx, "w:lock")
 		if err != nil {
 			t.Fatal(err)
 		}
-		// Many beats, several TTLs: the lock must still be ours.
+		// Many beats, several TTLs: the lock must still be ours. Each
+		// successful beat moves the lease's Until later.
+		until := a.Until()
 		for i := range 8 {
-			if err := <-beats; err != nil {
+			testutil.Eventually(t, fmt.Sprintf("watchdog beat %d", i), func() bool {
+				return a.Until().After(until) || a.Err() != nil
+			})
+			if err := a.Err(); err != nil {
 				t.Fatalf("beat %d: %v", i, err)
 			}
+			until = a.Until()
 			if _, err := l.TryAcquire(ctx, "w:lock"); !errors.Is(err, ErrNotAcquired) {
 				t.Fatalf("after beat %d another owner got in: %v", i, err)
 			}
@@ -168,8 +174,8 @@ func TestAcquireWaitsAndHonoursContext(t *testing.T) {
 		if _, err := l.Acquire(short, "a:lock"); !errors.Is(err, context.DeadlineExceeded) {
 			t.Fatalf("Acquire on a held lock with a short context: got %v, want context.DeadlineExceeded", err)
 		}
-		retried := make(chan struct{}, 1000)
-		l.onRetry = func() { retried <- struct{}{} }
+		var sets atomic.Int64
+		rdb.AddHook(setCounter{key: "a:lock", n: &sets})
 		got := make(chan error, 1)
 		go func() {
 			b, err := l.Acquire(ctx, "a:lock")
@@ -178,7 +184,9 @@ func TestAcquireWaitsAndHonoursContext(t *testing.T) {
 			}
 			got <- err
 		}()
-		<-retried // it is waiting on the held lock
+		// It is waiting on the held lock once one of its SET NX attempts
+		// has been answered (refused: a holds the lock).
+		testutil.Eventually(t, "an attempt on the held lock", func() bool { return sets.Load() > 0 })
 		if err := a.Release(ctx); err != nil {
 			t.Fatal(err)
 		}
@@ -297,4 +305,27 @@ func TestOptionsTakeEffect(t *testing.T) {
 	if l.TTL() != 3*time.Second || l.retry != time.Millisecond || l.nodes != 3 || l.opTime != time.Second {
 		t.Errorf("options: got ttl %v retry %v nodes %d opTime %v; want 3s, 1ms, 3, 1s", l.TTL(), l.retry, l.nodes, l.opTime)
 	}
+}
+
+// setCounter counts the SET commands on one key that Redis has answered:
+// the lock attempts, seen from the wire.
+type setCounter struct {
+	key string
+	n   *atomic.Int64
+}
+
+func (setCounter) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h setCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		err := next(ctx, cmd)
+		if a := cmd.Args(); len(a) > 1 && strings.EqualFold(cmd.Name(), "set") && a[1] == h.key {
+			h.n.Add(1)
+		}
+		return err
+	}
+}
+
+func (setCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
 }
