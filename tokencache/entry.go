@@ -60,6 +60,7 @@ func (c *Cache) newEntry(k keys, f Fetcher) *entry {
 // if 0) here and in Redis, and rejects it until Redis says which
 // generation it deleted (see Handle.Invalidate).
 func (e *entry) invalidate(ctx context.Context, fp string, gen int64) (bool, error) {
+	known := e.mem.knownGen(fp) // before the placeholder below hides it
 	if fp != "" {
 		// Until Redis says which generation it deleted, every copy of the
 		// token is rejected: a read racing the deletion must not bring
@@ -83,7 +84,7 @@ func (e *entry) invalidate(ctx context.Context, fp string, gen int64) (bool, err
 		// (If Redis did not answer, the rejection stands until the issuer
 		// next returns the token.)
 		if err == nil {
-			e.mem.rejectUpTo(fp, max(deleted, gen, localGen))
+			e.mem.rejectUpTo(fp, max(deleted, gen, localGen, known))
 		}
 	}
 	if ok {

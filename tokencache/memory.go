@@ -251,9 +251,35 @@ func (m *memory) forget(fp string, gen int64) (held int64) {
 }
 
 // rejectUpTo bounds the rejection of fp to generation gen, if fp is
-// still the token rejected.
+// still the token rejected. A bound learnt meanwhile (the fleet's
+// "invalidated" event for fp, with its generation) is never lowered: a
+// replica whose own compare-and-delete found the key already gone knows
+// no generation, and a read that raced the deletion must still not bring
+// the token back.
 func (m *memory) rejectUpTo(fp string, gen int64) {
-	if r := m.rejected.Load(); r != nil && r.fp == fp {
-		m.rejected.CompareAndSwap(r, &rejection{fp: fp, gen: gen})
+	for {
+		r := m.rejected.Load()
+		if r == nil || r.fp != fp {
+			return
+		}
+		g := gen
+		if r.gen != math.MaxInt64 {
+			g = max(g, r.gen)
+		}
+		if m.rejected.CompareAndSwap(r, &rejection{fp: fp, gen: g}) {
+			return
+		}
 	}
+}
+
+// knownGen is the highest generation this replica knows fp was stored
+// with: a bound of its rejection, or the copy last installed.
+func (m *memory) knownGen(fp string) (gen int64) {
+	if r := m.rejected.Load(); r != nil && r.fp == fp && r.gen != math.MaxInt64 {
+		gen = r.gen
+	}
+	if l := m.last.Load(); l != nil && l.fp == fp {
+		gen = max(gen, l.gen)
+	}
+	return gen
 }

@@ -224,6 +224,36 @@ func TestMemoryRejectionIsBoundedByGeneration(t *testing.T) {
 	}
 }
 
+// The fleet's "invalidated" event bounds a rejection to the generation
+// deleted; a replica's own invalidation of the same token, which found the
+// key already gone (it knows no generation), must not lower that bound, in
+// either order, or a read that raced the deletion brings the token back.
+func TestMemoryRejectionBoundIsNeverLowered(t *testing.T) {
+	fpA := copyOf("a", 0, 0).fp
+	t.Run("event during the replica's own invalidation", func(t *testing.T) {
+		m := newTestMemory(true)
+		known := m.knownGen(fpA)
+		m.reject(fpA, math.MaxInt64)     // the replica's invalidation starts
+		m.reject(fpA, 2)                 // the fleet's event: generation 2 deleted
+		m.rejectUpTo(fpA, max(0, known)) // Redis: nothing deleted here
+		if !m.isRejected(fpA, 2) {
+			t.Fatal("the token at generation 2, deleted by the fleet, is no longer rejected")
+		}
+	})
+	t.Run("event before the replica's own invalidation", func(t *testing.T) {
+		m := newTestMemory(true)
+		m.install(copyOf("a", 2, 1))
+		m.reject(fpA, 2) // the event drops the copy and bounds the rejection
+		m.forget(fpA, 0)
+		known := m.knownGen(fpA)
+		m.reject(fpA, math.MaxInt64)
+		m.rejectUpTo(fpA, max(0, known))
+		if !m.isRejected(fpA, 2) || m.isRejected(fpA, 3) {
+			t.Fatalf("rejection after event then invalidation: rejects 2 %v, 3 %v; want true, false", m.isRejected(fpA, 2), m.isRejected(fpA, 3))
+		}
+	})
+}
+
 func TestMemoryForgetLeavesAnotherToken(t *testing.T) {
 	m := newTestMemory(true)
 	fpA, fpB := copyOf("a", 0, 0).fp, copyOf("b", 0, 0).fp
