@@ -160,11 +160,6 @@ func TestE2ESecretScan(t *testing.T) {
 	securitytest.SetUser(t, admin, "tokencache", redisPass, securitytest.ReadmeACL(t))
 	redisURL := EnvRedisURL + "=redis://tokencache:" + redisPass + "@" + w.redis.Addr + "/0"
 
-	type output struct {
-		where       string
-		text        string
-		tokensShown bool // get's stdout: the token is the contract
-	}
 	var outs []output
 	tokens := map[string]bool{}
 	run := func(env []string, args ...string) result {
@@ -295,23 +290,7 @@ func TestE2ESecretScan(t *testing.T) {
 		expect(run(base(EnvNamespace+"=scan-daemon-"+format), "get"), 0, "get the daemon's token")
 	}
 	rec.Stop()
-	if len(tokens) < 8 {
-		t.Fatalf("only %d tokens seen; the scan would prove little", len(tokens))
-	}
-	i := 0
-	for tok := range tokens {
-		i++
-		scan.Add(t, "token "+strconv.Itoa(i), tok)
-	}
-
-	for _, o := range outs {
-		for _, l := range scan.Leaks(o.where, o.text) {
-			if o.tokensShown && strings.HasPrefix(l, "token ") {
-				continue
-			}
-			t.Error("leak: " + l)
-		}
-	}
+	checkOutputs(t, &scan, tokens, 8, outs)
 	msgs := rec.Messages()
 	if len(msgs) == 0 {
 		t.Error("no message recorded on tokencache:*")
@@ -348,6 +327,36 @@ func TestE2ESecretScan(t *testing.T) {
 			if !strings.HasPrefix(l, "token ") || !getStdout[out] {
 				t.Error("leak: " + l)
 			}
+		}
+	}
+}
+
+// output is one output of a command run by a secrets scan.
+type output struct {
+	where       string
+	text        string
+	tokensShown bool // the output's contract is to show a token (get's stdout, GET /v1/token)
+}
+
+// checkOutputs adds every token seen to scan, at least min of them (fewer
+// would prove little), and fails the test for every secret found in outs,
+// a token excepted where the output is meant to show one.
+func checkOutputs(t *testing.T, scan *securitytest.Scanner, tokens map[string]bool, min int, outs []output) {
+	t.Helper()
+	if len(tokens) < min {
+		t.Fatalf("only %d tokens seen; the scan would prove little", len(tokens))
+	}
+	i := 0
+	for tok := range tokens {
+		i++
+		scan.Add(t, "token "+strconv.Itoa(i), tok)
+	}
+	for _, o := range outs {
+		for _, l := range scan.Leaks(o.where, o.text) {
+			if o.tokensShown && strings.HasPrefix(l, "token ") {
+				continue
+			}
+			t.Error("leak: " + l)
 		}
 	}
 }
