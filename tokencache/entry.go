@@ -2,7 +2,6 @@ package tokencache
 
 import (
 	"context"
-	"math"
 	"sync/atomic"
 	"time"
 
@@ -40,8 +39,6 @@ type entry struct {
 
 	syncing   atomic.Bool // an event-driven re-read runs
 	syncAgain atomic.Bool // another event arrived during it
-
-	rej rejections // the API's 401s, for Transport
 }
 
 // newEntry is the entry for the token at keys k that f fetches.
@@ -60,37 +57,28 @@ func (c *Cache) newEntry(k keys, f Fetcher) *entry {
 // if 0) here and in Redis, and rejects it until Redis says which
 // generation it deleted (see Handle.Invalidate).
 func (e *entry) invalidate(ctx context.Context, fp string, gen int64) (bool, error) {
-	known := e.mem.knownGen(fp) // before the placeholder below hides it
-	if fp != "" {
-		// Until Redis says which generation it deleted, every copy of the
-		// token is rejected: a read racing the deletion must not bring
-		// it back.
-		e.mem.reject(fp, math.MaxInt64)
-	}
+	known := e.mem.invalidating(fp, gen)
+	// A caller that comes now must not join a flight that read the token
+	// before it was invalidated: it starts its own.
+	e.c.sf.Forget(e.k.Token)
 	// A token is wanted now: an earlier failure (say, of a refresh ahead)
 	// must not stand in the way of the one refetch.
 	e.fails.clear()
-	e.rej.invalidated(e.c.monoNow())
-	localGen := e.mem.forget(fp, gen)
 	if p := e.rf.pending.Load(); p != nil && (fp == "" || p.Fingerprint() == fp) {
 		e.rf.pending.CompareAndSwap(p, nil)
 	}
 	inv, err := e.c.st.invalidate(ctx, e.k, fp, gen)
-	ok, deleted := inv.Deleted, inv.Generation
-	if fp != "" {
-		// The rejection ends at the generation deleted (or asked for):
-		// the same token stored again later, by an issuer that hands it
-		// out again, is served.
-		// (If Redis did not answer, the rejection stands until the issuer
-		// next returns the token.)
-		if err == nil {
-			e.mem.rejectUpTo(fp, max(deleted, gen, localGen, known))
-		}
+	if fp != "" && err == nil {
+		// The rejection ends at the generation deleted (or asked for, or
+		// known here): the same token stored again later, by an issuer
+		// that hands it out again, is served. (If Redis did not answer,
+		// the rejection stands until the issuer next returns the token.)
+		e.mem.bound(fp, max(inv.Generation, gen, known))
 	}
-	if ok {
+	if inv.Deleted {
 		e.c.log().Info("tokencache: token invalidated", "key", e.k.Token, "token_fp", fp)
 	}
-	return ok, err
+	return inv.Deleted, err
 }
 
 // offer stores tok, obtained outside the cache, if it expires later than
@@ -124,7 +112,7 @@ func (e *entry) offer(ctx context.Context, tok Token) (bool, error) {
 		}
 		if o.Stored {
 			rec.StoredMS = o.StoredMS
-			e.install(e.snapshotFor(rec, ttl, issued))
+			e.install(e.stored(rec, ttl, issued))
 			return true, nil
 		}
 	}
@@ -135,8 +123,7 @@ func (e *entry) offer(ctx context.Context, tok Token) (bool, error) {
 // remains, or always with force (see Handle.Refresh).
 func (e *entry) refreshNow(ctx context.Context, minTTL time.Duration, force bool) (RefreshResult, error) {
 	res := RefreshResult{Key: e.k.Token}
-	at := e.c.now()
-	r, err := e.read(ctx, at)
+	r, err := e.read(ctx)
 	if err != nil {
 		return res, err
 	}
@@ -146,12 +133,11 @@ func (e *entry) refreshNow(ctx context.Context, minTTL time.Duration, force bool
 		if !r.found || r.pttl < minTTL {
 			return false
 		}
-		now := e.c.now()
-		s, _ := e.validSnapshot(r, now)
-		return s.validUntil-e.c.monoAt(now) >= mono(minTTL)
+		s, _ := e.validSnapshot(r)
+		return s.validUntil-e.c.monoNow() >= mono(minTTL)
 	}
 	if !force && fresh(r) {
-		s, _ := e.validSnapshot(r, at)
+		s, _ := e.validSnapshot(r)
 		res.Generation, res.ExpiresIn, res.Token = r.rec.Generation, r.pttl, s.tok
 		e.install(s)
 		return res, nil
@@ -171,7 +157,7 @@ func (e *entry) refreshNow(ctx context.Context, minTTL time.Duration, force bool
 	}
 	res.Refreshed = e.c.stats.refreshes.Load() > before
 	res.Token = tok
-	if r, err := e.read(ctx, e.c.now()); err == nil && r.found {
+	if r, err := e.read(ctx); err == nil && r.found {
 		res.Generation, res.ExpiresIn = r.rec.Generation, r.pttl
 	}
 	return res, nil

@@ -471,3 +471,70 @@ func TestMaxmemoryEviction(t *testing.T) {
 		t.Errorf("issuer calls = %d, want 2 (one refresh after the eviction)", got)
 	}
 }
+
+// holdReads makes the store hold every read between its reply and its
+// return until the test releases it: each held read hands the test its
+// release channel on the returned channel, in the order the replies came.
+func holdReads(t *testing.T, c *Cache) <-chan chan struct{} {
+	t.Helper()
+	held := make(chan chan struct{}, 16)
+	hook := func() {
+		release := make(chan struct{})
+		held <- release
+		<-release
+	}
+	c.st.replied.Store(&hook)
+	t.Cleanup(func() { c.st.replied.Store(nil) })
+	return held
+}
+
+// A read that started before Redis answered "absent" (the key evicted or
+// deleted without an event) cannot bring the deleted token back, in either
+// order: its install after the re-check's drop is refused, and its install
+// between the re-check's start and its answer is dropped by that answer.
+// The reads are held at the store's seam, never by a sleep.
+func TestAReadThatStartedBeforeAnAbsentAnswerCannotBringTheTokenBack(t *testing.T) {
+	for _, order := range []string{"install after the drop", "install before the drop"} {
+		t.Run(order, func(t *testing.T) {
+			srv := redistest.Start(t)
+			rdb := srv.Client(t)
+			f := newFakeFetcher(time.Hour)
+			c := newCache(t, rdb, f, fastOpts(WithL1MaxAge(0))...)
+			e := c.server
+			ctx := ctxT(t)
+			if _, err := c.Token(ctx); err != nil {
+				t.Fatal(err)
+			}
+			held := holdReads(t, c)
+			e.sync() // the re-read a "refreshed" event starts
+			syncRead := <-held
+			// Evicted: no event.
+			rdb.Del(ctx, e.k.Token, e.k.Fence)
+			e.mem.expireSoft()
+			_, _ = c.Token(ctx) // starts the background re-check
+			recheckRead := <-held
+			synced, _ := e.sig.arm()
+			if order == "install after the drop" {
+				close(recheckRead)
+				eventually(t, "the re-check to drop the copy", func() bool { return e.mem.l1.Load() == nil })
+				close(syncRead)
+				<-synced
+			} else {
+				close(syncRead)
+				<-synced
+				close(recheckRead)
+				eventually(t, "the re-check to finish", func() bool { return !e.sched.busy.Load() })
+			}
+			if s := e.mem.l1.Load(); s != nil {
+				t.Fatalf("the deleted token (generation %d) is served again", s.gen)
+			}
+			c.st.replied.Store(nil)
+			if _, err := c.Token(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if got := f.calls.Load(); got != 2 {
+				t.Errorf("issuer calls = %d, want 2: the eviction costs one refresh", got)
+			}
+		})
+	}
+}

@@ -2,20 +2,28 @@ package tokencache
 
 import (
 	"math"
+	"sync"
 	"sync/atomic"
 	"time"
 )
 
-// This file is the in-memory copy of one token: the immutable snapshot
+// This file is one token's state on this replica: the immutable snapshot
 // callers are served, the order in which copies replace each other
 // (install), the moments that keep background work off (put off, hold,
-// later), and the token this replica invalidated, which no read may bring
-// back. It knows nothing of Redis, the lock or the issuer: it is driven by
-// a clock and tells its owner when the copy's next moment moved.
+// later), the token this replica invalidated, which no read may bring
+// back, Redis's last "absent" answer, which no read that started before it
+// may undo, and what the API said of the tokens it was sent (the 401
+// evidence Transport decides by). It knows nothing of Redis, the lock or
+// the issuer: every change is a transition under one mutex, driven by a
+// clock, that publishes the copy through one atomic pointer; it tells its
+// owner when the copy's next moment moved.
 
 // snapshot is an immutable in-memory copy of the token. Times are on the
-// local monotonic clock, derived from how long the token is still valid on
-// Redis's clock when it was read.
+// local monotonic clock: validUntil derived from how long the token was
+// still valid on Redis's clock, timed from before the request that read it
+// (the safe side); the moments (dueAt, softUntil) timed from when the
+// reply arrived, so a replica paused between the two neither serves a
+// token late nor refreshes it early.
 type snapshot struct {
 	tok        Token
 	gen        int64
@@ -26,6 +34,10 @@ type snapshot struct {
 	held       bool   // another replica's "refreshing" already put this copy's moment off
 	storedMS   int64  // Redis's TIME when the token was stored; 0: not stored (yet)
 	born       mono   // when the issuer minted it: its expiry less its lifetime
+	// ticket orders the copy against Redis's "absent" answers: the ticket
+	// of the read that brought it, taken when the read started, or, for a
+	// token this replica stored, one taken when the write's reply came.
+	ticket uint64
 }
 
 // newer reports whether s holds a later token than o: a higher fencing
@@ -45,15 +57,29 @@ func (s *snapshot) before(gen, storedMS int64) bool {
 	return storedMS > s.storedMS
 }
 
-// memory holds the copy of one token a replica serves. Every change is a
-// compare-and-swap of an immutable snapshot: the hot path reads it with
-// one atomic load and no lock.
+// sameStored reports whether s and o are copies of one stored value: the
+// same token, generation and store time.
+func (s *snapshot) sameStored(o *snapshot) bool {
+	return s.fp == o.fp && s.gen == o.gen && s.storedMS == o.storedMS
+}
+
+// memory is the state of the token one replica serves. The hot path reads
+// l1 with one atomic load and no lock; every change is made under mu.
 type memory struct {
-	l1 atomic.Pointer[snapshot] // the copy served; nil: none (or WithL1(false))
+	l1 atomic.Pointer[snapshot] // the copy served; nil: none (or WithL1(false)); stored under mu
+
+	tickets atomic.Uint64 // the last read ticket handed out
+	// calm is the access token the API last accepted while no rejection
+	// streak runs: Transport's success path checks it without the lock.
+	calm atomic.Pointer[string]
+
+	mu sync.Mutex // guards everything below
 	// last is the copy last installed, kept even without the in-memory
 	// copy (WithL1(false)): what Transport judges a 401 by.
-	last     atomic.Pointer[snapshot]
-	rejected atomic.Pointer[rejection] // the last token invalidated here
+	last     *snapshot
+	rejected rejection // the last token invalidated here
+	absent   uint64    // the highest ticket of a read Redis answered "absent"
+	api      evidence  // what the API said of the tokens sent to it
 
 	keep  bool        // WithL1: copies are kept in l1
 	now   func() mono // the cache's monotonic clock
@@ -65,46 +91,99 @@ type memory struct {
 // not bring it back. It is bounded by the generation, never a blacklist of
 // the token: an issuer may hand the same still-valid token out again, and
 // once it has, the token is stored under a newer generation and served.
+// Until Redis says which generation it deleted (bounded false), every copy
+// of the token is rejected. The bound only ever rises.
 type rejection struct {
-	fp  string
-	gen int64
+	fp      string
+	gen     int64
+	bounded bool
 }
 
-// install makes s the in-memory copy, unless a newer token that is still
-// valid is already there (see snapshot.newer). Installing the same token
-// again keeps a hold on its refresh-ahead moment. The caller has checked
-// that s is not rejected (isRejected). It reports whether l1 changed.
+// rejects reports whether r rejects the token fp stored with generation gen.
+func (r *rejection) rejects(fp string, gen int64) bool {
+	return r.fp != "" && r.fp == fp && (!r.bounded || gen <= r.gen)
+}
+
+// ticket is the ticket of a read that starts now (see snapshot.ticket).
+func (m *memory) ticket() uint64 { return m.tickets.Add(1) }
+
+// publish makes s the copy served; called with mu held.
+func (m *memory) publish(s *snapshot) {
+	m.l1.Store(s)
+}
+
+// install makes s the in-memory copy, unless this replica invalidated it,
+// Redis answered "absent" to a read that started after the one that
+// brought s, or a newer token that is still valid is already there (see
+// snapshot.newer). Installing a copy of the value already held keeps the
+// longer validity of the two and the hold on its refresh-ahead moment. It
+// reports whether s (or its merge with the copy held) is now the copy the
+// entry serves.
 func (m *memory) install(s *snapshot) bool {
-	if !m.keep {
-		m.last.Store(s)
-		return false
+	m.mu.Lock()
+	ok, changed := m.installLocked(s)
+	m.mu.Unlock()
+	if changed {
+		m.moved()
 	}
-	for {
-		cur := m.l1.Load()
-		n := s
-		if cur != nil && cur.fp != s.fp && cur.newer(s) && m.now() < cur.validUntil {
-			return false
+	return ok
+}
+
+func (m *memory) installLocked(s *snapshot) (ok, changed bool) {
+	if m.rejected.rejects(s.fp, s.gen) || s.ticket < m.absent {
+		return false, false
+	}
+	m.last = s
+	if !m.keep {
+		return true, false
+	}
+	cur := m.l1.Load()
+	if cur != nil && cur.fp != s.fp && cur.newer(s) && m.now() < cur.validUntil {
+		return false, false
+	}
+	n := s
+	if cur != nil && cur.fp == s.fp {
+		c := *s
+		if cur.sameStored(s) && cur.validUntil > c.validUntil {
+			// Both reads bound the same value's validity from below: the
+			// later bound is as safe, and a read that was slow to be
+			// sent must not cut the copy short.
+			c.validUntil = cur.validUntil
 		}
-		if cur != nil && cur.fp == s.fp && cur.held && cur.softUntil > s.softUntil {
-			c := *s
+		if cur.held && cur.softUntil > c.softUntil {
 			c.softUntil = min(cur.softUntil, c.validUntil)
 			c.dueAt, c.held = max(c.dueAt, c.softUntil), true
-			n = &c
 		}
-		if m.l1.CompareAndSwap(cur, n) {
-			m.moved()
-			return true
-		}
+		c.dueAt, c.softUntil = min(c.dueAt, c.validUntil), min(c.softUntil, c.validUntil)
+		n = &c
 	}
+	m.publish(n)
+	return true, true
+}
+
+// absentAt records that Redis answered "absent" (no usable token) to the
+// read with ticket t: a read that started before it may no longer install
+// what it read, and a copy such a read brought is dropped. A copy brought
+// by a read that started after it (a re-store Redis already held) stays.
+func (m *memory) absentAt(t uint64) {
+	m.mu.Lock()
+	m.absent = max(m.absent, t)
+	if cur := m.l1.Load(); cur != nil && cur.ticket < t {
+		m.publish(nil)
+	}
+	m.mu.Unlock()
 }
 
 // set makes s the in-memory copy as it is, without ordering it against
 // the one there and without arming the timer: a token fetched around a
 // Redis that is down (see refresher.redisDown), the only copy there is.
 func (m *memory) set(s *snapshot) {
+	m.mu.Lock()
+	s.ticket = m.ticket()
 	if m.keep {
-		m.l1.Store(s)
+		m.publish(s)
 	}
+	m.mu.Unlock()
 }
 
 // served is the copy the entry serves: the in-memory one, or without it
@@ -113,7 +192,9 @@ func (m *memory) served() *snapshot {
 	if s := m.l1.Load(); s != nil {
 		return s
 	}
-	return m.last.Load()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.last
 }
 
 // valid is the in-memory copy if it may still be served.
@@ -123,9 +204,6 @@ func (m *memory) valid() *snapshot {
 	}
 	return nil
 }
-
-// drop stops serving s, unless another copy replaced it meanwhile.
-func (m *memory) drop(s *snapshot) { m.l1.CompareAndSwap(s, nil) }
 
 // later keeps background work on the current copy off for at least d
 // (Redis is unreachable, a refresh failed, another replica holds the
@@ -154,35 +232,35 @@ func (m *memory) hold(gen int64, d time.Duration) {
 // putOff moves the copy's next moment to until (capped at its validity),
 // if that is later; held marks the copy as held (a held copy is held once).
 func (m *memory) putOff(until mono, held bool) {
-	for {
-		s := m.l1.Load()
-		if s == nil {
-			return
-		}
-		until := min(until, s.validUntil)
-		if s.softUntil >= until || (held && s.held) {
-			return
-		}
-		n := *s
-		n.softUntil = until
-		n.dueAt = max(n.dueAt, until)
-		n.held = n.held || held
-		if m.l1.CompareAndSwap(s, &n) {
-			m.moved()
-			return
-		}
+	m.mu.Lock()
+	s := m.l1.Load()
+	if s == nil {
+		m.mu.Unlock()
+		return
 	}
+	until = min(until, s.validUntil)
+	if s.softUntil >= until || (held && s.held) {
+		m.mu.Unlock()
+		return
+	}
+	n := *s
+	n.softUntil = until
+	n.dueAt = max(n.dueAt, until)
+	n.held = n.held || held
+	m.publish(&n)
+	m.mu.Unlock()
+	m.moved()
 }
 
 // expireSoft makes the next Token call re-check Redis in the background.
 func (m *memory) expireSoft() {
-	s := m.l1.Load()
-	if s == nil {
-		return
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if s := m.l1.Load(); s != nil {
+		n := *s
+		n.softUntil = math.MinInt64
+		m.publish(&n)
 	}
-	n := *s
-	n.softUntil = math.MinInt64
-	m.l1.CompareAndSwap(s, &n)
 }
 
 // floor is the generation a refresh draws above: the stored token's
@@ -207,79 +285,104 @@ func (m *memory) heldGen() int64 {
 // isRejected reports whether the token fp, stored with generation gen,
 // is one this replica invalidated.
 func (m *memory) isRejected(fp string, gen int64) bool {
-	r := m.rejected.Load()
-	return r != nil && r.fp == fp && gen <= r.gen
-}
-
-// reject marks fp, up to generation gen, as invalidated.
-func (m *memory) reject(fp string, gen int64) {
-	m.rejected.Store(&rejection{fp: fp, gen: gen})
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.rejected.rejects(fp, gen)
 }
 
 // unreject forgets the rejection of fp: the issuer has just returned it,
 // and the issuer's latest answer is authoritative.
 func (m *memory) unreject(fp string) {
-	if r := m.rejected.Load(); r != nil && r.fp == fp {
-		m.rejected.CompareAndSwap(r, nil)
+	m.mu.Lock()
+	if m.rejected.fp == fp {
+		m.rejected = rejection{}
 	}
+	m.mu.Unlock()
 }
 
 // servedRejected reports whether tok, returned by a shared flight, is the
 // token this replica invalidated meanwhile (the flight read it before).
 func (m *memory) servedRejected(tok Token) bool {
-	r := m.rejected.Load()
-	if r == nil || r.fp != tok.Fingerprint() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	r := m.rejected
+	if r.fp == "" || r.fp != tok.Fingerprint() {
 		return false
 	}
 	s := m.l1.Load()
-	return s == nil || s.fp != r.fp || s.gen <= r.gen
+	return s == nil || s.fp != r.fp || r.rejects(s.fp, s.gen)
 }
 
-// forget stops serving the invalidated token fp (any token if fp is
-// empty) at generation gen (any if 0), and returns the generation of the
-// copy of fp it held, if any.
-func (m *memory) forget(fp string, gen int64) (held int64) {
-	for {
-		s := m.l1.Load()
-		if s != nil && s.fp == fp {
-			held = s.gen
-		}
-		if s == nil || (fp != "" && s.fp != fp) || (gen != 0 && s.gen != gen) || m.l1.CompareAndSwap(s, nil) {
-			return held
-		}
+// invalidating is the start of this replica's invalidation of the token fp
+// (any token if fp is empty) at generation gen (any if 0): it stops
+// serving the token and rejects every copy of it until Redis says which
+// generation it deleted (bound). It returns the highest generation it
+// knows fp was stored with, for that bound.
+func (m *memory) invalidating(fp string, gen int64) (known int64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if l := m.last; l != nil && l.fp == fp {
+		known = l.gen
 	}
+	if s := m.l1.Load(); s != nil && (fp == "" || s.fp == fp) && (gen == 0 || s.gen == gen) {
+		if s.fp == fp {
+			known = max(known, s.gen)
+		}
+		m.publish(nil)
+	}
+	if fp == "" {
+		return known
+	}
+	if m.rejected.fp == fp {
+		known = max(known, m.rejected.gen)
+		m.rejected.bounded = false // until Redis answers; the bound it had stays its floor
+	} else {
+		m.rejected = rejection{fp: fp}
+	}
+	m.api.noteInvalidated(fp)
+	return known
 }
 
-// rejectUpTo bounds the rejection of fp to generation gen, if fp is
-// still the token rejected. A bound learnt meanwhile (the fleet's
-// "invalidated" event for fp, with its generation) is never lowered: a
-// replica whose own compare-and-delete found the key already gone knows
-// no generation, and a read that raced the deletion must still not bring
-// the token back.
-func (m *memory) rejectUpTo(fp string, gen int64) {
-	for {
-		r := m.rejected.Load()
-		if r == nil || r.fp != fp {
-			return
-		}
-		g := gen
-		if r.gen != math.MaxInt64 {
-			g = max(g, r.gen)
-		}
-		if m.rejected.CompareAndSwap(r, &rejection{fp: fp, gen: g}) {
-			return
-		}
+// bound ends the rejection of fp at generation gen (the one Redis deleted,
+// or the highest known), if fp is still the token rejected. The bound is
+// never lowered: a read that raced the deletion must not bring the token
+// back.
+func (m *memory) bound(fp string, gen int64) {
+	m.mu.Lock()
+	if m.rejected.fp == fp {
+		m.rejected.gen = max(m.rejected.gen, gen)
+		m.rejected.bounded = true
 	}
+	m.mu.Unlock()
 }
 
-// knownGen is the highest generation this replica knows fp was stored
-// with: a bound of its rejection, or the copy last installed.
-func (m *memory) knownGen(fp string) (gen int64) {
-	if r := m.rejected.Load(); r != nil && r.fp == fp && r.gen != math.MaxInt64 {
-		gen = r.gen
+// heardInvalidated applies the fleet's "invalidated" event for the token
+// fp (any, if empty) deleted at generation gen (unknown, if 0): that token
+// is rejected up to gen, and the copy held is dropped if it is that token
+// or older than it (we missed its refresh), not if it is newer (Redis lost
+// a write and its generations went back).
+func (m *memory) heardInvalidated(fp string, gen int64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if fp != "" {
+		if m.rejected.fp == fp {
+			m.rejected.gen = max(m.rejected.gen, gen)
+		} else {
+			m.rejected = rejection{fp: fp, gen: gen, bounded: true}
+		}
+		m.api.noteInvalidated(fp)
 	}
-	if l := m.last.Load(); l != nil && l.fp == fp {
-		gen = max(gen, l.gen)
+	s := m.l1.Load()
+	if s == nil {
+		return
 	}
-	return gen
+	var drop bool
+	if fp != "" {
+		drop = s.fp == fp && (gen == 0 || s.gen <= gen) || s.gen < gen
+	} else {
+		drop = gen == 0 || s.gen <= gen
+	}
+	if drop {
+		m.publish(nil)
+	}
 }

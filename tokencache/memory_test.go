@@ -1,7 +1,9 @@
 package tokencache
 
 import (
+	"fmt"
 	"math"
+	"strings"
 	"testing"
 	"time"
 )
@@ -173,8 +175,8 @@ func TestMemoryReinstallingTheHeldTokenKeepsItsHold(t *testing.T) {
 func TestMemoryWithoutL1KeepsOnlyTheLastCopy(t *testing.T) {
 	m := newTestMemory(false)
 	s := copyOf("a", 1, 1)
-	if m.install(s) {
-		t.Fatal("install reported a change of l1 without an in-memory copy")
+	if !m.install(s) {
+		t.Fatal("install refused the only copy")
 	}
 	m.set(copyOf("b", 2, 2))
 	if m.l1.Load() != nil || m.valid() != nil {
@@ -203,19 +205,21 @@ func TestMemoryRejectionIsBoundedByGeneration(t *testing.T) {
 	m := newTestMemory(true)
 	fpA, fpB := copyOf("a", 0, 0).fp, copyOf("b", 0, 0).fp
 	m.install(copyOf("a", 3, 1))
-	m.reject(fpA, math.MaxInt64)
-	if held := m.forget(fpA, 0); held != 3 || m.l1.Load() != nil {
-		t.Fatalf("forget: held generation %d, copy %v; want 3, none", held, m.l1.Load())
+	if known := m.invalidating(fpA, 0); known != 3 || m.l1.Load() != nil {
+		t.Fatalf("invalidating: known generation %d, copy %v; want 3, none", known, m.l1.Load())
 	}
 	if !m.servedRejected(Token{AccessToken: "a"}) {
 		t.Fatal("a flight's token, invalidated meanwhile, is served")
 	}
-	m.rejectUpTo(fpA, 3)
+	if !m.isRejected(fpA, 1000) {
+		t.Fatal("before Redis answers, a newer copy of the invalidated token is not rejected")
+	}
+	m.bound(fpA, 3)
 	if !m.isRejected(fpA, 3) || m.isRejected(fpA, 4) || m.isRejected(fpB, 1) {
 		t.Fatal("rejection not bounded by the generation deleted")
 	}
-	m.rejectUpTo(fpB, 9) // not the token rejected: no change
-	if !m.isRejected(fpA, 3) {
+	m.bound(fpB, 9) // not the token rejected: no change
+	if !m.isRejected(fpA, 3) || m.isRejected(fpB, 1) {
 		t.Fatal("bounding another token's rejection changed this one")
 	}
 	m.unreject(fpA)
@@ -224,49 +228,181 @@ func TestMemoryRejectionIsBoundedByGeneration(t *testing.T) {
 	}
 }
 
-// The fleet's "invalidated" event bounds a rejection to the generation
-// deleted; a replica's own invalidation of the same token, which found the
-// key already gone (it knows no generation), must not lower that bound, in
-// either order, or a read that raced the deletion brings the token back.
+// Invalidations of one token meet on a replica: its own (which learns the
+// generation deleted from Redis, or nothing when the key was already gone)
+// and the fleet's events (which carry a generation, or none). Whatever
+// their order, the bound never drops below the highest generation any of
+// them named, and a read that raced a deletion never brings the token
+// back. Every order of three such invalidations is tried.
 func TestMemoryRejectionBoundIsNeverLowered(t *testing.T) {
 	fpA := copyOf("a", 0, 0).fp
-	t.Run("event during the replica's own invalidation", func(t *testing.T) {
-		m := newTestMemory(true)
-		known := m.knownGen(fpA)
-		m.reject(fpA, math.MaxInt64)     // the replica's invalidation starts
-		m.reject(fpA, 2)                 // the fleet's event: generation 2 deleted
-		m.rejectUpTo(fpA, max(0, known)) // Redis: nothing deleted here
-		if !m.isRejected(fpA, 2) {
-			t.Fatal("the token at generation 2, deleted by the fleet, is no longer rejected")
+	type step struct {
+		name string
+		do   func(m *testMemory)
+	}
+	local := func(redisGen int64) step {
+		return step{fmt.Sprintf("own invalidation (Redis deleted %d)", redisGen), func(m *testMemory) {
+			known := m.invalidating(fpA, 0)
+			m.bound(fpA, max(redisGen, known))
+		}}
+	}
+	event := func(gen int64) step {
+		return step{fmt.Sprintf("event (generation %d)", gen), func(m *testMemory) { m.heardInvalidated(fpA, gen) }}
+	}
+	steps := []step{local(0), event(2), event(0), local(2), event(1)}
+	for i := range steps {
+		for j := range steps {
+			for k := range steps {
+				if i == j || j == k || i == k {
+					continue
+				}
+				m := newTestMemory(true)
+				m.install(copyOf("a", 2, 1)) // the copy held: generation 2
+				var names []string
+				for _, st := range []step{steps[i], steps[j], steps[k]} {
+					st.do(m)
+					names = append(names, st.name)
+				}
+				seq := strings.Join(names, ", then ")
+				if !m.isRejected(fpA, 2) {
+					t.Errorf("%s: the token at generation 2, deleted, is no longer rejected", seq)
+				}
+				if m.isRejected(fpA, 3) {
+					t.Errorf("%s: the token stored again at generation 3 is rejected", seq)
+				}
+				if m.install(copyOf("a", 2, 1)) {
+					t.Errorf("%s: a read that raced the deletion brought the token back", seq)
+				}
+			}
 		}
-	})
-	t.Run("event before the replica's own invalidation", func(t *testing.T) {
-		m := newTestMemory(true)
-		m.install(copyOf("a", 2, 1))
-		m.reject(fpA, 2) // the event drops the copy and bounds the rejection
-		m.forget(fpA, 0)
-		known := m.knownGen(fpA)
-		m.reject(fpA, math.MaxInt64)
-		m.rejectUpTo(fpA, max(0, known))
-		if !m.isRejected(fpA, 2) || m.isRejected(fpA, 3) {
-			t.Fatalf("rejection after event then invalidation: rejects 2 %v, 3 %v; want true, false", m.isRejected(fpA, 2), m.isRejected(fpA, 3))
-		}
-	})
+	}
 }
 
-func TestMemoryForgetLeavesAnotherToken(t *testing.T) {
+func TestMemoryInvalidatingLeavesAnotherToken(t *testing.T) {
 	m := newTestMemory(true)
 	fpA, fpB := copyOf("a", 0, 0).fp, copyOf("b", 0, 0).fp
 	s := copyOf("b", 4, 1)
 	m.install(s)
-	if held := m.forget(fpA, 0); held != 0 || m.l1.Load() != s {
+	if known := m.invalidating(fpA, 0); known != 0 || m.l1.Load() != s {
 		t.Fatal("invalidating a token dropped another one")
 	}
-	if m.forget(fpB, 3); m.l1.Load() != s {
+	if m.invalidating(fpB, 3); m.l1.Load() != s {
 		t.Fatal("invalidating generation 3 dropped generation 4")
 	}
-	if m.forget("", 0); m.l1.Load() != nil {
+	if m.invalidating("", 0); m.l1.Load() != nil {
 		t.Fatal("invalidating any token kept the copy")
+	}
+}
+
+// Redis's "absent" is a transition a read that started before it cannot
+// undo, in either order: the late read's install comes after the absent
+// answer (refused), or lands between the re-check's start and its answer
+// (dropped by the answer, compared by ticket, not by pointer).
+func TestMemoryAbsentCannotBeUndoneByAnEarlierRead(t *testing.T) {
+	t.Run("late install after the absent answer", func(t *testing.T) {
+		m := newTestMemory(true)
+		early := m.ticket() // the event's re-read starts
+		recheck := m.ticket()
+		m.absentAt(recheck) // the re-check finds the key gone
+		late := copyOf("a", 1, 1)
+		late.ticket = early
+		if m.install(late) || m.l1.Load() != nil {
+			t.Fatal("a read that started before Redis answered absent installed the deleted token")
+		}
+	})
+	t.Run("install between the re-check's start and its answer", func(t *testing.T) {
+		m := newTestMemory(true)
+		held := copyOf("a", 1, 1)
+		held.ticket = m.ticket()
+		m.install(held)
+		early := m.ticket()   // the event's re-read starts
+		recheck := m.ticket() // the re-check starts
+		again := copyOf("a", 1, 1)
+		again.ticket = early
+		if !m.install(again) { // the late re-read lands first
+			t.Fatal("install refused before any absent answer")
+		}
+		m.absentAt(recheck)
+		if m.l1.Load() != nil {
+			t.Fatal("the re-check's absent answer left the copy the earlier read installed")
+		}
+	})
+	t.Run("a read that started after the absent answer installs", func(t *testing.T) {
+		m := newTestMemory(true)
+		recheck := m.ticket()
+		restored := copyOf("a", 2, 5)
+		restored.ticket = m.ticket()
+		m.install(restored)
+		m.absentAt(recheck) // answered after the newer read installed
+		if m.l1.Load() == nil {
+			t.Fatal("an absent answer dropped a copy read after it started (a re-store)")
+		}
+	})
+}
+
+// Two reads of one stored value bound its validity from below; the copy
+// keeps the later bound, whichever read installs last.
+func TestMemoryReinstallingTheSameValueKeepsTheLongerValidity(t *testing.T) {
+	m := newTestMemory(true)
+	good := copyOf("a", 1, 1)
+	m.install(good)
+	paused := copyOf("a", 1, 1)
+	paused.validUntil = mono(60 * time.Second) // sent before a pause
+	paused.dueAt, paused.softUntil = mono(50*time.Second), mono(50*time.Second)
+	m.install(paused)
+	if s := m.l1.Load(); s.validUntil != good.validUntil {
+		t.Fatalf("validity %v, want the better bound %v", time.Duration(s.validUntil), time.Duration(good.validUntil))
+	}
+}
+
+func TestEvidenceHoldsOnlyUnprovenTokensWithinAWindow(t *testing.T) {
+	a, b, c := Token{AccessToken: "a"}, Token{AccessToken: "b"}, Token{AccessToken: "c"}
+	m := newTestMemory(true)
+	if hold, _, _ := m.verdict401(a); hold {
+		t.Fatal("a 401 held without evidence")
+	}
+	m.acceptedBy(a)
+	m.invalidating(a.Fingerprint(), 0)
+	streak, window, grew := m.rejectedFresh(b) // b, fetched after a's invalidation, rejected at once
+	if streak != 1 || window != rejectionWindowMin || !grew {
+		t.Fatalf("first fresh rejection: streak %d window %v grew %v", streak, window, grew)
+	}
+	if _, _, grew := m.rejectedFresh(b); grew {
+		t.Fatal("the same fresh token grew the streak twice")
+	}
+	for _, tc := range []struct {
+		tok  Token
+		hold bool
+		why  string
+	}{
+		{b, true, "the fresh token rejected before any success"},
+		{c, true, "another token the API has not accepted, within the window"},
+		{a, false, "the token served when the invalidation happened"},
+	} {
+		if hold, _, _ := m.verdict401(tc.tok); hold != tc.hold {
+			t.Errorf("%s: hold %v, want %v", tc.why, hold, tc.hold)
+		}
+	}
+	m.acceptedBy(c)
+	if hold, _, _ := m.verdict401(c); hold {
+		t.Error("a token the API accepted is held")
+	}
+	if hold, _, _ := m.verdict401(b); hold {
+		t.Error("a success ended the streak, yet 401s are still held")
+	}
+	m.clock += mono(time.Hour)
+	m.rejectedFresh(b)
+	if s, _, grew := m.rejectedFresh(c); s != 1 || grew {
+		t.Fatalf("a token accepted, then rejected: streak %d, grew %v; want it not to count", s, grew)
+	}
+	m.clock += mono(time.Hour)
+	if hold, _, _ := m.verdict401(b); hold {
+		t.Error("held after the window ended")
+	}
+	for i, want := range []time.Duration{20 * time.Second, 40 * time.Second, 80 * time.Second, 160 * time.Second, rejectionWindowMax, rejectionWindowMax} {
+		if _, w, _ := m.rejectedFresh(Token{AccessToken: fmt.Sprint("fresh-", i)}); w != want {
+			t.Fatalf("window after %d fresh rejections: %v, want %v", i+2, w, want)
+		}
 	}
 }
 

@@ -37,22 +37,17 @@ func (e *entry) onEvent(ev protocol.Event) {
 		}
 	case protocol.EventInvalidated:
 		e.fails.clear()
-		if ev.TokenFP != "" {
-			// A read racing the deletion must not bring it back; the same
-			// token stored again (a newer generation) may. Rejected before
-			// the invalidation is noted, so Transport never holds a 401 of
-			// the invalidated token itself.
-			e.mem.reject(ev.TokenFP, ev.Generation)
-		}
-		e.rej.invalidated(e.c.monoNow())
-		// Drop the invalidated token, or a copy older than it (we missed
-		// its refresh); not a newer one (Redis lost a write and its
-		// generations went back).
-		if s := e.mem.l1.Load(); s != nil && (ev.TokenFP != "" && (s.fp == ev.TokenFP && (ev.Generation == 0 || s.gen <= ev.Generation) || s.gen < ev.Generation) ||
-			ev.TokenFP == "" && (ev.Generation == 0 || s.gen <= ev.Generation)) {
-			e.mem.drop(s)
-		}
+		// The token is rejected up to the generation deleted (a read
+		// racing the deletion must not bring it back; the same token
+		// stored again, at a newer generation, may), and noted as
+		// invalidated before the copy is dropped, so Transport never holds
+		// a 401 of the invalidated token itself.
+		e.mem.heardInvalidated(ev.TokenFP, ev.Generation)
 		e.sig.fire()
+	case protocol.EventRejected:
+		if ev.Origin != e.c.origin {
+			e.mem.heardRejected(ev.Streak, time.Duration(ev.RetryInMS)*time.Millisecond)
+		}
 	case protocol.EventFailed:
 		if ev.Origin == e.c.origin || ev.Credential != "" && !e.cred.same(ev.Credential) {
 			return // our own failure (recorded with its cause), or another credential's

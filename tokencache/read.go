@@ -12,33 +12,41 @@ import (
 // copy held and forgets a failure a newer token makes moot.
 
 // readAndInstall reads Redis and, on a usable token, installs it in
-// memory. It reports the token and whether there was one.
+// memory. It reports the token and whether there was one. An answer of
+// "absent" is recorded (memory.absentAt): a read that started before
+// this one cannot bring back what Redis no longer holds.
 func (e *entry) readAndInstall(ctx context.Context) (Token, bool, error) {
-	at := e.c.now()
-	r, err := e.read(ctx, at)
-	if err != nil || !r.found {
+	r, err := e.read(ctx)
+	if err != nil {
 		return Token{}, false, err
 	}
-	s, ok := e.validSnapshot(r, at)
-	if !ok {
+	if !r.found {
+		e.mem.absentAt(r.ticket)
 		return Token{}, false, nil
 	}
-	e.install(s)
-	if e.c.monoAt(at) >= s.dueAt {
+	s, ok := e.validSnapshot(r)
+	if !ok || !e.install(s) {
+		return Token{}, false, nil
+	}
+	if e.c.monoAt(r.arrived) >= s.dueAt {
 		e.sched.kick()
 	}
 	return s.tok, true, nil
 }
 
 // read wraps store.read with the checks every reader makes: counting,
-// logging garbage once per value, and the credential fingerprint.
-func (e *entry) read(ctx context.Context, at time.Time) (readResult, error) {
+// logging garbage once per value, and the credential fingerprint. The
+// result carries the read's ticket and when it was sent and answered.
+func (e *entry) read(ctx context.Context) (readResult, error) {
 	e.c.stats.redisReads.Add(1)
+	ticket := e.mem.ticket()
+	at := e.c.now()
 	r, err := e.c.st.read(ctx, e.k.Token, at)
 	if err != nil {
 		e.c.stats.redisErrors.Add(1)
 		return r, err
 	}
+	r.ticket, r.sent, r.arrived = ticket, at, e.c.now()
 	if r.bad != nil {
 		e.c.stats.badValues.Add(1)
 		e.c.log().Warn("tokencache: unusable value in redis, treating as a miss", "key", e.k.Token, "err", r.bad)
@@ -82,36 +90,35 @@ func (e *entry) read(ctx context.Context, at time.Time) (readResult, error) {
 	return r, nil
 }
 
-// snapshotFor makes the in-memory copy of rec, read at the local time at
-// with ttl of validity left on Redis's clock. The copy is served until the
-// earlier of that and the value's own expires_at minus the skew on the
+// snapshotFor makes the in-memory copy of rec, read with ttl of validity
+// left on Redis's clock by a request sent at the local time sent and
+// answered at arrived. The copy is served until the earlier of that ttl,
+// timed from sent (the safe side: a request that was slow to leave does
+// not stretch it), and the value's own expires_at minus the skew on the
 // local clock, with maxClockSkew of tolerance for replicas' clocks: a
 // replica whose clock is a minute off the writer's neither serves a token
-// late nor refreshes one early, and none serves one a Redis clock stretched.
+// late nor refreshes one early, and none serves one a Redis clock
+// stretched. Its moments (refresh-ahead, the L1 re-check) are timed from
+// arrived: a replica paused between the two (a GC, a SIGSTOP, a slow
+// reply) does not refresh a token with most of its life left.
 // The token's Expiry is the issuer's expiry as this replica's clock sees
 // it: the stored expires_at when the two agree within half the skew, else
 // the expiry measured on Redis's clock, so that a served token's Expiry is
 // always after the local time.
-func (e *entry) snapshotFor(rec record, ttl time.Duration, at time.Time) *snapshot {
+func (e *entry) snapshotFor(rec record, ttl time.Duration, sent, arrived time.Time) *snapshot {
 	cfg := &e.c.cfg
-	base := e.c.monoAt(at)
 	life := rec.Lifetime()
 	skew := e.c.cfg.skewFor(life)
-	exp, _ := rec.Expiry()
-	validUntil := min(base+mono(ttl), e.c.monoAt(exp.Add(maxClockSkew-skew)))
+	validUntil, measured := e.validity(rec, ttl, sent)
+	validOnArrival, _ := e.validity(rec, ttl, arrived)
 	tok := recordToken(rec)
-	if measured := at.Add(ttl + skew); absDuration(measured.Sub(exp)) > skew/2 {
-		// The end of validity plus the skew: the measured expiry, or less
-		// where the local guard cut the validity short.
-		validUntil = min(validUntil, e.c.monoAt(measured.Add(-skew)))
+	if measured {
 		tok.Expiry = e.c.epoch.Add(time.Duration(validUntil) + skew)
-	} else {
-		validUntil = min(validUntil, e.c.monoAt(exp.Add(-skew/2)))
 	}
 	// The issuer's expiry on our clock is the validity's end plus the skew
-	// the writer took off; refresh-ahead is a share of the issuer's lifetime.
-	expiry := validUntil + mono(skew)
-	due := expiry - mono(float64(life)*(1-cfg.refreshAhead))
+	// the writer took off; refresh-ahead is a share of the issuer's
+	// lifetime, counted back from it as the reply found it.
+	due := validOnArrival + mono(skew) - mono(float64(life)*(1-cfg.refreshAhead))
 	if cfg.refreshJitter > 0 && due < validUntil {
 		// The window never reaches the end of the token's validity: with
 		// a high refresh-ahead share some replicas would otherwise draw a
@@ -122,29 +129,55 @@ func (e *entry) snapshotFor(rec record, ttl time.Duration, at time.Time) *snapsh
 	due = min(due, validUntil)
 	soft := due
 	if cfg.l1MaxAge > 0 {
-		soft = min(soft, base+mono(cfg.l1MaxAge))
+		soft = min(soft, e.c.monoAt(arrived)+mono(cfg.l1MaxAge))
 	}
 	return &snapshot{tok: tok, gen: rec.Generation, fp: rec.TokenFP, validUntil: validUntil, dueAt: due, softUntil: soft,
 		storedMS: rec.StoredMS, born: e.c.monoAt(tok.Expiry.Add(-life))}
 }
 
-// validSnapshot is the copy of what r read at the local time at, and
-// whether it may still be served then: a value Redis's clock calls valid
-// may be past its expiry on this one (the local guard of snapshotFor).
-func (e *entry) validSnapshot(r readResult, at time.Time) (*snapshot, bool) {
-	s := e.snapshotFor(r.rec, r.pttl, at)
-	return s, e.c.monoAt(at) < s.validUntil
+// validity is how long a copy of rec, with ttl left on Redis's clock at
+// the local time at, may be served, and whether the expiry measured on
+// Redis's clock disagrees with the stored one by more than half the skew
+// (then the measured one is the token's expiry).
+func (e *entry) validity(rec record, ttl time.Duration, at time.Time) (validUntil mono, measured bool) {
+	skew := e.c.cfg.skewFor(rec.Lifetime())
+	exp, _ := rec.Expiry()
+	validUntil = min(e.c.monoAt(at)+mono(ttl), e.c.monoAt(exp.Add(maxClockSkew-skew)))
+	if measured := at.Add(ttl + skew); absDuration(measured.Sub(exp)) > skew/2 {
+		// The end of validity plus the skew: the measured expiry, or less
+		// where the local guard cut the validity short.
+		return min(validUntil, e.c.monoAt(measured.Add(-skew))), true
+	}
+	return min(validUntil, e.c.monoAt(exp.Add(-skew/2))), false
 }
 
-// install makes s the in-memory copy (see memory.install), unless this
-// replica invalidated it; a token newer than the one held when the last
-// refresh failed ends that failure's window.
-func (e *entry) install(s *snapshot) {
-	if e.mem.isRejected(s.fp, s.gen) {
-		return
+// validSnapshot is the copy of what r read, and whether it may still be
+// served when the reply arrived: a value Redis's clock calls valid may be
+// past its expiry on this one (the local guard of snapshotFor).
+func (e *entry) validSnapshot(r readResult) (*snapshot, bool) {
+	s := e.snapshotFor(r.rec, r.pttl, r.sent, r.arrived)
+	s.ticket = r.ticket
+	return s, e.c.monoAt(r.arrived) < s.validUntil
+}
+
+// stored is the copy of rec, which this replica stored (or fetched around
+// Redis) with ttl at the local time issued. Its ticket is taken now, once
+// the write has been answered: a read that started before cannot undo it.
+func (e *entry) stored(rec record, ttl time.Duration, issued time.Time) *snapshot {
+	s := e.snapshotFor(rec, ttl, issued, e.c.now())
+	s.ticket = e.mem.ticket()
+	return s
+}
+
+// install makes s the in-memory copy (see memory.install) and reports
+// whether it is; a token newer than the one held when the last refresh
+// failed ends that failure's window.
+func (e *entry) install(s *snapshot) bool {
+	if !e.mem.install(s) {
+		return false
 	}
 	e.fails.clearBelow(s.gen)
-	e.mem.install(s)
+	return true
 }
 
 func absDuration(d time.Duration) time.Duration {

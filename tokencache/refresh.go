@@ -46,17 +46,28 @@ func (rf *refresher) locked(ctx context.Context, lease *lock.Lease, ahead bool, 
 		}
 		return rf.redisDown(ctx, err)
 	}
-	at := e.c.now()
-	r, err := e.read(ctx, at)
+	r, err := e.read(ctx)
 	if err != nil {
 		return redisDown(err)
 	}
-	if r.found && (done == nil || done(r)) {
-		if s, ok := e.validSnapshot(r, at); ok {
-			e.install(s)
-			return s.tok, nil
+	if !r.found && !ahead {
+		// A caller with no copy: no read that started before this one may
+		// install what Redis no longer holds. (A refresh ahead keeps
+		// serving its valid copy: should the refresh fail, an evicted
+		// token is still better than none.)
+		e.mem.absentAt(r.ticket)
+	} else if r.found && (done == nil || done(r)) {
+		if s, ok := e.validSnapshot(r); ok {
+			if e.install(s) {
+				return s.tok, nil
+			}
+			if v := e.mem.valid(); v != nil && v.newer(s) {
+				return v.tok, nil // an event brought a newer one meanwhile
+			}
 		}
-		r.found = false // past its expiry on this clock: refresh it
+		// Past its expiry on this clock, or Redis has since answered
+		// that it holds none: refresh it.
+		r.found = false
 	}
 	if ahead {
 		// The re-read may have brought the fleet's last failure: a refresh
@@ -113,7 +124,7 @@ func (rf *refresher) locked(ctx context.Context, lease *lock.Lease, ahead bool, 
 		e.c.stats.redisErrors.Add(1)
 		e.c.log().Warn("tokencache: could not store the new token; serving it from memory", "key", e.k.Token, "err", err)
 		rf.pending.Store(&tok)
-		s := e.snapshotFor(rec, ttl, issued)
+		s := e.stored(rec, ttl, issued)
 		s.softUntil = min(s.validUntil, e.c.monoAt(issued)+mono(jitter(e.c.cfg.waitRecheck)))
 		e.install(s)
 		return tok, nil
@@ -129,7 +140,7 @@ func (rf *refresher) locked(ctx context.Context, lease *lock.Lease, ahead bool, 
 		}
 		// Nothing usable is stored yet: our token is still valid, so
 		// serve it from memory while the newer holder finishes.
-		s := e.snapshotFor(rec, ttl, issued)
+		s := e.stored(rec, ttl, issued)
 		s.gen = 0
 		e.install(s)
 		return tok, nil
@@ -265,7 +276,7 @@ func (rf *refresher) seal(rec record) (record, error) {
 // installWritten makes rec, stored by w, the in-memory copy.
 func (rf *refresher) installWritten(rec record, ttl time.Duration, issued time.Time, w writeResult) {
 	rec.StoredMS = w.StoredMS
-	rf.e.install(rf.e.snapshotFor(rec, ttl, issued))
+	rf.e.install(rf.e.stored(rec, ttl, issued))
 }
 
 // redisDown decides what a caller with no token in memory gets when Redis
@@ -299,7 +310,7 @@ func (rf *refresher) redisDown(ctx context.Context, rerr error) (Token, error) {
 	e.mem.unreject(tok.Fingerprint())
 	issued := e.c.now()
 	rec, ttl := rf.record(tok, 0, issued)
-	s := e.snapshotFor(rec, ttl, issued)
+	s := e.snapshotFor(rec, ttl, issued, e.c.now())
 	s.softUntil = min(s.validUntil, e.c.monoAt(issued)+mono(jitter(e.c.cfg.waitRecheck)))
 	rf.pending.Store(&tok)
 	e.mem.set(s)
@@ -324,13 +335,15 @@ func (rf *refresher) writeBack(ctx context.Context, tok *Token) bool {
 		return false
 	}
 	defer func() { _ = lease.Release(ctx) }()
-	r, err := e.read(ctx, issued)
+	r, err := e.read(ctx)
 	if err != nil {
 		return false
 	}
 	rf.pending.CompareAndSwap(tok, nil)
 	if r.found {
-		e.install(e.snapshotFor(r.rec, r.pttl, issued))
+		if s, ok := e.validSnapshot(r); ok {
+			e.install(s)
+		}
 		return true
 	}
 	gen, _, err := rf.begin(ctx, lease, e.mem.floor(r.rec.Generation), false, false)

@@ -137,8 +137,7 @@ func (sc *scheduler) background(ctx context.Context) {
 		sc.ahead(ctx, cur)
 		return
 	}
-	at := e.c.now()
-	r, err := e.read(ctx, at)
+	r, err := e.read(ctx)
 	if err != nil {
 		// Redis is unreachable: keep serving memory, try again later.
 		e.mem.later(jitter(e.c.cfg.waitRecheck))
@@ -146,20 +145,19 @@ func (sc *scheduler) background(ctx context.Context) {
 	}
 	if !r.found {
 		// Deleted (an operator, an eviction, an invalidation whose event
-		// we missed) or garbage: stop serving the old copy.
-		if cur != nil {
-			e.mem.drop(cur)
-		}
+		// we missed) or garbage: stop serving the old copy, and let no
+		// read that started before this one bring it back.
+		e.mem.absentAt(r.ticket)
 		return
 	}
-	s := e.snapshotFor(r.rec, r.pttl, at)
+	s, _ := e.validSnapshot(r)
 	e.install(s)
-	now := e.c.monoAt(at)
+	now := e.c.monoAt(r.arrived)
 	// Decide on what we serve: the copy just read, or one newer than
 	// Redis's (Redis lost a write, or an event overtook this read). The
 	// copy just read came with its own next moment; a newer one gets the
 	// one it would have had, or it would send us back here at every call.
-	if c := e.mem.l1.Load(); c != nil && c != s {
+	if c := e.mem.l1.Load(); c != nil && !c.sameStored(s) {
 		s = c
 		next := s.dueAt
 		if e.c.cfg.l1MaxAge > 0 {
@@ -169,6 +167,8 @@ func (sc *scheduler) background(ctx context.Context) {
 			e.mem.putOff(next, false)
 			return
 		}
+	} else if c != nil {
+		s = c
 	}
 	if now >= s.dueAt {
 		sc.ahead(ctx, s)
@@ -207,6 +207,12 @@ func (sc *scheduler) ahead(ctx context.Context, served *snapshot) {
 			// Another replica refreshed, and we heard neither its
 			// "refreshing" (we would be holding back) nor its "refreshed".
 			e.c.sub.suspectSubscription()
+			return true
+		}
+		if s, ok := e.validSnapshot(r); ok && s.fp == served.fp && e.c.monoAt(r.arrived) < s.dueAt {
+			// The very copy we serve, not yet due by this fresh reading:
+			// the moment that sent us here was timed from a stale one (a
+			// pause between a read and its reply). Stand down.
 			return true
 		}
 		return e.fails.backingOff() > 0

@@ -235,13 +235,13 @@ func TestRefreshJitterStablePerToken(t *testing.T) {
 	b := newCache(t, rdb, newFakeFetcher(time.Hour), WithRefreshJitter(0.3))
 	now := time.Now()
 	rec := newRecord(Token{AccessToken: "x", Expiry: now.Add(time.Hour)}, 1, now, 0, "h", "fp")
-	first := a.server.snapshotFor(rec, 50*time.Minute, now)
+	first := a.server.snapshotFor(rec, 50*time.Minute, now, now)
 	for range 20 {
-		if s := a.server.snapshotFor(rec, 50*time.Minute, now); s.dueAt != first.dueAt {
+		if s := a.server.snapshotFor(rec, 50*time.Minute, now, now); s.dueAt != first.dueAt {
 			t.Fatalf("the same token read again moved the refresh moment by %v", time.Duration(s.dueAt-first.dueAt))
 		}
 	}
-	if s := b.server.snapshotFor(rec, 50*time.Minute, now); a.monoAt(now)-first.dueAt == b.monoAt(now)-s.dueAt {
+	if s := b.server.snapshotFor(rec, 50*time.Minute, now, now); a.monoAt(now)-first.dueAt == b.monoAt(now)-s.dueAt {
 		t.Errorf("two replicas drew the same refresh moment")
 	}
 	other := newRecord(Token{AccessToken: "y", Expiry: now.Add(time.Hour)}, 2, now, 0, "h", "fp")
@@ -439,7 +439,7 @@ func TestRefreshJitterFitsBeforeExpiry(t *testing.T) {
 	now := time.Now()
 	for i := range 500 {
 		rec := newRecord(Token{AccessToken: fmt.Sprint("tok-", i), Expiry: now.Add(time.Hour)}, 1, now, 0, "h", "fp")
-		s := c.server.snapshotFor(rec, time.Hour-30*time.Second, now)
+		s := c.server.snapshotFor(rec, time.Hour-30*time.Second, now, now)
 		if left := time.Duration(s.validUntil - s.dueAt); left < time.Minute {
 			t.Fatalf("token %d: refresh moment %v before the end of its validity", i, left)
 		}

@@ -72,6 +72,11 @@ type readResult struct {
 	// fleet's count of failed refreshes in a row.
 	failedCred   string
 	failedStreak int32
+	// ticket orders the read against Redis's "absent" answers (see
+	// snapshot.ticket); sent and arrived are the local times the request
+	// left and its reply came (set by entry.read).
+	ticket        uint64
+	sent, arrived time.Time
 }
 
 // store runs the protocol for a Cache.
@@ -80,6 +85,10 @@ type store struct {
 	ps          *protocol.PubSub
 	log         *slog.Logger
 	timeRefused atomic.Bool // logged that Redis refuses TIME
+	// replied, when set (by tests), is called with each read's reply in
+	// hand, before it is returned: a seam to hold a read between its
+	// reply and its install.
+	replied atomic.Pointer[func()]
 }
 
 // newStore returns the store over rdb; sharded is WithShardedPubSub's
@@ -101,6 +110,9 @@ func newStore(rdb redis.UniversalClient, sharded int8, log *slog.Logger) *store 
 // (with bad set for garbage); only Redis failures are errors.
 func (s *store) read(ctx context.Context, key string, now time.Time) (readResult, error) {
 	res, err := s.p.Read(ctx, key, now)
+	if f := s.replied.Load(); f != nil {
+		(*f)()
+	}
 	if err != nil {
 		return readResult{}, &RedisError{Op: "read", Key: key, Err: err}
 	}

@@ -4,12 +4,11 @@ import (
 	"context"
 	"io"
 	"net/http"
-	"strconv"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"golang.org/x/oauth2"
+
+	"github.com/tokencache/tokencache/tokencache/internal/protocol"
 )
 
 // WithRotation makes the cache's Transport adopt rotated tokens from API
@@ -55,45 +54,66 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return resp, err
 	}
 	e, _ := t.h.entry()
+	if e == nil {
+		return resp, nil
+	}
 	if resp.StatusCode != http.StatusUnauthorized {
-		if e != nil {
-			e.apiAccepted()
-		}
+		e.mem.acceptedBy(tok)
 		return resp, nil
 	}
 	if req.Body != nil && req.Body != http.NoBody && req.GetBody == nil {
 		return resp, nil // the body is spent: the caller must retry
 	}
-	if e != nil && e.holdRejection(tok) {
+	if e.holdRejection(tok) {
 		return resp, nil
 	}
-	if _, err := t.h.Invalidate(ctx, tok); err != nil {
-		t.c.log().Warn("tokencache: could not invalidate a token the API rejected", "token", tok, "err", err)
-	}
-	fresh, err := t.h.Token(ctx)
-	if err != nil {
-		t.c.log().Warn("tokencache: no new token after a 401", "err", err)
+	fresh, ok := e.replace(ctx, tok)
+	if !ok {
 		return resp, nil
 	}
 	if fresh.AccessToken == tok.AccessToken {
 		// The issuer handed the rejected token back: retrying is no use,
 		// and it counts as a fresh token rejected at once.
-		if e != nil {
-			e.apiRejectedFresh(fresh)
-		}
+		e.apiRejectedFresh(fresh)
 		return resp, nil
 	}
 	_, _ = io.CopyN(io.Discard, resp.Body, maxDrain)
 	_ = resp.Body.Close()
 	resp, err = t.send(req, fresh, true)
-	if err == nil && e != nil {
+	if err == nil {
 		if resp.StatusCode == http.StatusUnauthorized {
 			e.apiRejectedFresh(fresh)
 		} else {
-			e.apiAccepted()
+			e.mem.acceptedBy(fresh)
 		}
 	}
 	return resp, err
+}
+
+// replace invalidates tok, which the API rejected, for the fleet and gets
+// the token that replaces it. Concurrent 401s of one token on this replica
+// share one invalidation and one refetch. ok is false when no new token
+// could be had (the 401 is then returned as it is).
+func (e *entry) replace(ctx context.Context, tok Token) (Token, bool) {
+	c := e.c
+	v, err, _ := c.sf.Do("\x00401:"+e.k.Token+":"+tok.Fingerprint(), func() (any, error) {
+		// Shared by every request that saw this 401: not bound to the
+		// first one's context.
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.refreshTimeout)
+		defer cancel()
+		if _, err := e.invalidate(ctx, tok.Fingerprint(), 0); err != nil {
+			c.log().Warn("tokencache: could not invalidate a token the API rejected", "token", tok, "err", err)
+		}
+		fresh, err := e.token(ctx)
+		if err != nil {
+			c.log().Warn("tokencache: no new token after a 401", "err", err)
+		}
+		return fresh, err
+	})
+	if err != nil {
+		return Token{}, false
+	}
+	return v.(Token), true
 }
 
 func (t *transport) send(req *http.Request, tok Token, retry bool) (*http.Response, error) {
@@ -197,92 +217,36 @@ func (h *Handle) servedUntil(t Token) time.Time {
 	return t.Expiry.Add(-h.c.cfg.skew)
 }
 
-// The rejection window of Transport (see Handle.Transport).
-const (
-	rejectionWindowMin = 10 * time.Second
-	rejectionWindowMax = 5 * time.Minute
-)
-
-// rejections is what an entry remembers of the API's 401s.
-type rejections struct {
-	widened atomic.Bool // window > rejectionWindowMin: apiAccepted has work to do
-	mu      sync.Mutex  // guards window, grownFor, loggedUntil
-	window  time.Duration
-	// grownFor is the token (fingerprint and generation) whose rejection
-	// last doubled the window: many requests retried with the same fresh
-	// token double it once.
-	grownFor      string
-	loggedUntil   mono
-	invalidatedAt mono // the last invalidation; 0: none
-}
-
-// invalidated notes that a token of the entry was invalidated, here or
-// anywhere in the fleet (its event).
-func (r *rejections) invalidated(now mono) {
-	r.mu.Lock()
-	r.invalidatedAt = now
-	r.mu.Unlock()
-}
-
 // holdRejection reports whether a 401 for tok is returned to the caller
-// without invalidating tok: tok is the copy served, it replaced a token
-// invalidated within the rejection window, and it is younger than the
-// window itself.
+// without invalidating tok (see evidence.go), counting and, once per
+// window, logging it.
 func (e *entry) holdRejection(tok Token) bool {
-	s := e.mem.served()
-	if s == nil || s.fp != tok.Fingerprint() || e.mem.isRejected(s.fp, s.gen) {
-		// Not the copy served, or the very token being invalidated (a
-		// request sent with it before its invalidation was heard).
-		return false
-	}
-	now := e.c.monoNow()
-	r := &e.rej
-	r.mu.Lock()
-	w := max(r.window, rejectionWindowMin)
-	hold := r.invalidatedAt != 0 && now-r.invalidatedAt < mono(w) && now-s.born < mono(w)
-	logNow := hold && now >= r.loggedUntil
-	if logNow {
-		r.loggedUntil = now + mono(w)
-	}
-	r.mu.Unlock()
+	hold, logNow, window := e.mem.verdict401(tok)
 	if !hold {
 		return false
 	}
 	e.c.stats.rejectionsHeld.Add(1)
 	if logNow {
-		e.c.log().Warn("tokencache: the API rejects a token younger than the rejection window; returning its 401s without refetching",
-			"key", e.k.Token, "token", tok, "token_age", time.Duration(now-s.born).Round(time.Millisecond), "window", w)
+		e.c.log().Warn("tokencache: the API rejected a token fetched after an invalidation before accepting any; returning its 401s without refetching",
+			"key", e.k.Token, "token", tok, "for", window.Round(time.Millisecond))
 	}
 	return true
 }
 
-// apiRejectedFresh doubles the rejection window, once per token stored
-// (a token an issuer hands back again is stored anew): fresh, fetched
-// after a 401, was rejected at once.
+// apiRejectedFresh records that fresh, fetched after a 401, was rejected
+// at once, and tells the fleet, so that its replicas hold their 401s too
+// rather than each invalidating the token once.
 func (e *entry) apiRejectedFresh(fresh Token) {
-	id := fresh.Fingerprint()
-	if s := e.mem.served(); s != nil && s.fp == id {
-		id += "/" + strconv.FormatInt(s.gen, 10)
-	}
-	r := &e.rej
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if id != r.grownFor {
-		r.grownFor = id
-		r.window = min(2*max(r.window, rejectionWindowMin), rejectionWindowMax)
-		r.widened.Store(true)
-	}
-}
-
-// apiAccepted resets the rejection window after a response that is not a
-// 401. It costs the hot path one atomic load.
-func (e *entry) apiAccepted() {
-	r := &e.rej
-	if !r.widened.Load() {
+	streak, window, grew := e.mem.rejectedFresh(fresh)
+	if !grew {
 		return
 	}
-	r.mu.Lock()
-	r.window, r.grownFor = 0, ""
-	r.widened.Store(false)
-	r.mu.Unlock()
+	c := e.c
+	ev := protocol.Event{Type: protocol.EventRejected, Key: e.k.Token, TokenFP: fresh.Fingerprint(), Streak: streak,
+		RetryInMS: window.Milliseconds(), By: c.cfg.host, Origin: c.origin}
+	ctx, cancel := context.WithTimeout(c.ctx, c.cfg.lockTTL)
+	defer cancel()
+	if err := c.st.publish(ctx, e.k.Channel, ev); err != nil {
+		c.log().Warn("tokencache: could not tell the fleet the API rejects new tokens", "key", e.k.Token, "err", err)
+	}
 }

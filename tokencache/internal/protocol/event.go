@@ -19,6 +19,11 @@ const (
 	// EventProbe is the type of the liveness probes a cache publishes on
 	// its own events channel when it has heard nothing for a while.
 	EventProbe = "probe"
+	// EventRejected says the API rejected a token fetched after an
+	// invalidation before accepting any: every replica holds the 401s of
+	// tokens the API has not accepted for RetryInMS (see the Transport of
+	// package tokencache). Streak counts such tokens in a row.
+	EventRejected = "rejected"
 )
 
 // Event is the JSON message published on the channel
@@ -39,8 +44,11 @@ type Event struct {
 	// Credential is the keyed fingerprint of the credential (with a key
 	// ring), absent otherwise.
 	Credential string `json:"credential,omitempty"`
-	// For "invalidated": the fingerprint of the deleted token.
+	// For "invalidated": the fingerprint of the deleted token; for
+	// "rejected", of the token the API rejected.
 	TokenFP string `json:"token_fp,omitempty"`
+	// For "rejected": fresh tokens rejected in a row.
+	Streak int32 `json:"streak,omitempty"`
 }
 
 // MaxEventSize bounds an event (or a failure key's value) we are willing
