@@ -2,7 +2,6 @@ package bench
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -16,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -57,7 +57,8 @@ type OverheadConfig struct {
 }
 
 // OverheadResult is one run of Overhead: medians (p50) of sequential
-// requests, and what each proxy adds over the direct call.
+// requests, what each proxy adds over the direct call, and the CPU time
+// each server process spent per request it answered.
 type OverheadResult struct {
 	Rounds int
 
@@ -73,6 +74,11 @@ type OverheadResult struct {
 	Serve   time.Duration // GET /v1/token on tokencache serve's socket
 	// ServeRatio is Serve / Handler (goal: at most 1.2).
 	ServeRatio float64
+
+	// CPU per request of each server process (user and system, all
+	// threads, over the measured rounds; 0 where /proc is missing): far
+	// less noisy than latency on a shared machine.
+	BareCPU, ProxyCPU, HandlerCPU, ServeCPU time.Duration
 }
 
 // String is the result as a few lines of text.
@@ -80,64 +86,70 @@ func (r OverheadResult) String() string {
 	us := func(d time.Duration) string { return fmt.Sprintf("%.1f µs", float64(d)/1e3) }
 	return fmt.Sprintf("p50 of %d sequential requests each\n"+
 		"API GET    direct %s, bare proxy %s (+%s), tokencache proxy %s (+%s): proxy adds %.2fx what the bare proxy adds\n"+
-		"token GET  bare handler %s, tokencache serve %s: %.2fx",
+		"token GET  bare handler %s, tokencache serve %s: %.2fx\n"+
+		"CPU/req    bare proxy %s, tokencache proxy %s; bare handler %s, tokencache serve %s",
 		r.Rounds, us(r.Direct), us(r.Bare), us(r.BareAdded), us(r.Proxy), us(r.ProxyAdded), r.ProxyRatio,
-		us(r.Handler), us(r.Serve), r.ServeRatio)
+		us(r.Handler), us(r.Serve), r.ServeRatio,
+		us(r.BareCPU), us(r.ProxyCPU), us(r.HandlerCPU), us(r.ServeCPU))
 }
 
-// bareConfig is what the bare process reads from stdin.
+// bareConfig is what a bare process reads from stdin: a proxy (Upstream
+// set) or a constant handler (Socket set).
 type bareConfig struct {
-	Upstream string `json:"upstream"` // base URL the proxy forwards to
-	Auth     string `json:"auth"`     // the Authorization value it adds
-	Socket   string `json:"socket"`   // Unix socket of the constant handler
-	Body     []byte `json:"body"`     // what the handler answers
+	Upstream string `json:"upstream,omitempty"` // base URL the proxy forwards to
+	Auth     string `json:"auth,omitempty"`     // the Authorization value it adds
+	Socket   string `json:"socket,omitempty"`   // Unix socket of the constant handler
+	Body     []byte `json:"body,omitempty"`     // what the handler answers
 }
 
-// bareAddrs is what the bare process prints once it listens.
-type bareAddrs struct {
-	Proxy string `json:"proxy"` // host:port
+// bareAddr is what a bare process prints once it listens.
+type bareAddr struct {
+	Addr string `json:"addr"`
 }
 
-// RunBare is the bare reference process: it reads a bareConfig line from
-// stdin, serves the bare proxy on a free loopback port and the constant
-// handler on the socket, prints their addresses as one JSON line, and
-// serves until stdin closes or ctx ends.
+// RunBare is a bare reference process: it reads a bareConfig line from
+// stdin, serves the bare proxy on a free loopback port, or the constant
+// handler on the socket, prints its address as one JSON line, and serves
+// until stdin closes or ctx ends.
 func RunBare(ctx context.Context, stdin io.Reader, stdout io.Writer) error {
 	in := bufio.NewReader(stdin)
 	var cfg bareConfig
 	if err := readJSONLine(in, &cfg); err != nil {
 		return fmt.Errorf("bench: bare: %w", err)
 	}
-	up, err := url.Parse(cfg.Upstream)
-	if err != nil {
-		return fmt.Errorf("bench: bare: upstream: %w", err)
-	}
-	proxy := &httputil.ReverseProxy{Rewrite: func(pr *httputil.ProxyRequest) {
-		pr.SetURL(up)
-		pr.Out.Header.Set("Authorization", cfg.Auth)
-	}}
-	pln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return err
-	}
-	uln, err := net.Listen("unix", cfg.Socket)
-	if err != nil {
-		_ = pln.Close()
-		return err
-	}
-	constant := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		_, _ = w.Write(cfg.Body)
-	})
-	servers := []*http.Server{{Handler: proxy, ReadHeaderTimeout: 10 * time.Second}, {Handler: constant, ReadHeaderTimeout: 10 * time.Second}}
-	go func() { _ = servers[0].Serve(pln) }()
-	go func() { _ = servers[1].Serve(uln) }()
-	defer func() {
-		for _, s := range servers {
-			_ = s.Close()
+	var (
+		h  http.Handler
+		ln net.Listener
+	)
+	switch {
+	case cfg.Upstream != "":
+		up, err := url.Parse(cfg.Upstream)
+		if err != nil {
+			return fmt.Errorf("bench: bare: upstream: %w", err)
 		}
-	}()
-	if err := json.NewEncoder(stdout).Encode(bareAddrs{Proxy: pln.Addr().String()}); err != nil {
+		h = &httputil.ReverseProxy{Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(up)
+			pr.Out.Header.Set("Authorization", cfg.Auth)
+		}}
+		if ln, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+			return err
+		}
+	case cfg.Socket != "":
+		h = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = w.Write(cfg.Body)
+		})
+		var err error
+		if ln, err = net.Listen("unix", cfg.Socket); err != nil {
+			return err
+		}
+	default:
+		return errors.New("bench: bare: neither upstream nor socket")
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	defer srv.Close()
+	if err := json.NewEncoder(stdout).Encode(bareAddr{Addr: ln.Addr().String()}); err != nil {
 		return err
 	}
 	eof := make(chan struct{})
@@ -197,6 +209,7 @@ func Overhead(ctx context.Context, cfg OverheadConfig) (OverheadResult, error) {
 		"TOKENCACHE_ISSUER_URL=" + is.URL, "BASIQ_API_KEY=" + is.APIKey,
 		"TOKENCACHE_LOG_LEVEL=warn",
 	}
+
 	secretFile := filepath.Join(dir, "listen-secret")
 	if err := os.WriteFile(secretFile, []byte(overheadListenSecret), 0o600); err != nil {
 		return OverheadResult{}, err
@@ -213,25 +226,25 @@ func Overhead(ctx context.Context, cfg OverheadConfig) (OverheadResult, error) {
 			_ = p.Wait()
 		}
 	}()
-	start := func(args ...string) (*lockedBuffer, error) {
+	start := func(args ...string) (*exec.Cmd, *lockedBuffer, error) {
 		cmd := exec.Command(cfg.Tokencache, args...)
 		cmd.Env = env
 		out := &lockedBuffer{}
 		cmd.Stdout, cmd.Stderr = out, out
 		if err := cmd.Start(); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		procs = append(procs, cmd)
-		return out, nil
+		return cmd, out, nil
 	}
 	// serve keeps its rate limit, set far above this client's rate so
 	// that its cost is measured and it never answers 429; proxy runs
 	// with its defaults.
-	serveOut, err := start("serve", "--listen", "unix:"+serveSock, "--rate", "1e9", "--burst", "1000000000")
+	serveProc, serveOut, err := start("serve", "--listen", "unix:"+serveSock, "--rate", "1e9", "--burst", "1000000000")
 	if err != nil {
 		return OverheadResult{}, err
 	}
-	proxyOut, err := start("proxy", "--listen", proxyAddr, "--listen-secret-file", secretFile, "--upstream", is.URL)
+	proxyProc, proxyOut, err := start("proxy", "--listen", proxyAddr, "--listen-secret-file", secretFile, "--upstream", is.URL)
 	if err != nil {
 		return OverheadResult{}, err
 	}
@@ -258,29 +271,39 @@ func Overhead(ctx context.Context, cfg OverheadConfig) (OverheadResult, error) {
 	auth := "Bearer " + tok.AccessToken
 
 	bareSock := filepath.Join(dir, "bare.sock")
-	bare := exec.Command(cfg.Self, BareFlag)
-	var bareErr bytes.Buffer
-	bare.Stderr = &bareErr
-	bareIn, err := bare.StdinPipe()
+	startBare := func(c bareConfig) (*exec.Cmd, string, error) {
+		cmd := exec.Command(cfg.Self, BareFlag)
+		errOut := &lockedBuffer{}
+		cmd.Stderr = errOut
+		in, err := cmd.StdinPipe()
+		if err != nil {
+			return nil, "", err
+		}
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			return nil, "", err
+		}
+		if err := cmd.Start(); err != nil {
+			return nil, "", err
+		}
+		procs = append(procs, cmd) // killed at the end, which also closes in
+		if err := json.NewEncoder(in).Encode(c); err != nil {
+			return nil, "", err
+		}
+		var a bareAddr
+		if err := readJSONLine(bufio.NewReader(out), &a); err != nil {
+			return nil, "", fmt.Errorf("bench: bare process: %w: %s", err, errOut.String())
+		}
+		return cmd, a.Addr, nil
+	}
+	bareProc, bareAddr, err := startBare(bareConfig{Upstream: is.URL, Auth: auth})
 	if err != nil {
 		return OverheadResult{}, err
 	}
-	bareOut, err := bare.StdoutPipe()
+	handlerProc, _, err := startBare(bareConfig{Socket: bareSock, Body: body})
 	if err != nil {
 		return OverheadResult{}, err
 	}
-	if err := bare.Start(); err != nil {
-		return OverheadResult{}, err
-	}
-	procs = append(procs, bare)
-	if err := json.NewEncoder(bareIn).Encode(bareConfig{Upstream: is.URL, Auth: auth, Socket: bareSock, Body: body}); err != nil {
-		return OverheadResult{}, err
-	}
-	var addrs bareAddrs
-	if err := readJSONLine(bufio.NewReader(bareOut), &addrs); err != nil {
-		return OverheadResult{}, fmt.Errorf("bench: bare process: %w: %s", err, bareErr.String())
-	}
-	defer bareIn.Close()
 
 	direct := &http.Client{Transport: &http.Transport{}}
 	bareProxy := &http.Client{Transport: &http.Transport{}}
@@ -292,7 +315,7 @@ func Overhead(ctx context.Context, cfg OverheadConfig) (OverheadResult, error) {
 		auth string
 	}{
 		{direct, is.URL + path, auth},
-		{bareProxy, "http://" + addrs.Proxy + path, ""},
+		{bareProxy, "http://" + bareAddr + path, ""},
 		{proxyClient, "http://" + proxyAddr + path, "Bearer " + overheadListenSecret},
 		{handler, "http://bare/v1/token", ""},
 		{serveClient, "http://serve/v1/token", ""},
@@ -301,9 +324,19 @@ func Overhead(ctx context.Context, cfg OverheadConfig) (OverheadResult, error) {
 	for i := range lat {
 		lat[i] = make([]time.Duration, 0, cfg.Rounds)
 	}
+	// The server process of each target but the direct one.
+	servers := []*exec.Cmd{nil, bareProc, proxyProc, handlerProc, serveProc}
+	cpu0 := make([]time.Duration, len(servers))
 	for round := range cfg.Warmup + cfg.Rounds {
 		if err := ctx.Err(); err != nil {
 			return OverheadResult{}, err
+		}
+		if round == cfg.Warmup {
+			for i, p := range servers {
+				if p != nil {
+					cpu0[i] = cpuTime(p.Process.Pid)
+				}
+			}
 		}
 		for k := range targets {
 			// Rotate the order, so that no target always follows another.
@@ -318,12 +351,19 @@ func Overhead(ctx context.Context, cfg OverheadConfig) (OverheadResult, error) {
 			}
 		}
 	}
+	cpu := make([]time.Duration, len(servers))
+	for i, p := range servers {
+		if p != nil && cpu0[i] > 0 {
+			cpu[i] = (cpuTime(p.Process.Pid) - cpu0[i]) / time.Duration(cfg.Rounds)
+		}
+	}
 	p50 := make([]time.Duration, len(lat))
 	for i, l := range lat {
 		slices.Sort(l)
 		p50[i] = Percentile(l, 50)
 	}
-	r := OverheadResult{Rounds: cfg.Rounds, Direct: p50[0], Bare: p50[1], Proxy: p50[2], Handler: p50[3], Serve: p50[4]}
+	r := OverheadResult{Rounds: cfg.Rounds, Direct: p50[0], Bare: p50[1], Proxy: p50[2], Handler: p50[3], Serve: p50[4],
+		BareCPU: cpu[1], ProxyCPU: cpu[2], HandlerCPU: cpu[3], ServeCPU: cpu[4]}
 	r.BareAdded, r.ProxyAdded = r.Bare-r.Direct, r.Proxy-r.Direct
 	if r.BareAdded > 0 {
 		r.ProxyRatio = float64(r.ProxyAdded) / float64(r.BareAdded)
@@ -332,6 +372,27 @@ func Overhead(ctx context.Context, cfg OverheadConfig) (OverheadResult, error) {
 		r.ServeRatio = float64(r.Serve) / float64(r.Handler)
 	}
 	return r, nil
+}
+
+// cpuTime is the CPU time a process has used so far, all threads, from
+// /proc/PID/task/*/schedstat (nanoseconds); 0 where that is missing.
+func cpuTime(pid int) time.Duration {
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/schedstat", pid))
+	var sum time.Duration
+	for _, t := range tasks {
+		b, err := os.ReadFile(t)
+		if err != nil {
+			continue
+		}
+		f := strings.Fields(string(b))
+		if len(f) == 0 {
+			continue
+		}
+		if ns, err := strconv.ParseInt(f[0], 10, 64); err == nil {
+			sum += time.Duration(ns)
+		}
+	}
+	return sum
 }
 
 // fetch GETs url and returns the body; anything but a 200 is an error.

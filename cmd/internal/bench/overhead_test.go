@@ -42,6 +42,10 @@ func BenchmarkOverhead(b *testing.B) {
 	b.ReportMetric(us(r.Handler), "handler-µs")
 	b.ReportMetric(us(r.Serve), "serve-µs")
 	b.ReportMetric(r.ServeRatio, "serve/handler")
+	b.ReportMetric(us(r.BareCPU), "bare-cpu-µs")
+	b.ReportMetric(us(r.ProxyCPU), "proxy-cpu-µs")
+	b.ReportMetric(us(r.HandlerCPU), "handler-cpu-µs")
+	b.ReportMetric(us(r.ServeCPU), "serve-cpu-µs")
 	b.Log("\n" + r.String())
 }
 

@@ -3,12 +3,15 @@ package localapi
 import (
 	"io"
 	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
 	"testing"
 )
 
 // BenchmarkProxyOverhead measures what the proxy adds to an API call: the
 // same GET of the fake's protected resource sent directly with the token
-// (the application holds it) and through the proxy, on loopback TCP and
+// (the application holds it), through a bare ReverseProxy adding a fixed
+// header, and through the proxy, on loopback TCP and
 // on a Unix socket. Run once:
 //
 //	go test ./internal/localapi -run '^$' -bench ProxyOverhead -benchtime 3000x
@@ -21,6 +24,14 @@ func BenchmarkProxyOverhead(b *testing.B) {
 	}
 	up := newUpstream(b, f, nil)
 	direct := &http.Client{Transport: &http.Transport{}}
+	// The reference: a bare ReverseProxy adding a fixed header, on its
+	// own loopback listener.
+	bare := httptest.NewServer(&httputil.ReverseProxy{Rewrite: func(pr *httputil.ProxyRequest) {
+		pr.SetURL(up.url)
+		pr.Out.Header.Set("Authorization", "Bearer "+tok.AccessToken)
+	}})
+	b.Cleanup(bare.Close)
+	bareClient := &http.Client{Transport: &http.Transport{}}
 	tcp := proxyServer(b, src, up.url, ListenConfig{})
 	sock := proxyServer(b, src, up.url, ListenConfig{Addr: "unix:" + shortDir(b) + "/b.sock"})
 	get := func(b *testing.B, c *http.Client, url, auth string) {
@@ -39,6 +50,11 @@ func BenchmarkProxyOverhead(b *testing.B) {
 	b.Run("direct", func(b *testing.B) {
 		for b.Loop() {
 			get(b, direct, up.srv.URL+"/api/bench", "Bearer "+tok.AccessToken)
+		}
+	})
+	b.Run("bare-tcp", func(b *testing.B) {
+		for b.Loop() {
+			get(b, bareClient, bare.URL+"/api/bench", "")
 		}
 	})
 	b.Run("proxy-tcp", func(b *testing.B) {
