@@ -69,3 +69,44 @@ func BenchmarkProxyOverhead(b *testing.B) {
 	})
 	b.Logf("issuer calls: %d", f.issuer.Stats().TokenCalls)
 }
+
+// BenchmarkTokenEndpoint measures GET /v1/token on a Unix socket (the
+// guard's rate limit on, far above this client's rate) beside a bare
+// handler on a Unix socket that answers the same bytes as a constant:
+//
+//	go test ./internal/localapi -run '^$' -bench TokenEndpoint -benchmem
+func BenchmarkTokenEndpoint(b *testing.B) {
+	f := newFleet(b)
+	src := f.source()
+	tok := serve(b, ListenConfig{Addr: "unix:" + shortDir(b) + "/t.sock"}, func(m *Metrics) http.Handler {
+		return NewTokenHandler(src, m, nil)
+	}, GuardConfig{Rate: 1e9, Burst: 1e9})
+	status, body := tok.do(b, http.MethodGet, TokenPath, "")
+	if status != http.StatusOK {
+		b.Fatalf("status %d", status)
+	}
+	bare := serve(b, ListenConfig{Addr: "unix:" + shortDir(b) + "/c.sock"}, func(*Metrics) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = io.WriteString(w, body)
+		})
+	}, GuardConfig{})
+	for _, s := range []struct {
+		name string
+		srv  *server
+	}{{"bare-handler", bare}, {"serve", tok}} {
+		b.Run(s.name, func(b *testing.B) {
+			for b.Loop() {
+				resp, err := s.srv.client.Get(s.srv.base + TokenPath)
+				if err != nil {
+					b.Fatal(err)
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					b.Fatalf("status %d", resp.StatusCode)
+				}
+			}
+		})
+	}
+}
