@@ -19,14 +19,19 @@ func buildTokencache(tb testing.TB) string {
 }
 
 // BenchmarkOverhead runs the overhead benchmark (Overhead) once, whatever
-// b.N, and reports its medians and ratios (docs/bench.md):
+// b.N, and reports its medians and ratios (docs/bench.md). It builds
+// cmd/tokencache, or measures the binary $TOKENCACHE_BENCH_BINARY (to
+// compare two builds):
 //
 //	go test ./cmd/internal/bench -run '^$' -bench Overhead -benchtime 1x -count 3
 func BenchmarkOverhead(b *testing.B) {
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		b.Skip("redis-server not found on PATH")
 	}
-	bin := buildTokencache(b)
+	bin := os.Getenv("TOKENCACHE_BENCH_BINARY")
+	if bin == "" {
+		bin = buildTokencache(b)
+	}
 	var r OverheadResult
 	for b.Loop() {
 		var err error
