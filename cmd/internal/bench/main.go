@@ -164,10 +164,14 @@ func parseInts(flagName, s string, limit int) ([]int, error) {
 }
 
 // Main runs the program: the benchmark, or, with ChildFlag first, one
-// replica process of the processes mode.
+// replica process of the processes mode, or, with BareFlag first, the
+// bare reference servers of the overhead benchmark (RunBare).
 func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == ChildFlag {
 		return runChild(ctx, stdin, stdout)
+	}
+	if len(args) > 0 && args[0] == BareFlag {
+		return RunBare(ctx, stdin, stdout)
 	}
 	cfg, err := ParseFlags(args, stderr)
 	if err != nil {

@@ -104,6 +104,9 @@ func (a *app) open(ctx context.Context, o openOpts, opts ...tokencache.Option) (
 		// The CLI's job is the shared token: when Redis is down, say so
 		// rather than calling the issuer from every cron host.
 		tokencache.WithFailOpen(false),
+		// The library's default, stated here because the daemon's
+		// refresh-window gauge (metrics.go) is computed from it.
+		tokencache.WithRefreshAhead(refreshAheadShare),
 	}
 	kr, err := a.g.keyRing()
 	if err != nil {

@@ -58,6 +58,7 @@ func runDaemon(ctx context.Context, a *app, args []string) error {
 	d := &daemon{a: a, interval: *interval}
 	var stats func() tokencache.Stats
 	d.m = newMetrics(a.label(), func() tokencache.Stats { return stats() })
+	d.m.trackToken()
 	s, err := a.open(ctx, openOpts{wrap: d.m.wrap})
 	if err != nil {
 		return err

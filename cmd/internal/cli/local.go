@@ -29,13 +29,15 @@ type localFlags struct {
 	metricsListen string
 }
 
-func (f *localFlags) register(fs *flag.FlagSet, defListen string) {
+// register adds the listener flags; defRate is the command's default
+// --rate (serve: localapi.DefaultRate; proxy: DefaultProxyRate, off).
+func (f *localFlags) register(fs *flag.FlagSet, defListen string, defRate float64) {
 	fs.StringVar(&f.listen, "listen", defListen, "unix:PATH (a socket of --socket-mode), a loopback HOST:PORT (needs the bearer secret), or any other address (needs TLS and the secret)")
 	fs.StringVar(&f.socketMode, "socket-mode", "0600", "permission bits of the unix: socket, octal")
 	fs.StringVar(&f.secretFile, "listen-secret-file", "", "read the bearer secret clients must send from this file ($"+EnvListenSecret+")")
 	fs.StringVar(&f.certFile, "tls-cert-file", "", "serve TLS with this PEM certificate (with --tls-key-file)")
 	fs.StringVar(&f.keyFile, "tls-key-file", "", "the PEM private key of --tls-cert-file")
-	fs.Float64Var(&f.rate, "rate", localapi.DefaultRate, "requests per second allowed to one client (0: no limit)")
+	fs.Float64Var(&f.rate, "rate", defRate, "requests per second allowed to one client (0: no limit)")
 	fs.IntVar(&f.burst, "burst", localapi.DefaultBurst, "burst of requests allowed to one client")
 	fs.StringVar(&f.metricsListen, "metrics-listen", "", "address of a plain HTTP /healthz and /metrics server (default none)")
 }

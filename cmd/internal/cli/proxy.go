@@ -13,6 +13,13 @@ import (
 // in the working directory.
 const DefaultProxyListen = "unix:tokencache-proxy.sock"
 
+// DefaultProxyRate is proxy's default --rate: no per-client limit. Every
+// local process shares one bucket (one IP on loopback, one socket), so
+// serve's 100 a second would throttle the backend's own traffic; the
+// upstream enforces its own rate, and a client in a loop of 401s costs
+// one issuer call per rejection window (the library holds the rest).
+const DefaultProxyRate = 0
+
 // runProxy is the API proxy: it forwards every request to --upstream
 // (default the issuer URL) with the fleet's token in its Authorization
 // header, recovering from a 401 once for the fleet, until the context
@@ -20,7 +27,7 @@ const DefaultProxyListen = "unix:tokencache-proxy.sock"
 func runProxy(ctx context.Context, a *app, args []string) error {
 	fs := a.newFlagSet("proxy")
 	var lf localFlags
-	lf.register(fs, DefaultProxyListen)
+	lf.register(fs, DefaultProxyListen, DefaultProxyRate)
 	upstream := fs.String("upstream", "", "the API's base URL, the only place requests go (default --issuer-url)")
 	fs.Usage = a.subUsage(fs, proxySynopsis, "Forward requests to the API adding the fleet's token; a 401 invalidates it once for the fleet and the request is retried once.")
 	if err := a.parse(fs, args); err != nil {

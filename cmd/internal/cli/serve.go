@@ -20,7 +20,7 @@ const DefaultServeListen = "unix:tokencache.sock"
 func runServe(ctx context.Context, a *app, args []string) error {
 	fs := a.newFlagSet("serve")
 	var lf localFlags
-	lf.register(fs, DefaultServeListen)
+	lf.register(fs, DefaultServeListen, localapi.DefaultRate)
 	fs.Usage = a.subUsage(fs, serveSynopsis, "Serve the fleet's token to local programs in any language: GET /v1/token[?user_id=ID], POST /v1/token/invalidate.")
 	if err := a.parse(fs, args); err != nil {
 		return err

@@ -2,6 +2,7 @@ package localapi
 
 import (
 	"strconv"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -13,6 +14,29 @@ type Metrics struct {
 	served        *prometheus.CounterVec // token answers by token kind, tier and result
 	proxied       *prometheus.CounterVec // proxy requests by upstream status
 	invalidations *prometheus.CounterVec // 401-triggered invalidations by origin and result
+
+	// The children of the hot paths, looked up once (a label lookup hashes
+	// the values and takes the vector's lock): proxied by status code, and
+	// served with result ok by token kind and tier. Each is created on
+	// first use, so a series appears only once it counts something.
+	byStatus [600]atomic.Pointer[childCounter]
+	servedOK [2][len(tiers)]atomic.Pointer[childCounter]
+}
+
+// childCounter boxes a child counter for an atomic.Pointer.
+type childCounter struct{ prometheus.Counter }
+
+// tiers index servedOK.
+var tiers = [...]string{TierMemory, TierRedis, TierIssuer, TierNone}
+
+// child returns the counter in slot, looking it up with get the first time.
+func child(slot *atomic.Pointer[childCounter], get func() prometheus.Counter) prometheus.Counter {
+	if c := slot.Load(); c != nil {
+		return c.Counter
+	}
+	c := &childCounter{get()}
+	slot.Store(c) // a racing first use stores the same child
+	return c.Counter
 }
 
 // Results of a token request, as the metrics name them.
@@ -53,17 +77,30 @@ func (m *Metrics) tokenServed(user bool, tier, result string) {
 	if m == nil {
 		return
 	}
-	kind := "server"
+	kind, k := "server", 0
 	if user {
-		kind = "client"
+		kind, k = "client", 1
+	}
+	if result == ResultOK {
+		for i, t := range tiers {
+			if t == tier {
+				child(&m.servedOK[k][i], func() prometheus.Counter { return m.served.WithLabelValues(kind, tier, result) }).Inc()
+				return
+			}
+		}
 	}
 	m.served.WithLabelValues(kind, tier, result).Inc()
 }
 
 func (m *Metrics) proxyStatus(code int) {
-	if m != nil {
-		m.proxied.WithLabelValues(strconv.Itoa(code)).Inc()
+	if m == nil {
+		return
 	}
+	if code < 0 || code >= len(m.byStatus) {
+		m.proxied.WithLabelValues(strconv.Itoa(code)).Inc()
+		return
+	}
+	child(&m.byStatus[code], func() prometheus.Counter { return m.proxied.WithLabelValues(strconv.Itoa(code)) }).Inc()
 }
 
 func (m *Metrics) proxyFailed(label string) {

@@ -11,8 +11,24 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"strings"
+	"sync"
 	"sync/atomic"
 )
+
+// DefaultMaxIdleConns is the number of idle connections the proxy keeps
+// to the upstream when ProxyConfig.Base is nil.
+const DefaultMaxIdleConns = 64
+
+// bufferPool holds ReverseProxy's 32 KiB copy buffers, reused instead of
+// allocated per request.
+type bufferPool struct{ p sync.Pool }
+
+func newBufferPool() *bufferPool {
+	return &bufferPool{p: sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}}
+}
+
+func (b *bufferPool) Get() []byte  { return *b.p.Get().(*[]byte) }
+func (b *bufferPool) Put(v []byte) { b.p.Put(&v) }
 
 // DefaultMaxRetryBody is the largest request body the proxy keeps in
 // memory so that a request the upstream answers 401 can be sent again
@@ -50,7 +66,13 @@ func NewProxy(src Source, c ProxyConfig) (http.Handler, error) {
 	}
 	base := c.Base
 	if base == nil {
-		base = http.DefaultTransport.(*http.Transport).Clone()
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		// Every request goes to one host: keep as many idle connections
+		// to it as clients may have in flight (the default, 2, closes
+		// and redials the rest under any concurrency).
+		t.MaxIdleConns = DefaultMaxIdleConns
+		t.MaxIdleConnsPerHost = DefaultMaxIdleConns
+		base = t
 	}
 	rt, err := src.Transport(c.UserID, countingBase{base})
 	if err != nil {
@@ -70,8 +92,12 @@ func NewProxy(src Source, c ProxyConfig) (http.Handler, error) {
 			pr.Out.Header.Del("Authorization")
 			pr.Out.Header.Del("Proxy-Authorization")
 		},
-		Transport:      &outerTransport{rt: rt, m: c.Metrics},
-		FlushInterval:  -1,
+		Transport: &outerTransport{rt: rt, m: c.Metrics},
+		// No forced flush per write: a body of known length goes out in
+		// full buffers; ReverseProxy still flushes each write of a body
+		// of unknown length and of text/event-stream, so streams stream.
+		FlushInterval:  0,
+		BufferPool:     newBufferPool(),
 		ModifyResponse: modifyResponse,
 		ErrorHandler:   p.failed,
 		ErrorLog:       slog.NewLogLogger(log.Handler(), slog.LevelDebug),
