@@ -2,8 +2,6 @@ package tokencache
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"hash/maphash"
 	"log/slog"
@@ -274,11 +272,7 @@ func identityFingerprint(f Fetcher, kr *KeyRing) string {
 	if !ok {
 		return ""
 	}
-	if kr != nil {
-		return kr.fingerprint(kr.active, id.Identity())
-	}
-	sum := sha256.Sum256([]byte("tokencache/identity/v1\x00" + id.Identity()))
-	return "sha256:" + hex.EncodeToString(sum[:8])
+	return fingerprintOf(id.Identity(), kr.snapshot())
 }
 
 func (c *Cache) lookup(key string) *entry {

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync/atomic"
 )
 
 // A KeyRing holds the AES-256 keys that encrypt cached tokens at rest. One
@@ -22,10 +23,38 @@ import (
 // key (AES-GCM associated data), so a value copied to another key does not
 // decrypt. The metadata beside it (expiry, generation, fingerprints,
 // refreshed_by) stays readable for redis-cli and Inspect.
+//
+// A KeyRing is safe for concurrent use. Replace swaps its keys while the
+// caches that use it run, for a ring re-read from a file.
 type KeyRing struct {
+	keys atomic.Pointer[ringKeys]
+}
+
+// ringKeys is one immutable set of keys of a KeyRing.
+type ringKeys struct {
 	active string
 	aeads  map[string]cipher.AEAD
 	fpKeys map[string][]byte // per key id: the HMAC key of credential fingerprints
+}
+
+// snapshot returns the ring's keys of the moment; nil for a nil ring.
+func (kr *KeyRing) snapshot() *ringKeys {
+	if kr == nil {
+		return nil
+	}
+	return kr.keys.Load()
+}
+
+// Replace makes kr hold next's keys from now on, for every cache that
+// uses kr: the next token written is sealed under next's active key, the
+// next read opens with next's keys, and credential fingerprints are keyed
+// under next's active key. Keep the previous active key in next until the
+// tokens it sealed have expired (a token lifetime), as for any rotation,
+// or replicas cannot open them. A nil next is ignored.
+func (kr *KeyRing) Replace(next *KeyRing) {
+	if k := next.snapshot(); k != nil {
+		kr.keys.Store(k)
+	}
 }
 
 // keyedFPPrefix starts a credential fingerprint keyed by a ring's key.
@@ -33,7 +62,7 @@ const keyedFPPrefix = "hmac-sha256:"
 
 // fingerprint is the credential fingerprint of identity under the ring's
 // key keyID, or "" if the ring has no such key.
-func (kr *KeyRing) fingerprint(keyID, identity string) string {
+func (kr *ringKeys) fingerprint(keyID, identity string) string {
 	k, ok := kr.fpKeys[keyID]
 	if !ok {
 		return ""
@@ -46,7 +75,7 @@ func (kr *KeyRing) fingerprint(keyID, identity string) string {
 // NewKeyRing returns a ring whose active key is activeID. Every key must
 // be 32 bytes; ids are 1-32 letters, digits, '-' or '_'.
 func NewKeyRing(activeID string, keys map[string][]byte) (*KeyRing, error) {
-	kr := &KeyRing{active: activeID, aeads: map[string]cipher.AEAD{}, fpKeys: map[string][]byte{}}
+	kr := &ringKeys{active: activeID, aeads: map[string]cipher.AEAD{}, fpKeys: map[string][]byte{}}
 	for id, k := range keys {
 		if !validKeyID(id) {
 			return nil, fmt.Errorf("tokencache: encryption key id %q: use 1-32 letters, digits, '-' or '_'", id)
@@ -72,7 +101,9 @@ func NewKeyRing(activeID string, keys map[string][]byte) (*KeyRing, error) {
 	if _, ok := kr.aeads[activeID]; !ok {
 		return nil, fmt.Errorf("tokencache: the active encryption key %q is not in the ring", activeID)
 	}
-	return kr, nil
+	ring := &KeyRing{}
+	ring.keys.Store(kr)
+	return ring, nil
 }
 
 // ParseKeyRing reads a ring from "id:base64key[,id:base64key...]" (standard
@@ -104,7 +135,12 @@ func ParseKeyRing(spec string) (*KeyRing, error) {
 }
 
 // ActiveKeyID is the id of the key that encrypts new tokens.
-func (kr *KeyRing) ActiveKeyID() string { return kr.active }
+func (kr *KeyRing) ActiveKeyID() string {
+	if k := kr.snapshot(); k != nil {
+		return k.active
+	}
+	return ""
+}
 
 func validKeyID(id string) bool {
 	if id == "" || len(id) > 32 {
@@ -161,24 +197,29 @@ func associatedData(redisKey, keyID string, rec record) []byte {
 // seal encrypts rec's token for the Redis key redisKey:
 // base64(nonce|ciphertext), with a fresh random nonce.
 func (kr *KeyRing) seal(redisKey string, rec record) (keyID, sealed string, err error) {
-	aead := kr.aeads[kr.active]
+	k := kr.snapshot()
+	if k == nil {
+		return "", "", errors.New("tokencache: an empty key ring (not from NewKeyRing)")
+	}
+	aead := k.aeads[k.active]
 	nonce := make([]byte, aead.NonceSize(), aead.NonceSize()+len(rec.AccessToken)+aead.Overhead())
 	if _, err := rand.Read(nonce); err != nil {
 		return "", "", err
 	}
 	rec.Seal = sealVersion
-	out := aead.Seal(nonce, nonce, []byte(rec.AccessToken), associatedData(redisKey, kr.active, rec))
-	return kr.active, base64.StdEncoding.EncodeToString(out), nil
+	out := aead.Seal(nonce, nonce, []byte(rec.AccessToken), associatedData(redisKey, k.active, rec))
+	return k.active, base64.StdEncoding.EncodeToString(out), nil
 }
 
 // open decrypts what seal produced for the same Redis key and metadata, and
 // checks the token against its recorded fingerprint.
 func (kr *KeyRing) open(redisKey string, rec record) (string, error) {
 	fail := func(reason string) error { return &KeyError{Key: redisKey, KeyID: rec.KeyID, Reason: reason} }
-	if kr == nil {
+	k := kr.snapshot()
+	if k == nil {
 		return "", fail("no encryption keys are configured on this replica")
 	}
-	aead, ok := kr.aeads[rec.KeyID]
+	aead, ok := k.aeads[rec.KeyID]
 	if !ok {
 		return "", fail("the key id is not in this replica's key ring (or another deployment, with its own keys, writes this namespace)")
 	}

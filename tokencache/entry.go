@@ -44,7 +44,7 @@ type entry struct {
 // newEntry is the entry for the token at keys k that f fetches.
 func (c *Cache) newEntry(k keys, f Fetcher) *entry {
 	e := &entry{c: c, k: k, sig: newSignal()}
-	e.cred = credential{fp: identityFingerprint(f, c.cfg.keyring), f: f, kr: c.cfg.keyring}
+	e.cred = credential{f: f, kr: c.cfg.keyring}
 	e.mem = memory{keep: c.cfg.l1, now: c.monoNow, moved: e.sched.arm}
 	e.fails = failures{sig: e.sig, now: c.now, held: e.mem.heldGen, negativeTTL: c.cfg.negativeTTL, backoffMax: c.cfg.backoffMax}
 	e.sched.e = e

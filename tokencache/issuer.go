@@ -123,7 +123,7 @@ func (is *issuer) failed(ctx context.Context, err error, publish bool) *FetchErr
 		defer cancel()
 		if window > 0 {
 			f := failure{Code: fe.Code, Message: fe.Message, Retryable: fe.Retryable, By: c.cfg.host,
-				Fingerprint: is.cred.fp, Streak: is.fails.streak.Load()}
+				Fingerprint: is.cred.fingerprint(), Streak: is.fails.streak.Load()}
 			if rerr := c.st.remember(pctx, is.k, f, window); rerr != nil {
 				c.log().Warn("tokencache: could not record the failure", "key", is.k.Failed, "err", rerr)
 			}

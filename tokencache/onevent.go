@@ -52,7 +52,7 @@ func (e *entry) onEvent(ev protocol.Event) {
 		if ev.Origin == e.c.origin || ev.Credential != "" && !e.cred.same(ev.Credential) {
 			return // our own failure (recorded with its cause), or another credential's
 		}
-		if ev.Credential == "" && e.cred.fp != "" {
+		if ev.Credential == "" && e.cred.fingerprint() != "" {
 			// Without a key ring no event names the credential (that would
 			// be an offline oracle for it): whose failure it is, the
 			// failure key in Redis says, read with the token.

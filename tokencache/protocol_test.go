@@ -242,7 +242,7 @@ func TestOnlyTheLeaseHolderDrawsAndWrites(t *testing.T) {
 		t.Fatalf("fence = %d after the paused holder's begin, want 0 (nothing drawn)", n)
 	}
 	tok := Token{AccessToken: "paused-token", TokenType: "Bearer", Expiry: time.Now().Add(time.Hour)}
-	rec := newRecord(tok, 1, time.Now(), time.Hour, "paused", e.cred.fp)
+	rec := newRecord(tok, 1, time.Now(), time.Hour, "paused", e.cred.fingerprint())
 	w, err := e.rf.write(ctx, paused, &rec, time.Hour, false)
 	if err != nil {
 		t.Fatal(err)
@@ -258,7 +258,7 @@ func TestOnlyTheLeaseHolderDrawsAndWrites(t *testing.T) {
 	if err != nil || gen != 1 {
 		t.Fatalf("the current holder drew %d, %v; want 1", gen, err)
 	}
-	rec = newRecord(tok, gen, time.Now(), time.Hour, "current", e.cred.fp)
+	rec = newRecord(tok, gen, time.Now(), time.Hour, "current", e.cred.fingerprint())
 	if w, err := e.rf.write(ctx, current, &rec, time.Hour, false); err != nil || !w.Stored {
 		t.Fatalf("the current holder's write = %+v, %v; want stored", w, err)
 	}
@@ -307,7 +307,7 @@ func TestIssuerCallStopsWhenTheLeaseIsLost(t *testing.T) {
 		t.Fatalf("the other owner's draw: %d, %v", gen, err)
 	}
 	want := Token{AccessToken: "the-other-owners-token", TokenType: "Bearer", Expiry: time.Now().Add(time.Hour)}
-	rec := newRecord(want, gen, time.Now(), 59*time.Minute, "other", e.cred.fp)
+	rec := newRecord(want, gen, time.Now(), 59*time.Minute, "other", e.cred.fingerprint())
 	ev := protocol.Event{Type: protocol.EventRefreshed, Key: key, Generation: gen, TokenFP: rec.TokenFP, Origin: "other"}
 	if w, err := paused.st.write(ctx, e.k, rec, 59*time.Minute, ev, "another-owner"); err != nil || !w.Stored {
 		t.Fatalf("the other owner's write: %+v, %v", w, err)
@@ -365,7 +365,7 @@ func TestRetriedScriptsAreIdempotent(t *testing.T) {
 		// The client resends the write after a lost reply: stored, not
 		// fenced out by itself.
 		tok := Token{AccessToken: "t1", TokenType: "Bearer", Expiry: time.Now().Add(time.Hour)}
-		rec := newRecord(tok, g1, time.Now(), time.Hour, "h", e.cred.fp)
+		rec := newRecord(tok, g1, time.Now(), time.Hour, "h", e.cred.fingerprint())
 		ev := protocol.Event{Type: protocol.EventRefreshed, Key: e.k.Token}
 		w1, err := c.st.write(ctx, e.k, rec, time.Hour, ev, lease.Value())
 		if err != nil || !w1.Stored {

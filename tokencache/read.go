@@ -75,7 +75,7 @@ func (e *entry) read(ctx context.Context) (readResult, error) {
 		// Another deployment's token is a miss to refetch and overwrite.
 		if e.cred.warned.CompareAndSwap(false, true) {
 			e.c.log().Warn("tokencache: cached token was minted for another credential; not serving it",
-				"key", e.k.Token, "stored_fingerprint", r.rec.Fingerprint, "our_fingerprint", e.cred.fp)
+				"key", e.k.Token, "stored_fingerprint", r.rec.Fingerprint, "our_fingerprint", e.cred.fingerprint())
 		}
 		r.found = false
 	}

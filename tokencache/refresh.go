@@ -228,7 +228,7 @@ const announceTimeout = 250 * time.Millisecond
 func (rf *refresher) record(tok Token, gen int64, issued time.Time) (record, time.Duration) {
 	e := rf.e
 	ttl := e.c.cfg.ttlFor(tok, issued)
-	return newRecord(tok, gen, issued, ttl, e.c.cfg.host, e.cred.fp), ttl
+	return newRecord(tok, gen, issued, ttl, e.c.cfg.host, e.cred.fingerprint()), ttl
 }
 
 // write stores rec with its fencing generation under lease and publishes

@@ -199,7 +199,7 @@ func TestRefreshAheadHonoursFleetFailureFoundUnderLock(t *testing.T) {
 			if _, err := c.Token(ctx); err != nil {
 				t.Fatal(err)
 			}
-			fl := failure{Code: "internal-server-error", Retryable: true, Fingerprint: c.server.cred.fp, Streak: 1}
+			fl := failure{Code: "internal-server-error", Retryable: true, Fingerprint: c.server.cred.fingerprint(), Streak: 1}
 			if err := c.st.remember(ctx, c.server.k, fl, 10*time.Second); err != nil {
 				t.Fatal(err)
 			}
@@ -353,7 +353,7 @@ func TestRefreshingAnnouncementsCannotStarveRefreshAhead(t *testing.T) {
 				return
 			case <-time.After(20 * time.Millisecond):
 			}
-			c.onEvent(protocol.Event{Type: protocol.EventRefreshing, Key: c.server.k.Token, Generation: gen, Origin: "elsewhere", Credential: c.server.cred.fp})
+			c.onEvent(protocol.Event{Type: protocol.EventRefreshing, Key: c.server.k.Token, Generation: gen, Origin: "elsewhere", Credential: c.server.cred.fingerprint()})
 		}
 	}()
 	defer func() { close(stop); <-done }()

@@ -65,6 +65,7 @@ const (
 // fingerprint of the key, never the key.
 type Fetcher struct {
 	apiKey  secret
+	keyFunc bool   // apiKey is read at each use (NewFunc), and checked at each Fetch
 	baseURL string // no trailing slash
 	version string
 	client  *http.Client
@@ -160,8 +161,41 @@ func WithTimeout(d time.Duration) Option {
 // URL, an option given a value it cannot use) is reported by Validate, and
 // by every Fetch as a *ConfigError.
 func New(apiKey string, opts ...Option) *Fetcher {
+	f := build(newSecret(apiKey), false, opts)
+	f.redact = newRedactor(apiKey, "Basic "+apiKey)
+	return f
+}
+
+// NewFunc is New with an API key that may change while the program runs:
+// key is called for each token request (and by Identity), so a key
+// rotated in a secrets file or manager is used by the next request
+// without rebuilding the Fetcher or the cache. key must be safe for
+// concurrent use and cheap (return a value held in memory; do not read a
+// file on each call). Each Fetch checks the key as New checks its own, and
+// a Fetcher from ForUser reads the same func.
+//
+// The cache fingerprints the credential from Identity, so after a rotation
+// it treats tokens minted under the previous key as another credential's:
+// they are not served from Redis, and the next refresh mints one under the
+// new key (see tokencache.Identifier). A nil key is a configuration error.
+func NewFunc(key func() string, opts ...Option) *Fetcher {
+	if key == nil {
+		f := build(newSecret(""), false, opts)
+		f.redact = newRedactor()
+		return f
+	}
+	f := build(secret(key), true, opts)
+	// The redactor of a key func is made per request, for the key it sent.
+	f.redact = newRedactor()
+	return f
+}
+
+// build is what New and NewFunc share: options applied, the client
+// copied without redirects, the configuration checked.
+func build(apiKey secret, keyFunc bool, opts []Option) *Fetcher {
 	f := &Fetcher{
-		apiKey:  newSecret(apiKey),
+		apiKey:  apiKey,
+		keyFunc: keyFunc,
 		baseURL: DefaultBaseURL,
 		version: DefaultVersion,
 		now:     time.Now,
@@ -177,7 +211,6 @@ func New(apiKey string, opts ...Option) *Fetcher {
 	}
 	client.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 	f.client = &client
-	f.redact = newRedactor(apiKey, "Basic "+apiKey)
 	f.cfgErr = f.check()
 	if f.cfgErr != nil {
 		// An unusable base URL may hold credentials: keep none of it.
@@ -227,6 +260,10 @@ func (f *Fetcher) Validate() error {
 	if f == nil || f.redact == nil { // nil or zero Fetcher, not from New
 		return &ConfigError{Field: "api key", Reason: "missing; build the Fetcher with basiq.New"}
 	}
+	if f.cfgErr == nil && f.keyFunc {
+		// The key of the moment; Fetch checks the one it sends.
+		return checkKey(f.apiKey.reveal())
+	}
 	return f.cfgErr
 }
 
@@ -236,18 +273,9 @@ func (f *Fetcher) check() error {
 	if f.optErr != nil {
 		return f.optErr
 	}
-	key := f.apiKey.reveal()
-	switch {
-	case key == "":
-		return &ConfigError{Field: "api key", Reason: "empty (set BASIQ_API_KEY)"}
-	case len(key) > 4096:
-		return &ConfigError{Field: "api key", Reason: "longer than 4096 bytes"}
-	case len(key) > 6 && strings.EqualFold(key[:6], "basic "):
-		return &ConfigError{Field: "api key", Reason: `starts with "Basic "; pass the key alone, the prefix is added`}
-	}
-	for i := 0; i < len(key); i++ {
-		if c := key[i]; c <= ' ' || c >= 0x7f {
-			return &ConfigError{Field: "api key", Reason: "holds whitespace, a control or a non-ASCII character at byte " + strconv.Itoa(i)}
+	if !f.keyFunc {
+		if err := checkKey(f.apiKey.reveal()); err != nil {
+			return err
 		}
 	}
 	if f.version == "" {
@@ -280,6 +308,24 @@ func (f *Fetcher) check() error {
 	return nil
 }
 
+// checkKey reports an API key Basiq would refuse, never quoting it.
+func checkKey(key string) error {
+	switch {
+	case key == "":
+		return &ConfigError{Field: "api key", Reason: "empty (set BASIQ_API_KEY)"}
+	case len(key) > 4096:
+		return &ConfigError{Field: "api key", Reason: "longer than 4096 bytes"}
+	case len(key) > 6 && strings.EqualFold(key[:6], "basic "):
+		return &ConfigError{Field: "api key", Reason: `starts with "Basic "; pass the key alone, the prefix is added`}
+	}
+	for i := 0; i < len(key); i++ {
+		if c := key[i]; c <= ' ' || c >= 0x7f {
+			return &ConfigError{Field: "api key", Reason: "holds whitespace, a control or a non-ASCII character at byte " + strconv.Itoa(i)}
+		}
+	}
+	return nil
+}
+
 // Fetch requests a new token. On failure the error is a *ConfigError
 // (permanent, nothing sent) or an *Error carrying Basiq's status, code,
 // correlationId and Retry-After; both implement Retryable, RetryAfter
@@ -288,8 +334,17 @@ func (f *Fetcher) check() error {
 // Token.Expiry is the time the request was sent plus expires_in, so it
 // errs early by the request's latency, never late.
 func (f *Fetcher) Fetch(ctx context.Context) (tokencache.Token, error) {
-	if err := f.Validate(); err != nil {
-		return tokencache.Token{}, err
+	if f == nil || f.redact == nil || f.cfgErr != nil {
+		return tokencache.Token{}, f.Validate()
+	}
+	// One read of the key per request: the header and the redaction of
+	// the answer agree even if the key rotates meanwhile.
+	key, red := f.apiKey.reveal(), f.redact
+	if f.keyFunc {
+		if err := checkKey(key); err != nil {
+			return tokencache.Token{}, err
+		}
+		red = newRedactor(key, "Basic "+key)
 	}
 	if f.timeout > 0 {
 		var cancel context.CancelFunc
@@ -304,7 +359,7 @@ func (f *Fetcher) Fetch(ctx context.Context) (tokencache.Token, error) {
 	if err != nil {
 		return tokencache.Token{}, &ConfigError{Field: "request", Reason: "cannot build it: " + sanitize(err.Error(), maxFieldLen)}
 	}
-	req.Header.Set("Authorization", "Basic "+f.apiKey.reveal())
+	req.Header.Set("Authorization", "Basic "+key)
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	req.Header.Set("basiq-version", f.version)
 	req.Header.Set("Accept", "application/json")
@@ -312,12 +367,12 @@ func (f *Fetcher) Fetch(ctx context.Context) (tokencache.Token, error) {
 	sent := f.now()
 	resp, err := f.client.Do(req)
 	if err != nil {
-		return tokencache.Token{}, transportError(f.op, f.scope, err, f.redact)
+		return tokencache.Token{}, transportError(f.op, f.scope, err, red)
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxResponseBytes+1))
 	if err != nil {
-		return tokencache.Token{}, transportError(f.op, f.scope, err, f.redact)
+		return tokencache.Token{}, transportError(f.op, f.scope, err, red)
 	}
 	if len(body) > MaxResponseBytes {
 		return tokencache.Token{}, &Error{
@@ -335,18 +390,18 @@ func (f *Fetcher) Fetch(ctx context.Context) (tokencache.Token, error) {
 		}
 		return tok, nil
 	}
-	return tokencache.Token{}, f.errorFromResponse(resp, body)
+	return tokencache.Token{}, f.errorFromResponse(resp, body, red)
 }
 
 // errorFromResponse builds the *Error for a non-2xx answer.
-func (f *Fetcher) errorFromResponse(resp *http.Response, body []byte) *Error {
+func (f *Fetcher) errorFromResponse(resp *http.Response, body []byte, red *redactor) *Error {
 	e := &Error{Op: f.op, Scope: f.scope, Status: resp.StatusCode}
 	if ae, ok := parseErrorBody(body); ok {
-		e.Code = f.redact.clean(ae.Code, 64)
-		e.Title = f.redact.clean(ae.Title, maxFieldLen)
-		e.Detail = f.redact.clean(ae.Detail, maxFieldLen)
-		e.CorrelationID = f.redact.clean(ae.CorrelationID, 128)
-		e.Source = f.redact.clean(ae.Source, 128)
+		e.Code = red.clean(ae.Code, 64)
+		e.Title = red.clean(ae.Title, maxFieldLen)
+		e.Detail = red.clean(ae.Detail, maxFieldLen)
+		e.CorrelationID = red.clean(ae.CorrelationID, 128)
+		e.Source = red.clean(ae.Source, 128)
 	}
 	if e.Code == "" {
 		// No Basiq error object (an HTML page from a proxy, an empty

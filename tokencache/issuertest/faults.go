@@ -177,12 +177,12 @@ func (s *Server) garbleAuthenticate(w http.ResponseWriter, g Garbage) {
 		w.WriteHeader(http.StatusOK)
 		_, _ = w.Write(proxyErrorPage())
 	case GarbageTruncated:
-		jwt, _ := SignHS256(s.clientSecret, map[string]any{"exp": s.now().Add(time.Hour).Unix()})
+		jwt, _ := SignHS256(s.ClientSecret(), map[string]any{"exp": s.now().Add(time.Hour).Unix()})
 		writeRaw(w, "application/json", []byte(`{"token":"`+jwt[:len(jwt)/2]))
 	case GarbageEmptyToken:
 		writeRaw(w, "application/json", []byte(`{"token":""}`))
 	case GarbageZeroExpiry:
-		jwt, _ := SignHS256(s.clientSecret, map[string]any{"exp": s.now().Add(-time.Minute).Unix()})
+		jwt, _ := SignHS256(s.ClientSecret(), map[string]any{"exp": s.now().Add(-time.Minute).Unix()})
 		writeRaw(w, "text/plain; charset=utf-8", []byte(jwt))
 	default:
 		writeRaw(w, "text/plain; charset=utf-8", []byte(strings.Repeat("x", hugePadding)))

@@ -67,12 +67,15 @@ const (
 // New (a bare http.Handler to mount or Start yourself). Its methods are
 // safe for concurrent use, also while requests are served.
 type Server struct {
-	cfgErr       error // first option given a value it cannot use
+	cfgErr error // first option given a value it cannot use
+
+	credMu       sync.RWMutex // guards apiKey, clientSecret (SetAPIKey, SetClientSecret)
 	apiKey       string
 	clientSecret string
-	now          func() time.Time
-	versions     []string
-	strictUsers  bool
+
+	now         func() time.Time
+	versions    []string
+	strictUsers bool
 
 	counters counters
 
@@ -372,10 +375,42 @@ func (s *Server) Close() {
 }
 
 // APIKey returns the API key the server accepts.
-func (s *Server) APIKey() string { return s.apiKey }
+func (s *Server) APIKey() string {
+	s.credMu.RLock()
+	defer s.credMu.RUnlock()
+	return s.apiKey
+}
 
 // ClientSecret returns /authenticate's clientSecret, the JWTs' HS256 key.
-func (s *Server) ClientSecret() string { return s.clientSecret }
+func (s *Server) ClientSecret() string {
+	s.credMu.RLock()
+	defer s.credMu.RUnlock()
+	return s.clientSecret
+}
+
+// SetAPIKey makes the server accept key, and only key, from now on: a
+// rotated credential. Tokens minted before stay valid until they expire
+// or are revoked (RevokeAll). An empty key is ignored.
+func (s *Server) SetAPIKey(key string) {
+	if key == "" {
+		return
+	}
+	s.credMu.Lock()
+	defer s.credMu.Unlock()
+	s.apiKey = key
+}
+
+// SetClientSecret makes /authenticate accept secret, and only secret,
+// from now on, and sign the JWTs it mints with it. An empty secret is
+// ignored.
+func (s *Server) SetClientSecret(secret string) {
+	if secret == "" {
+		return
+	}
+	s.credMu.Lock()
+	defer s.credMu.Unlock()
+	s.clientSecret = secret
+}
 
 // Env returns environment entries that point the tokencache CLI (or any
 // child process) at this server with its credentials:
@@ -384,9 +419,9 @@ func (s *Server) ClientSecret() string { return s.clientSecret }
 func (s *Server) Env() []string {
 	return []string{
 		"TOKENCACHE_ISSUER_URL=" + s.URL(),
-		"BASIQ_API_KEY=" + s.apiKey,
-		"TOKENCACHE_API_KEY=" + s.apiKey,
-		"TOKENCACHE_CLIENT_SECRET=" + s.clientSecret,
+		"BASIQ_API_KEY=" + s.APIKey(),
+		"TOKENCACHE_API_KEY=" + s.APIKey(),
+		"TOKENCACHE_CLIENT_SECRET=" + s.ClientSecret(),
 	}
 }
 
@@ -608,7 +643,7 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 		Method:      r.Method,
 		ContentType: r.Header.Get("Content-Type"),
 		Version:     r.Header.Get("basiq-version"),
-		KeyOK:       r.Header.Get("Authorization") == "Basic "+s.apiKey,
+		KeyOK:       r.Header.Get("Authorization") == "Basic "+s.APIKey(),
 	}
 	if r.Method == http.MethodPost {
 		// Read the form whatever the content type, to record and count
@@ -753,7 +788,7 @@ func (s *Server) serveAuthenticate(w http.ResponseWriter, r *http.Request) {
 			"apiKey and clientSecret are required.", nil)
 		return
 	}
-	if req.APIKey != s.apiKey || req.ClientSecret != s.clientSecret {
+	if req.APIKey != s.APIKey() || req.ClientSecret != s.ClientSecret() {
 		writeError(w, http.StatusUnauthorized, "unauthorized", "Unauthorized",
 			"The apiKey or clientSecret is not valid.", nil)
 		return
@@ -796,7 +831,7 @@ func (s *Server) mintJWT() (string, error) {
 	if exp.Nanosecond() > 0 {
 		expUnix++
 	}
-	jwt, err := SignHS256(s.clientSecret, map[string]any{
+	jwt, err := SignHS256(s.ClientSecret(), map[string]any{
 		"iss": "issuertest",
 		"sub": "issuertest-client",
 		"iat": now.Unix(),

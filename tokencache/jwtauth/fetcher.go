@@ -39,15 +39,14 @@ const maxRetryAfter = 24 * time.Hour
 // expiry from its exp claim. It implements tokencache.Fetcher and
 // tokencache.Identifier, and is safe for concurrent use.
 type Fetcher struct {
-	apiKey       string
-	clientSecret string
-	baseURL      string
-	path         string
-	client       *http.Client
-	now          func() time.Time
-	timeout      time.Duration
-	verify       bool
-	optErr       error // first option given a value it cannot use
+	creds   func() (apiKey, clientSecret string) // the credential of the moment
+	baseURL string
+	path    string
+	client  *http.Client
+	now     func() time.Time
+	timeout time.Duration
+	verify  bool
+	optErr  error // first option given a value it cannot use
 }
 
 var (
@@ -157,15 +156,32 @@ func WithHMACVerification(on bool) Option { return func(f *Fetcher) { f.verify =
 // option given a value it cannot use) is reported by Validate, and by
 // every Fetch.
 func New(apiKey, clientSecret string, opts ...Option) *Fetcher {
+	return NewFunc(func() (string, string) { return apiKey, clientSecret }, opts...)
+}
+
+// NewFunc is New with credentials that may change while the program runs:
+// creds is called for each authenticate request, each rotated token's
+// signature check and by Identity, so an API key or client secret rotated
+// in a secrets file or manager is used by the next request without
+// rebuilding the Fetcher or the cache. creds must be safe for concurrent
+// use and cheap (return values held in memory). A nil creds is a
+// configuration error.
+//
+// The cache fingerprints the credential from Identity, so after a rotation
+// it treats tokens minted under the previous credential as another
+// credential's (see tokencache.Identifier).
+func NewFunc(creds func() (apiKey, clientSecret string), opts ...Option) *Fetcher {
 	f := &Fetcher{
-		apiKey:       apiKey,
-		clientSecret: clientSecret,
-		path:         DefaultPath,
-		now:          time.Now,
-		timeout:      DefaultTimeout,
+		creds:   creds,
+		path:    DefaultPath,
+		now:     time.Now,
+		timeout: DefaultTimeout,
 	}
 	for _, o := range opts {
 		o(f)
+	}
+	if creds == nil {
+		f.refuse("NewFunc(nil): no credentials")
 	}
 	f.client = noRedirects(f.client)
 	return f
@@ -177,7 +193,8 @@ func New(apiKey, clientSecret string, opts ...Option) *Fetcher {
 func (f *Fetcher) Identity() string {
 	var b strings.Builder
 	b.WriteString("jwtauth")
-	for _, s := range []string{f.endpointString(), f.apiKey, f.clientSecret} {
+	apiKey, clientSecret := f.credentials()
+	for _, s := range []string{f.endpointString(), apiKey, clientSecret} {
 		// Length-prefixed, so no two different triples share an identity.
 		b.WriteByte('|')
 		b.WriteString(strconv.Itoa(len(s)))
@@ -185,6 +202,15 @@ func (f *Fetcher) Identity() string {
 		b.WriteString(s)
 	}
 	return b.String()
+}
+
+// credentials returns the credential of the moment; none for a Fetcher
+// not built by New or NewFunc.
+func (f *Fetcher) credentials() (apiKey, clientSecret string) {
+	if f.creds == nil {
+		return "", ""
+	}
+	return f.creds()
 }
 
 // Validate reports whether f can make requests, without making one: every
@@ -211,10 +237,13 @@ func (f *Fetcher) Fetch(ctx context.Context) (tokencache.Token, error) {
 		ctx, cancel = context.WithTimeout(ctx, f.timeout)
 		defer cancel()
 	}
+	// One read of the credentials per request: the body, the signature
+	// check and the scrubbing of the answer agree even if they rotate.
+	apiKey, clientSecret := f.credentials()
 	body, err := json.Marshal(struct {
 		APIKey       string `json:"apiKey"`
 		ClientSecret string `json:"clientSecret"`
-	}{f.apiKey, f.clientSecret})
+	}{apiKey, clientSecret})
 	if err != nil { // cannot happen for two strings; never echo them
 		return tokencache.Token{}, &Error{Code: "invalid-config", Err: ErrConfig}
 	}
@@ -233,7 +262,7 @@ func (f *Fetcher) Fetch(ctx context.Context) (tokencache.Token, error) {
 	data, tooLarge, readErr := readLimited(resp.Body, maxBodySize)
 
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return tokencache.Token{}, f.statusError(resp, data)
+		return tokencache.Token{}, f.statusError(resp, data, apiKey, clientSecret)
 	}
 	fail := func(code string, err error) (tokencache.Token, error) {
 		return tokencache.Token{}, &Error{StatusCode: resp.StatusCode, Code: code, Err: err}
@@ -253,7 +282,7 @@ func (f *Fetcher) Fetch(ctx context.Context) (tokencache.Token, error) {
 		return fail("invalid-token", err)
 	}
 	if f.verify {
-		if err := verifyHS256(p, []byte(f.clientSecret)); err != nil {
+		if err := verifyHS256(p, []byte(clientSecret)); err != nil {
 			return fail("invalid-signature", err)
 		}
 	}
@@ -316,9 +345,9 @@ func safeURL(u *url.URL) string {
 }
 
 // statusError turns a non-2xx answer into an *Error.
-func (f *Fetcher) statusError(resp *http.Response, body []byte) *Error {
+func (f *Fetcher) statusError(resp *http.Response, body []byte, apiKey, clientSecret string) *Error {
 	code, msg := errorDetails(body)
-	if code != "" && scrub(code, f.apiKey, f.clientSecret) != code {
+	if code != "" && scrub(code, apiKey, clientSecret) != code {
 		code = "" // the issuer echoed a credential or a token as its "code"
 	}
 	if code == "" {
@@ -327,7 +356,7 @@ func (f *Fetcher) statusError(resp *http.Response, body []byte) *Error {
 	return &Error{
 		StatusCode: resp.StatusCode,
 		Code:       code,
-		Message:    scrub(msg, f.apiKey, f.clientSecret),
+		Message:    scrub(msg, apiKey, clientSecret),
 		retryAfter: httpx.RetryAfter(resp.Header.Get("Retry-After"), f.now(), maxRetryAfter),
 	}
 }

@@ -36,7 +36,8 @@ func (f *Fetcher) FromResponse(resp *http.Response) (tokencache.Token, bool, err
 		return tokencache.Token{}, false, err
 	}
 	if f.verify {
-		if err := verifyHS256(p, []byte(f.clientSecret)); err != nil {
+		_, clientSecret := f.credentials()
+		if err := verifyHS256(p, []byte(clientSecret)); err != nil {
 			return tokencache.Token{}, false, err
 		}
 	}

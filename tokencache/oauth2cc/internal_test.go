@@ -21,7 +21,7 @@ func TestOwnTimeout(t *testing.T) {
 	}
 	url, hits := hostile.Hang(t)
 	cfg.TokenURL = url + "/token"
-	f := &fetcher{cfg: cfg, now: time.Now, timeout: 50 * time.Millisecond}
+	f := &fetcher{cfg: func() *clientcredentials.Config { return cfg }, now: time.Now, timeout: 50 * time.Millisecond}
 	_, err := f.Fetch(context.Background())
 	var oe *Error
 	if !errors.As(err, &oe) || oe.Code != "timeout" {

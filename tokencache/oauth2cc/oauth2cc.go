@@ -47,6 +47,24 @@ import (
 // The Fetcher also implements Identifier: its identity covers the token URL,
 // the client id and secret, the scopes and the extra endpoint parameters.
 func New(cfg *clientcredentials.Config) tokencache.Fetcher {
+	return &fetcher{cfg: func() *clientcredentials.Config { return cfg }, now: time.Now, timeout: Timeout}
+}
+
+// NewFunc is New with a configuration that may change while the program
+// runs: cfg is called for each token request and by Identity, so a client
+// id or secret rotated in a secrets file or manager is used by the next
+// request without rebuilding the Fetcher or the cache. cfg must be safe
+// for concurrent use and cheap (return a Config held in memory, replaced
+// whole on a rotation, never changed in place). A nil cfg, or a nil
+// Config, fails each Fetch with an "invalid-config" *Error.
+//
+// The cache fingerprints the credential from Identity, so after a rotation
+// it treats tokens minted under the previous credential as another
+// credential's (see tokencache.Identifier).
+func NewFunc(cfg func() *clientcredentials.Config) tokencache.Fetcher {
+	if cfg == nil {
+		cfg = func() *clientcredentials.Config { return nil }
+	}
 	return &fetcher{cfg: cfg, now: time.Now, timeout: Timeout}
 }
 
@@ -57,7 +75,7 @@ const Timeout = 15 * time.Second
 
 // fetcher is the Fetcher ClientCredentials returns.
 type fetcher struct {
-	cfg     *clientcredentials.Config
+	cfg     func() *clientcredentials.Config // the configuration of the moment
 	now     func() time.Time
 	timeout time.Duration // per request; 0: the context alone
 }
@@ -84,7 +102,8 @@ var (
 
 // Fetch requests a new token from the token endpoint.
 func (c *fetcher) Fetch(ctx context.Context) (tokencache.Token, error) {
-	if c.cfg == nil {
+	cfg := c.cfg()
+	if cfg == nil {
 		return tokencache.Token{}, &Error{Code: "invalid-config", Description: "nil clientcredentials.Config"}
 	}
 	ctx = noRedirectContext(ctx)
@@ -93,9 +112,9 @@ func (c *fetcher) Fetch(ctx context.Context) (tokencache.Token, error) {
 		ctx, cancel = context.WithTimeout(ctx, c.timeout)
 		defer cancel()
 	}
-	t, err := c.cfg.Token(ctx)
+	t, err := cfg.Token(ctx)
 	if err != nil {
-		return tokencache.Token{}, c.translate(ctx, err)
+		return tokencache.Token{}, c.translate(ctx, cfg, err)
 	}
 	invalid := func(desc string) (tokencache.Token, error) {
 		return tokencache.Token{}, &Error{Code: "invalid-token", Description: desc, Err: tokencache.ErrInvalidToken}
@@ -121,17 +140,18 @@ func (c *fetcher) Fetch(ctx context.Context) (tokencache.Token, error) {
 // are minted for. It contains the client secret: the cache only ever stores
 // or sends a salted hash of it.
 func (c *fetcher) Identity() string {
-	if c.cfg == nil {
+	cfg := c.cfg()
+	if cfg == nil {
 		return "oauth2-client-credentials|nil"
 	}
 	var b strings.Builder
 	b.WriteString("oauth2-client-credentials")
 	for _, s := range []string{
-		c.cfg.TokenURL,
-		c.cfg.ClientID,
-		c.cfg.ClientSecret,
-		strings.Join(c.cfg.Scopes, " "),
-		c.cfg.EndpointParams.Encode(), // sorted by key: audience, resource, ...
+		cfg.TokenURL,
+		cfg.ClientID,
+		cfg.ClientSecret,
+		strings.Join(cfg.Scopes, " "),
+		cfg.EndpointParams.Encode(), // sorted by key: audience, resource, ...
 	} {
 		// Length-prefixed, so no two different configurations collide.
 		b.WriteByte('|')
@@ -145,12 +165,12 @@ func (c *fetcher) Identity() string {
 // translate turns an x/oauth2 error into an *Error. A
 // *oauth2.RetrieveError is not kept in the chain: its Error method prints
 // the raw response body, which may hold anything the issuer chose to echo.
-func (c *fetcher) translate(ctx context.Context, err error) *Error {
+func (c *fetcher) translate(ctx context.Context, cfg *clientcredentials.Config, err error) *Error {
 	var rerr *oauth2.RetrieveError
 	if errors.As(err, &rerr) {
 		e := &Error{
-			Code:        ccCode(rerr.ErrorCode, c.cfg.ClientSecret),
-			Description: httpx.Scrub(rerr.ErrorDescription, 200, c.cfg.ClientSecret),
+			Code:        ccCode(rerr.ErrorCode, cfg.ClientSecret),
+			Description: httpx.Scrub(rerr.ErrorDescription, 200, cfg.ClientSecret),
 		}
 		if rerr.Response != nil {
 			e.StatusCode = rerr.Response.StatusCode
@@ -172,7 +192,7 @@ func (c *fetcher) translate(ctx context.Context, err error) *Error {
 
 	var uerr *url.Error
 	var nerr net.Error
-	where := "POST " + ccSafeURL(c.cfg.TokenURL)
+	where := "POST " + ccSafeURL(cfg.TokenURL)
 	switch {
 	case errors.Is(err, errCCRedirect):
 		dest := "elsewhere"
@@ -192,9 +212,9 @@ func (c *fetcher) translate(ctx context.Context, err error) *Error {
 	// failed body read). None of them quotes the body.
 	msg := err.Error()
 	if strings.Contains(msg, "missing access_token") || strings.Contains(msg, "cannot parse") {
-		return &Error{Code: "invalid-response", Description: httpx.Scrub(msg, 200, c.cfg.ClientSecret), Err: tokencache.ErrInvalidToken}
+		return &Error{Code: "invalid-response", Description: httpx.Scrub(msg, 200, cfg.ClientSecret), Err: tokencache.ErrInvalidToken}
 	}
-	return &Error{Code: "oauth2", Description: httpx.Scrub(msg, 200, c.cfg.ClientSecret), retryable: true}
+	return &Error{Code: "oauth2", Description: httpx.Scrub(msg, 200, cfg.ClientSecret), retryable: true}
 }
 
 const ccMaxRetryAfter = 24 * time.Hour

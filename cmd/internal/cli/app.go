@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"sort"
 	"strings"
+	"sync"
 
 	"github.com/redis/go-redis/v9"
 
@@ -19,8 +20,12 @@ import (
 type app struct {
 	env     Env
 	g       globals
-	secrets []string
+	secrets scrubList // every secret read, to scrub from messages
 	log     *slog.Logger
+	watch   watchList // the values read from files, re-read while the command runs
+
+	credMu sync.Mutex                  // guards creds
+	creds  map[string]*watched[string] // the secrets read, by file and variable: read once
 }
 
 // session is what a command works with: Redis, the cache, and the token
@@ -83,7 +88,7 @@ func (a *app) open(ctx context.Context, o openOpts, opts ...tokencache.Option) (
 			return uf, err
 		}, 16))
 	}
-	tc, err := a.g.redisTLS()
+	tc, err := a.redisTLS()
 	if err != nil {
 		return nil, err
 	}
@@ -108,7 +113,7 @@ func (a *app) open(ctx context.Context, o openOpts, opts ...tokencache.Option) (
 		// refresh-window gauge (metrics.go) is computed from it.
 		tokencache.WithRefreshAhead(refreshAheadShare),
 	}
-	kr, err := a.g.keyRing()
+	kr, err := a.keyRing()
 	if err != nil {
 		s.Close()
 		return nil, err
@@ -248,7 +253,7 @@ func (a *app) scrub(s string) string {
 }
 
 func (a *app) secretsToScrub() []string {
-	out := append(append([]string(nil), a.secrets...), a.g.readSecrets...)
+	out := a.secrets.list()
 	for k := range secretEnv {
 		v := strings.TrimSpace(a.env.getenv(k))
 		switch {

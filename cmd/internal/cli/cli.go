@@ -35,6 +35,10 @@ type Env struct {
 	// Executable is the path of this program, used by the demo to start
 	// replicas; empty means os.Executable().
 	Executable string
+	// Reload, if not nil, replaces SIGHUP for daemon, serve and proxy:
+	// each receive makes them re-read their secret files at once. Tests
+	// use it; nil means SIGHUP.
+	Reload <-chan struct{}
 }
 
 func (e Env) getenv(k string) string {
@@ -64,13 +68,14 @@ func commands() []command {
 	return []command{
 		{name: "get", args: "[--header]", short: "print a valid token (or an Authorization header), fetching or waiting as needed", run: runGet},
 		{name: "refresh", args: "[--min-ttl D] [--force]", short: "cron mode: refresh the shared token if less than D remains; one status line", run: runRefresh},
-		{name: "daemon", args: "[--listen ADDR] [--interval D]", short: "keep the token fresh ahead of expiry; serves /healthz, /readyz, /metrics", run: runDaemon},
+		{name: "daemon", args: "[--listen ADDR] [--interval D] [--reload-interval D]", short: "keep the token fresh ahead of expiry; serves /healthz, /readyz, /metrics", run: runDaemon},
 		{name: "serve", args: "[--listen unix:PATH|ADDR]", short: "serve the token to local programs in any language: GET /v1/token, POST /v1/token/invalidate", run: runServe},
 		{name: "proxy", args: "[--upstream URL] [--listen unix:PATH|ADDR]", short: "forward API requests to the upstream, adding the token; a 401 refreshes it once for the fleet", run: runProxy},
 		{name: "inspect", args: "[--json]", short: "show the cached token's key, generation, expiry, TTL, writer, fingerprints (never the token)", run: runInspect},
 		{name: "invalidate", args: "[--fingerprint FP] [--generation N]", short: "compare-and-delete the cached token and publish \"invalidated\"", run: runInvalidate},
 		{name: "healthcheck", args: "[--url URL] [--timeout D]", short: "GET a URL, exit 0 on 2xx: a container health check for images without curl", run: runHealthcheck},
 		{name: "demo", args: "[--replicas N] [--latency D]", short: "embedded Redis + fake issuer + N replica processes: one issuer call serves all", run: runDemo},
+		{name: "version", short: "print the module version, VCS revision and time, and Go version (also --version)", run: runVersion},
 		{name: "demo-replica", hidden: true, run: runDemoReplica},
 	}
 }
@@ -104,9 +109,13 @@ func (a *app) run(ctx context.Context, args []string) error {
 		return err
 	}
 	fs := a.newFlagSet("tokencache")
+	version := fs.Bool("version", false, "print the version and exit (the version command)")
 	fs.Usage = func() { a.usage(a.env.Stdout) }
 	if err := a.parse(fs, args); err != nil {
 		return err
+	}
+	if *version {
+		return runVersion(ctx, a, fs.Args())
 	}
 	if fs.NArg() == 0 {
 		return usagef("no command given (commands: %s; run \"tokencache -h\" for help)", strings.Join(visibleNames(), ", "))
@@ -204,6 +213,7 @@ func (a *app) usage(w io.Writer) {
 	for _, k := range keys {
 		fmt.Fprintf(w, "  %-8s %s\n", k, secretEnv[k])
 	}
+	fmt.Fprintf(w, "\n--version prints the version (the version command).\n")
 	fmt.Fprintf(w, "\nlogs: TOKENCACHE_LOG_LEVEL (debug|info|warn|error, default info), TOKENCACHE_LOG_FORMAT (text|json, default text)\n")
 }
 

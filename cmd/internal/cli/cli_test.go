@@ -172,16 +172,16 @@ func TestSecretFile(t *testing.T) {
 	if err := os.WriteFile(p, []byte("  from-file\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	g := globals{getenv: func(string) string { return "from-env" }}
-	if s, err := g.secret(p, EnvBasiqAPIKey); err != nil || s != "from-file" {
-		t.Errorf("file: got %q, %v", s, err)
+	a := &app{g: globals{getenv: func(string) string { return "from-env" }}}
+	if w, err := a.secretValue(p, EnvBasiqAPIKey, "the key", true, nil); err != nil || w.get() != "from-file" {
+		t.Errorf("file: got %v, %v", w, err)
 	}
-	if s, err := g.secret("", EnvBasiqAPIKey); err != nil || s != "from-env" {
-		t.Errorf("env: got %q, %v", s, err)
+	if w, err := a.secretValue("", EnvBasiqAPIKey, "the key", true, nil); err != nil || w.get() != "from-env" {
+		t.Errorf("env: got %v, %v", w, err)
 	}
 	empty := filepath.Join(dir, "empty")
 	_ = os.WriteFile(empty, nil, 0o600)
-	if _, err := g.secret(empty, EnvBasiqAPIKey); ExitCode(err) != ExitUsage {
+	if _, err := a.secretValue(empty, EnvBasiqAPIKey, "the key", true, nil); ExitCode(err) != ExitUsage {
 		t.Errorf("empty file: %v", err)
 	}
 }
@@ -220,7 +220,7 @@ func TestHelp(t *testing.T) {
 }
 
 func TestExplainFetchError(t *testing.T) {
-	a := &app{g: globals{issuerURL: "https://au-api.basiq.io", provider: "basiq"}, secrets: []string{"sk-SECRET-xyz"}}
+	a := &app{g: globals{issuerURL: "https://au-api.basiq.io", provider: "basiq"}, secrets: scrubList{s: []string{"sk-SECRET-xyz"}}}
 	inner := &basiq.Error{Status: 403, Code: "access-denied", CorrelationID: "corr-1", Detail: "bad key sk-SECRET-xyz"}
 	err := a.explain(&tokencache.FetchError{Code: "access-denied", Err: inner, Until: time.Now()})
 	msg := err.Error()

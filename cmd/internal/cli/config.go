@@ -1,10 +1,8 @@
 package cli
 
 import (
-	"errors"
 	"flag"
 	"log/slog"
-	"os"
 	"strings"
 
 	"github.com/tokencache/tokencache/tokencache"
@@ -115,10 +113,9 @@ type globals struct {
 	logLevel  slog.Level
 	logFormat string
 
-	getenv      func(string) string
-	readSecrets []string        // secrets read from files, to scrub from messages
-	fromEnv     map[string]bool // globals set by the environment
-	visited     map[string]bool // flags set on the command line
+	getenv  func(string) string
+	fromEnv map[string]bool // globals set by the environment
+	visited map[string]bool // flags set on the command line
 }
 
 var globalNames = map[string]bool{
@@ -190,28 +187,6 @@ func (g *globals) register(fs *flag.FlagSet) {
 	fs.StringVar(&g.encKeysFile, "encryption-keys-file", g.encKeysFile, "encrypt tokens at rest with the key ring in this file (id:base64key,...; $"+EnvEncryptionKeys+")")
 }
 
-// keyRing loads the at-rest encryption keys, if any: from the file given
-// by --encryption-keys-file, else from the environment.
-func (g *globals) keyRing() (*tokencache.KeyRing, error) {
-	spec := g.getenv(EnvEncryptionKeys)
-	if g.encKeysFile != "" {
-		b, err := os.ReadFile(g.encKeysFile)
-		if err != nil {
-			return nil, usagef("--encryption-keys-file: %v", err)
-		}
-		spec = string(b)
-		g.readSecrets = append(g.readSecrets, keySpecSecrets(spec)...)
-	}
-	if strings.TrimSpace(spec) == "" {
-		return nil, nil
-	}
-	kr, err := tokencache.ParseKeyRing(spec)
-	if err != nil {
-		return nil, usagef("encryption keys: %s", strings.TrimPrefix(err.Error(), "tokencache: "))
-	}
-	return kr, nil
-}
-
 // explicitRedis reports whether the Redis URL was chosen by a flag or the
 // environment rather than defaulted.
 func (g *globals) explicitRedis() bool { return g.visited["redis"] || g.fromEnv["redis"] }
@@ -255,27 +230,6 @@ func checkUserID(id string) error {
 		return usagef("--user-id %q: %s", id, strings.TrimPrefix(err.Error(), "tokencache: "))
 	}
 	return nil
-}
-
-// secret reads a secret from its file flag, else from the environment. It
-// returns "" when neither is set.
-func (g *globals) secret(file, envKey string) (string, error) {
-	if file != "" {
-		b, err := os.ReadFile(file)
-		if err != nil {
-			var pe *os.PathError
-			if errors.As(err, &pe) {
-				err = pe.Err
-			}
-			return "", usagef("cannot read secret file %s: %v", file, err)
-		}
-		s := strings.TrimSpace(string(b))
-		if s == "" {
-			return "", usagef("secret file %s is empty", file)
-		}
-		return s, nil
-	}
-	return strings.TrimSpace(g.getenv(envKey)), nil
 }
 
 func (g *globals) logger(a *app) *slog.Logger {

@@ -45,7 +45,8 @@ func runDaemon(ctx context.Context, a *app, args []string) error {
 	fs := a.newFlagSet("daemon")
 	listen := fs.String("listen", DefaultListen, "address of the /healthz, /readyz and /metrics server")
 	interval := fs.Duration("interval", DefaultInterval, "how often to ask for the token (refresh-ahead does the rest)")
-	fs.Usage = a.subUsage(fs, "[--listen ADDR] [--interval D]", "Keep the token fresh ahead of expiry; serve /healthz, /readyz and /metrics.")
+	reload := fs.Duration("reload-interval", DefaultReloadInterval, "how often to look for changed secret files (0: on SIGHUP only)")
+	fs.Usage = a.subUsage(fs, "[--listen ADDR] [--interval D] [--reload-interval D]", "Keep the token fresh ahead of expiry; serve /healthz, /readyz and /metrics.")
 	if err := a.parse(fs, args); err != nil {
 		return err
 	}
@@ -54,6 +55,9 @@ func runDaemon(ctx context.Context, a *app, args []string) error {
 	}
 	if *interval < 100*time.Millisecond {
 		return usagef("daemon: --interval %v is below 100ms", *interval)
+	}
+	if *reload < 0 {
+		return usagef("daemon: --reload-interval %v is negative (0: on SIGHUP only)", *reload)
 	}
 	d := &daemon{a: a, interval: *interval}
 	var stats func() tokencache.Stats
@@ -66,6 +70,7 @@ func runDaemon(ctx context.Context, a *app, args []string) error {
 	defer s.Close()
 	d.s = s
 	stats = s.cache.Stats
+	defer a.watchSecrets(ctx, *reload, a.recheck(s.tok))()
 
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {

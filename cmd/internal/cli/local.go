@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -27,6 +28,9 @@ type localFlags struct {
 	rate          float64
 	burst         int
 	metricsListen string
+	reload        time.Duration
+
+	secret func() string // the bearer secret of the moment; nil if none
 }
 
 // register adds the listener flags; defRate is the command's default
@@ -40,6 +44,7 @@ func (f *localFlags) register(fs *flag.FlagSet, defListen string, defRate float6
 	fs.Float64Var(&f.rate, "rate", defRate, "requests per second allowed to one client (0: no limit)")
 	fs.IntVar(&f.burst, "burst", localapi.DefaultBurst, "burst of requests allowed to one client")
 	fs.StringVar(&f.metricsListen, "metrics-listen", "", "address of a plain HTTP /healthz and /metrics server (default none)")
+	fs.DurationVar(&f.reload, "reload-interval", DefaultReloadInterval, "how often to look for changed secret files (0: on SIGHUP only)")
 }
 
 // listenConfig reads the secret and checks the listener rules: a
@@ -52,26 +57,47 @@ func (f *localFlags) listenConfig(a *app, cmd string) (localapi.ListenConfig, er
 	if mode == 0 {
 		return localapi.ListenConfig{}, usagef("%s: --socket-mode 0 would lock everyone out", cmd)
 	}
+	if f.reload < 0 {
+		return localapi.ListenConfig{}, usagef("%s: --reload-interval %v is negative (0: on SIGHUP only)", cmd, f.reload)
+	}
 	if f.rate < 0 || f.burst < 1 {
 		return localapi.ListenConfig{}, usagef("%s: --rate must be 0 or more and --burst 1 or more", cmd)
 	}
-	secret, err := a.g.secret(f.secretFile, EnvListenSecret)
+	w, err := a.secretValue(f.secretFile, EnvListenSecret, "the listen secret", false, func(s string) error {
+		if len(s) < localapi.MinSecretLen {
+			return fmt.Errorf("the bearer secret is %d bytes, want at least %d", len(s), localapi.MinSecretLen)
+		}
+		return nil
+	})
 	if err != nil {
 		return localapi.ListenConfig{}, err
 	}
-	if secret != "" {
-		a.secrets = append(a.secrets, secret)
+	secret := ""
+	if w != nil {
+		secret = w.get()
+		// The secret of the moment for each request: a rotated secret
+		// file is checked from the next request on.
+		f.secret = w.get
 	}
 	c := localapi.ListenConfig{Addr: f.listen, Mode: os.FileMode(mode), Secret: secret, CertFile: f.certFile, KeyFile: f.keyFile}
 	if err := c.Check(); err != nil {
 		return c, usagef("%s: %v (secret: $%s or --listen-secret-file; TLS: --tls-cert-file and --tls-key-file)", cmd, err, EnvListenSecret)
+	}
+	if c.CertFile != "" {
+		w, err := a.certPair("the listener's TLS certificate", c.CertFile, c.KeyFile)
+		if err != nil {
+			return c, usagef("%s: listen %s: TLS certificate: %v", cmd, c.Addr, err)
+		}
+		// The certificate of the moment for each handshake: a renewed
+		// pair is used by the next connection.
+		c.GetCertificate = func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return w.get(), nil }
 	}
 	return c, nil
 }
 
 // guard returns h behind the secret and the rate limit of the flags.
 func (f *localFlags) guard(h http.Handler, c localapi.ListenConfig, rejected func(*http.Request, string)) http.Handler {
-	return localapi.Guard(h, localapi.GuardConfig{Secret: c.Secret, Rate: rate.Limit(f.rate), Burst: f.burst, Rejected: rejected})
+	return localapi.Guard(h, localapi.GuardConfig{Secret: c.Secret, SecretFunc: f.secret, Rate: rate.Limit(f.rate), Burst: f.burst, Rejected: rejected})
 }
 
 // serveLocal serves h on the listener of c, and the metrics on

@@ -57,6 +57,7 @@ func runProxy(ctx context.Context, a *app, args []string) error {
 	}
 	defer s.Close()
 	stats = s.cache.Stats
+	defer a.watchSecrets(ctx, lf.reload, a.recheck(s.tok))()
 	user := ""
 	if a.g.scope == "CLIENT_ACCESS" {
 		user = a.g.userID
@@ -70,4 +71,4 @@ func runProxy(ctx context.Context, a *app, args []string) error {
 	return lf.serveLocal(ctx, a, "proxy", lc, h, m)
 }
 
-const proxySynopsis = "[--upstream URL] [--listen unix:PATH|ADDR] [--socket-mode 0600] [--listen-secret-file F] [--tls-cert-file F --tls-key-file F] [--rate N] [--burst N] [--metrics-listen ADDR]"
+const proxySynopsis = "[--upstream URL] [--listen unix:PATH|ADDR] [--socket-mode 0600] [--listen-secret-file F] [--tls-cert-file F --tls-key-file F] [--rate N] [--burst N] [--metrics-listen ADDR] [--reload-interval D]"

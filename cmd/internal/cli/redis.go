@@ -70,6 +70,7 @@ func openRedis(raw string, tc *redisTLS) (*redisConn, error) {
 		}
 		if o.TLSConfig != nil {
 			o.TLSConfig = tc.config(o.TLSConfig)
+			o.Dialer = tc.dialerFor(o.TLSConfig, o.DialTimeout)
 		}
 		addr := "sentinel " + strings.Join(o.SentinelAddrs, ",") + " master " + o.MasterName
 		return &redisConn{client: redis.NewFailoverClient(o), addr: addr}, nil
@@ -80,6 +81,7 @@ func openRedis(raw string, tc *redisTLS) (*redisConn, error) {
 		}
 		if o.TLSConfig != nil {
 			o.TLSConfig = tc.config(o.TLSConfig)
+			o.Dialer = tc.dialerFor(o.TLSConfig, o.DialTimeout)
 		}
 		return &redisConn{client: redis.NewClusterClient(o), addr: "cluster " + strings.Join(o.Addrs, ",")}, nil
 	case strings.HasPrefix(raw, "redis://"), strings.HasPrefix(raw, "rediss://"):
@@ -91,6 +93,7 @@ func openRedis(raw string, tc *redisTLS) (*redisConn, error) {
 			setFailoverTimeouts(o)
 			if o.TLSConfig != nil {
 				o.TLSConfig = tc.config(o.TLSConfig)
+				o.Dialer = tc.dialerFor(o.TLSConfig, o.DialTimeout)
 			}
 			addr := "sentinel " + strings.Join(o.SentinelAddrs, ",") + " master " + o.MasterName
 			return &redisConn{client: redis.NewFailoverClient(o), addr: addr}, nil
@@ -110,6 +113,7 @@ func openRedis(raw string, tc *redisTLS) (*redisConn, error) {
 		}
 		if o.TLSConfig != nil {
 			o.TLSConfig = tc.config(o.TLSConfig)
+			o.Dialer = tc.dialerFor(o.TLSConfig, o.DialTimeout)
 		}
 		return &redisConn{client: redis.NewClient(o), addr: o.Addr}, nil
 	default:

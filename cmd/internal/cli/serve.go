@@ -67,6 +67,7 @@ func runServe(ctx context.Context, a *app, args []string) error {
 	}
 	defer s.Close()
 	stats = s.cache.Stats
+	defer a.watchSecrets(ctx, lf.reload, a.recheck(s.tok))()
 	src := localapi.NewSource(s.cache, users, a.explainLine)
 
 	// Warm up: the first client finds the token in memory. The warm-up
@@ -87,4 +88,4 @@ func runServe(ctx context.Context, a *app, args []string) error {
 	return lf.serveLocal(ctx, a, "serve", lc, h, m)
 }
 
-const serveSynopsis = "[--listen unix:PATH|ADDR] [--socket-mode 0600] [--listen-secret-file F] [--tls-cert-file F --tls-key-file F] [--rate N] [--burst N] [--metrics-listen ADDR]"
+const serveSynopsis = "[--listen unix:PATH|ADDR] [--socket-mode 0600] [--listen-secret-file F] [--tls-cert-file F --tls-key-file F] [--rate N] [--burst N] [--metrics-listen ADDR] [--reload-interval D]"

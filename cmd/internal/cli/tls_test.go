@@ -13,8 +13,8 @@ import (
 // TLS 1.2 floor.
 func TestOpenRedisTLSForms(t *testing.T) {
 	files := redistest.GenerateTLS(t, t.TempDir())
-	g := globals{redisCAFile: files.CAFile, redisCertFile: files.ClientCertFile, redisKeyFile: files.ClientKeyFile}
-	tc, err := g.redisTLS()
+	a := &app{g: globals{redisCAFile: files.CAFile, redisCertFile: files.ClientCertFile, redisKeyFile: files.ClientKeyFile}}
+	tc, err := a.redisTLS()
 	if err != nil {
 		t.Fatal(err)
 	}

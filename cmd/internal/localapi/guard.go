@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/time/rate"
 )
@@ -27,6 +28,12 @@ const maxClients = 4096
 type GuardConfig struct {
 	// Secret, if not empty, must come as "Authorization: Bearer <secret>".
 	Secret string
+	// SecretFunc, if not nil, replaces Secret: it is called for each
+	// request, so a secret rotated while the server runs (re-read from its
+	// file) is checked from the next request on. It must be cheap and
+	// safe for concurrent use. A SecretFunc that returns "" refuses every
+	// request: a guard built with a secret never turns open.
+	SecretFunc func() string
 	// Rate is the requests per second allowed to one client, Burst the
 	// bucket; Rate 0 means no limit. A client is a remote IP on TCP; on a
 	// Unix socket, whose mode admits one user, every client shares one
@@ -42,18 +49,19 @@ type GuardConfig struct {
 // answer carries Cache-Control: no-store. A wrong or missing secret is
 // answered 401 with no detail, whatever was wrong.
 func Guard(next http.Handler, c GuardConfig) http.Handler {
-	g := &guard{next: next, c: c, limiters: map[string]*rate.Limiter{}}
-	if c.Secret != "" {
-		sum := sha256.Sum256([]byte(c.Secret))
-		g.secretSum = sum[:]
+	g := &guard{next: next, c: c, limiters: map[string]*rate.Limiter{}, secret: c.SecretFunc}
+	if g.secret == nil && c.Secret != "" {
+		s := c.Secret
+		g.secret = func() string { return s }
 	}
 	return g
 }
 
 type guard struct {
-	next      http.Handler
-	c         GuardConfig
-	secretSum []byte // SHA-256 of the secret; nil if none
+	next   http.Handler
+	c      GuardConfig
+	secret func() string                // the secret of the moment; nil if none
+	sum    atomic.Pointer[secretDigest] // the digest of the secret last seen
 
 	mu       sync.Mutex // guards limiters
 	limiters map[string]*rate.Limiter
@@ -61,7 +69,7 @@ type guard struct {
 
 func (g *guard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
-	if g.secretSum != nil && !g.authorized(r) {
+	if g.secret != nil && !g.authorized(r) {
 		g.reject(r, ResultUnauthorized)
 		w.Header().Set("WWW-Authenticate", "Bearer")
 		http.Error(w, "unauthorized", http.StatusUnauthorized)
@@ -86,12 +94,37 @@ func (g *guard) reject(r *http.Request, result string) {
 // hashed first, so neither the secret's content nor its length shows in
 // the time taken.
 func (g *guard) authorized(r *http.Request) bool {
+	want, ok := g.digest()
+	if !ok {
+		return false
+	}
 	scheme, cred, ok := strings.Cut(r.Header.Get("Authorization"), " ")
 	if !ok || !strings.EqualFold(scheme, "Bearer") {
 		return false
 	}
 	sum := sha256.Sum256([]byte(strings.TrimSpace(cred)))
-	return subtle.ConstantTimeCompare(sum[:], g.secretSum) == 1
+	return subtle.ConstantTimeCompare(sum[:], want[:]) == 1
+}
+
+// secretDigest is a secret with its SHA-256, computed once per secret.
+type secretDigest struct {
+	secret string
+	sum    [sha256.Size]byte
+}
+
+// digest returns the SHA-256 of the secret of the moment, and false if it
+// is empty.
+func (g *guard) digest() ([sha256.Size]byte, bool) {
+	s := g.secret()
+	if s == "" {
+		return [sha256.Size]byte{}, false
+	}
+	if d := g.sum.Load(); d != nil && d.secret == s {
+		return d.sum, true
+	}
+	d := &secretDigest{secret: s, sum: sha256.Sum256([]byte(s))}
+	g.sum.Store(d)
+	return d.sum, true
 }
 
 func (g *guard) allow(key string) bool {

@@ -37,6 +37,12 @@ type ListenConfig struct {
 	Secret string
 	// CertFile and KeyFile, both or neither, serve TLS.
 	CertFile, KeyFile string
+	// GetCertificate, if not nil, gives the certificate of each TLS
+	// handshake instead of the pair Listen would load from CertFile and
+	// KeyFile once (which must still be set: they say TLS is on), so that
+	// a certificate renewed while the server runs is used by the next
+	// connection.
+	GetCertificate func(*tls.ClientHelloInfo) (*tls.Certificate, error)
 }
 
 // ConfigError is a listener configuration the rules refuse. Its message is
@@ -126,12 +132,16 @@ func (c ListenConfig) Listen() (net.Listener, error) {
 	if c.CertFile == "" {
 		return ln, nil
 	}
-	cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
-	if err != nil {
-		_ = ln.Close()
-		return nil, &ConfigError{Addr: c.Addr, Msg: fmt.Sprintf("TLS certificate: %v", err)}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: c.GetCertificate}
+	if c.GetCertificate == nil {
+		cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
+		if err != nil {
+			_ = ln.Close()
+			return nil, &ConfigError{Addr: c.Addr, Msg: fmt.Sprintf("TLS certificate: %v", err)}
+		}
+		tc.Certificates = []tls.Certificate{cert}
 	}
-	return tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}), nil
+	return tls.NewListener(ln, tc), nil
 }
 
 func (c ListenConfig) mode() os.FileMode {
