@@ -231,8 +231,9 @@ type Stats struct {
 	BudgetLeft    int64  // issuer calls left in the fleet's budget window, as last seen (-1: unknown or no budget)
 	Resubscribes  uint64 // subscriptions replaced after a failed probe
 	// RejectionsHeld counts the API's 401s that Transport returned without
-	// invalidating the token, because it was younger than the rejection
-	// window (see Handle.Transport).
+	// invalidating the token: the API had rejected a token fetched after
+	// an invalidation before accepting any, and the token was not one it
+	// accepted before (see Handle.Transport).
 	RejectionsHeld uint64
 	// TransientWaits counts waits to re-check Redis after a cluster slot
 	// was moving (TRYAGAIN, ASK, MOVED): Redis answered, so no fail-open.

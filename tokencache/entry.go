@@ -2,7 +2,6 @@ package tokencache
 
 import (
 	"context"
-	"sync/atomic"
 	"time"
 
 	"github.com/tokencache/tokencache/tokencache/internal/protocol"
@@ -36,9 +35,6 @@ type entry struct {
 	iss   issuer     // the Fetcher, its retries and budget
 	cred  credential // whose token it is
 	sig   *signal    // wakes waiters: a token or a failure arrived
-
-	syncing   atomic.Bool // an event-driven re-read runs
-	syncAgain atomic.Bool // another event arrived during it
 }
 
 // newEntry is the entry for the token at keys k that f fetches.
@@ -48,6 +44,7 @@ func (c *Cache) newEntry(k keys, f Fetcher) *entry {
 	e.mem = memory{keep: c.cfg.l1, now: c.monoNow, moved: e.sched.arm}
 	e.fails = failures{sig: e.sig, now: c.now, held: e.mem.heldGen, negativeTTL: c.cfg.negativeTTL, backoffMax: c.cfg.backoffMax}
 	e.sched.e = e
+	e.sched.work.run, e.sched.work.start = e.sched.runJobs, c.goBackground
 	e.rf.e = e
 	e.iss = issuer{c: c, k: k, f: f, cred: &e.cred, fails: &e.fails}
 	return e

@@ -506,24 +506,29 @@ func TestAReadThatStartedBeforeAnAbsentAnswerCannotBringTheTokenBack(t *testing.
 				t.Fatal(err)
 			}
 			held := holdReads(t, c)
-			e.sync() // the re-read a "refreshed" event starts
-			syncRead := <-held
+			// A read that is not the worker's: a caller's flight, a
+			// cron Refresh, or a re-read on another goroutine.
+			direct := make(chan struct{})
+			go func() {
+				defer close(direct)
+				_, _, _ = e.readAndInstall(ctx)
+			}()
+			directRead := <-held
 			// Evicted: no event.
 			rdb.Del(ctx, e.k.Token, e.k.Fence)
 			e.mem.expireSoft()
-			_, _ = c.Token(ctx) // starts the background re-check
+			_, _ = c.Token(ctx) // asks the worker for the re-check
 			recheckRead := <-held
-			synced, _ := e.sig.arm()
 			if order == "install after the drop" {
 				close(recheckRead)
 				eventually(t, "the re-check to drop the copy", func() bool { return e.mem.l1.Load() == nil })
-				close(syncRead)
-				<-synced
+				close(directRead)
+				<-direct
 			} else {
-				close(syncRead)
-				<-synced
+				close(directRead)
+				<-direct
 				close(recheckRead)
-				eventually(t, "the re-check to finish", func() bool { return !e.sched.busy.Load() })
+				eventually(t, "the re-check to finish", e.sched.work.idle)
 			}
 			if s := e.mem.l1.Load(); s != nil {
 				t.Fatalf("the deleted token (generation %d) is served again", s.gen)

@@ -141,17 +141,20 @@ func (h *Handle) Inspect(ctx context.Context) (Status, error) {
 // request once. A request whose body cannot be rewound (no GetBody) is not
 // retried: its 401 is returned. base nil means http.DefaultTransport.
 //
-// After one invalidation, a new token the API rejects while it is younger
-// than the rejection window (10 s at first) is evidence against the API (a
-// revoked application, a wrong base URL, an outage that answers 401), not
-// against the token: its 401 is returned to the caller without another
-// invalidation, so an API that rejects every token costs the fleet one
-// issuer call per window, whatever the request rate. The window doubles,
-// up to 5 minutes, each time a token fetched after a 401 is rejected at
-// once, and is back at 10 s after the first response that is not a 401.
-// Every replica judges a token's age on the same clock (Redis's), so the
-// whole fleet holds back together; Stats().RejectionsHeld counts the 401s
-// returned this way.
+// A 401 is decided on evidence (see evidence.go). A token the API
+// accepted before, or the one that was served when an invalidation
+// happened, is always invalidated and the request retried: a second
+// revocation soon after a first one is the token's fault. Only a token
+// fetched after an invalidation that the API rejects before accepting any
+// request is evidence against the API (a revoked application, a wrong base
+// URL, an outage that answers 401): for a window of 10 s, doubling up to 5
+// minutes with each such token in a row, the 401s of tokens the API has
+// not accepted are returned to the caller without another invalidation, so
+// an API that rejects every token costs the fleet a few issuer calls per
+// window, whatever the request rate. The replica that finds the evidence
+// tells the fleet (a "rejected" event), so every replica holds back
+// together; the first response that is not a 401 ends the window.
+// Stats().RejectionsHeld counts the 401s returned this way.
 func (h *Handle) Transport(base http.RoundTripper) http.RoundTripper {
 	return &transport{h: h, c: h.c, base: base}
 }

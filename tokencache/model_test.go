@@ -1135,6 +1135,30 @@ func TestModelRegressions(t *testing.T) {
 			step(m.burst)
 		},
 	}, {
+		// A replica paused just after it takes the lock (a GC pause,
+		// SIGSTOP, a slow reply) finds, once it wakes, the token the
+		// next holder stored meanwhile. Its copy's refresh-ahead moment
+		// is timed from when the reply arrived, not from before the
+		// paused request: timed from before, it comes early by the
+		// pause, and the replica refreshes a token with most of its life
+		// left (two issuer calls in one lifetime).
+		name: "a replica paused at the lock does not refresh the token it finds early",
+		cfg:  modelConfig{replicas: 3, life: 3 * time.Second, lockTTL: 800 * time.Millisecond, pauseFor: 1500 * time.Millisecond},
+		steps: func(m *model, step func(func())) {
+			var join func()
+			step(func() { m.pause(m.reps[0]) })
+			step(func() { join = m.callAsync(m.reps[0]) })
+			step(func() { m.waitPaused(m.reps[0]) })
+			step(func() { m.call(m.reps[1]) })
+			step(func() { join() })
+			// Callers keep using the paused replica's copy through the
+			// rest of the token's refresh-ahead share of its life.
+			for range 10 {
+				step(func() { m.wait(150 * time.Millisecond) })
+				step(func() { m.call(m.reps[0]) })
+			}
+		},
+	}, {
 		// README: "a paused holder wakes late: its write is fenced out;
 		// the newer token stays".
 		name: "a holder paused in its issuer call costs one more call and its late token does not win",

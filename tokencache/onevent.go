@@ -1,7 +1,6 @@
 package tokencache
 
 import (
-	"context"
 	"time"
 
 	"github.com/tokencache/tokencache/tokencache/internal/protocol"
@@ -30,7 +29,7 @@ func (e *entry) onEvent(ev protocol.Event) {
 			e.sig.fire()
 			return
 		}
-		e.sync()
+		e.sched.sync()
 	case protocol.EventRefreshing:
 		if ev.Origin != e.c.origin && (ev.Credential == "" || e.cred.same(ev.Credential)) {
 			e.mem.hold(ev.Generation, e.c.cfg.lockTTL)
@@ -56,7 +55,7 @@ func (e *entry) onEvent(ev protocol.Event) {
 			// Without a key ring no event names the credential (that would
 			// be an offline oracle for it): whose failure it is, the
 			// failure key in Redis says, read with the token.
-			e.sync()
+			e.sched.sync()
 			return
 		}
 		fe := &FetchError{Code: ev.Code, Retryable: ev.Retryable, Remote: true, Message: ev.Message}
@@ -66,33 +65,5 @@ func (e *entry) onEvent(ev protocol.Event) {
 			fe.Until = e.c.now().Add(min(time.Duration(ev.RetryInMS)*time.Millisecond, e.fails.limit(ev.Retryable)))
 		}
 		e.fails.record(fe)
-	}
-}
-
-// sync re-reads Redis after a "refreshed" event, then wakes the waiters.
-func (e *entry) sync() {
-	if !e.syncing.CompareAndSwap(false, true) {
-		e.syncAgain.Store(true)
-		return
-	}
-	if !e.c.goBackground(func(ctx context.Context) {
-		for {
-			e.syncAgain.Store(false)
-			rctx, cancel := context.WithTimeout(ctx, e.c.cfg.lockTTL)
-			_, _, err := e.readAndInstall(rctx)
-			cancel()
-			e.sig.fire()
-			if err == nil && e.syncAgain.Load() {
-				continue
-			}
-			e.syncing.Store(false)
-			// An event that arrived between the check above and the
-			// store saw syncing still set and only raised syncAgain.
-			if err != nil || !e.syncAgain.Load() || !e.syncing.CompareAndSwap(false, true) {
-				return
-			}
-		}
-	}) {
-		e.syncing.Store(false)
 	}
 }

@@ -10,17 +10,18 @@ import (
 	"github.com/tokencache/tokencache/lock"
 )
 
-// This file is when one token's background work runs: the timer set to
-// the in-memory copy's next moment, the one background run at a time
-// (kick), and what that run does: write back a token fetched while Redis
-// was down, re-check Redis, or refresh ahead of expiry under the lock
-// while callers keep getting the current token.
+// This file is when and where one token's background work runs: the
+// timer set to the in-memory copy's next moment, the token's one worker
+// (see worker), and what its jobs do: re-read Redis after a fleet event
+// (jobSync), and at the copy's moment write back a token fetched while
+// Redis was down, re-check Redis, or refresh ahead of expiry under the
+// lock while callers keep getting the current token (jobCheck).
 
 // scheduler runs the background work of one entry.
 type scheduler struct {
 	e *entry
 
-	busy atomic.Bool // a background refresh or re-check runs
+	work worker // the token's one background goroutine, on demand
 	// used: a caller asked for the token since the timer last fired.
 	// The timer fires at the copy's next moment (its refresh-ahead
 	// moment), so a replica in use refreshes at its own jittered moment,
@@ -103,17 +104,111 @@ func (sc *scheduler) moment(s *snapshot) mono {
 	return min(expiry-mono(float64(life)*(1-c.cfg.refreshAhead)), s.dueAt)
 }
 
-// kick starts the background re-check / refresh-ahead, once at a time.
-func (sc *scheduler) kick() {
-	if sc.busy.Load() || !sc.busy.CompareAndSwap(false, true) {
+// kick asks the worker for the background re-check / refresh-ahead.
+func (sc *scheduler) kick() { sc.work.ask(jobCheck) }
+
+// sync asks the worker to re-read Redis after a fleet event and wake the
+// waiters.
+func (sc *scheduler) sync() { sc.work.ask(jobSync) }
+
+// A job is background work asked of a token's worker: a set of bits, so
+// that any number of asks before the worker gets to them is one run.
+type job uint32
+
+const (
+	// jobSync re-reads Redis after a fleet event ("refreshed", or a
+	// failure whose credential only Redis says) and wakes the waiters.
+	jobSync job = 1 << iota
+	// jobCheck is the copy's moment: write back, re-check, refresh ahead.
+	jobCheck
+)
+
+// worker is a token's one background goroutine. It is started by the
+// first ask when none runs, takes every job asked so far at once, runs
+// them, and exits when a look finds none asked. The asked jobs are the one
+// slot: they are set, taken and the exit decided under one mutex, which
+// keeps "a job asked implies a worker that will take it" true at every
+// step, so no wake-up is lost however asks and exits interleave, and the
+// asks that come while a job runs cost one more run, not one each.
+type worker struct {
+	mu sync.Mutex
+	// jobs: the job bits asked and not yet taken; written under mu, read
+	// without it by ask's fast path.
+	jobs atomic.Uint32
+	// running: a worker goroutine exists (or is being started) that will
+	// take the jobs asked. jobs != 0 implies running.
+	running bool
+	run     func(ctx context.Context, j job) // runs one batch of jobs
+	start   func(fn func(ctx context.Context)) bool
+}
+
+// ask asks the worker for j, starting it if none runs.
+func (w *worker) ask(j job) {
+	if job(w.jobs.Load())&j == j {
+		// Asked and not taken yet: the worker that takes it runs (jobs
+		// != 0 implies running), and its run starts after this ask.
 		return
 	}
-	if !sc.e.c.goBackground(func(ctx context.Context) {
-		defer sc.busy.Store(false)
-		sc.background(ctx)
-	}) {
-		sc.busy.Store(false)
+	w.mu.Lock()
+	w.jobs.Or(uint32(j))
+	start := !w.running
+	w.running = true
+	w.mu.Unlock()
+	if start && !w.start(w.loop) {
+		// The cache is closing: nothing runs any more, and nothing is
+		// left asked for a run that will not come.
+		w.mu.Lock()
+		w.running = false
+		w.jobs.Store(0)
+		w.mu.Unlock()
 	}
+}
+
+// take takes every job asked, or, when none is, ends the worker.
+func (w *worker) take() job {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	j := job(w.jobs.Swap(0))
+	if j == 0 {
+		w.running = false
+	}
+	return j
+}
+
+// loop is the worker goroutine: batches of jobs until none is asked.
+func (w *worker) loop(ctx context.Context) {
+	for j := w.take(); j != 0; j = w.take() {
+		w.run(ctx, j)
+	}
+}
+
+// runJobs runs one batch of the entry's jobs: the event's re-read first (it
+// may bring the token the check would otherwise refresh), then the check
+// if the copy is still due for one.
+func (sc *scheduler) runJobs(ctx context.Context, j job) {
+	e := sc.e
+	if j&jobSync != 0 {
+		rctx, cancel := context.WithTimeout(ctx, e.c.cfg.lockTTL)
+		_, _, _ = e.readAndInstall(rctx)
+		cancel()
+		e.sig.fire()
+	}
+	if j&jobCheck != 0 && sc.due() {
+		sc.background(ctx)
+	}
+}
+
+// due reports whether the check asked for is still due: what asked for
+// it (a caller, the timer, a read) saw the copy past its soft moment; a
+// check that ran since has moved the moment, and asking again is then
+// moot. With no copy in memory (WithL1(false), or none kept) the asker's
+// reading is all there is, and a pending write-back is always due.
+func (sc *scheduler) due() bool {
+	if sc.e.rf.pending.Load() != nil {
+		return true
+	}
+	s := sc.e.mem.l1.Load()
+	return s == nil || sc.e.c.monoNow() >= s.softUntil
 }
 
 // background re-reads Redis and, if the token is due, refreshes it ahead

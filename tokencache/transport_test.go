@@ -17,6 +17,7 @@ import (
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/oauth2"
+	"pgregory.net/rapid"
 
 	"github.com/tokencache/tokencache/internal/redistest"
 )
@@ -386,4 +387,121 @@ func TestTokenSourceExpiryKeepsTheWritersSkew(t *testing.T) {
 	if time.Until(ot.Expiry)-10*time.Second > 31*time.Second {
 		t.Errorf("oauth2 would reuse the token past the cache's skewed expiry")
 	}
+}
+
+// revokingAPI is an API that revokes every token it minted when told to,
+// and counts, per token, the requests it accepted from each replica (by a
+// header the test's transports send).
+type revokingAPI struct {
+	*api
+	mu       sync.Mutex
+	accepted map[string]map[string]int // token → replica → requests accepted
+}
+
+func (a *revokingAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	rec := httptest.NewRecorder()
+	a.api.ServeHTTP(rec, r)
+	if rec.Code == http.StatusOK {
+		tok := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
+		a.mu.Lock()
+		if a.accepted[tok] == nil {
+			a.accepted[tok] = map[string]int{}
+		}
+		a.accepted[tok][r.Header.Get("X-Replica")]++
+		a.mu.Unlock()
+	}
+	w.WriteHeader(rec.Code)
+	_, _ = w.Write(rec.Body.Bytes())
+}
+
+// replicasAccepted is how many replicas the API accepted tok from.
+func (a *revokingAPI) replicasAccepted(tok string) int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.accepted[tok])
+}
+
+// replicaHeader tags each request with the replica that sent it.
+type replicaHeader struct {
+	name string
+	next http.RoundTripper
+}
+
+func (h replicaHeader) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.Header.Set("X-Replica", h.name)
+	return h.next.RoundTrip(r)
+}
+
+// A token that the API accepted, revoked soon after the revocation that
+// replaced its predecessor, is the token's fault, not the API's: every
+// request is retried with a new token and succeeds, and each revocation
+// costs the fleet one issuer call. The revocations are drawn by rapid:
+// how many, and how many requests each token serves first (at least one
+// per replica, so every replica has seen the API accept it), with the
+// replicas' requests concurrent.
+func TestRevocationsInQuickSuccessionAreRetriedNotHeld(t *testing.T) {
+	srv := redistest.Start(t)
+	rapid.Check(t, func(rt *rapid.T) {
+		ctx := ctxT(t)
+		rdb := srv.Client(t)
+		if err := rdb.FlushAll(ctx).Err(); err != nil {
+			rt.Fatal(err)
+		}
+		a := &revokingAPI{api: newAPI(), accepted: map[string]map[string]int{}}
+		hs := httptest.NewServer(a)
+		defer hs.Close()
+		replicas := rapid.IntRange(2, 4).Draw(rt, "replicas")
+		revocations := rapid.IntRange(1, 4).Draw(rt, "revocations")
+		var clients []*http.Client
+		for i := range replicas {
+			c := newCache(t, srv.Client(t), a.fetcher(), fastOpts()...)
+			defer c.Close()
+			clients = append(clients, &http.Client{Transport: replicaHeader{fmt.Sprint(i), c.Transport(nil)}})
+		}
+		get := func(i int) int {
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, hs.URL, nil)
+			resp, err := clients[i].Do(req)
+			if err != nil {
+				rt.Fatalf("replica %d: %v", i, err)
+			}
+			_ = resp.Body.Close()
+			return resp.StatusCode
+		}
+		// round sends n requests from every replica at once and counts
+		// the answers that were not 200.
+		round := func(n int) int64 {
+			var failed atomic.Int64
+			var wg sync.WaitGroup
+			for i := range replicas {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for range n {
+						if code := get(i); code != http.StatusOK {
+							failed.Add(1)
+						}
+					}
+				}()
+			}
+			wg.Wait()
+			return failed.Load()
+		}
+		if failed := round(1); failed > 0 {
+			rt.Fatalf("%d requests failed before any revocation", failed)
+		}
+		for k := range revocations {
+			cur := a.minted.Load()
+			if got := a.replicasAccepted(fmt.Sprintf("api-token-%d", cur)); got != replicas {
+				rt.Fatalf("the current token was accepted from %d of %d replicas", got, replicas)
+			}
+			a.revokeAll()
+			if failed := round(rapid.IntRange(1, 5).Draw(rt, "requests")); failed > 0 {
+				rt.Fatalf("revocation %d: %d requests came back with the API's 401 although a new token would be accepted", k+1, failed)
+			}
+		}
+		if got, want := a.minted.Load(), int64(1+revocations); got != want {
+			rt.Fatalf("issuer calls = %d, want %d: the first token and one per revocation", got, want)
+		}
+	})
 }

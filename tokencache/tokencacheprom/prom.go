@@ -96,7 +96,7 @@ func NewCollector(src StatsSource, opts ...Option) *Collector {
 			d("tokencache_fail_open_total", "Direct issuer fetches while Redis was unreachable.", func(s tokencache.Stats) uint64 { return s.FailOpen }),
 			d("tokencache_redis_hits_total", "Token calls answered from Redis.", func(s tokencache.Stats) uint64 { return s.RedisHits }),
 			d("tokencache_resubscribes_total", "Event subscriptions replaced after a failed liveness probe.", func(s tokencache.Stats) uint64 { return s.Resubscribes }),
-			d("tokencache_rejections_held_total", "The API's 401s returned without invalidating a token younger than the rejection window.", func(s tokencache.Stats) uint64 { return s.RejectionsHeld }),
+			d("tokencache_rejections_held_total", "The API's 401s returned without invalidating the token, while the API rejected a new token before accepting any.", func(s tokencache.Stats) uint64 { return s.RejectionsHeld }),
 			d("tokencache_transient_waits_total", "Waits to re-check Redis while a cluster slot was moving.", func(s tokencache.Stats) uint64 { return s.TransientWaits }),
 		},
 		budget: prometheus.NewDesc("tokencache_issuer_budget_remaining",

@@ -1,0 +1,210 @@
+package tokencache
+
+import (
+	"context"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"pgregory.net/rapid"
+)
+
+// idle reports whether no worker goroutine runs or is being started.
+func (w *worker) idle() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return !w.running
+}
+
+// A worker loses no wake-up: every ask is followed by a run of its job
+// that starts after the ask, however asks from many goroutines interleave
+// with runs and with the worker's exits; one goroutine runs at a time;
+// and asks that pile up while a run is going cost one more run, not one
+// each. The interleavings are drawn by rapid: which goroutine asks which
+// job, and where each run pauses.
+func TestWorkerLosesNoWakeUpAndRunsOneAtATime(t *testing.T) {
+	rapid.Check(t, func(rt *rapid.T) {
+		var (
+			asked    [2]atomic.Int64 // per job: the last ask's number
+			seen     [2]atomic.Int64 // per job: the highest ask number a run started after
+			seq      atomic.Int64
+			inRun    atomic.Int32
+			overlaps atomic.Int32
+			runs     atomic.Int32
+			wg       sync.WaitGroup
+		)
+		pauses := rapid.SliceOfN(rapid.IntRange(0, 3), 1, 64).Draw(rt, "pauses")
+		var w worker
+		w.start = func(fn func(context.Context)) bool {
+			wg.Add(1)
+			go func() { defer wg.Done(); fn(context.Background()) }()
+			return true
+		}
+		w.run = func(_ context.Context, j job) {
+			if inRun.Add(1) > 1 {
+				overlaps.Add(1)
+			}
+			n := runs.Add(1)
+			// What this run covers: every ask made before it began.
+			now := seq.Load()
+			for i, b := range []job{jobSync, jobCheck} {
+				if j&b != 0 {
+					for {
+						s := seen[i].Load()
+						if now <= s || seen[i].CompareAndSwap(s, now) {
+							break
+						}
+					}
+				}
+			}
+			for range pauses[int(n)%len(pauses)] {
+				runtime.Gosched()
+			}
+			inRun.Add(-1)
+		}
+		askers := rapid.IntRange(1, 8).Draw(rt, "askers")
+		plans := make([][]job, askers)
+		yields := make([][]int, askers)
+		for i := range plans {
+			plans[i] = rapid.SliceOfN(rapid.SampledFrom([]job{jobSync, jobCheck, jobSync | jobCheck}), 1, 50).Draw(rt, "plan")
+			yields[i] = rapid.SliceOfN(rapid.IntRange(0, 2), len(plans[i]), len(plans[i])).Draw(rt, "yields")
+		}
+		var askersWG sync.WaitGroup
+		for a, plan := range plans {
+			askersWG.Add(1)
+			go func() {
+				defer askersWG.Done()
+				for k, j := range plan {
+					for range yields[a][k] {
+						runtime.Gosched()
+					}
+					// The ask's number is taken before the ask: a run that
+					// read seq at or after it started after the ask began.
+					n := seq.Add(1)
+					for i, b := range []job{jobSync, jobCheck} {
+						if j&b != 0 {
+							asked[i].Store(max(asked[i].Load(), n))
+						}
+					}
+					w.ask(j)
+				}
+			}()
+		}
+		askersWG.Wait()
+		wg.Wait() // every worker goroutine has exited: nothing more will run
+		if !w.idle() {
+			rt.Fatal("the worker says it runs after its goroutine exited")
+		}
+		for i, name := range []string{"sync", "check"} {
+			if a, s := asked[i].Load(), seen[i].Load(); a > s {
+				rt.Fatalf("%s asked at %d, but the last run of it started at %d: a lost wake-up", name, a, s)
+			}
+		}
+		if n := overlaps.Load(); n > 0 {
+			rt.Fatalf("%d runs overlapped another", n)
+		}
+		total := 0
+		for _, p := range plans {
+			total += len(p)
+		}
+		if r := int(runs.Load()); r > total {
+			rt.Fatalf("%d runs for %d asks", r, total)
+		}
+	})
+}
+
+// Asks that come while a run is going are one more run between them, not
+// one each.
+func TestWorkerCoalescesAsksMadeDuringARun(t *testing.T) {
+	var w worker
+	var wg sync.WaitGroup
+	w.start = func(fn func(context.Context)) bool {
+		wg.Add(1)
+		go func() { defer wg.Done(); fn(context.Background()) }()
+		return true
+	}
+	entered, release := make(chan struct{}), make(chan struct{})
+	var runs atomic.Int32
+	w.run = func(context.Context, job) {
+		if runs.Add(1) == 1 {
+			close(entered)
+			<-release
+		}
+	}
+	w.ask(jobCheck)
+	<-entered
+	for range 100 {
+		w.ask(jobCheck)
+		w.ask(jobSync)
+	}
+	close(release)
+	wg.Wait()
+	if got := runs.Load(); got != 2 {
+		t.Errorf("runs = %d, want 2: the first, and one for the 200 asks made during it", got)
+	}
+}
+
+// A worker whose cache is closing starts nothing, and is not left marked
+// running: it starts once the cache would take goroutines again.
+func TestWorkerThatCannotStartIsNotLeftRunning(t *testing.T) {
+	var w worker
+	w.start = func(func(context.Context)) bool { return false }
+	w.run = func(context.Context, job) { t.Fatal("ran although nothing could start") }
+	w.ask(jobCheck)
+	if !w.idle() {
+		t.Fatal("marked running although it could not start")
+	}
+	started := false
+	w.start = func(fn func(context.Context)) bool { started = true; return true }
+	w.ask(jobCheck)
+	if !started {
+		t.Fatal("an ask after a failed start started nothing")
+	}
+}
+
+// The worker's protocol, step by step, as a rapid state machine: the test
+// plays the worker goroutine (start only records that one was started),
+// so every interleaving of asks, takes and exits that the mutex allows is
+// one drawn sequence. After every step: a job asked is one a worker will
+// take (jobs != 0 implies running), at most one worker goroutine exists,
+// and every ask is taken by a take that comes after it.
+func TestWorkerProtocolModel(t *testing.T) {
+	rapid.Check(t, func(rt *rapid.T) {
+		var w worker
+		goroutines := 0 // worker goroutines started and not exited
+		w.start = func(func(context.Context)) bool { goroutines++; return true }
+		var owed job // jobs asked and not taken since: the model
+		rt.Repeat(map[string]func(*rapid.T){
+			"ask": func(rt *rapid.T) {
+				j := rapid.SampledFrom([]job{jobSync, jobCheck, jobSync | jobCheck}).Draw(rt, "job")
+				w.ask(j)
+				owed |= j
+			},
+			"take": func(rt *rapid.T) {
+				if goroutines == 0 {
+					rt.Skip("no worker goroutine to step")
+				}
+				j := w.take()
+				if j != owed {
+					rt.Fatalf("took %b, want every job asked since the last take (%b)", j, owed)
+				}
+				owed = 0
+				if j == 0 {
+					goroutines-- // the loop ends
+				}
+			},
+			"": func(rt *rapid.T) {
+				if goroutines > 1 {
+					rt.Fatalf("%d worker goroutines", goroutines)
+				}
+				if owed != 0 && goroutines != 1 {
+					rt.Fatalf("jobs %b asked with no worker to take them: a lost wake-up", owed)
+				}
+				if w.idle() != (goroutines == 0) {
+					rt.Fatalf("running = %v with %d goroutines", !w.idle(), goroutines)
+				}
+			},
+		})
+	})
+}
