@@ -8,8 +8,8 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"testing"
 	"sync/atomic"
+	"testing"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
@@ -223,7 +223,7 @@ func TestObserverSeesTransportsHandlingOfA401(t *testing.T) {
 	tests := []struct {
 		name    string
 		accept  func(n int) bool // whether the API accepts its n-th request (from 1)
-		body    io.Reader // a body without GetBody, if not nil
+		body    io.Reader        // a body without GetBody, if not nil
 		want    string
 		refetch bool // a new token is fetched under the 401's step
 	}{
