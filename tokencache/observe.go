@@ -34,8 +34,9 @@ const (
 	// Code; Generation: the token served after it, when known.
 	OpRefresh
 	// OpIssuerCall is one call of the Fetcher (each retry is one). Result:
-	// ResultOK or ResultError, with Code the error code (FetchError.Code's:
-	// the issuer's own, or "timeout", "fetch-error").
+	// ResultOK or ResultError, with Code the issuer's error code (an
+	// error's ErrorCode method), or "timeout" for a deadline, or "" when
+	// the error says neither.
 	OpIssuerCall
 	// OpWrite is one fenced write of a new token to Redis. Result:
 	// ResultStored, ResultFenced (a newer lease or token exists) or
@@ -114,8 +115,8 @@ type Step struct {
 // An Outcome is how a step ended. Like Step, it holds nothing secret.
 type Outcome struct {
 	Result string // one of the Result constants; see each Op for which
-	// Code is the error code of a failed issuer call or refresh
-	// (FetchError.Code), else "".
+	// Code is the error code of a failed issuer call (see OpIssuerCall)
+	// or refresh (FetchError.Code), else "".
 	Code string
 	// Generation is the fencing generation of the token the step read,
 	// wrote or served, when known; else 0.
@@ -254,12 +255,21 @@ func lockOutcome(err error) Outcome {
 	return Outcome{Result: ResultError}
 }
 
-// issuerOutcome is how a Fetch call ended.
+// issuerOutcome is how a Fetch call ended: its code is the issuer's, or
+// "timeout", or none, as tokencacheprom labels an issuer call.
 func issuerOutcome(err error) Outcome {
-	if err != nil {
-		return Outcome{Result: ResultError, Code: errorCode(err)}
+	if err == nil {
+		return Outcome{Result: ResultOK}
 	}
-	return Outcome{Result: ResultOK}
+	o := Outcome{Result: ResultError}
+	var c interface{ ErrorCode() string }
+	switch {
+	case errors.As(err, &c) && c.ErrorCode() != "":
+		o.Code = c.ErrorCode()
+	case errors.Is(err, context.DeadlineExceeded):
+		o.Code = "timeout"
+	}
+	return o
 }
 
 // writeOutcome is how a fenced write of the token at generation gen ended.
