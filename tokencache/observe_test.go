@@ -68,12 +68,6 @@ func (r *recorder) lines() []string {
 	return slices.Clone(r.log)
 }
 
-func (r *recorder) reset() {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.log, r.steps, r.outcomes = nil, nil, map[Op][]Outcome{}
-}
-
 func (r *recorder) outcome(op Op) []Outcome {
 	r.mu.Lock()
 	defer r.mu.Unlock()

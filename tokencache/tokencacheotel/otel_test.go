@@ -67,7 +67,7 @@ func names(spans []sdktrace.ReadOnlySpan) []string {
 func attrs(s sdktrace.ReadOnlySpan) map[string]string {
 	m := map[string]string{}
 	for _, kv := range s.Attributes() {
-		m[string(kv.Key)] = kv.Value.Emit()
+		m[string(kv.Key)] = kv.Value.String()
 	}
 	return m
 }
@@ -273,19 +273,19 @@ func noSecrets(t *testing.T, r *rig, toks ...tokencache.Token) {
 	var values []string
 	for _, s := range r.tel.ended() {
 		for _, kv := range s.Attributes() {
-			values = append(values, kv.Value.Emit())
+			values = append(values, kv.Value.String())
 		}
 		values = append(values, s.Name(), s.Status().Description)
 		for _, ev := range s.Events() {
 			for _, kv := range ev.Attributes {
-				values = append(values, kv.Value.Emit())
+				values = append(values, kv.Value.String())
 			}
 		}
 	}
 	for _, m := range r.tel.collect(t) {
 		for _, set := range attributeSets(m) {
 			for _, kv := range set.ToSlice() {
-				values = append(values, kv.Value.Emit())
+				values = append(values, kv.Value.String())
 			}
 		}
 	}
