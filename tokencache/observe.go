@@ -172,9 +172,9 @@ func WithObserver(o Observer) Option {
 // context the first returned.
 type observers [2]Observer
 
-func (os observers) Start(ctx context.Context, s Step) (context.Context, func(Outcome)) {
-	ctx, end0 := startStep(os[0], ctx, s)
-	ctx, end1 := startStep(os[1], ctx, s)
+func (obs observers) Start(ctx context.Context, s Step) (context.Context, func(Outcome)) {
+	ctx, end0 := startStep(obs[0], ctx, s)
+	ctx, end1 := startStep(obs[1], ctx, s)
 	return ctx, func(o Outcome) {
 		end1(o)
 		end0(o)
