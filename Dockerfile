@@ -4,7 +4,8 @@
 #
 # The repository is a Go workspace (go.work): the library's module at the
 # root, the commands' in cmd/, the Prometheus adapter's in
-# tokencache/tokencacheprom/. The builder's Go is at least every go line
+# tokencache/tokencacheprom/, the OpenTelemetry adapter's in
+# tokencache/tokencacheotel/. The builder's Go is at least every go line
 # of them, and the dependency layer copies every module's go.mod and
 # go.sum (cmd/internal/cli's TestDockerfile checks both). Each module
 # downloads its own requirements: a workspace-wide "go mod download"
@@ -18,7 +19,8 @@ WORKDIR /src
 COPY go.work go.mod go.sum ./
 COPY cmd/go.mod cmd/go.sum ./cmd/
 COPY tokencache/tokencacheprom/go.mod tokencache/tokencacheprom/go.sum ./tokencache/tokencacheprom/
-RUN for m in . cmd tokencache/tokencacheprom; do (cd "$m" && GOWORK=off go mod download) || exit 1; done
+COPY tokencache/tokencacheotel/go.mod tokencache/tokencacheotel/go.sum ./tokencache/tokencacheotel/
+RUN for m in . cmd tokencache/tokencacheprom tokencache/tokencacheotel; do (cd "$m" && GOWORK=off go mod download) || exit 1; done
 COPY . .
 RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/ ./cmd/tokencache ./cmd/fakeissuer ./examples/backend ./examples/cron ./examples/peruser
 

@@ -43,6 +43,29 @@ func BenchmarkTokenL1(b *testing.B) {
 	})
 }
 
+// BenchmarkTokenL1Observed is BenchmarkTokenL1 with an observer: the
+// memory path calls none, so it costs the same, with 0 allocs/op.
+func BenchmarkTokenL1Observed(b *testing.B) {
+	rdb, _ := miniBackend(b)
+	var steps countingObserver
+	c := benchCache(b, rdb, WithObserver(&steps))
+	ctx := context.Background()
+	if _, err := c.Token(ctx); err != nil {
+		b.Fatal(err)
+	}
+	before := steps.n.Load()
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := c.Token(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	if n := steps.n.Load() - before; n != 0 {
+		b.Fatalf("%d observer calls on the memory path, want 0", n)
+	}
+}
+
 // BenchmarkReuseTokenSource is the reference to beat: golang.org/x/oauth2's
 // in-process cache, as the Basiq samples do it, with a valid token.
 func BenchmarkReuseTokenSource(b *testing.B) {

@@ -47,7 +47,7 @@ func (e *entry) slow(ctx context.Context) (Token, error) {
 			return Token{}, ErrClosed
 		}
 		defer e.c.wg.Done()
-		rctx, cancel := context.WithTimeout(e.c.ctx, e.c.cfg.refreshTimeout)
+		rctx, cancel := e.c.flightContext(ctx)
 		defer cancel()
 		return e.obtain(rctx)
 	}
@@ -116,7 +116,9 @@ func (e *entry) obtain(ctx context.Context) (Token, error) {
 			return Token{}, err
 		}
 
-		lease, err := e.c.locker.TryAcquire(ctx, e.k.Lock)
+		lctx, end := e.observe(ctx, OpLock)
+		lease, err := e.c.locker.TryAcquire(lctx, e.k.Lock)
+		end(lockOutcome(err))
 		switch {
 		case err == nil:
 			tok, err := e.rf.locked(ctx, lease, false, nil)
@@ -143,6 +145,7 @@ func (e *entry) obtain(ctx context.Context) (Token, error) {
 		// Another replica is refreshing: wait for its event, bounded by a
 		// jittered re-check so a lost message costs one interval.
 		e.c.stats.waits.Add(1)
+		_, endWait := e.observe(ctx, OpWait)
 		t := time.NewTimer(jitter(e.c.cfg.waitRecheck))
 		recheck = false
 		select {
@@ -151,9 +154,11 @@ func (e *entry) obtain(ctx context.Context) (Token, error) {
 			recheck = true
 		case <-ctx.Done():
 			t.Stop()
+			endWait(Outcome{Result: ResultCanceled})
 			return Token{}, e.c.ctxErr(ctx)
 		}
 		t.Stop()
+		endWait(waitOutcome(recheck))
 		if s := e.mem.valid(); s != nil {
 			return s.tok, nil
 		}

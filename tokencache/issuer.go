@@ -79,6 +79,8 @@ func (is *issuer) fetch(ctx context.Context, redisDown bool, spent *protocol.Bud
 // call calls the Fetcher, turning a panic into an error: a broken
 // issuer response must not take the process down.
 func (is *issuer) call(ctx context.Context) (tok Token, err error) {
+	ctx, end := is.c.observe(ctx, OpIssuerCall, is.k)
+	defer func() { end(issuerOutcome(err)) }() // after the recover below
 	defer func() {
 		if p := recover(); p != nil {
 			err = fmt.Errorf("tokencache: fetcher panicked: %v", p)

@@ -114,6 +114,7 @@ type config struct {
 	keyring        *KeyRing
 	redlock        []redis.UniversalClient
 	budgetWindow   time.Duration
+	observer       Observer // nil: none (see WithObserver)
 }
 
 func defaultConfig() config {

@@ -41,7 +41,9 @@ func (e *entry) read(ctx context.Context) (readResult, error) {
 	e.c.stats.redisReads.Add(1)
 	ticket := e.mem.ticket()
 	at := e.c.now()
-	r, err := e.c.st.read(ctx, e.k.Token, at)
+	octx, end := e.observe(ctx, OpRedisRead)
+	r, err := e.c.st.read(octx, e.k.Token, at)
+	end(readOutcome(r, err))
 	if err != nil {
 		e.c.stats.redisErrors.Add(1)
 		return r, err

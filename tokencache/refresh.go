@@ -29,8 +29,10 @@ type refresher struct {
 // the token fenced by the lease's generation, release. done, if not nil,
 // says whether a token found on the re-check makes the refresh
 // unnecessary; nil means any usable token does.
-func (rf *refresher) locked(ctx context.Context, lease *lock.Lease, ahead bool, done func(readResult) bool) (Token, error) {
+func (rf *refresher) locked(ctx context.Context, lease *lock.Lease, ahead bool, done func(readResult) bool) (tok Token, err error) {
 	e := rf.e
+	ctx, end := e.observe(ctx, OpRefresh)
+	defer func() { end(e.outcome(tok, err)) }()
 	defer func() {
 		if err := lease.Release(ctx); err != nil {
 			e.c.log().Warn("tokencache: lock released late", "key", e.k.Lock, "err", err)
@@ -89,7 +91,7 @@ func (rf *refresher) locked(ctx context.Context, lease *lock.Lease, ahead bool, 
 	// past it, or Redis lost it): another replica may be refreshing by
 	// now, and whatever this call returned would be fenced out anyway.
 	fctx, stop := leaseContext(ctx, lease)
-	tok, err := e.iss.fetch(fctx, false, spent)
+	tok, err = e.iss.fetch(fctx, false, spent)
 	stop()
 	if err != nil && errors.Is(lease.Err(), lock.ErrLeaseLost) && ctx.Err() == nil {
 		return Token{}, errLeaseTaken
@@ -246,7 +248,9 @@ func (rf *refresher) write(ctx context.Context, lease *lock.Lease, rec *record, 
 		}
 		ev := protocol.Event{Type: protocol.EventRefreshed, Key: e.k.Token, Generation: rec.Generation, By: e.c.cfg.host, Origin: e.c.origin, TokenFP: rec.TokenFP}
 		ev.ExpiresAt, _ = rec.Expiry()
-		w, err := e.c.st.write(ctx, e.k, stored, ttl, ev, lease.Value())
+		wctx, end := e.observe(ctx, OpWrite)
+		w, err := e.c.st.write(wctx, e.k, stored, ttl, ev, lease.Value())
+		end(writeOutcome(w, err, rec.Generation))
 		if err != nil || !w.Stale || !lift || attempt > 0 {
 			return w, err
 		}

@@ -61,6 +61,8 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		e.mem.acceptedBy(tok)
 		return resp, nil
 	}
+	ctx, end := e.observe(ctx, OpUnauthorized)
+	defer endUnauthorized(end, resp, &resp, &err)
 	if req.Body != nil && req.Body != http.NoBody && req.GetBody == nil {
 		return resp, nil // the body is spent: the caller must retry
 	}

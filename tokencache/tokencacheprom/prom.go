@@ -7,12 +7,14 @@
 //
 //	prometheus.MustRegister(tokencacheprom.NewCollector(cache))
 //
-// and, optionally, InstrumentFetcher adds the issuer calls by result and
-// their latency, as the daemon has them:
+// and, optionally, FetcherMetrics adds the issuer calls by result and
+// their latency, as the daemon has them, either wrapping the Fetcher or
+// as the cache's observer (tokencache.WithObserver):
 //
 //	fm := tokencacheprom.NewFetcherMetrics("default")
 //	prometheus.MustRegister(fm)
 //	cache, err := tokencache.New(rdb, fm.Wrap(basiq.New(key)))
+//	// or: tokencache.New(rdb, basiq.New(key), tokencache.WithObserver(fm))
 //
 // Every metric carries the label namespace, the cache's namespace (or the
 // value given to WithNamespaceLabel).
@@ -130,7 +132,10 @@ type FetcherMetrics struct {
 	duration prometheus.Histogram   // seconds per issuer call
 }
 
-var _ prometheus.Collector = (*FetcherMetrics)(nil)
+var (
+	_ prometheus.Collector = (*FetcherMetrics)(nil)
+	_ tokencache.Observer  = (*FetcherMetrics)(nil)
+)
 
 // NewFetcherMetrics returns FetcherMetrics labelled with namespace.
 func NewFetcherMetrics(namespace string) *FetcherMetrics {
@@ -169,6 +174,37 @@ func (m *FetcherMetrics) Wrap(f tokencache.Fetcher) tokencache.Fetcher {
 		return identifiedFetcher{observedFetcher: o, id: id}
 	}
 	return o
+}
+
+// Start implements tokencache.Observer: it counts and times each issuer
+// call the cache reports (tokencache.OpIssuerCall) as Wrap does, with the
+// same result labels, and ignores the other steps. Give a cache either
+// WithObserver(m) or a Fetcher wrapped by m, not both: each call would
+// count twice.
+func (m *FetcherMetrics) Start(ctx context.Context, s tokencache.Step) (context.Context, func(tokencache.Outcome)) {
+	if s.Op != tokencache.OpIssuerCall {
+		return ctx, nil
+	}
+	start := time.Now()
+	return ctx, func(o tokencache.Outcome) {
+		m.duration.Observe(time.Since(start).Seconds())
+		m.calls.WithLabelValues(OutcomeResult(o)).Inc()
+	}
+}
+
+// OutcomeResult labels an issuer call the cache reported to an observer,
+// as Result labels its error: "ok", the issuer's error code (at most 40
+// bytes), "timeout", or "error".
+func OutcomeResult(o tokencache.Outcome) string {
+	switch {
+	case o.Result == tokencache.ResultOK:
+		return "ok"
+	case o.Code == "":
+		return "error"
+	case len(o.Code) > maxResultLen:
+		return o.Code[:maxResultLen]
+	}
+	return o.Code
 }
 
 type observedFetcher struct {

@@ -3,6 +3,7 @@ package tokencacheprom_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -225,6 +226,46 @@ tokencache_issuer_requests_total{namespace="ns",result="timeout"} 1
 		t.Errorf("duration histogram:\n%s\nwant a count of 4", got)
 	}
 	if got := tokencacheprom.Result(&basiq.Error{Code: strings.Repeat("x", 100)}); len(got) != 40 {
+		t.Errorf("a 100-byte code labels as %d bytes, want 40", len(got))
+	}
+}
+
+// TestFetcherMetricsAsObserver gives FetcherMetrics to caches as their
+// observer: the issuer calls they report are labelled as Wrap labels them.
+func TestFetcherMetricsAsObserver(t *testing.T) {
+	mr := miniredis.RunT(t)
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	defer rdb.Close()
+	fm := tokencacheprom.NewFetcherMetrics("ns")
+	for i, err := range []error{nil, &basiq.Error{Code: "invalid-grant"}, context.DeadlineExceeded, errors.New("boom")} {
+		f := tokencache.FetcherFunc(func(context.Context) (tokencache.Token, error) {
+			if err != nil {
+				return tokencache.Token{}, err
+			}
+			return tokencache.Token{AccessToken: "tok", TokenType: "Bearer", Expiry: time.Now().Add(time.Hour)}, nil
+		})
+		cache, cerr := tokencache.New(rdb, f, tokencache.WithNamespace(fmt.Sprint("ns", i)), tokencache.WithObserver(fm),
+			tokencache.WithRetry(1, time.Millisecond, time.Millisecond))
+		if cerr != nil {
+			t.Fatal(cerr)
+		}
+		if _, terr := cache.Token(context.Background()); (terr == nil) != (err == nil) {
+			t.Errorf("Token with the issuer answering %v: %v", err, terr)
+		}
+		_ = cache.Close()
+	}
+	want := `
+# HELP tokencache_issuer_requests_total Issuer calls made by this process, by result (ok or the issuer's error code).
+# TYPE tokencache_issuer_requests_total counter
+tokencache_issuer_requests_total{namespace="ns",result="error"} 1
+tokencache_issuer_requests_total{namespace="ns",result="invalid-grant"} 1
+tokencache_issuer_requests_total{namespace="ns",result="ok"} 1
+tokencache_issuer_requests_total{namespace="ns",result="timeout"} 1
+`
+	if got := exposition(t, fm, "tokencache_issuer_requests_total"); got != strings.TrimPrefix(want, "\n") {
+		t.Errorf("exposition:\n%s\nwant:\n%s", got, want)
+	}
+	if got := tokencacheprom.OutcomeResult(tokencache.Outcome{Result: tokencache.ResultError, Code: strings.Repeat("x", 100)}); len(got) != 40 {
 		t.Errorf("a 100-byte code labels as %d bytes, want 40", len(got))
 	}
 }

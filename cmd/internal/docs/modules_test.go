@@ -21,7 +21,8 @@ const repoRoot = "../../.."
 
 // The repository is a Go workspace: go.work at the root uses the library's
 // module (the root), the commands' (cmd/) and the Prometheus adapter's
-// (tokencache/tokencacheprom/). The tests below keep the split invisible:
+// (tokencache/tokencacheprom/) and the OpenTelemetry adapter's
+// (tokencache/tokencacheotel/). The tests below keep the split invisible:
 // every module is in go.work, every go command the documentation shows
 // works from the root, the repository-wide ones reach every module, and a
 // program that imports the library does not get the commands'
@@ -466,5 +467,6 @@ func main() { fmt.Println(tokencache.DefaultNamespace) }
 }
 
 // commandOnly are the module paths (prefixes) that the commands, the
-// benchmark and the Prometheus adapter need, and the library does not.
-var commandOnly = []string{"github.com/prometheus/", "github.com/go-redis/cache/", "gopkg.in/yaml.v3@"}
+// benchmark and the Prometheus and OpenTelemetry adapters need, and the
+// library does not.
+var commandOnly = []string{"github.com/prometheus/", "github.com/go-redis/cache/", "gopkg.in/yaml.v3@", "go.opentelemetry.io/"}
