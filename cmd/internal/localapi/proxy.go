@@ -114,9 +114,9 @@ type proxy struct {
 
 func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Del("Cache-Control") // the upstream's answer decides (see modifyResponse)
-	if r.Method == http.MethodConnect {
+	if refusedMethod(r.Method) {
 		p.c.Metrics.proxyFailed("refused")
-		writeError(w, http.StatusMethodNotAllowed, "CONNECT is refused: this proxy forwards only to "+p.upstreamName())
+		writeError(w, http.StatusMethodNotAllowed, strings.ToUpper(r.Method)+" is refused: this proxy forwards only to "+p.upstreamName())
 		return
 	}
 	if r.URL.Host != "" && !p.sameUpstream(r.URL) {
@@ -132,6 +132,19 @@ func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// The attempt counter lives on the incoming request's context, so that
 	// both the transport and the error handler see it.
 	p.rp.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), attemptsKey{}, new(atomic.Int32))))
+}
+
+// refusedMethod reports whether the proxy refuses method: CONNECT would
+// tunnel past the host check; TRACE and TRACK make an upstream (or a load
+// balancer before it) that echoes them hand the fleet's token back to the
+// client. Compared without case, as some servers compare them.
+func refusedMethod(method string) bool {
+	for _, m := range []string{http.MethodConnect, http.MethodTrace, "TRACK"} {
+		if strings.EqualFold(method, m) {
+			return true
+		}
+	}
+	return false
 }
 
 func (p *proxy) upstreamName() string { return p.c.Upstream.Scheme + "://" + p.c.Upstream.Host }

@@ -4,9 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"math"
 	"net/http"
+	"net/url"
 	"strconv"
 	"time"
 )
@@ -72,17 +74,53 @@ type tokenHandler struct {
 	now func() time.Time
 }
 
-// userParam is the request's user_id, without parsing a query there is
-// none of (the common case: the server token).
-func userParam(r *http.Request) string {
-	if r.URL.RawQuery == "" {
-		return ""
+// userParam is the request's user_id: "" (the server token) only when
+// the query names no user at all. The query is parsed strictly, since the
+// server token must never answer a request that named a user: a query
+// that does not parse, a parameter other than user_id (User_Id included),
+// a user_id given twice or given empty are all errors (answered 400).
+func userParam(r *http.Request) (string, error) {
+	raw := r.URL.RawQuery
+	if raw == "" {
+		return "", nil
 	}
-	return r.URL.Query().Get("user_id")
+	q, err := url.ParseQuery(raw)
+	if err != nil {
+		return "", fmt.Errorf("%w: the query does not parse: want ?user_id=ID", ErrBadRequest)
+	}
+	for k := range q {
+		if k != "user_id" {
+			return "", fmt.Errorf("%w: unknown query parameter %q: the only one is user_id", ErrBadRequest, truncateParam(k))
+		}
+	}
+	vs := q["user_id"]
+	switch {
+	case len(vs) == 0:
+		// A query of "&" or ";"-free noise such as "?&": no parameter.
+		return "", fmt.Errorf("%w: want ?user_id=ID or no query", ErrBadRequest)
+	case len(vs) > 1:
+		return "", fmt.Errorf("%w: user_id is given %d times, want once", ErrBadRequest, len(vs))
+	case vs[0] == "":
+		return "", fmt.Errorf("%w: user_id is empty", ErrBadRequest)
+	}
+	return vs[0], nil
+}
+
+// truncateParam bounds a parameter name echoed in an error.
+func truncateParam(k string) string {
+	if len(k) > 40 {
+		return k[:40] + "…"
+	}
+	return k
 }
 
 func (h *tokenHandler) token(w http.ResponseWriter, r *http.Request) {
-	user := userParam(r)
+	user, err := userParam(r)
+	if err != nil {
+		h.m.tokenServed(true, TierNone, ResultBadRequest)
+		writeError(w, http.StatusBadRequest, h.src.Explain(err))
+		return
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), tokenTimeout)
 	defer cancel()
 	tok, tier, err := h.src.Token(ctx, user)
@@ -147,7 +185,12 @@ func plainJSON(s string) bool {
 }
 
 func (h *tokenHandler) invalidate(w http.ResponseWriter, r *http.Request) {
-	user := userParam(r)
+	user, err := userParam(r)
+	if err != nil {
+		h.m.invalidated("client", "bad_request")
+		writeError(w, http.StatusBadRequest, h.src.Explain(err))
+		return
+	}
 	var req InvalidateRequest
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxInvalidateBody))
 	dec.DisallowUnknownFields()

@@ -1,0 +1,85 @@
+package localapi
+
+import (
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+)
+
+// The tests in this file are a hostile local client's attacks on serve and
+// proxy (issue 22): each must fail without the defence it pins.
+
+func TestServerTokenNeverAnswersARequestThatNamedAUser(t *testing.T) {
+	f := newFleet(t)
+	s := tokenServer(t, f.source())
+	server := s.token(t, "").AccessToken
+	for _, q := range []string{
+		"?user_id=",            // present but empty
+		"?user_id=%ZZ",         // does not parse
+		"?user_id=bob%ZZ",      // does not parse, after a user
+		"?User_Id=bob",         // the wrong case
+		"?USER_ID=bob",         // the wrong case
+		"?user_id=a&user_id=b", // twice
+		"?user_id=a&user_id=a", // twice, the same
+		"?user_id=bob&x=1",     // an unknown parameter besides
+		"?userid=bob",          // a near miss
+		"?&",                   // no parameter at all
+		"?user_id",             // no value
+		"?user_id=bob;x=1",     // a semicolon (does not parse)
+	} {
+		for _, path := range []string{TokenPath, InvalidatePath} {
+			method, body := http.MethodGet, ""
+			if path == InvalidatePath {
+				method, body = http.MethodPost, `{"access_token":"`+server+`"}`
+			}
+			code, resp := s.do(t, method, path+q, body)
+			if code != http.StatusBadRequest {
+				t.Errorf("%s %s%s: %d %s, want 400", method, path, q, code, resp)
+			}
+			if strings.Contains(resp, server) {
+				t.Errorf("%s %s%s: the answer holds the server token", method, path, q)
+			}
+		}
+	}
+	if tok := s.token(t, ""); tok.AccessToken != server {
+		t.Error("the server token changed: an invalidation with a bad query went through")
+	}
+	if u := s.token(t, "bob"); u.AccessToken == server {
+		t.Error("?user_id=bob answered with the server token")
+	}
+}
+
+func TestProxyRefusesTraceAndTrack(t *testing.T) {
+	f := newFleet(t)
+	echoed := 0
+	up := newUpstream(t, f, func(w http.ResponseWriter, r *http.Request) {
+		if !strings.EqualFold(r.Method, http.MethodTrace) && !strings.EqualFold(r.Method, "TRACK") {
+			return
+		}
+		// An upstream that echoes TRACE, headers included.
+		echoed++
+		w.Header().Set("Content-Type", "message/http")
+		_ = r.Header.Write(w)
+	})
+	p := proxyServer(t, f.source(), up.url, ListenConfig{})
+	for _, m := range []string{http.MethodTrace, "TRACK", "trace", "Track"} {
+		req, _ := http.NewRequest(m, p.base+"/api/x", nil)
+		req.Header.Set("Authorization", "Bearer "+p.secret)
+		resp, err := p.client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusMethodNotAllowed {
+			t.Errorf("%s: %d, want 405", m, resp.StatusCode)
+		}
+		if strings.Contains(strings.ToLower(string(b)), "bearer") {
+			t.Errorf("%s: the answer echoes a bearer token: %s", m, b)
+		}
+	}
+	if echoed != 0 || len(up.seen()) != 0 {
+		t.Errorf("the upstream saw %d requests (%d traces), want 0", len(up.seen()), echoed)
+	}
+}
