@@ -143,3 +143,17 @@ func (e *entry) replaceReported(ctx context.Context, tok Token) (Token, bool, er
 	r, _ := v.(result)
 	return r.fresh, r.deleted, err
 }
+
+// Cached reports whether this replica holds a copy of the token it may
+// serve, so that Token costs neither a Redis read nor an issuer call. For a
+// user's token it never creates the user's state.
+func (h *Handle) Cached() bool {
+	e := h.e
+	if e == nil {
+		var ok bool
+		if e, ok = h.c.users.Peek(h.user); !ok {
+			return false
+		}
+	}
+	return e.mem.valid() != nil
+}

@@ -1,6 +1,8 @@
 package localapi
 
 import (
+	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -81,5 +83,62 @@ func TestProxyRefusesTraceAndTrack(t *testing.T) {
 	}
 	if echoed != 0 || len(up.seen()) != 0 {
 		t.Errorf("the upstream saw %d requests (%d traces), want 0", len(up.seen()), echoed)
+	}
+}
+
+// loopGuard is the guard as serve configures it by default.
+var loopGuard = GuardConfig{Rate: DefaultRate, Burst: DefaultBurst, CostlyRate: DefaultCostlyRate, CostlyBurst: DefaultCostlyBurst}
+
+// reportLoop is a client that reports every token it gets as rejected, for
+// rounds rounds; with users, a new user_id each round. It returns the
+// issuer calls made and the statuses of the reports.
+func reportLoop(t *testing.T, f *fleet, s *server, rounds int, users bool) (calls int, statuses map[int]int) {
+	t.Helper()
+	before := f.issuer.Stats().TokenCalls
+	statuses = map[int]int{}
+	for i := range rounds {
+		q := ""
+		if users {
+			q = fmt.Sprintf("?user_id=loop-%d", i)
+		}
+		code, body := s.do(t, http.MethodGet, TokenPath+q, "")
+		if code != http.StatusOK {
+			statuses[code]++
+			continue
+		}
+		var tr TokenResponse
+		if err := json.Unmarshal([]byte(body), &tr); err != nil {
+			t.Fatal(err)
+		}
+		code, _ = s.do(t, http.MethodPost, InvalidatePath+q, `{"access_token":"`+tr.AccessToken+`"}`)
+		statuses[code]++
+	}
+	return int(f.issuer.Stats().TokenCalls - before), statuses
+}
+
+func TestClientReportingEveryTokenRejectedCannotDrainTheIssuer(t *testing.T) {
+	const rounds = 100
+	f := newFleet(t)
+	newServer := func() *server {
+		return serve(t, ListenConfig{}, func(m *Metrics) http.Handler { return NewTokenHandler(f.source(), m, nil) }, loopGuard)
+	}
+	s := newServer()
+	calls, statuses := reportLoop(t, f, s, rounds, false)
+	t.Logf("server token: %d rounds, %d issuer calls, report statuses %v", rounds, calls, statuses)
+	if calls > 3 {
+		t.Errorf("server token: %d issuer calls for %d rounds, want at most 3 (the token, one replacement; the rest held)", calls, rounds)
+	}
+	s = newServer()
+	calls, statuses = reportLoop(t, f, s, rounds, true)
+	t.Logf("a new user each round: %d rounds, %d issuer calls, statuses %v", rounds, calls, statuses)
+	if calls > DefaultCostlyBurst+3 {
+		t.Errorf("new users: %d issuer calls for %d rounds, want about the costly burst (%d)", calls, rounds, DefaultCostlyBurst)
+	}
+	if statuses[http.StatusTooManyRequests] == 0 {
+		t.Errorf("new users: no 429 in %v", statuses)
+	}
+	// The server token is still served.
+	if tok := newServer().token(t, ""); tok.AccessToken == "" {
+		t.Error("no server token after the loops")
 	}
 }

@@ -41,10 +41,15 @@ type InvalidateRequest struct {
 	AccessToken string `json:"access_token,omitempty"`
 }
 
-// InvalidateResponse says whether the token was deleted; false means it
-// had been replaced already (by another client's report, or a refresh).
+// InvalidateResponse says whether the token was deleted. False means it
+// had been replaced already (by another client's report, or a refresh),
+// or, with Held, that the rejection is taken as the API's fault: the
+// token is kept, and reporting it again before RetryAfter (whole seconds)
+// changes nothing.
 type InvalidateResponse struct {
-	Invalidated bool `json:"invalidated"`
+	Invalidated bool  `json:"invalidated"`
+	Held        bool  `json:"held,omitempty"`
+	RetryAfter  int64 `json:"retry_after,omitempty"`
 }
 
 // ErrorResponse is the body of every error answer: a code and one line
@@ -121,9 +126,21 @@ func (h *tokenHandler) token(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, h.src.Explain(err))
 		return
 	}
+	// A user's first token (none in memory here) may cost an issuer
+	// call: it is refused once the client's costly requests are spent,
+	// and charged to them when it did cost one.
+	costly := user != "" && !h.src.Cached(user)
+	if costly && !CostlyLeft(r) {
+		h.m.tokenServed(true, TierNone, ResultRateLimited)
+		tooManyCostly(w)
+		return
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), tokenTimeout)
 	defer cancel()
 	tok, tier, err := h.src.Token(ctx, user)
+	if costly && tier == TierIssuer {
+		Charge(r)
+	}
 	if err != nil {
 		if r.Context().Err() != nil {
 			return // the client left
@@ -215,21 +232,45 @@ func (h *tokenHandler) invalidate(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "name the token that got a 401: fingerprint or access_token")
 		return
 	}
+	// An invalidation costs an issuer call: refused once the client's
+	// costly requests are spent, and charged to them when it happened (a
+	// report held or stale costs nothing).
+	if !CostlyLeft(r) {
+		h.m.invalidated("client", ResultRateLimited)
+		tooManyCostly(w)
+		return
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), tokenTimeout)
 	defer cancel()
-	deleted, err := h.src.Invalidate(ctx, user, fp)
+	rep, err := h.src.Invalidate(ctx, user, fp)
 	if err != nil {
 		code, _ := h.failure(err)
 		h.m.invalidated("client", "error")
 		writeError(w, code, h.src.Explain(err))
 		return
 	}
+	if rep.Invalidated {
+		Charge(r)
+	}
 	result := "kept"
-	if deleted {
+	switch {
+	case rep.Invalidated:
 		result = "deleted"
+	case rep.Held:
+		result = "held"
 	}
 	h.m.invalidated("client", result)
-	writeJSON(w, http.StatusOK, InvalidateResponse{Invalidated: deleted})
+	resp := InvalidateResponse{Invalidated: rep.Invalidated, Held: rep.Held}
+	if rep.Held {
+		resp.RetryAfter = int64(math.Ceil(rep.HeldFor.Seconds()))
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
+
+// tooManyCostly answers 429 a request refused by the client's costly limit.
+func tooManyCostly(w http.ResponseWriter) {
+	w.Header().Set("Retry-After", "2")
+	writeError(w, http.StatusTooManyRequests, "too many requests that may cost an issuer call (invalidations, users' first tokens) from this client")
 }
 
 // failure maps a Source error to a status and a metrics result.
@@ -258,6 +299,8 @@ func writeError(w http.ResponseWriter, code int, reason string) {
 		name = "method_not_allowed"
 	case http.StatusBadGateway:
 		name = "bad_gateway"
+	case http.StatusTooManyRequests:
+		name = "rate_limited"
 	}
 	writeJSON(w, code, ErrorResponse{Error: name, Reason: reason})
 }
