@@ -1,9 +1,14 @@
 package tokencache
 
 import (
+	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/tokencache/tokencache/internal/redistest"
 )
@@ -145,4 +150,39 @@ func TestTokenReportedAfterLongUseIsInvalidated(t *testing.T) {
 	if n := f.calls.Load(); n != 4 {
 		t.Errorf("issuer calls = %d, want 4", n)
 	}
+}
+
+// Users' client tokens spend the issuer budget only down to the share
+// reserved for the server token: a client asking for a new user's token in
+// a loop cannot starve the token every replica needs.
+func TestUserChurnCannotStarveTheServerToken(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, rdb redis.UniversalClient, _ *miniredis.Miniredis) {
+		ctx := ctxT(t)
+		uf := &userFetchers{}
+		f := newFakeFetcher(time.Hour)
+		c := newCache(t, rdb, f, fastOpts(WithClientTokens(uf.new, 0), WithIssuerBudget(20, time.Hour), WithRetry(1, time.Millisecond, time.Millisecond))...)
+		refused := 0
+		for i := range 40 {
+			if _, err := clientToken(c, ctx, fmt.Sprint("churn-", i)); errors.Is(err, ErrBudgetExhausted) {
+				refused++
+			} else if err != nil {
+				t.Fatal(err)
+			}
+		}
+		if n := uf.calls(); n != 18 || refused != 22 {
+			t.Errorf("user token calls %d, refused %d: want 18 (20 less the server's reserve of 2) and 22", n, refused)
+		}
+		if _, err := c.Token(ctx); err != nil {
+			t.Fatalf("the server token after the churn: %v", err)
+		}
+		if _, err := c.Refresh(ctx, 0, true); err != nil {
+			t.Fatalf("a second server token call: %v", err)
+		}
+		if n := f.calls.Load(); n != 2 {
+			t.Errorf("server token calls = %d, want 2 (the reserve)", n)
+		}
+		if _, err := c.Refresh(ctx, 0, true); !errors.Is(err, ErrBudgetExhausted) {
+			t.Errorf("a third server token call: %v, want the budget spent", err)
+		}
+	})
 }
