@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"strings"
 	"testing"
 )
@@ -140,5 +142,45 @@ func TestClientReportingEveryTokenRejectedCannotDrainTheIssuer(t *testing.T) {
 	// The server token is still served.
 	if tok := newServer().token(t, ""); tok.AccessToken == "" {
 		t.Error("no server token after the loops")
+	}
+}
+
+// A proxy client that alternates a request the API accepts with one it
+// answers 401 whatever the token (a path that wants other credentials)
+// makes the proxy's Transport see an accepted token rejected, each time:
+// an invalidation per pair, unless the client's costly limit stops them.
+func TestProxyClientCannotTurnAlternating401sIntoIssuerCalls(t *testing.T) {
+	const rounds = 60
+	f := newFleet(t)
+	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		tok := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if r.URL.Path == "/deny" || !f.issuer.Valid(tok) {
+			w.WriteHeader(http.StatusUnauthorized)
+		}
+	}))
+	t.Cleanup(api.Close)
+	up, _ := url.Parse(api.URL)
+	src := f.source()
+	p := serve(t, ListenConfig{}, func(m *Metrics) http.Handler {
+		h, err := NewProxy(src, ProxyConfig{Upstream: up, Metrics: m})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h
+	}, GuardConfig{CostlyRate: DefaultCostlyRate, CostlyBurst: DefaultCostlyBurst})
+	before := f.issuer.Stats().TokenCalls
+	okStatuses := map[int]int{}
+	for range rounds {
+		code, _ := p.do(t, http.MethodGet, "/ok", "")
+		okStatuses[code]++
+		p.do(t, http.MethodGet, "/deny", "")
+	}
+	calls := f.issuer.Stats().TokenCalls - before
+	t.Logf("%d rounds: %d issuer calls; /ok answered %v", rounds, calls, okStatuses)
+	if calls > DefaultCostlyBurst+3 {
+		t.Errorf("%d issuer calls for %d rounds, want about the costly burst (%d)", calls, rounds, DefaultCostlyBurst)
+	}
+	if okStatuses[http.StatusOK] != rounds {
+		t.Errorf("/ok answered %v, want 200 every time", okStatuses)
 	}
 }

@@ -92,7 +92,7 @@ func NewProxy(src Source, c ProxyConfig) (http.Handler, error) {
 			pr.Out.Header.Del("Authorization")
 			pr.Out.Header.Del("Proxy-Authorization")
 		},
-		Transport: &outerTransport{rt: rt, m: c.Metrics},
+		Transport: &outerTransport{rt: rt, plain: &plainTransport{src: src, user: c.UserID, base: countingBase{base}}, m: c.Metrics},
 		// No forced flush per write: a body of known length goes out in
 		// full buffers; ReverseProxy still flushes each write of a body
 		// of unknown length and of text/event-stream, so streams stream.
@@ -131,8 +131,20 @@ func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	// The attempt counter lives on the incoming request's context, so that
 	// both the transport and the error handler see it.
-	p.rp.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), attemptsKey{}, new(atomic.Int32))))
+	ctx := context.WithValue(r.Context(), attemptsKey{}, new(atomic.Int32))
+	if !CostlyLeft(r) {
+		// This client's requests have made the fleet invalidate its token
+		// too often of late: its 401s go back to it as they are.
+		ctx = context.WithValue(ctx, noRecoveryKey{}, true)
+	}
+	p.rp.ServeHTTP(w, r.WithContext(ctx))
+	if attemptsOf(ctx) > 1 {
+		Charge(r) // a 401 recovered from: an invalidation, an issuer call
+	}
 }
+
+// noRecoveryKey marks a request sent without the 401 recovery.
+type noRecoveryKey struct{}
 
 // refusedMethod reports whether the proxy refuses method: CONNECT would
 // tunnel past the host check; TRACE and TRACK make an upstream (or a load
@@ -230,12 +242,17 @@ func attemptsOf(ctx context.Context) int32 {
 // status, and the 401s the token transport recovered from: a request sent
 // twice was answered 401, its token invalidated for the fleet, and retried.
 type outerTransport struct {
-	rt http.RoundTripper
-	m  *Metrics
+	rt    http.RoundTripper
+	plain http.RoundTripper // without the 401 recovery (noRecoveryKey)
+	m     *Metrics
 }
 
 func (t *outerTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	resp, err := t.rt.RoundTrip(req)
+	rt := t.rt
+	if req.Context().Value(noRecoveryKey{}) != nil {
+		rt = t.plain
+	}
+	resp, err := rt.RoundTrip(req)
 	if attemptsOf(req.Context()) > 1 {
 		t.m.invalidated("proxy", "retried")
 	}
@@ -253,4 +270,29 @@ func (b countingBase) RoundTrip(req *http.Request) (*http.Response, error) {
 		n.Add(1)
 	}
 	return b.rt.RoundTrip(req)
+}
+
+// plainTransport authorizes a request with the token and sends it once: a
+// 401 goes back as it is, with no invalidation.
+type plainTransport struct {
+	src  Source
+	user string
+	base http.RoundTripper
+}
+
+func (t *plainTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	tok, _, err := t.src.Token(req.Context(), t.user)
+	if err != nil {
+		if req.Body != nil {
+			_ = req.Body.Close()
+		}
+		return nil, err
+	}
+	typ := tok.TokenType
+	if typ == "" || strings.EqualFold(typ, "bearer") {
+		typ = "Bearer"
+	}
+	r := req.Clone(req.Context())
+	r.Header.Set("Authorization", typ+" "+tok.AccessToken)
+	return t.base.RoundTrip(r)
 }
