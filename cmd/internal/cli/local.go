@@ -18,6 +18,15 @@ import (
 	"github.com/tokencache/tokencache/cmd/internal/localapi"
 )
 
+// The timeouts of serve's and proxy's connections (see localapi): a
+// connection idle this long after a request is closed, and a request body
+// must arrive within bodyTimeout. Variables so that tests need not wait
+// them out.
+var (
+	idleTimeout = localapi.DefaultIdleTimeout
+	bodyTimeout = localapi.DefaultBodyTimeout
+)
+
 // localFlags are the listener flags that serve and proxy share.
 type localFlags struct {
 	listen        string
@@ -27,6 +36,8 @@ type localFlags struct {
 	keyFile       string
 	rate          float64
 	burst         int
+	costlyRate    float64
+	costlyBurst   int
 	metricsListen string
 	reload        time.Duration
 
@@ -43,6 +54,8 @@ func (f *localFlags) register(fs *flag.FlagSet, defListen string, defRate float6
 	fs.StringVar(&f.keyFile, "tls-key-file", "", "the PEM private key of --tls-cert-file")
 	fs.Float64Var(&f.rate, "rate", defRate, "requests per second allowed to one client (0: no limit)")
 	fs.IntVar(&f.burst, "burst", localapi.DefaultBurst, "burst of requests allowed to one client")
+	fs.Float64Var(&f.costlyRate, "costly-rate", localapi.DefaultCostlyRate, "requests per second that may cost an issuer call (an invalidation, a user's first token) allowed to one client (0: no limit)")
+	fs.IntVar(&f.costlyBurst, "costly-burst", localapi.DefaultCostlyBurst, "burst of requests that may cost an issuer call allowed to one client")
 	fs.StringVar(&f.metricsListen, "metrics-listen", "", "address of a plain HTTP /healthz and /metrics server (default none)")
 	fs.DurationVar(&f.reload, "reload-interval", DefaultReloadInterval, "how often to look for changed secret files (0: on SIGHUP only)")
 }
@@ -62,6 +75,9 @@ func (f *localFlags) listenConfig(a *app, cmd string) (localapi.ListenConfig, er
 	}
 	if f.rate < 0 || f.burst < 1 {
 		return localapi.ListenConfig{}, usagef("%s: --rate must be 0 or more and --burst 1 or more", cmd)
+	}
+	if f.costlyRate < 0 || f.costlyBurst < 1 {
+		return localapi.ListenConfig{}, usagef("%s: --costly-rate must be 0 or more and --costly-burst 1 or more", cmd)
 	}
 	w, err := a.secretValue(f.secretFile, EnvListenSecret, "the listen secret", false, func(s string) error {
 		if len(s) < localapi.MinSecretLen {
@@ -97,7 +113,8 @@ func (f *localFlags) listenConfig(a *app, cmd string) (localapi.ListenConfig, er
 
 // guard returns h behind the secret and the rate limit of the flags.
 func (f *localFlags) guard(h http.Handler, c localapi.ListenConfig, rejected func(*http.Request, string)) http.Handler {
-	return localapi.Guard(h, localapi.GuardConfig{Secret: c.Secret, SecretFunc: f.secret, Rate: rate.Limit(f.rate), Burst: f.burst, Rejected: rejected})
+	return localapi.Guard(h, localapi.GuardConfig{Secret: c.Secret, SecretFunc: f.secret, Rate: rate.Limit(f.rate), Burst: f.burst,
+		CostlyRate: rate.Limit(f.costlyRate), CostlyBurst: f.costlyBurst, BodyTimeout: bodyTimeout, Rejected: rejected})
 }
 
 // serveLocal serves h on the listener of c, and the metrics on
@@ -111,7 +128,7 @@ func (f *localFlags) serveLocal(ctx context.Context, a *app, cmd string, c local
 		}
 		return fmt.Errorf("%s: %w", cmd, err)
 	}
-	servers := []*http.Server{{Handler: h, ReadHeaderTimeout: 5 * time.Second}}
+	servers := []*http.Server{localapi.NewServer(h, idleTimeout)}
 	listeners := []net.Listener{ln}
 	if f.metricsListen != "" {
 		mln, err := net.Listen("tcp", f.metricsListen)
@@ -122,7 +139,7 @@ func (f *localFlags) serveLocal(ctx context.Context, a *app, cmd string, c local
 		mux := http.NewServeMux()
 		mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 		mux.Handle("GET /metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
-		servers = append(servers, &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second})
+		servers = append(servers, localapi.NewServer(mux, idleTimeout))
 		listeners = append(listeners, mln)
 	}
 	served := make(chan error, len(servers))

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/time/rate"
 )
@@ -63,6 +64,10 @@ type GuardConfig struct {
 	// cost an issuer call (see Costly); CostlyRate 0 means no limit.
 	CostlyRate  rate.Limit
 	CostlyBurst int
+	// BodyTimeout, if positive, is how long an authorized request's body
+	// has to arrive (each read of a body the proxy streams has as long);
+	// one that does not is answered 408.
+	BodyTimeout time.Duration
 	// Rejected, if not nil, is told of each request refused, with
 	// ResultUnauthorized or ResultRateLimited.
 	Rejected func(r *http.Request, result string)
@@ -123,6 +128,7 @@ func (g *guard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		g.tooMany(w, r)
 		return
 	}
+	withBodyDeadline(w, r, g.c.BodyTimeout)
 	g.next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), clientCtxKey{}, cl)))
 }
 

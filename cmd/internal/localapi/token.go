@@ -211,7 +211,20 @@ func (h *tokenHandler) invalidate(w http.ResponseWriter, r *http.Request) {
 	var req InvalidateRequest
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxInvalidateBody))
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil || dec.Decode(&struct{}{}) != io.EOF {
+	err = dec.Decode(&req)
+	if err == nil {
+		if err = dec.Decode(&struct{}{}); err == io.EOF {
+			err = nil
+		} else if err == nil {
+			err = errors.New("more than one JSON value")
+		}
+	}
+	if bodyTimedOut(err) {
+		h.m.invalidated("client", "timeout")
+		writeTimeout(w)
+		return
+	}
+	if err != nil {
 		h.m.invalidated("client", "bad_request")
 		writeError(w, http.StatusBadRequest, `want a JSON object {"fingerprint": "..."} or {"access_token": "..."}`)
 		return
@@ -301,6 +314,8 @@ func writeError(w http.ResponseWriter, code int, reason string) {
 		name = "bad_gateway"
 	case http.StatusTooManyRequests:
 		name = "rate_limited"
+	case http.StatusRequestTimeout:
+		name = "timeout"
 	}
 	writeJSON(w, code, ErrorResponse{Error: name, Reason: reason})
 }
