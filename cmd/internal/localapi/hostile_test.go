@@ -184,3 +184,59 @@ func TestProxyClientCannotTurnAlternating401sIntoIssuerCalls(t *testing.T) {
 		t.Errorf("/ok answered %v, want 200 every time", okStatuses)
 	}
 }
+
+// Wrong secrets count against the client: after a burst, nothing of it is
+// looked at (429) until the bucket refills; another client is not affected.
+func TestWrongSecretsAreRateLimited(t *testing.T) {
+	ok := http.HandlerFunc(func(http.ResponseWriter, *http.Request) {})
+	g := Guard(ok, GuardConfig{Secret: testSecret})
+	status := func(remote, secret string) int {
+		req := httptest.NewRequest(http.MethodGet, TokenPath, nil)
+		req.RemoteAddr = remote
+		req.Header.Set("Authorization", "Bearer "+secret)
+		rec := httptest.NewRecorder()
+		g.ServeHTTP(rec, req)
+		return rec.Code
+	}
+	codes := map[int]int{}
+	for i := range 500 {
+		codes[status("10.0.0.1:1", fmt.Sprintf("guess-%030d", i))]++
+	}
+	if codes[http.StatusUnauthorized] > failedBurst+1 || codes[http.StatusTooManyRequests] < 480 {
+		t.Errorf("500 guesses answered %v, want %d 401s and the rest 429", codes, failedBurst)
+	}
+	if code := status("10.0.0.1:1", testSecret); code != http.StatusTooManyRequests {
+		t.Errorf("the right secret from the guessing client: %d, want 429 until its bucket refills", code)
+	}
+	if code := status("10.0.0.2:1", testSecret); code != http.StatusOK {
+		t.Errorf("another client: %d, want 200", code)
+	}
+}
+
+// A full table of clients drops the least recently seen one, not all: a
+// client at its limit stays at its limit however many others come.
+func TestFullClientTableDropsTheLeastRecentlySeen(t *testing.T) {
+	ok := http.HandlerFunc(func(http.ResponseWriter, *http.Request) {})
+	g := Guard(ok, GuardConfig{Rate: 1e-6, Burst: 1})
+	status := func(remote string) int {
+		req := httptest.NewRequest(http.MethodGet, TokenPath, nil)
+		req.RemoteAddr = remote
+		rec := httptest.NewRecorder()
+		g.ServeHTTP(rec, req)
+		return rec.Code
+	}
+	status("10.1.0.1:1")
+	status("10.1.0.2:1") // seen, then not again: the least recently seen
+	for i := range maxClients {
+		if i%100 == 0 && status("10.1.0.1:1") != http.StatusTooManyRequests {
+			t.Fatalf("after %d other clients, the limited client got through", i)
+		}
+		status(fmt.Sprintf("10.2.%d.%d:1", i/256, i%256))
+	}
+	if code := status("10.1.0.1:1"); code != http.StatusTooManyRequests {
+		t.Errorf("the limited client after %d others: %d, want 429", maxClients, code)
+	}
+	if code := status("10.1.0.2:1"); code != http.StatusOK {
+		t.Errorf("the least recently seen client: %d, want 200 (dropped, a new bucket)", code)
+	}
+}
