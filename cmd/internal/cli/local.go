@@ -95,7 +95,20 @@ func (f *localFlags) listenConfig(a *app, cmd string) (localapi.ListenConfig, er
 		// file is checked from the next request on.
 		f.secret = w.get
 	}
+	log := a.log
+	if log == nil { // the command has not opened its session yet
+		log = a.g.logger(a)
+	}
+	if f.secretFile != "" {
+		if fi, err := os.Stat(f.secretFile); err == nil && fi.Mode().Perm()&0o004 != 0 {
+			log.Warn("tokencache "+cmd+": the listen secret file is readable by every user of the machine; make it 0600 (or 0640 for a group)",
+				"file", f.secretFile, "mode", fmt.Sprintf("%#o", uint32(fi.Mode().Perm())))
+		}
+	}
 	c := localapi.ListenConfig{Addr: f.listen, Mode: os.FileMode(mode), Secret: secret, CertFile: f.certFile, KeyFile: f.keyFile}
+	if _, unix := localapi.SocketPath(c.Addr); unix && secret == "" && mode&0o070 != 0 && mode&0o007 == 0 {
+		log.Warn("tokencache "+cmd+": the socket's group can ask for the token, with no bearer secret", "socket_mode", fmt.Sprintf("%#o", mode))
+	}
 	if err := c.Check(); err != nil {
 		return c, usagef("%s: %v (secret: $%s or --listen-secret-file; TLS: --tls-cert-file and --tls-key-file)", cmd, err, EnvListenSecret)
 	}
