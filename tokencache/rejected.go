@@ -29,7 +29,7 @@ type RejectedResult struct {
 	Held    bool
 	HeldFor time.Duration
 	// Stale: the token is not the one served now (already replaced, or
-	// never served here); nothing was done.
+	// none is cached); nothing was done.
 	Stale bool
 }
 
@@ -56,9 +56,21 @@ func (h *Handle) Rejected(ctx context.Context, fp string) (RejectedResult, error
 	if err != nil {
 		return RejectedResult{}, err
 	}
-	cur, err := e.token(ctx)
-	if err != nil {
-		return RejectedResult{}, err
+	// The token served now: the copy in memory, else Redis's. Never
+	// fetched: with none cached, the token reported is not the current
+	// one, and judging a report must cost no issuer call.
+	var cur Token
+	if s := e.mem.valid(); s != nil {
+		cur = s.tok
+	} else {
+		tok, ok, err := e.readAndInstall(ctx)
+		if err != nil {
+			return RejectedResult{}, err
+		}
+		if !ok {
+			return RejectedResult{Stale: true}, nil
+		}
+		cur = tok
 	}
 	if cur.Fingerprint() != fp {
 		return RejectedResult{Stale: true}, nil

@@ -186,3 +186,31 @@ func TestUserChurnCannotStarveTheServerToken(t *testing.T) {
 		}
 	})
 }
+
+// Judging a report never fetches a token: a report for a user with none
+// cached is stale, at no issuer call.
+func TestReportWithNothingCachedFetchesNothing(t *testing.T) {
+	rdb, _ := miniBackend(t)
+	ctx := ctxT(t)
+	uf := &userFetchers{}
+	c := newCache(t, rdb, newFakeFetcher(time.Hour), fastOpts(WithClientTokens(uf.new, 0))...)
+	for i := range 20 {
+		u, err := c.User(fmt.Sprint("nobody-", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := u.Rejected(ctx, "sha256:0123456789abcdef")
+		if err != nil || !r.Stale || r.Invalidated || r.Held {
+			t.Fatalf("report for user %d: %+v %v, want stale", i, r, err)
+		}
+		if u.Cached() {
+			t.Errorf("user %d: cached after a report", i)
+		}
+	}
+	if n := uf.calls(); n != 0 {
+		t.Errorf("issuer calls = %d, want 0", n)
+	}
+	if _, err := c.Rejected(ctx, ""); err == nil {
+		t.Error("an empty fingerprint: no error")
+	}
+}

@@ -139,6 +139,20 @@ func TestClientReportingEveryTokenRejectedCannotDrainTheIssuer(t *testing.T) {
 	if statuses[http.StatusTooManyRequests] == 0 {
 		t.Errorf("new users: no 429 in %v", statuses)
 	}
+	// Reports of made-up tokens for new users: none fetches a token to
+	// judge the report.
+	s = newServer()
+	before := f.issuer.Stats().TokenCalls
+	statuses = map[int]int{}
+	for i := range rounds {
+		code, _ := s.do(t, http.MethodPost, InvalidatePath+fmt.Sprintf("?user_id=madeup-%d", i), `{"fingerprint":"sha256:0123456789abcdef"}`)
+		statuses[code]++
+	}
+	calls = int(f.issuer.Stats().TokenCalls - before)
+	t.Logf("made-up reports for new users: %d rounds, %d issuer calls, statuses %v", rounds, calls, statuses)
+	if calls != 0 {
+		t.Errorf("made-up reports: %d issuer calls for %d rounds, want 0", calls, rounds)
+	}
 	// The server token is still served.
 	if tok := newServer().token(t, ""); tok.AccessToken == "" {
 		t.Error("no server token after the loops")

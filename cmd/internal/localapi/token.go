@@ -247,7 +247,8 @@ func (h *tokenHandler) invalidate(w http.ResponseWriter, r *http.Request) {
 	}
 	// An invalidation costs an issuer call: refused once the client's
 	// costly requests are spent, and charged to them when it happened (a
-	// report held or stale costs nothing).
+	// report held or stale costs nothing, not even for a user with no
+	// token cached: nothing is fetched to judge it).
 	if !CostlyLeft(r) {
 		h.m.invalidated("client", ResultRateLimited)
 		tooManyCostly(w)
