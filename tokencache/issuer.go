@@ -38,11 +38,11 @@ func (is *issuer) fetch(ctx context.Context, redisDown bool, spent *protocol.Bud
 			// the budget key): asking again would fail the same way.
 			c.stats.redisErrors.Add(1)
 			c.log().Warn("tokencache: issuer budget could not be counted in redis; keeping to it in this process", "key", c.budget.key)
-			err = c.takeBudget(ctx, true)
+			err = c.takeBudget(ctx, is.k, true)
 		case attempt == 1 && spent != nil:
 			err = c.spent(*spent)
 		default:
-			err = c.takeBudget(ctx, redisDown)
+			err = c.takeBudget(ctx, is.k, redisDown)
 		}
 		tok := Token{}
 		if err == nil {

@@ -192,7 +192,7 @@ func (rf *refresher) begin(ctx context.Context, lease *lock.Lease, floor int64, 
 	e := rf.e
 	var b *budget
 	if call && e.k.NSSlot {
-		b = e.c.budget
+		b = e.c.budgetFor(e.k)
 	}
 	var ev *protocol.Event
 	if ahead {

@@ -237,11 +237,12 @@ func (e *entry) holdRejection(tok Token) bool {
 
 // apiRejectedFresh records that fresh, fetched after a 401, was rejected
 // at once, and tells the fleet, so that its replicas hold their 401s too
-// rather than each invalidating the token once.
-func (e *entry) apiRejectedFresh(fresh Token) {
+// rather than each invalidating the token once. It reports whether this
+// rejection grew the streak.
+func (e *entry) apiRejectedFresh(fresh Token) (grew bool) {
 	streak, window, grew := e.mem.rejectedFresh(fresh)
 	if !grew {
-		return
+		return false
 	}
 	c := e.c
 	ev := protocol.Event{Type: protocol.EventRejected, Key: e.k.Token, TokenFP: fresh.Fingerprint(), Streak: streak,
@@ -251,4 +252,5 @@ func (e *entry) apiRejectedFresh(fresh Token) {
 	if err := c.st.publish(ctx, e.k.Channel, ev); err != nil {
 		c.log().Warn("tokencache: could not tell the fleet the API rejects new tokens", "key", e.k.Token, "err", err)
 	}
+	return true
 }

@@ -38,7 +38,8 @@ export const getClientToken = async userId =>
   (await local(`/v1/token?user_id=${encodeURIComponent(userId)}`)).access_token;
 
 // Function to report a token the API rejected with 401: the fleet drops it
-// once (compare-and-delete) and the next getServerToken gets a new one
+// once and the next getServerToken gets a new one, unless the report is
+// taken as the API's fault ({held: true}: the token is kept for a while)
 export const reportUnauthorized = async (token, userId) =>
   local(`/v1/token/invalidate${userId ? `?user_id=${encodeURIComponent(userId)}` : ''}`, {
     method: 'POST',
@@ -55,6 +56,7 @@ export const basiqFetch = async (url, init = {}, userId = undefined) => {
   const token = await get();
   const res = await send(token);
   if (res.status !== 401) return res;
-  await reportUnauthorized(token, userId);
+  const report = await reportUnauthorized(token, userId);
+  if (report.held) return res; // the API rejects new tokens too: no retry
   return send(await get());
 };

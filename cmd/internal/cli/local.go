@@ -18,6 +18,15 @@ import (
 	"github.com/tokencache/tokencache/cmd/internal/localapi"
 )
 
+// The timeouts of serve's and proxy's connections (see localapi): a
+// connection idle this long after a request is closed, and a request body
+// must arrive within bodyTimeout. Variables so that tests need not wait
+// them out.
+var (
+	idleTimeout = localapi.DefaultIdleTimeout
+	bodyTimeout = localapi.DefaultBodyTimeout
+)
+
 // localFlags are the listener flags that serve and proxy share.
 type localFlags struct {
 	listen        string
@@ -27,6 +36,8 @@ type localFlags struct {
 	keyFile       string
 	rate          float64
 	burst         int
+	costlyRate    float64
+	costlyBurst   int
 	metricsListen string
 	reload        time.Duration
 
@@ -43,6 +54,8 @@ func (f *localFlags) register(fs *flag.FlagSet, defListen string, defRate float6
 	fs.StringVar(&f.keyFile, "tls-key-file", "", "the PEM private key of --tls-cert-file")
 	fs.Float64Var(&f.rate, "rate", defRate, "requests per second allowed to one client (0: no limit)")
 	fs.IntVar(&f.burst, "burst", localapi.DefaultBurst, "burst of requests allowed to one client")
+	fs.Float64Var(&f.costlyRate, "costly-rate", localapi.DefaultCostlyRate, "requests per second that may cost an issuer call (an invalidation, a user's first token) allowed to one client (0: no limit)")
+	fs.IntVar(&f.costlyBurst, "costly-burst", localapi.DefaultCostlyBurst, "burst of requests that may cost an issuer call allowed to one client")
 	fs.StringVar(&f.metricsListen, "metrics-listen", "", "address of a plain HTTP /healthz and /metrics server (default none)")
 	fs.DurationVar(&f.reload, "reload-interval", DefaultReloadInterval, "how often to look for changed secret files (0: on SIGHUP only)")
 }
@@ -63,6 +76,9 @@ func (f *localFlags) listenConfig(a *app, cmd string) (localapi.ListenConfig, er
 	if f.rate < 0 || f.burst < 1 {
 		return localapi.ListenConfig{}, usagef("%s: --rate must be 0 or more and --burst 1 or more", cmd)
 	}
+	if f.costlyRate < 0 || f.costlyBurst < 1 {
+		return localapi.ListenConfig{}, usagef("%s: --costly-rate must be 0 or more and --costly-burst 1 or more", cmd)
+	}
 	w, err := a.secretValue(f.secretFile, EnvListenSecret, "the listen secret", false, func(s string) error {
 		if len(s) < localapi.MinSecretLen {
 			return fmt.Errorf("the bearer secret is %d bytes, want at least %d", len(s), localapi.MinSecretLen)
@@ -79,7 +95,20 @@ func (f *localFlags) listenConfig(a *app, cmd string) (localapi.ListenConfig, er
 		// file is checked from the next request on.
 		f.secret = w.get
 	}
+	log := a.log
+	if log == nil { // the command has not opened its session yet
+		log = a.g.logger(a)
+	}
+	if f.secretFile != "" {
+		if fi, err := os.Stat(f.secretFile); err == nil && fi.Mode().Perm()&0o004 != 0 {
+			log.Warn("tokencache "+cmd+": the listen secret file is readable by every user of the machine; make it 0600 (or 0640 for a group)",
+				"file", f.secretFile, "mode", fmt.Sprintf("%#o", uint32(fi.Mode().Perm())))
+		}
+	}
 	c := localapi.ListenConfig{Addr: f.listen, Mode: os.FileMode(mode), Secret: secret, CertFile: f.certFile, KeyFile: f.keyFile}
+	if _, unix := localapi.SocketPath(c.Addr); unix && secret == "" && mode&0o070 != 0 && mode&0o007 == 0 {
+		log.Warn("tokencache "+cmd+": the socket's group can ask for the token, with no bearer secret", "socket_mode", fmt.Sprintf("%#o", mode))
+	}
 	if err := c.Check(); err != nil {
 		return c, usagef("%s: %v (secret: $%s or --listen-secret-file; TLS: --tls-cert-file and --tls-key-file)", cmd, err, EnvListenSecret)
 	}
@@ -97,7 +126,8 @@ func (f *localFlags) listenConfig(a *app, cmd string) (localapi.ListenConfig, er
 
 // guard returns h behind the secret and the rate limit of the flags.
 func (f *localFlags) guard(h http.Handler, c localapi.ListenConfig, rejected func(*http.Request, string)) http.Handler {
-	return localapi.Guard(h, localapi.GuardConfig{Secret: c.Secret, SecretFunc: f.secret, Rate: rate.Limit(f.rate), Burst: f.burst, Rejected: rejected})
+	return localapi.Guard(h, localapi.GuardConfig{Secret: c.Secret, SecretFunc: f.secret, Rate: rate.Limit(f.rate), Burst: f.burst,
+		CostlyRate: rate.Limit(f.costlyRate), CostlyBurst: f.costlyBurst, BodyTimeout: bodyTimeout, Rejected: rejected})
 }
 
 // serveLocal serves h on the listener of c, and the metrics on
@@ -111,7 +141,7 @@ func (f *localFlags) serveLocal(ctx context.Context, a *app, cmd string, c local
 		}
 		return fmt.Errorf("%s: %w", cmd, err)
 	}
-	servers := []*http.Server{{Handler: h, ReadHeaderTimeout: 5 * time.Second}}
+	servers := []*http.Server{localapi.NewServer(h, idleTimeout)}
 	listeners := []net.Listener{ln}
 	if f.metricsListen != "" {
 		mln, err := net.Listen("tcp", f.metricsListen)
@@ -122,7 +152,7 @@ func (f *localFlags) serveLocal(ctx context.Context, a *app, cmd string, c local
 		mux := http.NewServeMux()
 		mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 		mux.Handle("GET /metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
-		servers = append(servers, &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second})
+		servers = append(servers, localapi.NewServer(mux, idleTimeout))
 		listeners = append(listeners, mln)
 	}
 	served := make(chan error, len(servers))

@@ -71,4 +71,4 @@ func runProxy(ctx context.Context, a *app, args []string) error {
 	return lf.serveLocal(ctx, a, "proxy", lc, h, m)
 }
 
-const proxySynopsis = "[--upstream URL] [--listen unix:PATH|ADDR] [--socket-mode 0600] [--listen-secret-file F] [--tls-cert-file F --tls-key-file F] [--rate N] [--burst N] [--metrics-listen ADDR] [--reload-interval D]"
+const proxySynopsis = "[--upstream URL] [--listen unix:PATH|ADDR] [--socket-mode 0600] [--listen-secret-file F] [--tls-cert-file F --tls-key-file F] [--rate N] [--burst N] [--costly-rate N] [--costly-burst N] [--metrics-listen ADDR] [--reload-interval D]"

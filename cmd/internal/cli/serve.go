@@ -88,4 +88,4 @@ func runServe(ctx context.Context, a *app, args []string) error {
 	return lf.serveLocal(ctx, a, "serve", lc, h, m)
 }
 
-const serveSynopsis = "[--listen unix:PATH|ADDR] [--socket-mode 0600] [--listen-secret-file F] [--tls-cert-file F --tls-key-file F] [--rate N] [--burst N] [--metrics-listen ADDR] [--reload-interval D]"
+const serveSynopsis = "[--listen unix:PATH|ADDR] [--socket-mode 0600] [--listen-secret-file F] [--tls-cert-file F --tls-key-file F] [--rate N] [--burst N] [--costly-rate N] [--costly-burst N] [--metrics-listen ADDR] [--reload-interval D]"

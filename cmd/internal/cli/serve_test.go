@@ -37,6 +37,10 @@ func TestServeAndProxyListenerRulesAreUsageErrors(t *testing.T) {
 		{withSecret, []string{"serve", "--socket-mode", "999"}, "--socket-mode"},
 		{withSecret, []string{"serve", "--socket-mode", "0"}, "lock everyone out"},
 		{withSecret, []string{"serve", "--rate", "-1"}, "--rate"},
+		{withSecret, []string{"serve", "--costly-rate", "-1"}, "--costly-rate"},
+		{withSecret, []string{"proxy", "--costly-burst", "0"}, "--costly-burst"},
+		{noSecret, []string{"serve", "--socket-mode", "0666"}, "every user of the machine"},
+		{noSecret, []string{"proxy", "--socket-mode", "0601"}, "every user of the machine"},
 		{withSecret, []string{"serve", "--scope", "CLIENT_ACCESS", "--user-id", "u-1"}, "drop --scope"},
 		{withSecret, []string{"serve", "extra"}, "unexpected argument"},
 		{withSecret, []string{"proxy", "--upstream", "ftp://example.com"}, "--upstream"},
@@ -63,5 +67,27 @@ func TestServeAndProxyHelp(t *testing.T) {
 		if ExitCode(err) != ExitOK || !strings.Contains(out, "--listen") || !strings.Contains(out, "--listen-secret-file") {
 			t.Errorf("%s -h: exit %d, output %q", cmd, ExitCode(err), out)
 		}
+	}
+}
+
+// A listen secret file that every user can read is warned of (here, before
+// a listener the rules refuse ends the command).
+func TestServeWarnsOfASecretFileReadableByOthers(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(file, []byte("listen-unit-SECRET-0123456789\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(file, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, errOut, err := runArgs(t, map[string]string{EnvBasiqAPIKey: "sk-unit-SECRET-0123456789"}, "serve", "--listen", "0.0.0.0:8200", "--listen-secret-file", file)
+	if ExitCode(err) != ExitUsage {
+		t.Fatalf("exit %d (%v), want %d", ExitCode(err), err, ExitUsage)
+	}
+	if !strings.Contains(errOut, "readable by every user") {
+		t.Errorf("no warning of the file's mode in %q", errOut)
+	}
+	if strings.Contains(errOut, "listen-unit-SECRET") {
+		t.Error("the warning holds the secret")
 	}
 }

@@ -1,6 +1,8 @@
 package localapi
 
 import (
+	"container/list"
+	"context"
 	"crypto/sha256"
 	"crypto/subtle"
 	"net"
@@ -8,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/time/rate"
 )
@@ -20,8 +23,25 @@ const (
 	DefaultBurst = 200
 )
 
-// maxClients bounds the rate limiters kept; past it they are all dropped
-// (the limits start afresh, which is lenient, never stricter).
+// Default limit of costly requests, those that may cost the fleet an issuer
+// call (an invalidation, a user's first token): a few a minute is all an
+// honest client needs, and the fleet's issuer budget is 300 per 5 minutes.
+const (
+	DefaultCostlyRate  = 0.5 // requests per second
+	DefaultCostlyBurst = 10
+)
+
+// Limit of requests refused for a wrong or missing secret: a client (an
+// IP, or every client of a Unix socket) that has sent more than
+// failedBurst of them waits for the bucket before any request of it is
+// looked at, so that secrets cannot be guessed faster than failedRate.
+const (
+	failedRate  = 1 // per second
+	failedBurst = 10
+)
+
+// maxClients bounds the clients whose limits are kept; past it the least
+// recently seen is dropped (its limits start afresh).
 const maxClients = 4096
 
 // GuardConfig is what Guard checks before a request reaches the API.
@@ -40,6 +60,14 @@ type GuardConfig struct {
 	// bucket.
 	Rate  rate.Limit
 	Burst int
+	// CostlyRate and CostlyBurst limit, per client, the requests that may
+	// cost an issuer call (see Costly); CostlyRate 0 means no limit.
+	CostlyRate  rate.Limit
+	CostlyBurst int
+	// BodyTimeout, if positive, is how long an authorized request's body
+	// has to arrive (each read of a body the proxy streams has as long);
+	// one that does not is answered 408.
+	BodyTimeout time.Duration
 	// Rejected, if not nil, is told of each request refused, with
 	// ResultUnauthorized or ResultRateLimited.
 	Rejected func(r *http.Request, result string)
@@ -49,7 +77,7 @@ type GuardConfig struct {
 // answer carries Cache-Control: no-store. A wrong or missing secret is
 // answered 401 with no detail, whatever was wrong.
 func Guard(next http.Handler, c GuardConfig) http.Handler {
-	g := &guard{next: next, c: c, limiters: map[string]*rate.Limiter{}, secret: c.SecretFunc}
+	g := &guard{next: next, c: c, clients: map[string]*list.Element{}, secret: c.SecretFunc}
 	if g.secret == nil && c.Secret != "" {
 		s := c.Secret
 		g.secret = func() string { return s }
@@ -63,25 +91,73 @@ type guard struct {
 	secret func() string                // the secret of the moment; nil if none
 	sum    atomic.Pointer[secretDigest] // the digest of the secret last seen
 
-	mu       sync.Mutex // guards limiters
-	limiters map[string]*rate.Limiter
+	mu      sync.Mutex // guards clients and lru
+	clients map[string]*list.Element
+	lru     list.List // of *client, the most recently seen first
+}
+
+// client is the limits of one client.
+type client struct {
+	key    string
+	all    *rate.Limiter // every request; nil: no limit
+	costly *rate.Limiter // requests that may cost an issuer call; nil: no limit
+	failed *rate.Limiter // requests refused for the secret; nil: no secret
 }
 
 func (g *guard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
-	if g.secret != nil && !g.authorized(r) {
-		g.reject(r, ResultUnauthorized)
-		w.Header().Set("WWW-Authenticate", "Bearer")
-		http.Error(w, "unauthorized", http.StatusUnauthorized)
+	cl := g.client(clientKey(r))
+	if g.secret != nil {
+		if cl.failed.Tokens() < 1 {
+			// This client has been sending wrong secrets: nothing of it
+			// is looked at until its bucket refills.
+			g.tooMany(w, r)
+			return
+		}
+		if !g.authorized(r) {
+			cl.failed.Allow()
+			g.reject(r, ResultUnauthorized)
+			// The connection is not kept for another guess.
+			w.Header().Set("Connection", "close")
+			w.Header().Set("WWW-Authenticate", "Bearer")
+			http.Error(w, "unauthorized", http.StatusUnauthorized)
+			return
+		}
+	}
+	if cl.all != nil && !cl.all.Allow() {
+		g.tooMany(w, r)
 		return
 	}
-	if !g.allow(clientKey(r)) {
-		g.reject(r, ResultRateLimited)
-		w.Header().Set("Retry-After", "1")
-		http.Error(w, "too many requests", http.StatusTooManyRequests)
-		return
+	withBodyDeadline(w, r, g.c.BodyTimeout)
+	g.next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), clientCtxKey{}, cl)))
+}
+
+func (g *guard) tooMany(w http.ResponseWriter, r *http.Request) {
+	g.reject(r, ResultRateLimited)
+	w.Header().Set("Retry-After", "1")
+	http.Error(w, "too many requests", http.StatusTooManyRequests)
+}
+
+// clientCtxKey is the context key of a request's *client.
+type clientCtxKey struct{}
+
+// Charge takes one costly request from the limit of the client that sent
+// r after the fact, for a request that turned out to cost an issuer call:
+// the next ones wait for the bucket to refill.
+func Charge(r *http.Request) {
+	if cl, ok := r.Context().Value(clientCtxKey{}).(*client); ok && cl.costly != nil {
+		_ = cl.costly.Reserve()
 	}
-	g.next.ServeHTTP(w, r)
+}
+
+// CostlyLeft reports whether the client that sent r may make a request
+// that may cost the fleet an issuer call (an invalidation, a user's first
+// token), without taking it: a request that did cost one is charged after
+// the fact (Charge). A request that did not come through Guard is not
+// limited.
+func CostlyLeft(r *http.Request) bool {
+	cl, ok := r.Context().Value(clientCtxKey{}).(*client)
+	return !ok || cl.costly == nil || cl.costly.Tokens() >= 1
 }
 
 func (g *guard) reject(r *http.Request, result string) {
@@ -127,25 +203,32 @@ func (g *guard) digest() ([sha256.Size]byte, bool) {
 	return d.sum, true
 }
 
-func (g *guard) allow(key string) bool {
-	if g.c.Rate <= 0 {
-		return true
-	}
+// client returns the limits of the client key, the most recently seen
+// now; past maxClients the least recently seen client is dropped.
+func (g *guard) client(key string) *client {
 	g.mu.Lock()
-	l, ok := g.limiters[key]
-	if !ok {
-		if len(g.limiters) >= maxClients {
-			clear(g.limiters)
-		}
-		burst := g.c.Burst
-		if burst < 1 {
-			burst = 1
-		}
-		l = rate.NewLimiter(g.c.Rate, burst)
-		g.limiters[key] = l
+	defer g.mu.Unlock()
+	if el, ok := g.clients[key]; ok {
+		g.lru.MoveToFront(el)
+		return el.Value.(*client)
 	}
-	g.mu.Unlock()
-	return l.Allow()
+	if g.lru.Len() >= maxClients {
+		old := g.lru.Back()
+		g.lru.Remove(old)
+		delete(g.clients, old.Value.(*client).key)
+	}
+	cl := &client{key: key}
+	if g.c.Rate > 0 {
+		cl.all = rate.NewLimiter(g.c.Rate, max(g.c.Burst, 1))
+	}
+	if g.c.CostlyRate > 0 {
+		cl.costly = rate.NewLimiter(g.c.CostlyRate, max(g.c.CostlyBurst, 1))
+	}
+	if g.secret != nil {
+		cl.failed = rate.NewLimiter(failedRate, failedBurst)
+	}
+	g.clients[key] = g.lru.PushFront(cl)
+	return cl
 }
 
 // clientKey names the client for the rate limit: its IP on TCP, "unix"

@@ -77,6 +77,9 @@ func (c ListenConfig) Check() error {
 		if c.Mode&^os.ModePerm != 0 {
 			return bad("socket mode %#o has bits other than permissions", uint32(c.Mode))
 		}
+		if c.Mode&0o007 != 0 && c.Secret == "" {
+			return bad("socket mode %#o lets every user of the machine ask for the token: set a bearer secret, or take the bits for others away (0600, or 0660 for a group)", uint32(c.Mode))
+		}
 		return nil
 	}
 	host, port, err := net.SplitHostPort(c.Addr)
@@ -163,9 +166,22 @@ func listenUnix(path string, mode os.FileMode) (net.Listener, error) {
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("listen unix:%s: %w", path, err)
 	}
+	// The socket is created in a directory of its own that only this
+	// user may enter (mode 0700, whatever the umask), so that under its
+	// temporary name, before it has its mode, nobody else can connect;
+	// then it gets its mode and is renamed into place (the same file
+	// system: the directory is beside the path).
 	var b [6]byte
 	_, _ = rand.Read(b[:])
-	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+"."+hex.EncodeToString(b[:]))
+	dir := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+"."+hex.EncodeToString(b[:]))
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("listen unix:%s: %w", path, err)
+	}
+	defer os.Remove(dir)
+	if err := os.Chmod(dir, 0o700); err != nil { // the umask may have taken bits, never added any
+		return nil, fmt.Errorf("listen unix:%s: %w", path, err)
+	}
+	tmp := filepath.Join(dir, "s")
 	ul, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
 	if err != nil {
 		return nil, fmt.Errorf("listen unix:%s: %w", path, err)
@@ -176,6 +192,9 @@ func listenUnix(path string, mode os.FileMode) (net.Listener, error) {
 		_ = os.Remove(tmp)
 		return nil, fmt.Errorf("listen unix:%s: %w", path, err)
 	}
+	if socketCreated != nil {
+		socketCreated(tmp)
+	}
 	if err := os.Chmod(tmp, mode); err != nil {
 		return fail(err)
 	}
@@ -184,6 +203,10 @@ func listenUnix(path string, mode os.FileMode) (net.Listener, error) {
 	}
 	return &unixListener{UnixListener: ul, path: path}, nil
 }
+
+// socketCreated, if not nil, is called with the socket's temporary path
+// once it exists, before it has its mode: for tests.
+var socketCreated func(tmp string)
 
 // unixListener removes its socket (under its final name) on Close.
 type unixListener struct {

@@ -208,3 +208,48 @@ func TestTLSListenerServesTheGuardedAPI(t *testing.T) {
 		t.Errorf("a bad key file: %v, want a *ConfigError", err)
 	}
 }
+
+// Under its temporary name, before it has its mode, the socket can be
+// reached by its owner only, whatever the umask gave it.
+func TestSocketIsNeverReachableByOthersBeforeItHasItsMode(t *testing.T) {
+	dir := shortDir(t)
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	checked := false
+	socketCreated = func(tmp string) {
+		checked = true
+		fi, err := os.Stat(filepath.Dir(tmp))
+		if err != nil {
+			t.Fatal(err)
+		}
+		sfi, err := os.Stat(tmp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm()&0o077 != 0 && sfi.Mode().Perm()&0o077 != 0 {
+			t.Errorf("the socket %v under its temporary name is in a directory of mode %v", sfi.Mode(), fi.Mode())
+		}
+	}
+	t.Cleanup(func() { socketCreated = nil })
+	path := filepath.Join(dir, "p.sock")
+	ln, err := ListenConfig{Addr: "unix:" + path, Mode: 0o660}.Listen()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	if !checked {
+		t.Fatal("the hook was not called")
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 1 {
+		t.Errorf("the directory holds %d entries, want the socket only", len(ents))
+	}
+	if _, err := (ListenConfig{Addr: "unix:" + filepath.Join(dir, "o.sock"), Mode: 0o666}).Listen(); err == nil {
+		t.Error("mode 0666 without a secret: listening, want refused")
+	}
+	if ln, err := (ListenConfig{Addr: "unix:" + filepath.Join(dir, "o.sock"), Mode: 0o666, Secret: testSecret}).Listen(); err != nil {
+		t.Errorf("mode 0666 with a secret: %v", err)
+	} else {
+		_ = ln.Close()
+	}
+}

@@ -65,7 +65,7 @@ func NewMetrics(reg prometheus.Registerer, namespace string) *Metrics {
 		}, []string{"status"}),
 		invalidations: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name:        "tokencache_local_invalidations_total",
-			Help:        "Invalidations triggered by a 401: reported to the token endpoint (origin client; result deleted, kept or error) or seen by the proxy, which invalidated and retried (origin proxy, result retried).",
+			Help:        "Invalidations triggered by a 401: reported to the token endpoint (origin client; result deleted, kept, held, rate_limited, timeout, bad_request or error) or seen by the proxy, which invalidated and retried (origin proxy, result retried).",
 			ConstLabels: labels,
 		}, []string{"origin", "result"}),
 	}

@@ -36,6 +36,12 @@ func (b *bufferPool) Put(v []byte) { b.p.Put(&v) }
 // back to the client (the next request recovers).
 const DefaultMaxRetryBody = 1 << 20
 
+// DefaultMaxBuffered bounds the bytes of request bodies the proxy keeps
+// for retries across all requests at once: past it, a body streams
+// through without a retry, however small. Slow clients sending many
+// bodies at once cannot make the proxy hold more than this.
+const DefaultMaxBuffered = 16 << 20
+
 // ProxyConfig configures NewProxy.
 type ProxyConfig struct {
 	// Upstream is the API's base URL (scheme, host, optional path): the
@@ -50,8 +56,10 @@ type ProxyConfig struct {
 	// MaxRetryBody overrides DefaultMaxRetryBody; negative means never
 	// buffer.
 	MaxRetryBody int64
-	Metrics      *Metrics
-	Logger       *slog.Logger
+	// MaxBuffered overrides DefaultMaxBuffered.
+	MaxBuffered int64
+	Metrics     *Metrics
+	Logger      *slog.Logger
 }
 
 // NewProxy returns an API proxy to c.Upstream: it strips the client's
@@ -81,6 +89,9 @@ func NewProxy(src Source, c ProxyConfig) (http.Handler, error) {
 	if c.MaxRetryBody == 0 {
 		c.MaxRetryBody = DefaultMaxRetryBody
 	}
+	if c.MaxBuffered <= 0 {
+		c.MaxBuffered = DefaultMaxBuffered
+	}
 	log := c.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -92,7 +103,7 @@ func NewProxy(src Source, c ProxyConfig) (http.Handler, error) {
 			pr.Out.Header.Del("Authorization")
 			pr.Out.Header.Del("Proxy-Authorization")
 		},
-		Transport: &outerTransport{rt: rt, m: c.Metrics},
+		Transport: &outerTransport{rt: rt, plain: &plainTransport{src: src, user: c.UserID, base: countingBase{base}}, m: c.Metrics},
 		// No forced flush per write: a body of known length goes out in
 		// full buffers; ReverseProxy still flushes each write of a body
 		// of unknown length and of text/event-stream, so streams stream.
@@ -110,13 +121,15 @@ type proxy struct {
 	c   ProxyConfig
 	rp  *httputil.ReverseProxy
 	log *slog.Logger
+
+	buffered atomic.Int64 // bytes of request bodies held for retries now
 }
 
 func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Del("Cache-Control") // the upstream's answer decides (see modifyResponse)
-	if r.Method == http.MethodConnect {
+	if refusedMethod(r.Method) {
 		p.c.Metrics.proxyFailed("refused")
-		writeError(w, http.StatusMethodNotAllowed, "CONNECT is refused: this proxy forwards only to "+p.upstreamName())
+		writeError(w, http.StatusMethodNotAllowed, strings.ToUpper(r.Method)+" is refused: this proxy forwards only to "+p.upstreamName())
 		return
 	}
 	if r.URL.Host != "" && !p.sameUpstream(r.URL) {
@@ -124,14 +137,46 @@ func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusForbidden, "this proxy forwards only to "+p.upstreamName())
 		return
 	}
-	if err := p.rewindable(r); err != nil {
+	release, err := p.rewindable(r)
+	defer release()
+	if bodyTimedOut(err) {
+		p.c.Metrics.proxyFailed("error")
+		writeTimeout(w)
+		return
+	}
+	if err != nil {
 		p.c.Metrics.proxyFailed("error")
 		writeError(w, http.StatusBadRequest, "reading the request body: "+err.Error())
 		return
 	}
 	// The attempt counter lives on the incoming request's context, so that
 	// both the transport and the error handler see it.
-	p.rp.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), attemptsKey{}, new(atomic.Int32))))
+	ctx := context.WithValue(r.Context(), attemptsKey{}, new(atomic.Int32))
+	if !CostlyLeft(r) {
+		// This client's requests have made the fleet invalidate its token
+		// too often of late: its 401s go back to it as they are.
+		ctx = context.WithValue(ctx, noRecoveryKey{}, true)
+	}
+	p.rp.ServeHTTP(w, r.WithContext(ctx))
+	if attemptsOf(ctx) > 1 {
+		Charge(r) // a 401 recovered from: an invalidation, an issuer call
+	}
+}
+
+// noRecoveryKey marks a request sent without the 401 recovery.
+type noRecoveryKey struct{}
+
+// refusedMethod reports whether the proxy refuses method: CONNECT would
+// tunnel past the host check; TRACE and TRACK make an upstream (or a load
+// balancer before it) that echoes them hand the fleet's token back to the
+// client. Compared without case, as some servers compare them.
+func refusedMethod(method string) bool {
+	for _, m := range []string{http.MethodConnect, http.MethodTrace, "TRACK"} {
+		if strings.EqualFold(method, m) {
+			return true
+		}
+	}
+	return false
 }
 
 func (p *proxy) upstreamName() string { return p.c.Upstream.Scheme + "://" + p.c.Upstream.Host }
@@ -143,32 +188,74 @@ func (p *proxy) sameUpstream(t *url.URL) bool {
 }
 
 // rewindable buffers a body of at most MaxRetryBody bytes, so that the
-// token transport may send it again after a 401; a larger one streams.
-func (p *proxy) rewindable(r *http.Request) error {
+// token transport may send it again after a 401; a larger one streams, and
+// so does any body once the bodies buffered by all requests reach
+// MaxBuffered. The memory is counted as it is allocated, and given back
+// by release once the request is done.
+func (p *proxy) rewindable(r *http.Request) (release func(), err error) {
+	var held int64
+	release = func() { p.buffered.Add(-held) }
 	if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 || p.c.MaxRetryBody < 0 {
-		return nil
+		return release, nil
 	}
-	if r.ContentLength > p.c.MaxRetryBody {
-		return nil
+	limit := p.c.MaxRetryBody
+	if r.ContentLength > limit {
+		streaming(r.Body)
+		return release, nil
 	}
-	buf, err := io.ReadAll(io.LimitReader(r.Body, p.c.MaxRetryBody+1))
-	if err != nil {
-		return err
+	take := func(n int64) bool {
+		if p.buffered.Add(n) > p.c.MaxBuffered {
+			p.buffered.Add(-n)
+			return false
+		}
+		held += n
+		return true
 	}
-	if int64(len(buf)) > p.c.MaxRetryBody {
-		// Unknown length, and too long: stream what was read, then the rest.
-		r.Body = struct {
-			io.Reader
-			io.Closer
-		}{io.MultiReader(bytes.NewReader(buf), r.Body), r.Body}
-		return nil
+	size := min(int64(32<<10), limit+1)
+	if r.ContentLength > 0 {
+		size = r.ContentLength + 1 // the byte after: the end of the body
+	}
+	if !take(size) {
+		streaming(r.Body)
+		return release, nil
+	}
+	buf := make([]byte, 0, size)
+	for {
+		if len(buf) == cap(buf) {
+			n := min(2*int64(cap(buf)), limit+1)
+			// The new buffer is counted in full while the old one is
+			// copied into it.
+			if int64(len(buf)) > limit || !take(n) {
+				// Too long, or too much held by all: stream what was
+				// read, then the rest (no retry).
+				streaming(r.Body)
+				r.Body = struct {
+					io.Reader
+					io.Closer
+				}{io.MultiReader(bytes.NewReader(buf), r.Body), r.Body}
+				return release, nil
+			}
+			nb := make([]byte, len(buf), n)
+			copy(nb, buf)
+			held -= int64(cap(buf)) // the old buffer is garbage now
+			p.buffered.Add(-int64(cap(buf)))
+			buf = nb
+		}
+		n, err := r.Body.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return release, err
+		}
 	}
 	_ = r.Body.Close()
 	r.ContentLength = int64(len(buf))
 	r.TransferEncoding = nil
 	r.Body = io.NopCloser(bytes.NewReader(buf))
 	r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(buf)), nil }
-	return nil
+	return release, nil
 }
 
 // failed answers a request the transport could not complete: 503 with the
@@ -217,12 +304,17 @@ func attemptsOf(ctx context.Context) int32 {
 // status, and the 401s the token transport recovered from: a request sent
 // twice was answered 401, its token invalidated for the fleet, and retried.
 type outerTransport struct {
-	rt http.RoundTripper
-	m  *Metrics
+	rt    http.RoundTripper
+	plain http.RoundTripper // without the 401 recovery (noRecoveryKey)
+	m     *Metrics
 }
 
 func (t *outerTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	resp, err := t.rt.RoundTrip(req)
+	rt := t.rt
+	if req.Context().Value(noRecoveryKey{}) != nil {
+		rt = t.plain
+	}
+	resp, err := rt.RoundTrip(req)
 	if attemptsOf(req.Context()) > 1 {
 		t.m.invalidated("proxy", "retried")
 	}
@@ -240,4 +332,29 @@ func (b countingBase) RoundTrip(req *http.Request) (*http.Response, error) {
 		n.Add(1)
 	}
 	return b.rt.RoundTrip(req)
+}
+
+// plainTransport authorizes a request with the token and sends it once: a
+// 401 goes back as it is, with no invalidation.
+type plainTransport struct {
+	src  Source
+	user string
+	base http.RoundTripper
+}
+
+func (t *plainTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	tok, _, err := t.src.Token(req.Context(), t.user)
+	if err != nil {
+		if req.Body != nil {
+			_ = req.Body.Close()
+		}
+		return nil, err
+	}
+	typ := tok.TokenType
+	if typ == "" || strings.EqualFold(typ, "bearer") {
+		typ = "Bearer"
+	}
+	r := req.Clone(req.Context())
+	r.Header.Set("Authorization", typ+" "+tok.AccessToken)
+	return t.base.RoundTrip(r)
 }

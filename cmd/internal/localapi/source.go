@@ -35,9 +35,15 @@ const (
 type Source interface {
 	// Token returns a valid token and the tier that answered.
 	Token(ctx context.Context, userID string) (Token, string, error)
-	// Invalidate deletes the cached token if its fingerprint is still fp
-	// (compare and delete, fleet-wide), reporting whether it did.
-	Invalidate(ctx context.Context, userID, fp string) (bool, error)
+	// Invalidate handles a client's report that the API rejected the
+	// token fp, by the rule Transport follows for a 401 (see
+	// tokencache.Handle.Rejected): the token is deleted fleet-wide at
+	// most once, and not at all while the evidence says the API, not the
+	// token, is at fault.
+	Invalidate(ctx context.Context, userID, fp string) (Report, error)
+	// Cached reports whether the token is in this process's memory, so
+	// that Token costs no issuer call (a user's first token does).
+	Cached(userID string) bool
 	// Fingerprint returns the fingerprint of an access token, as Token
 	// answers carry none and clients may report the token itself.
 	Fingerprint(accessToken string) string
@@ -48,6 +54,17 @@ type Source interface {
 	// Explain turns a Token error into the one line a client may see: the
 	// cause named, no secret.
 	Explain(err error) string
+}
+
+// Report is what Invalidate did with a reported rejection.
+type Report struct {
+	// Invalidated: the token was deleted for the fleet by this report.
+	Invalidated bool
+	// Held: the rejection is taken as the API's fault (a token fetched
+	// after an invalidation was reported at once); the token is kept for
+	// HeldFor.
+	Held    bool
+	HeldFor time.Duration
 }
 
 // ErrBadRequest is the class of errors the client caused (an invalid user
@@ -110,12 +127,18 @@ func (s *cacheSource) Token(ctx context.Context, userID string) (Token, string, 
 	return Token{AccessToken: tok.AccessToken, TokenType: tok.TokenType, Expiry: tok.Expiry}, tier, nil
 }
 
-func (s *cacheSource) Invalidate(ctx context.Context, userID, fp string) (bool, error) {
+func (s *cacheSource) Invalidate(ctx context.Context, userID, fp string) (Report, error) {
 	h, err := s.handle(userID)
 	if err != nil {
-		return false, err
+		return Report{}, err
 	}
-	return h.InvalidateFingerprint(ctx, fp, 0)
+	r, err := h.Rejected(ctx, fp)
+	return Report{Invalidated: r.Invalidated, Held: r.Held, HeldFor: r.HeldFor}, err
+}
+
+func (s *cacheSource) Cached(userID string) bool {
+	h, err := s.handle(userID)
+	return err == nil && h.Cached()
 }
 
 func (s *cacheSource) Fingerprint(accessToken string) string {

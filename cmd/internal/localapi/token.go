@@ -4,9 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"math"
 	"net/http"
+	"net/url"
 	"strconv"
 	"time"
 )
@@ -39,10 +41,15 @@ type InvalidateRequest struct {
 	AccessToken string `json:"access_token,omitempty"`
 }
 
-// InvalidateResponse says whether the token was deleted; false means it
-// had been replaced already (by another client's report, or a refresh).
+// InvalidateResponse says whether the token was deleted. False means it
+// had been replaced already (by another client's report, or a refresh),
+// or, with Held, that the rejection is taken as the API's fault: the
+// token is kept, and reporting it again before RetryAfter (whole seconds)
+// changes nothing.
 type InvalidateResponse struct {
-	Invalidated bool `json:"invalidated"`
+	Invalidated bool  `json:"invalidated"`
+	Held        bool  `json:"held,omitempty"`
+	RetryAfter  int64 `json:"retry_after,omitempty"`
 }
 
 // ErrorResponse is the body of every error answer: a code and one line
@@ -72,20 +79,68 @@ type tokenHandler struct {
 	now func() time.Time
 }
 
-// userParam is the request's user_id, without parsing a query there is
-// none of (the common case: the server token).
-func userParam(r *http.Request) string {
-	if r.URL.RawQuery == "" {
-		return ""
+// userParam is the request's user_id: "" (the server token) only when
+// the query names no user at all. The query is parsed strictly, since the
+// server token must never answer a request that named a user: a query
+// that does not parse, a parameter other than user_id (User_Id included),
+// a user_id given twice or given empty are all errors (answered 400).
+func userParam(r *http.Request) (string, error) {
+	raw := r.URL.RawQuery
+	if raw == "" {
+		return "", nil
 	}
-	return r.URL.Query().Get("user_id")
+	q, err := url.ParseQuery(raw)
+	if err != nil {
+		return "", fmt.Errorf("%w: the query does not parse: want ?user_id=ID", ErrBadRequest)
+	}
+	for k := range q {
+		if k != "user_id" {
+			return "", fmt.Errorf("%w: unknown query parameter %q: the only one is user_id", ErrBadRequest, truncateParam(k))
+		}
+	}
+	vs := q["user_id"]
+	switch {
+	case len(vs) == 0:
+		// A query of "&" or ";"-free noise such as "?&": no parameter.
+		return "", fmt.Errorf("%w: want ?user_id=ID or no query", ErrBadRequest)
+	case len(vs) > 1:
+		return "", fmt.Errorf("%w: user_id is given %d times, want once", ErrBadRequest, len(vs))
+	case vs[0] == "":
+		return "", fmt.Errorf("%w: user_id is empty", ErrBadRequest)
+	}
+	return vs[0], nil
+}
+
+// truncateParam bounds a parameter name echoed in an error.
+func truncateParam(k string) string {
+	if len(k) > 40 {
+		return k[:40] + "…"
+	}
+	return k
 }
 
 func (h *tokenHandler) token(w http.ResponseWriter, r *http.Request) {
-	user := userParam(r)
+	user, err := userParam(r)
+	if err != nil {
+		h.m.tokenServed(true, TierNone, ResultBadRequest)
+		writeError(w, http.StatusBadRequest, h.src.Explain(err))
+		return
+	}
+	// A user's first token (none in memory here) may cost an issuer
+	// call: it is refused once the client's costly requests are spent,
+	// and charged to them when it did cost one.
+	costly := user != "" && !h.src.Cached(user)
+	if costly && !CostlyLeft(r) {
+		h.m.tokenServed(true, TierNone, ResultRateLimited)
+		tooManyCostly(w)
+		return
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), tokenTimeout)
 	defer cancel()
 	tok, tier, err := h.src.Token(ctx, user)
+	if costly && tier == TierIssuer {
+		Charge(r)
+	}
 	if err != nil {
 		if r.Context().Err() != nil {
 			return // the client left
@@ -147,11 +202,29 @@ func plainJSON(s string) bool {
 }
 
 func (h *tokenHandler) invalidate(w http.ResponseWriter, r *http.Request) {
-	user := userParam(r)
+	user, err := userParam(r)
+	if err != nil {
+		h.m.invalidated("client", "bad_request")
+		writeError(w, http.StatusBadRequest, h.src.Explain(err))
+		return
+	}
 	var req InvalidateRequest
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxInvalidateBody))
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil || dec.Decode(&struct{}{}) != io.EOF {
+	err = dec.Decode(&req)
+	if err == nil {
+		if err = dec.Decode(&struct{}{}); err == io.EOF {
+			err = nil
+		} else if err == nil {
+			err = errors.New("more than one JSON value")
+		}
+	}
+	if bodyTimedOut(err) {
+		h.m.invalidated("client", "timeout")
+		writeTimeout(w)
+		return
+	}
+	if err != nil {
 		h.m.invalidated("client", "bad_request")
 		writeError(w, http.StatusBadRequest, `want a JSON object {"fingerprint": "..."} or {"access_token": "..."}`)
 		return
@@ -172,21 +245,46 @@ func (h *tokenHandler) invalidate(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "name the token that got a 401: fingerprint or access_token")
 		return
 	}
+	// An invalidation costs an issuer call: refused once the client's
+	// costly requests are spent, and charged to them when it happened (a
+	// report held or stale costs nothing, not even for a user with no
+	// token cached: nothing is fetched to judge it).
+	if !CostlyLeft(r) {
+		h.m.invalidated("client", ResultRateLimited)
+		tooManyCostly(w)
+		return
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), tokenTimeout)
 	defer cancel()
-	deleted, err := h.src.Invalidate(ctx, user, fp)
+	rep, err := h.src.Invalidate(ctx, user, fp)
 	if err != nil {
 		code, _ := h.failure(err)
 		h.m.invalidated("client", "error")
 		writeError(w, code, h.src.Explain(err))
 		return
 	}
+	if rep.Invalidated {
+		Charge(r)
+	}
 	result := "kept"
-	if deleted {
+	switch {
+	case rep.Invalidated:
 		result = "deleted"
+	case rep.Held:
+		result = "held"
 	}
 	h.m.invalidated("client", result)
-	writeJSON(w, http.StatusOK, InvalidateResponse{Invalidated: deleted})
+	resp := InvalidateResponse{Invalidated: rep.Invalidated, Held: rep.Held}
+	if rep.Held {
+		resp.RetryAfter = int64(math.Ceil(rep.HeldFor.Seconds()))
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
+
+// tooManyCostly answers 429 a request refused by the client's costly limit.
+func tooManyCostly(w http.ResponseWriter) {
+	w.Header().Set("Retry-After", "2")
+	writeError(w, http.StatusTooManyRequests, "too many requests that may cost an issuer call (invalidations, users' first tokens) from this client")
 }
 
 // failure maps a Source error to a status and a metrics result.
@@ -215,6 +313,10 @@ func writeError(w http.ResponseWriter, code int, reason string) {
 		name = "method_not_allowed"
 	case http.StatusBadGateway:
 		name = "bad_gateway"
+	case http.StatusTooManyRequests:
+		name = "rate_limited"
+	case http.StatusRequestTimeout:
+		name = "timeout"
 	}
 	writeJSON(w, code, ErrorResponse{Error: name, Reason: reason})
 }

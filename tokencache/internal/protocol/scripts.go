@@ -318,8 +318,12 @@ func (c *Client) Write(ctx context.Context, k Keys, rec Record, ttl time.Duratio
 }
 
 // budgetLua counts one issuer call in a fixed window: KEYS[kb] is the
-// budget key, ARGV[ab] the limit and ARGV[ab+1] the window in ms. It
-// sets {allowed 1|0, ms until the window resets, calls counted} in the
+// budget key, ARGV[ab] the limit and ARGV[ab+1] the window in ms. A call
+// refused is not counted (the count it would have had is returned): a
+// caller held to a lower limit than another's (a user's token, below the
+// share reserved for the server token) cannot push the count past the
+// other's. It sets {allowed 1|0, ms until the window resets, calls
+// counted (with this one)} in the
 // local "spent", which the script declares before it. beginScript runs it
 // too, so that a refresh takes its first issuer call's budget in the same
 // round trip as its fencing generation.
@@ -333,7 +337,10 @@ do
     ttl = tonumber(ARGV[%[3]d])
   end
   local allowed = 1
-  if n > tonumber(ARGV[%[2]d]) then allowed = 0 end
+  if n > tonumber(ARGV[%[2]d]) then
+    allowed = 0
+    redis.call('DECR', KEYS[%[1]d])
+  end
   spent = {allowed, ttl, n}
 end
 `, kb, ab, ab+1)
