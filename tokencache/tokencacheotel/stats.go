@@ -37,7 +37,7 @@ var stats = []stat{
 	{"tokencache_fail_open", "Direct issuer fetches while Redis was unreachable.", func(s tokencache.Stats) uint64 { return s.FailOpen }},
 	{"tokencache_redis_hits", "Token calls answered from Redis.", func(s tokencache.Stats) uint64 { return s.RedisHits }},
 	{"tokencache_resubscribes", "Event subscriptions replaced after a failed liveness probe.", func(s tokencache.Stats) uint64 { return s.Resubscribes }},
-	{"tokencache_rejections_held", "The API's 401s returned without invalidating a token younger than the rejection window.", func(s tokencache.Stats) uint64 { return s.RejectionsHeld }},
+	{"tokencache_rejections_held", "The API's 401s returned without invalidating the token, while the API rejected a new token before accepting any.", func(s tokencache.Stats) uint64 { return s.RejectionsHeld }},
 	{"tokencache_transient_waits", "Waits to re-check Redis while a cluster slot was moving.", func(s tokencache.Stats) uint64 { return s.TransientWaits }},
 }
 

@@ -96,7 +96,7 @@ tokencache_redis_reads_total{namespace="ns1"} 4
 # HELP tokencache_refreshes_total Tokens this process stored in Redis.
 # TYPE tokencache_refreshes_total counter
 tokencache_refreshes_total{namespace="ns1"} 3
-# HELP tokencache_rejections_held_total The API's 401s returned without invalidating a token younger than the rejection window.
+# HELP tokencache_rejections_held_total The API's 401s returned without invalidating the token, while the API rejected a new token before accepting any.
 # TYPE tokencache_rejections_held_total counter
 tokencache_rejections_held_total{namespace="ns1"} 14
 # HELP tokencache_resubscribes_total Event subscriptions replaced after a failed liveness probe.
