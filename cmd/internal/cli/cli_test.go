@@ -276,8 +276,8 @@ func TestParseRedis(t *testing.T) {
 }
 
 func TestRefreshLine(t *testing.T) {
-	got := refreshLine("tokencache:{default}:server", 7, 59*time.Minute+30*time.Second+400*time.Millisecond, true)
-	want := "key=tokencache:{default}:server generation=7 expires_in=59m30s refreshed=true"
+	got := refreshLine("tokencache:{default}:server", 7, 59*time.Minute+59*time.Second+700*time.Millisecond, 59*time.Minute+30*time.Second+400*time.Millisecond, true)
+	want := "key=tokencache:{default}:server generation=7 expires_in=1h0m0s ttl=59m30s refreshed=true"
 	if got != want {
 		t.Errorf("got %q, want %q", got, want)
 	}

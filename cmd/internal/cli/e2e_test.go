@@ -161,7 +161,7 @@ func (w *world) checkNoSecrets() {
 // correlationRE finds the correlationId of a Basiq error in a message.
 var correlationRE = regexp.MustCompile(`correlationId [0-9a-f]+`)
 
-var refreshLineRE = regexp.MustCompile(`^key=tokencache:\{e2e\}:server generation=\d+ expires_in=\S+ refreshed=(true|false)\n$`)
+var refreshLineRE = regexp.MustCompile(`^key=tokencache:\{e2e\}:server generation=\d+ expires_in=\S+ ttl=\S+ refreshed=(true|false)\n$`)
 
 func TestE2EConcurrentRefreshOneIssuerCall(t *testing.T) {
 	w := newWorld(t, 100*time.Millisecond)
