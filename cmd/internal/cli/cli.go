@@ -95,7 +95,8 @@ func Run(ctx context.Context, args []string, env Env) error {
 	}
 	a := &app{env: env}
 	err := a.run(ctx, args)
-	if err == nil || errors.Is(err, flag.ErrHelp) {
+	var rp *reported
+	if err == nil || errors.Is(err, flag.ErrHelp) || errors.As(err, &rp) {
 		return err
 	}
 	return a.explain(err)
@@ -240,16 +241,31 @@ const (
 	ExitOK      = 0
 	ExitFailure = 1
 	ExitUsage   = 2
+	// ExitNothingDeleted is invalidate's status when it deleted nothing:
+	// no token was cached, or the cached one was not the one named.
+	ExitNothingDeleted = 3
 )
 
+// reported is an outcome the command has already printed: it carries only
+// its exit status, and an empty message, which main does not print.
+type reported struct{ code int }
+
+func (*reported) Error() string { return "" }
+
 // ExitCode maps an error returned by Run to the process exit status: nil
-// and a request for help are 0, usage and configuration errors 2,
-// anything else 1. It is the only place exit statuses are decided.
+// and a request for help are 0, usage and configuration errors 2, an
+// invalidate that deleted nothing 3, anything else 1. It is the only place
+// exit statuses are decided.
 func ExitCode(err error) int {
-	var ue *UsageError
+	var (
+		ue *UsageError
+		rp *reported
+	)
 	switch {
 	case err == nil, errors.Is(err, flag.ErrHelp):
 		return ExitOK
+	case errors.As(err, &rp):
+		return rp.code
 	case errors.As(err, &ue):
 		return ExitUsage
 	default:
