@@ -153,7 +153,8 @@ func (a *app) label() string {
 func (a *app) explain(err error) error {
 	var ue *UsageError
 	if errors.As(err, &ue) {
-		return &UsageError{msg: a.scrub(ue.msg)}
+		// main prefixes every message with "tokencache: " once.
+		return &UsageError{msg: a.scrub(strings.TrimPrefix(ue.msg, "tokencache: "))}
 	}
 	return &failure{msg: a.scrub(a.describe(err)), err: err}
 }

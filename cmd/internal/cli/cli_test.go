@@ -61,6 +61,9 @@ func TestUsageErrors(t *testing.T) {
 		{"bad redis url", base, []string{"get", "--redis", "http://x"}, "--redis"},
 		{"bad sentinel url", base, []string{"get", "--redis", "redis+sentinel://h:26379"}, "master name"},
 		{"bad namespace", base, []string{"get", "--namespace", "a/b"}, "--namespace"},
+		{"namespace with a colon", base, []string{"get", "--namespace", "bad:ns"}, `--namespace: invalid namespace "bad:ns": holds a colon`},
+		{"namespace from env with a colon", map[string]string{EnvBasiqAPIKey: secret, EnvNamespace: "bad:ns"}, []string{"get"}, "holds a colon"},
+		{"long namespace", base, []string{"get", "--namespace", strings.Repeat("n", 200)}, "--namespace: invalid namespace: longer than 128 bytes"},
 		{"demo replicas", base, []string{"demo", "--replicas", "0"}, "--replicas 0"},
 		{"daemon interval", base, []string{"daemon", "--interval", "1ms"}, "below 100ms"},
 	}
@@ -76,6 +79,9 @@ func TestUsageErrors(t *testing.T) {
 			}
 			if strings.Contains(msg, "\n") {
 				t.Errorf("message spans lines: %q", msg)
+			}
+			if strings.HasPrefix(msg, "tokencache:") {
+				t.Errorf("message %q starts with tokencache:, which main adds once", msg)
 			}
 			if stdout != "" || stderr != "" {
 				t.Errorf("a usage error printed more than its one line: stdout %q, stderr %q", stdout, stderr)
