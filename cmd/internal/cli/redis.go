@@ -276,12 +276,16 @@ func unreachableMsg(addr string, err error) string {
 // an error.
 func unreachable(err error) bool {
 	var (
-		op *net.OpError
-		re redis.Error
+		op    *net.OpError
+		re    redis.Error
+		alert tls.AlertError
+		cv    *tls.CertificateVerificationError
 	)
 	switch {
 	case err == nil, errors.As(err, &re):
 		return false
+	case errors.As(err, &alert), errors.As(err, &cv), strings.Contains(err.Error(), "tls: "), strings.Contains(err.Error(), "x509: "):
+		return false // reached, but the TLS handshake failed: named as it is
 	case errors.As(err, &op), errors.Is(err, context.DeadlineExceeded), errors.Is(err, io.EOF):
 		return true
 	}
