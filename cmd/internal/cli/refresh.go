@@ -15,7 +15,7 @@ import (
 // minutes left and refreshes, so one failed run costs nothing; only a
 // second failure in a row lets the token lapse. A run skips the refresh
 // when someone else (the daemon, another host) refreshed less than 14.5
-// minutes earlier. TestCronArithmetic keeps the README, examples/cron and
+// minutes earlier. TestCronArithmetic keeps docs/cron.md, examples/cron and
 // the Kubernetes CronJob on these numbers.
 const DefaultMinTTL = 45 * time.Minute
 
