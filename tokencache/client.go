@@ -42,39 +42,11 @@ func WithClientTokens(newFetcher func(userID string) (Fetcher, error), maxUsers 
 // UUIDs and hex ids pass). The error wraps ErrInvalidUserID and says why,
 // with the byte offset of the first offending character, never the id.
 func ValidateUserID(id string) error {
-	if id == "" {
-		return fmt.Errorf("%w: empty", ErrInvalidUserID)
-	}
-	if len(id) > maxUserIDLen {
-		return fmt.Errorf("%w: longer than %d bytes", ErrInvalidUserID, maxUserIDLen)
-	}
-	for i := 0; i < len(id); i++ {
-		var why string
-		switch c := id[i]; {
-		case c == '{' || c == '}':
-			why = "holds a brace"
-		case c == ':':
-			why = "holds a colon"
-		case c == '/' || c == '\\':
-			why = "holds a slash"
-		case c == '"' || c == '\'':
-			why = "holds a quote"
-		case c == ' ' || '\t' <= c && c <= '\r':
-			why = "holds whitespace"
-		case c < 0x20 || c == 0x7f:
-			why = "holds a control character"
-		case c >= 0x80:
-			why = "holds a non-ASCII byte"
-		default:
-			continue
-		}
-		return fmt.Errorf("%w: %s at byte %d", ErrInvalidUserID, why, i)
+	if why := nameProblem(id); why != "" {
+		return fmt.Errorf("%w: %s", ErrInvalidUserID, why)
 	}
 	return nil
 }
-
-// maxUserIDLen is the longest user id ValidateUserID accepts, in bytes.
-const maxUserIDLen = 128
 
 // userEntry finds or creates the user's state.
 func (c *Cache) userEntry(id string) (*entry, error) {

@@ -27,6 +27,11 @@ var (
 	// its key: empty, too long, or holding braces, colons, slashes,
 	// whitespace or control characters.
 	ErrInvalidUserID = errors.New("tokencache: invalid user id")
+
+	// ErrInvalidNamespace is returned for a namespace ValidateNamespace
+	// refuses: empty, too long, or holding braces, colons, slashes,
+	// quotes, whitespace or control characters.
+	ErrInvalidNamespace = errors.New("tokencache: invalid namespace")
 )
 
 // FetchError reports a refresh that failed at the issuer, in this replica

@@ -125,6 +125,7 @@ func (s *subscriber) runSubscriber(ctx context.Context) {
 		tick.Reset(max(next, 10*time.Millisecond))
 	}
 	probeRefused := false // logged once
+	var probeErr error    // why the last probe could not be sent, if it could not
 	// probe publishes a probe to our own channel. One that could not be
 	// sent counts as sent: if it does not come back, subscribing again is
 	// harmless. One the server refused (an ACL without +publish) proves
@@ -134,6 +135,7 @@ func (s *subscriber) runSubscriber(ctx context.Context) {
 		err := c.st.publish(pctx, c.channel, protocol.Event{Type: protocol.EventProbe, Key: c.channel, Origin: c.origin})
 		cancel()
 		var rerr redis.Error
+		probeErr = err // the reason to give if the probe does not come back
 		if err != nil && errors.As(err, &rerr) {
 			if !probeRefused {
 				probeRefused = true
@@ -180,7 +182,18 @@ func (s *subscriber) runSubscriber(ctx context.Context) {
 			switch {
 			case !probeSent.IsZero() && now.Sub(probeSent) >= wait():
 				fails++
-				resubscribe("the subscription delivered nothing, not even our probe", 0)
+				why := "the subscription delivered nothing, not even our probe"
+				if probeErr == nil {
+					// Nothing was published: ask whether Redis answers at all.
+					pctx, cancel := context.WithTimeout(ctx, c.cfg.probeTimeout)
+					probeErr = c.rdb.Ping(pctx).Err()
+					cancel()
+				}
+				var rerr redis.Error
+				if probeErr != nil && !errors.As(probeErr, &rerr) {
+					why = "Redis unreachable: " + probeErr.Error()
+				}
+				resubscribe(why, 0)
 				continue
 			case probeSent.IsZero() && now.Sub(lastHeard) >= quiet(now):
 				probe(now)

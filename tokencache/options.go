@@ -148,11 +148,12 @@ func defaultConfig() config {
 type Option func(*config) error
 
 // WithNamespace names the shared token. Replicas that share a namespace
-// share a token. Default "default". A namespace is 1-128 printable
-// characters without braces, whitespace or control characters.
+// share a token. Default "default". A namespace is what ValidateNamespace
+// accepts (1-128 printable ASCII bytes without braces, colons, slashes,
+// quotes or whitespace); another is an error wrapping ErrInvalidNamespace.
 func WithNamespace(ns string) Option {
 	return func(c *config) error {
-		if err := validateName(ns, "namespace"); err != nil {
+		if err := ValidateNamespace(ns); err != nil {
 			return err
 		}
 		c.namespace = ns

@@ -15,6 +15,9 @@
 //	(API key)         BASIQ_API_KEY, else TOKENCACHE_API_KEY, else issuertest.DefaultAPIKey
 //	(client secret)   TOKENCACHE_CLIENT_SECRET, else issuertest.DefaultClientSecret
 //
+// Its start line says which key it accepts without printing it: accepts="the
+// default demo key (issuertest.DefaultAPIKey)", "the key from $BASIQ_API_KEY", …
+//
 // The API key and client secret also have flags (--api-key,
 // --client-secret), but command lines are visible to other users of the
 // host: prefer the environment.
@@ -100,13 +103,22 @@ func run(ctx context.Context, args []string, getenv func(string) string, log *sl
 	if defListen == "" {
 		defListen = ":8080"
 	}
+	// Where the accepted key and secret come from, to log without them.
+	keyFrom, secretFrom := "the default demo key (issuertest.DefaultAPIKey)", "the default demo secret (issuertest.DefaultClientSecret)"
 	defKey := first(envBasiqAPIKey, envAPIKey)
-	if defKey == "" {
+	switch {
+	case defKey == "":
 		defKey = issuertest.DefaultAPIKey
+	case getenv(envBasiqAPIKey) != "":
+		keyFrom = "the key from $" + envBasiqAPIKey
+	default:
+		keyFrom = "the key from $" + envAPIKey
 	}
 	defSecret := first(envClientSecret)
 	if defSecret == "" {
 		defSecret = issuertest.DefaultClientSecret
+	} else {
+		secretFrom = "the secret from $" + envClientSecret
 	}
 
 	fs := flag.NewFlagSet("fakeissuer", flag.ContinueOnError)
@@ -127,9 +139,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, log *sl
 	}
 	if *key == "" {
 		*key = defKey
+	} else {
+		keyFrom = "the key given with --api-key"
 	}
 	if *secret == "" {
 		*secret = defSecret
+	} else {
+		secretFrom = "the secret given with --client-secret"
 	}
 	if *latency < 0 {
 		return fmt.Errorf("%w: --latency %v is negative", errUsage, *latency)
@@ -152,7 +168,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, log *sl
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	log.Info("fake issuer listening", "addr", ln.Addr().String(), "latency", *latency, "lifetime", *lifetime,
-		"default_api_key", *key == issuertest.DefaultAPIKey, "default_client_secret", *secret == issuertest.DefaultClientSecret)
+		"accepts", keyFrom, "authenticate_secret", secretFrom)
 	if started != nil {
 		started("http://" + ln.Addr().String())
 	}

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -122,5 +123,43 @@ func TestUsage(t *testing.T) {
 		if !errors.Is(err, errUsage) {
 			t.Errorf("%v %v: %v, want a usage error", tc.args, tc.env, err)
 		}
+	}
+}
+
+// TestLogsWhichKeyItAccepts checks that the start line names where the
+// accepted API key comes from, and never holds the key itself.
+func TestLogsWhichKeyItAccepts(t *testing.T) {
+	const key = "fakeissuer-log-key-0123456789"
+	tests := []struct {
+		name string
+		env  map[string]string
+		args []string
+		want string
+	}{
+		{"default", nil, nil, `accepts="the default demo key`},
+		{"BASIQ_API_KEY", map[string]string{envBasiqAPIKey: key}, nil, `accepts="the key from $BASIQ_API_KEY"`},
+		{"TOKENCACHE_API_KEY", map[string]string{envAPIKey: key}, nil, `accepts="the key from $TOKENCACHE_API_KEY"`},
+		{"flag", nil, []string{"--api-key", key}, `accepts="the key given with --api-key"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var logs strings.Builder
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() {
+				done <- run(ctx, append([]string{"--listen", "127.0.0.1:0"}, tt.args...), func(k string) string { return tt.env[k] },
+					slog.New(slog.NewTextHandler(&logs, nil)), func(string) { cancel() })
+			}()
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+			out := logs.String()
+			if !strings.Contains(out, tt.want) {
+				t.Errorf("log %q does not say %q", out, tt.want)
+			}
+			if strings.Contains(out, key) || strings.Contains(out, issuertest.DefaultAPIKey) {
+				t.Errorf("log holds the key: %q", out)
+			}
+		})
 	}
 }

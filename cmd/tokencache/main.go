@@ -21,10 +21,11 @@ func main() {
 	os.Exit(code)
 }
 
-// run runs the command and prints its error, if any, as one line.
+// run runs the command and prints its error, if any, as one line (an
+// outcome the command already printed has an empty message).
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	err := cli.Run(ctx, args, cli.Env{Stdin: stdin, Stdout: stdout, Stderr: stderr, Getenv: os.Getenv})
-	if err != nil && cli.ExitCode(err) != cli.ExitOK {
+	if err != nil && cli.ExitCode(err) != cli.ExitOK && err.Error() != "" {
 		fmt.Fprintln(stderr, "tokencache:", err)
 	}
 	return err

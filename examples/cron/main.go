@@ -4,7 +4,7 @@
 // all. (The tokencache binary's "refresh" command does the same with more
 // options.) Every 20 minutes with MIN_TTL 45m replaces Basiq's 60-minute
 // token three times an hour, and one failed run still leaves the next one
-// time to refresh it: see the README's Cron section.
+// time to refresh it: see docs/cron.md.
 //
 //	*/20 * * * * TOKENCACHE_REDIS_URL=redis://redis:6379/0 BASIQ_API_KEY=... cron
 package main

@@ -6,10 +6,11 @@
 // Each user's client token is shared by every replica through Redis
 // (tokencache:{<ns>/<user>}:client), so a user who reloads the page, or
 // lands on another replica, gets the same token without another issuer
-// call.
+// call. It listens on :8084 by default, as in docker-compose, where
+// :8081-8083 are the backend replicas; examples/README.md runs it offline.
 //
-//	TOKENCACHE_REDIS_URL=redis://127.0.0.1:6379/0 BASIQ_API_KEY=... LISTEN=:8082 go run ./examples/peruser
-//	curl -i 'localhost:8082/consent?userId=1234567-1234-1234-1234-123456781234'
+//	TOKENCACHE_REDIS_URL=redis://127.0.0.1:6379/0 BASIQ_API_KEY=... LISTEN=:8084 go run ./examples/peruser
+//	curl -i 'localhost:8084/consent?userId=1234567-1234-1234-1234-123456781234'
 package main
 
 import (
@@ -95,7 +96,7 @@ func run(ctx context.Context, log *slog.Logger) error {
 		http.Redirect(w, r, consent+"?token="+url.QueryEscape(tok.AccessToken), http.StatusFound)
 	})
 
-	srv := &http.Server{Addr: getenv("LISTEN", ":8082"), Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Addr: getenv("LISTEN", ":8084"), Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		<-ctx.Done()
 		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

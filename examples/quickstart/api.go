@@ -60,13 +60,22 @@ func (e *jobFailedError) Error() string {
 // finishes; it wraps the context's error.
 var errNoJob = errors.New("no finished job before the deadline")
 
-// ended reports that ctx ended while waiting for a job: errNoJob and the
-// context's error, whatever err the interrupted call returned.
+// errInterrupted is returned when the program is interrupted (Ctrl-C,
+// SIGTERM) while it waits; it wraps context.Canceled.
+var errInterrupted = errors.New("interrupted")
+
+// ended reports that ctx ended while waiting for a job: interrupted if it
+// was cancelled, else errNoJob; with the context's error, whatever err the
+// interrupted call returned.
 func ended(ctx context.Context, err error) error {
-	if err != nil {
-		return fmt.Errorf("%w: %w (%v)", errNoJob, ctx.Err(), err)
+	why := errNoJob
+	if errors.Is(ctx.Err(), context.Canceled) {
+		why = errInterrupted
 	}
-	return fmt.Errorf("%w: %w", errNoJob, ctx.Err())
+	if err != nil {
+		return fmt.Errorf("%w while waiting for the job: %w (%v)", why, ctx.Err(), err)
+	}
+	return fmt.Errorf("%w while waiting for the job: %w", why, ctx.Err())
 }
 
 // do sends method path (with body as JSON, if not nil) through hc and

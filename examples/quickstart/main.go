@@ -22,6 +22,11 @@
 //
 //	BASIQ_API_KEY=... TOKENCACHE_REDIS_URL=redis://127.0.0.1:6379/0 go run ./examples/quickstart
 //
+// It talks to Basiq only when BASIQ_API_KEY is set and
+// TOKENCACHE_ISSUER_URL is unset or on basiq.io; with the URL of another
+// issuer (cmd/fakeissuer) it runs the fake's flow against it. Its first
+// line says which, and how it connects the bank. Interrupted, it says so.
+//
 // Settings, all from the environment:
 //
 //	BASIQ_API_KEY          your API key; unset: the embedded fake Basiq
@@ -48,7 +53,9 @@
 package main
 
 import (
+	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -89,6 +96,9 @@ func main() {
 	err := run(ctx, os.Stdout, os.Getenv)
 	stop()
 	if err != nil {
+		if errors.Is(err, context.Canceled) && !errors.Is(err, errInterrupted) {
+			err = errInterrupted
+		}
 		fmt.Fprintln(os.Stderr, "quickstart:", err)
 		os.Exit(1)
 	}
@@ -122,6 +132,12 @@ func readConfig(getenv func(string) string) (config, error) {
 	if c.apiKey == "" && c.baseURL != "" {
 		return c, &configError{"TOKENCACHE_ISSUER_URL", c.baseURL, "needs BASIQ_API_KEY (unset both for the embedded fake)"}
 	}
+	if c.baseURL != "" {
+		u, err := url.Parse(c.baseURL)
+		if err != nil || u.Host == "" {
+			return c, &configError{"TOKENCACHE_ISSUER_URL", c.baseURL, "want an absolute URL such as https://au-api.basiq.io"}
+		}
+	}
 	if c.userID != "" {
 		if err := tokencache.ValidateUserID(c.userID); err != nil {
 			return c, &configError{"BASIQ_USER_ID", c.userID, err.Error()}
@@ -132,9 +148,12 @@ func readConfig(getenv func(string) string) (config, error) {
 	}
 	switch c.connect {
 	case "":
-		c.connect = connectConsent
-		if c.apiKey == "" {
-			c.connect = connectSandbox
+		// A person opens the consent page only on Basiq itself; a fake
+		// (embedded, or cmd/fakeissuer at TOKENCACHE_ISSUER_URL) connects
+		// the sandbox bank at once.
+		c.connect = connectSandbox
+		if c.realBasiq() {
+			c.connect = connectConsent
 		}
 	case connectSandbox, connectConsent:
 	default:
@@ -161,6 +180,25 @@ func readConfig(getenv func(string) string) (config, error) {
 	return c, nil
 }
 
+// realBasiq reports whether the program talks to Basiq itself: with an
+// API key, and an issuer URL that is unset or on basiq.io. A key exported
+// for another program (say, the daemon against cmd/fakeissuer) does not
+// send it to Basiq when TOKENCACHE_ISSUER_URL names the fake.
+func (c config) realBasiq() bool {
+	if c.apiKey == "" {
+		return false
+	}
+	if c.baseURL == "" {
+		return true
+	}
+	u, err := url.Parse(c.baseURL)
+	if err != nil {
+		return false
+	}
+	h := u.Hostname()
+	return h == "basiq.io" || strings.HasSuffix(h, ".basiq.io")
+}
+
 // counted counts the Fetch calls of a Basiq fetcher: the issuer calls the
 // quick start costs. Embedding keeps the fetcher's Identity, so the cache
 // still ties each token to the key, scope and user that minted it.
@@ -181,7 +219,10 @@ func run(ctx context.Context, stdout io.Writer, getenv func(string) string) erro
 	if err != nil {
 		return err
 	}
-	where := "Basiq at " + cfg.baseURL
+	where := "the issuer at " + cfg.baseURL + " (not basiq.io: the fake's flow)"
+	if cfg.realBasiq() {
+		where = "Basiq at " + cmp.Or(cfg.baseURL, basiq.DefaultBaseURL) + " (BASIQ_API_KEY is set and TOKENCACHE_ISSUER_URL is unset or on basiq.io)"
+	}
 	if cfg.apiKey == "" {
 		// No key: the fake Basiq, in this process.
 		fake := issuertest.New(issuertest.WithStrictUsers(true)) // unknown users are 404, as on Basiq
@@ -193,7 +234,6 @@ func run(ctx context.Context, stdout io.Writer, getenv func(string) string) erro
 		where = "the fake Basiq at " + fake.URL() + " (set BASIQ_API_KEY for the real one)"
 	} else if cfg.baseURL == "" {
 		cfg.baseURL = basiq.DefaultBaseURL
-		where = "Basiq at " + cfg.baseURL
 	}
 
 	rdb, redisName, closeRedis, err := openRedis(ctx, cfg.redisURL)
@@ -221,7 +261,7 @@ func run(ctx context.Context, stdout io.Writer, getenv func(string) string) erro
 	defer cache.Close()
 
 	out := &printer{w: stdout}
-	out.line("Basiq quick start against %s, Redis %s", where, redisName)
+	out.line("Basiq quick start against %s, Redis %s; connect: %s, giving up after %v", where, redisName, cfg.connect, cfg.timeout)
 
 	// 1. The server token, shared by the fleet through Redis.
 	tok, err := cache.Token(ctx)

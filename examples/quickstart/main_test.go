@@ -362,3 +362,72 @@ func TestRunBadUserIDFromAPI(t *testing.T) {
 		t.Errorf("the bad id was printed:\n%s", out.String())
 	}
 }
+
+// TestModeFollowsTheIssuerURL checks that BASIQ_API_KEY alone does not
+// send the program to Basiq: with TOKENCACHE_ISSUER_URL naming another
+// issuer (cmd/fakeissuer) it runs the fake's flow, connecting the sandbox
+// bank at once instead of waiting for a person; and that it says which.
+func TestModeFollowsTheIssuerURL(t *testing.T) {
+	tests := []struct {
+		name        string
+		env         env
+		real        bool
+		wantConnect string
+	}{
+		{"nothing set", env{}, false, connectSandbox},
+		{"key only", env{"BASIQ_API_KEY": "k"}, true, connectConsent},
+		{"key and Basiq's URL", env{"BASIQ_API_KEY": "k", "TOKENCACHE_ISSUER_URL": "https://au-api.basiq.io"}, true, connectConsent},
+		{"key and a fake's URL", env{"BASIQ_API_KEY": "k", "TOKENCACHE_ISSUER_URL": "http://127.0.0.1:8080"}, false, connectSandbox},
+	}
+	for _, tt := range tests {
+		c, err := readConfig(tt.env.get)
+		if err != nil {
+			t.Fatalf("%s: %v", tt.name, err)
+		}
+		if c.realBasiq() != tt.real || c.connect != tt.wantConnect {
+			t.Errorf("%s: real Basiq %t, connect %s; want %t, %s", tt.name, c.realBasiq(), c.connect, tt.real, tt.wantConnect)
+		}
+	}
+
+	// A key exported for the daemon, and the issuer URL of a fake: the
+	// run finishes at once, and its first line says it is not Basiq.
+	srv := issuertest.RunT(t, issuertest.WithStrictUsers(true))
+	e := against(srv, "")
+	delete(e, "QUICKSTART_CONNECT")
+	var out bytes.Buffer
+	if err := run(context.Background(), &out, e.get); err != nil {
+		t.Fatalf("run: %v\n%s", err, out.String())
+	}
+	wantLines(t, out.String(), `^Basiq quick start against the issuer at http://127\.0\.0\.1:\d+ \(not basiq\.io: the fake's flow\), Redis .*; connect: sandbox`)
+}
+
+// TestRunInterrupted checks that a run interrupted while it waits for the
+// user's bank connection says "interrupted", not that a deadline passed.
+func TestRunInterrupted(t *testing.T) {
+	srv := issuertest.RunT(t, issuertest.WithStrictUsers(true))
+	e := against(srv, "")
+	e["QUICKSTART_CONNECT"] = connectConsent
+	e["QUICKSTART_TIMEOUT"] = "1h"
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	pr, pw := io.Pipe()
+	defer pr.Close()
+	done := make(chan error, 1)
+	go func() {
+		err := run(ctx, pw, e.get)
+		pw.CloseWithError(err)
+		done <- err
+	}()
+	sc := bufio.NewScanner(pr)
+	for sc.Scan() {
+		if strings.Contains(sc.Text(), "in a browser") {
+			cancel() // Ctrl-C while it waits for the person
+			break
+		}
+	}
+	go func() { _, _ = io.Copy(io.Discard, pr) }()
+	err := <-done
+	if !errors.Is(err, errInterrupted) || !errors.Is(err, context.Canceled) || strings.Contains(err.Error(), "deadline") {
+		t.Fatalf("got %v, want interrupted (context.Canceled), no deadline", err)
+	}
+}

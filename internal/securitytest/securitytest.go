@@ -1,5 +1,5 @@
 // Package securitytest holds what the security tests share: the minimal
-// Redis ACL rule as README.md documents it, a user created with it on a
+// Redis ACL rule as docs/redis.md documents it, a user created with it on a
 // real redis-server, a recorder of everything the tokencache writes and
 // publishes in Redis, and a scanner that looks for secrets in outputs and
 // reports a leak by name and fingerprint, never by value.
@@ -23,17 +23,17 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// ACLPrefix starts the README's ACL line; the rule is what follows the
+// ACLPrefix starts docs/redis.md's ACL line; the rule is what follows the
 // password.
 const ACLPrefix = "ACL SETUSER tokencache on "
 
-// ReadmeACL returns the ACL rule that README.md documents for the
+// ReadmeACL returns the ACL rule that docs/redis.md documents for the
 // tokencache user (everything after the password), split into its parts:
 // key and channel patterns and command permissions, e.g. "~tokencache:*",
 // "&tokencache:*", "resetchannels", "-@all", "+get".
 func ReadmeACL(tb testing.TB) []string {
 	tb.Helper()
-	path := filepath.Join(repoRoot(tb), "README.md")
+	path := filepath.Join(repoRoot(tb), "docs", "redis.md")
 	f, err := os.Open(path)
 	if err != nil {
 		tb.Fatalf("securitytest: %v", err)
@@ -60,7 +60,7 @@ func ReadmeACL(tb testing.TB) []string {
 		}
 		return rule
 	}
-	tb.Fatalf("securitytest: README.md has no line with %q", ACLPrefix)
+	tb.Fatalf("securitytest: docs/redis.md has no line with %q", ACLPrefix)
 	return nil
 }
 

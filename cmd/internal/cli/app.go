@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -55,12 +56,22 @@ type openOpts struct {
 	noFetch bool
 	// wrap, if not nil, wraps the provider's fetcher (metrics).
 	wrap func(tokencache.Fetcher) tokencache.Fetcher
+	// logFailures keeps the library's log line of a failed refresh at
+	// every level: for daemon, serve and proxy, whose log is where a
+	// failure shows. The one-shot commands return the failure as their
+	// one-line message, so the library's line would repeat it (it is kept
+	// at debug level).
+	logFailures bool
 }
 
 // open connects to Redis, builds the provider's fetcher and the cache.
 func (a *app) open(ctx context.Context, o openOpts, opts ...tokencache.Option) (*session, error) {
 	a.log = a.g.logger(a)
 	redis.SetLogger(redisLogger{a.log})
+	libLog := a.log
+	if !o.logFailures && a.g.logLevel > slog.LevelDebug {
+		libLog = slog.New(dropMessages{a.log.Handler(), refreshFailedMsg})
+	}
 	var f tokencache.Fetcher = noFetcher{}
 	if !o.noFetch {
 		var err error
@@ -105,7 +116,7 @@ func (a *app) open(ctx context.Context, o openOpts, opts ...tokencache.Option) (
 	}
 	base := []tokencache.Option{
 		tokencache.WithNamespace(a.g.namespace),
-		tokencache.WithLogger(a.log),
+		tokencache.WithLogger(libLog),
 		// The CLI's job is the shared token: when Redis is down, say so
 		// rather than calling the issuer from every cron host.
 		tokencache.WithFailOpen(false),
@@ -138,6 +149,31 @@ func (a *app) open(ctx context.Context, o openOpts, opts ...tokencache.Option) (
 	return s, nil
 }
 
+// refreshFailedMsg is the library's log message for a failed refresh.
+const refreshFailedMsg = "tokencache: refresh failed"
+
+// dropMessages is a slog handler that leaves out records with a given
+// message.
+type dropMessages struct {
+	slog.Handler
+	msg string
+}
+
+func (d dropMessages) Handle(ctx context.Context, r slog.Record) error {
+	if r.Message == d.msg {
+		return nil
+	}
+	return d.Handler.Handle(ctx, r)
+}
+
+func (d dropMessages) WithAttrs(as []slog.Attr) slog.Handler {
+	return dropMessages{d.Handler.WithAttrs(as), d.msg}
+}
+
+func (d dropMessages) WithGroup(name string) slog.Handler {
+	return dropMessages{d.Handler.WithGroup(name), d.msg}
+}
+
 // label names the token for logs and metrics: the namespace, and the
 // user of a client token.
 func (a *app) label() string {
@@ -153,7 +189,8 @@ func (a *app) label() string {
 func (a *app) explain(err error) error {
 	var ue *UsageError
 	if errors.As(err, &ue) {
-		return &UsageError{msg: a.scrub(ue.msg)}
+		// main prefixes every message with "tokencache: " once.
+		return &UsageError{msg: a.scrub(strings.TrimPrefix(ue.msg, "tokencache: "))}
 	}
 	return &failure{msg: a.scrub(a.describe(err)), err: err}
 }
@@ -171,10 +208,12 @@ func (a *app) describe(err error) string {
 		return a.describeFetch(fe)
 	case errors.As(err, &rf):
 		return rf.Error()
+	case errors.As(err, &re) && unreachable(re.Err):
+		return unreachableMsg(a.redisAddr(), re.Err)
 	case errors.As(err, &re):
 		return fmt.Sprintf("redis %s: %s %s: %v", a.redisAddr(), re.Op, re.Key, re.Err)
 	case errors.Is(err, tokencache.ErrRedisUnavailable):
-		return fmt.Sprintf("redis %s: unavailable: %v", a.redisAddr(), err)
+		return fmt.Sprintf("redis %s unreachable (check %s) and no valid token held", a.redisAddr(), redisHint)
 	}
 	return strings.TrimPrefix(err.Error(), "tokencache: ")
 }
@@ -198,10 +237,26 @@ func (a *app) describeFetch(fe *tokencache.FetchError) string {
 	if msg != "" {
 		fmt.Fprintf(&b, ": %s", msg)
 	}
-	if !fe.Until.IsZero() {
-		b.WriteString("; not retrying for a while (permanent error)")
-	}
+	b.WriteString(retryNote(fe, time.Now()))
 	return b.String()
+}
+
+// retryNote says whether a failed issuer call is tried again, and when:
+// "permanent" only for an error the issuer says will not go away.
+func retryNote(fe *tokencache.FetchError, now time.Time) string {
+	when := func() string {
+		return fmt.Sprintf("%s (in %s)", fe.Until.UTC().Format(time.TimeOnly), roundDur(max(fe.Until.Sub(now), 0)))
+	}
+	switch {
+	case !fe.Retryable && !fe.Until.IsZero():
+		return "; permanent error: the issuer is not called again before " + when()
+	case !fe.Retryable:
+		return "; permanent error"
+	case !fe.Until.IsZero():
+		return "; retryable: next try at " + when()
+	default:
+		return "; retryable: the next call tries again"
+	}
 }
 
 // correlationID finds an issuer correlation id in err's chain.

@@ -20,8 +20,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"regexp"
 	"sort"
 	"strings"
+	"time"
 )
 
 // Env is the process environment a command runs in. Tests fill it with
@@ -95,7 +97,8 @@ func Run(ctx context.Context, args []string, env Env) error {
 	}
 	a := &app{env: env}
 	err := a.run(ctx, args)
-	if err == nil || errors.Is(err, flag.ErrHelp) {
+	var rp *reported
+	if err == nil || errors.Is(err, flag.ErrHelp) || errors.As(err, &rp) {
 		return err
 	}
 	return a.explain(err)
@@ -168,13 +171,67 @@ func (a *app) parse(fs *flag.FlagSet, args []string) error {
 			}
 			return flag.ErrHelp
 		}
+		msg := flagError(fs, err)
 		if fs.Name() == "tokencache" {
-			return usagef("%v", err)
+			return usagef("%s", msg)
 		}
-		return usagef("%s: %v", fs.Name(), err)
+		return usagef("%s: %s", fs.Name(), msg)
 	}
 	fs.Visit(func(f *flag.Flag) { a.g.visited[f.Name] = true })
 	return a.g.check()
+}
+
+// flagErrorRE matches the flag package's parse errors.
+var (
+	badValueRE  = regexp.MustCompile(`^invalid (?:boolean )?value "(.*)" for flag -([^:]+): `)
+	undefinedRE = regexp.MustCompile(`^flag provided but not defined: -+(.+)$`)
+	needsArgRE  = regexp.MustCompile(`^flag needs an argument: -+(.+)$`)
+)
+
+// flagError rewrites a flag parse error as people write flags: the flag
+// named with --, and for a bad value, what it wants with an example
+// ("--min-ttl \"45\": want a duration, such as --min-ttl 45m").
+func flagError(fs *flag.FlagSet, err error) string {
+	msg := err.Error()
+	if m := undefinedRE.FindStringSubmatch(msg); m != nil {
+		return fmt.Sprintf("unknown flag --%s (run \"tokencache %s -h\" for the flags)", m[1], strings.TrimPrefix(fs.Name(), "tokencache"))
+	}
+	name, value := "", ""
+	if m := badValueRE.FindStringSubmatch(msg); m != nil {
+		value, name = m[1], m[2]
+	} else if m := needsArgRE.FindStringSubmatch(msg); m != nil {
+		name = m[1]
+	} else {
+		return msg
+	}
+	f := fs.Lookup(name)
+	if f == nil {
+		return msg
+	}
+	want, example := "a value", f.DefValue
+	if g, ok := f.Value.(flag.Getter); ok {
+		switch g.Get().(type) {
+		case time.Duration:
+			// A failed Set has zeroed the value: the example is the default.
+			want, example = "a duration", "30s"
+			if d, err := time.ParseDuration(f.DefValue); err == nil && d > 0 {
+				example = shortDur(d)
+			}
+		case int, int64, uint, uint64:
+			want = "a whole number"
+		case float64:
+			want = "a number"
+		case bool:
+			want, example = "true or false", "true"
+		}
+	}
+	if example == "" {
+		example = "VALUE"
+	}
+	if value == "" && !strings.HasPrefix(msg, "invalid") {
+		return fmt.Sprintf("--%s needs a value: %s, such as --%s %s", name, want, name, example)
+	}
+	return fmt.Sprintf("--%s %q: want %s, such as --%s %s", name, value, want, name, example)
 }
 
 // subUsage returns a Usage function printing one command's flags.
@@ -240,16 +297,31 @@ const (
 	ExitOK      = 0
 	ExitFailure = 1
 	ExitUsage   = 2
+	// ExitNothingDeleted is invalidate's status when it deleted nothing:
+	// no token was cached, or the cached one was not the one named.
+	ExitNothingDeleted = 3
 )
 
+// reported is an outcome the command has already printed: it carries only
+// its exit status, and an empty message, which main does not print.
+type reported struct{ code int }
+
+func (*reported) Error() string { return "" }
+
 // ExitCode maps an error returned by Run to the process exit status: nil
-// and a request for help are 0, usage and configuration errors 2,
-// anything else 1. It is the only place exit statuses are decided.
+// and a request for help are 0, usage and configuration errors 2, an
+// invalidate that deleted nothing 3, anything else 1. It is the only place
+// exit statuses are decided.
 func ExitCode(err error) int {
-	var ue *UsageError
+	var (
+		ue *UsageError
+		rp *reported
+	)
 	switch {
 	case err == nil, errors.Is(err, flag.ErrHelp):
 		return ExitOK
+	case errors.As(err, &rp):
+		return rp.code
 	case errors.As(err, &ue):
 		return ExitUsage
 	default:

@@ -41,9 +41,12 @@ func TestUsageErrors(t *testing.T) {
 	}{
 		{"no command", base, nil, "no command given"},
 		{"unknown command", base, []string{"frobnicate"}, `unknown command "frobnicate"`},
-		{"unknown flag", base, []string{"get", "--nope"}, "flag provided but not defined: -nope"},
-		{"unknown global flag", base, []string{"--nope", "get"}, "flag provided but not defined: -nope"},
-		{"bad duration", base, []string{"refresh", "--min-ttl", "soon"}, "invalid value"},
+		{"unknown flag", base, []string{"get", "--nope"}, "get: unknown flag --nope"},
+		{"unknown global flag", base, []string{"--nope", "get"}, "unknown flag --nope"},
+		{"bad duration", base, []string{"refresh", "--min-ttl", "soon"}, `refresh: --min-ttl "soon": want a duration, such as --min-ttl 45m`},
+		{"duration without a unit", base, []string{"refresh", "--min-ttl", "45"}, `refresh: --min-ttl "45": want a duration, such as --min-ttl 45m`},
+		{"flag without its value", base, []string{"refresh", "--min-ttl"}, `refresh: --min-ttl needs a value: a duration, such as --min-ttl 45m`},
+		{"bad number", base, []string{"demo", "--replicas", "many"}, `demo: --replicas "many": want a whole number, such as --replicas 20`},
 		{"negative min-ttl", base, []string{"refresh", "--min-ttl=-1m"}, "negative"},
 		{"extra argument", base, []string{"get", "extra"}, `unexpected argument "extra"`},
 		{"bad scope", base, []string{"--scope", "ALL", "get"}, `--scope "ALL"`},
@@ -61,6 +64,9 @@ func TestUsageErrors(t *testing.T) {
 		{"bad redis url", base, []string{"get", "--redis", "http://x"}, "--redis"},
 		{"bad sentinel url", base, []string{"get", "--redis", "redis+sentinel://h:26379"}, "master name"},
 		{"bad namespace", base, []string{"get", "--namespace", "a/b"}, "--namespace"},
+		{"namespace with a colon", base, []string{"get", "--namespace", "bad:ns"}, `--namespace: invalid namespace "bad:ns": holds a colon`},
+		{"namespace from env with a colon", map[string]string{EnvBasiqAPIKey: secret, EnvNamespace: "bad:ns"}, []string{"get"}, "holds a colon"},
+		{"long namespace", base, []string{"get", "--namespace", strings.Repeat("n", 200)}, "--namespace: invalid namespace: longer than 128 bytes"},
 		{"demo replicas", base, []string{"demo", "--replicas", "0"}, "--replicas 0"},
 		{"daemon interval", base, []string{"daemon", "--interval", "1ms"}, "below 100ms"},
 	}
@@ -76,6 +82,9 @@ func TestUsageErrors(t *testing.T) {
 			}
 			if strings.Contains(msg, "\n") {
 				t.Errorf("message spans lines: %q", msg)
+			}
+			if strings.HasPrefix(msg, "tokencache:") {
+				t.Errorf("message %q starts with tokencache:, which main adds once", msg)
 			}
 			if stdout != "" || stderr != "" {
 				t.Errorf("a usage error printed more than its one line: stdout %q, stderr %q", stdout, stderr)
@@ -276,8 +285,8 @@ func TestParseRedis(t *testing.T) {
 }
 
 func TestRefreshLine(t *testing.T) {
-	got := refreshLine("tokencache:{default}:server", 7, 59*time.Minute+30*time.Second+400*time.Millisecond, true)
-	want := "key=tokencache:{default}:server generation=7 expires_in=59m30s refreshed=true"
+	got := refreshLine("tokencache:{default}:server", 7, 59*time.Minute+59*time.Second+700*time.Millisecond, 59*time.Minute+30*time.Second+400*time.Millisecond, true)
+	want := "key=tokencache:{default}:server generation=7 expires_in=1h0m0s ttl=59m30s refreshed=true"
 	if got != want {
 		t.Errorf("got %q, want %q", got, want)
 	}

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -593,5 +594,63 @@ func TestK8sCronJob(t *testing.T) {
 	}
 	if sc.RunAsNonRoot && sc.RunAsUser == 0 && !numericUser(img.user) {
 		t.Errorf("runAsNonRoot with the image's USER %q: the kubelet refuses a non-numeric user", img.user)
+	}
+}
+
+// hostPort returns the host side of a compose port mapping
+// ("127.0.0.1:6380:6379" → "127.0.0.1", "6380"; "8081:8081" → "", "8081").
+func hostPort(mapping string) (ip, port string) {
+	parts := strings.Split(mapping, ":")
+	switch len(parts) {
+	case 3:
+		return parts[0], parts[1]
+	case 2:
+		return "", parts[0]
+	}
+	return "", mapping
+}
+
+// TestComposeRedisOnLoopbackOnly checks that docker-compose publishes
+// Redis, which has no password there, on 127.0.0.1 only and not on 6379,
+// where a local Redis would already listen.
+func TestComposeRedisOnLoopbackOnly(t *testing.T) {
+	cf := readCompose(t)
+	for _, p := range cf.Services["redis"].Ports {
+		ip, port := hostPort(p)
+		if ip != "127.0.0.1" || port == "6379" {
+			t.Errorf("redis publishes %q: want 127.0.0.1 and another port than 6379, or nothing", p)
+		}
+	}
+}
+
+// TestExamplePortsDoNotClash checks that a port means one program: each
+// example's default LISTEN port is, in docker-compose, published only by
+// a service that runs that same example, so the README's and the
+// examples' curl lines reach the program they name.
+func TestExamplePortsDoNotClash(t *testing.T) {
+	cf := readCompose(t)
+	defaults := map[string]string{} // port -> example
+	for _, ex := range []string{"backend", "peruser"} {
+		src := readRepo(t, filepath.Join("examples", ex, "main.go"))
+		m := regexp.MustCompile(`getenv\("LISTEN", ":(\d+)"\)`).FindStringSubmatch(src)
+		if m == nil {
+			t.Fatalf("examples/%s: no default LISTEN port", ex)
+		}
+		if other, ok := defaults[m[1]]; ok {
+			t.Errorf("examples/%s and examples/%s both listen on :%s by default", ex, other, m[1])
+		}
+		defaults[m[1]] = ex
+	}
+	for name, s := range cf.Services {
+		prog := ""
+		if len(s.Entrypoint) > 0 {
+			prog = path.Base(s.Entrypoint[0])
+		}
+		for _, p := range s.Ports {
+			_, port := hostPort(p)
+			if ex, ok := defaults[port]; ok && prog != ex {
+				t.Errorf("port %s is examples/%s's default, but compose publishes it for %s (%s)", port, ex, name, cmp.Or(prog, s.Image))
+			}
+		}
 	}
 }

@@ -213,17 +213,19 @@ func (g *globals) check() error {
 	default:
 		return usagef("--scope %q: want SERVER_ACCESS or CLIENT_ACCESS", g.scope)
 	}
-	if g.namespace == "" {
-		return usagef("--namespace is empty")
-	}
-	if strings.ContainsAny(g.namespace, "{}/ \t\"\\") {
-		return usagef("--namespace %q: no braces, slashes, quotes or whitespace", g.namespace)
+	if err := tokencache.ValidateNamespace(g.namespace); err != nil {
+		// One rule, the library's: 1-128 printable ASCII bytes without
+		// braces, colons, slashes, quotes or whitespace.
+		return usagef("--namespace: %s (%s)", strings.TrimPrefix(err.Error(), "tokencache: "), namespaceRule)
 	}
 	if g.redisURL == "" {
 		return usagef("--redis is empty")
 	}
 	return nil
 }
+
+// namespaceRule is ValidateNamespace's rule, for messages.
+const namespaceRule = "1-128 printable ASCII bytes without braces, colons, slashes, quotes or whitespace, such as --namespace billing"
 
 func checkUserID(id string) error {
 	if err := tokencache.ValidateUserID(id); err != nil {

@@ -50,18 +50,18 @@ func readRepo(t *testing.T, rel string) string {
 	return string(b)
 }
 
-// cronSchedules collects the schedule and threshold of the README's cron
+// cronSchedules collects the schedule and threshold of docs/cron.md's cron
 // line, examples/cron, the Kubernetes CronJob and refresh's default.
 func cronSchedules(t *testing.T) []cronSchedule {
 	t.Helper()
 	var out []cronSchedule
 
-	readme := readRepo(t, "README.md")
-	m := regexp.MustCompile("(?m)^```cron\n(\\S+ \\S+ \\S+ \\S+ \\S+)\\s[^\n]*--min-ttl (\\S+)").FindStringSubmatch(readme)
+	cronDoc := readRepo(t, "docs/cron.md")
+	m := regexp.MustCompile("(?m)^```cron\n(\\S+ \\S+ \\S+ \\S+ \\S+)\\s[^\n]*--min-ttl (\\S+)").FindStringSubmatch(cronDoc)
 	if m == nil {
-		t.Fatal("README.md: no ```cron block running refresh --min-ttl")
+		t.Fatal("docs/cron.md: no ```cron block running refresh --min-ttl")
 	}
-	out = append(out, cronSchedule{"README.md cron line", everyN(t, "README", m[1]), mustDuration(t, "README", m[2])})
+	out = append(out, cronSchedule{"docs/cron.md cron line", everyN(t, "docs/cron.md", m[1]), mustDuration(t, "docs/cron.md", m[2])})
 
 	ex := readRepo(t, "examples/cron/main.go")
 	sm := regexp.MustCompile(`(?m)^//\s+(\*/\d+ \* \* \* \*) `).FindStringSubmatch(ex)
@@ -85,7 +85,7 @@ func cronSchedules(t *testing.T) []cronSchedule {
 
 // TestCronArithmetic checks that every cron set-up the repository shows
 // uses the same schedule and threshold as refresh's default, and that they
-// keep the README's promise for Basiq's 60-minute token: every run after
+// keep docs/cron.md's promise for Basiq's 60-minute token: every run after
 // a refresh refreshes again (2-3 refreshes an hour), and one failed run
 // does not let the token lapse before the next.
 func TestCronArithmetic(t *testing.T) {
@@ -112,12 +112,12 @@ func TestCronArithmetic(t *testing.T) {
 	if left := ttl - 2*i; left <= 0 {
 		t.Errorf("after one failed run the next finds %v left: the token lapses", left)
 	}
-	// The numbers the README states.
-	readme := readRepo(t, "README.md")
+	// The numbers docs/cron.md states.
+	cronDoc := readRepo(t, "docs/cron.md")
 	for _, d := range []time.Duration{ttl - i, ttl - 2*i, ttl} {
 		want := strconv.FormatFloat(d.Minutes(), 'f', -1, 64) + " minutes"
-		if !strings.Contains(readme, want) {
-			t.Errorf("README.md does not state %q", want)
+		if !strings.Contains(cronDoc, want) {
+			t.Errorf("docs/cron.md does not state %q", want)
 		}
 	}
 }

@@ -63,7 +63,7 @@ func runDaemon(ctx context.Context, a *app, args []string) error {
 	var stats func() tokencache.Stats
 	d.m = newMetrics(a.label(), func() tokencache.Stats { return stats() })
 	d.m.trackToken()
-	s, err := a.open(ctx, openOpts{wrap: d.m.wrap})
+	s, err := a.open(ctx, openOpts{wrap: d.m.wrap, logFailures: true})
 	if err != nil {
 		return err
 	}

@@ -161,7 +161,7 @@ func (w *world) checkNoSecrets() {
 // correlationRE finds the correlationId of a Basiq error in a message.
 var correlationRE = regexp.MustCompile(`correlationId [0-9a-f]+`)
 
-var refreshLineRE = regexp.MustCompile(`^key=tokencache:\{e2e\}:server generation=\d+ expires_in=\S+ refreshed=(true|false)\n$`)
+var refreshLineRE = regexp.MustCompile(`^key=tokencache:\{e2e\}:server generation=\d+ expires_in=\S+ ttl=\S+ refreshed=(true|false)\n$`)
 
 func TestE2EConcurrentRefreshOneIssuerCall(t *testing.T) {
 	w := newWorld(t, 100*time.Millisecond)
@@ -303,8 +303,8 @@ func TestE2EGetInspectInvalidate(t *testing.T) {
 		t.Errorf("inspect after invalidate: %+v", r)
 	}
 	r = w.run(w.env(), "invalidate")
-	if r.code != 0 || !strings.Contains(r.stdout, "invalidated=false") {
-		t.Errorf("invalidate with nothing cached: %+v", r)
+	if r.code != ExitNothingDeleted || !strings.Contains(r.stdout, "invalidated=false") || !strings.Contains(r.stdout, "no token cached") || r.stderr != "" {
+		t.Errorf("invalidate with nothing cached: %+v, want exit %d, \"no token cached\" and nothing on stderr", r, ExitNothingDeleted)
 	}
 	if r := w.run(w.env(), "get"); r.code != 0 || strings.TrimSpace(r.stdout) == tok {
 		t.Errorf("get after invalidate should fetch a new token: %+v", r)

@@ -32,9 +32,10 @@ func runInvalidate(ctx context.Context, a *app, args []string) error {
 	if err != nil {
 		return err
 	}
-	if st.TokenFingerprint == "" && *fp == "" {
-		_, err = fmt.Fprintf(a.env.Stdout, "key=%s invalidated=false reason=%q\n", st.Key, "no token cached")
-		return err
+	if st.TokenFingerprint == "" {
+		// Nothing cached (or nothing readable): say so, whatever was asked.
+		fmt.Fprintf(a.env.Stdout, "key=%s invalidated=false reason=%q\n", st.Key, "no token cached")
+		return errNothingDeleted
 	}
 	wantFP, wantGen := st.TokenFingerprint, st.Generation
 	if *fp != "" {
@@ -44,10 +45,21 @@ func runInvalidate(ctx context.Context, a *app, args []string) error {
 	if err != nil {
 		return err
 	}
-	reason := ""
 	if !ok {
-		reason = fmt.Sprintf(" reason=%q", "the cached token changed meanwhile; nothing deleted")
+		reason := "the cached token changed meanwhile; nothing deleted"
+		if *fp != "" && (wantFP != st.TokenFingerprint || wantGen != 0 && wantGen != st.Generation) {
+			reason = fmt.Sprintf("the cached token is another (fingerprint %s, generation %d); nothing deleted", st.TokenFingerprint, st.Generation)
+		}
+		fmt.Fprintf(a.env.Stdout, "key=%s invalidated=false fingerprint=%s generation=%d reason=%q\n", st.Key, wantFP, wantGen, reason)
+		return errNothingDeleted
 	}
-	_, err = fmt.Fprintf(a.env.Stdout, "key=%s invalidated=%t fingerprint=%s generation=%d%s\n", st.Key, ok, wantFP, wantGen, reason)
+	// What was deleted is the token read above: its fingerprint matched
+	// (and its generation, if one was asked for).
+	_, err = fmt.Fprintf(a.env.Stdout, "key=%s invalidated=true fingerprint=%s generation=%d\n", st.Key, wantFP, st.Generation)
 	return err
 }
+
+// errNothingDeleted ends an invalidate that deleted nothing. Its status
+// line is already printed on stdout, so it has no message of its own; it
+// exits with ExitNothingDeleted.
+var errNothingDeleted error = &reported{code: ExitNothingDeleted}

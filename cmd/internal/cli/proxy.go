@@ -51,7 +51,7 @@ func runProxy(ctx context.Context, a *app, args []string) error {
 	var stats func() tokencache.Stats
 	m := newMetrics(a.label(), func() tokencache.Stats { return stats() })
 	lm := localapi.NewMetrics(m.reg, a.g.namespace)
-	s, err := a.open(ctx, openOpts{wrap: m.wrap})
+	s, err := a.open(ctx, openOpts{wrap: m.wrap, logFailures: true})
 	if err != nil {
 		return err
 	}

@@ -3,7 +3,9 @@ package cli
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/url"
@@ -253,7 +255,42 @@ type redisFailure struct {
 	err  error
 }
 
-func (e *redisFailure) Error() string { return fmt.Sprintf("redis %s: %v", e.addr, e.err) }
+func (e *redisFailure) Error() string {
+	if unreachable(e.err) {
+		return unreachableMsg(e.addr, e.err)
+	}
+	return fmt.Sprintf("redis %s: %v", e.addr, e.err)
+}
+
+// redisHint is where the Redis address comes from, for messages.
+const redisHint = "--redis / " + EnvRedisURL
+
+// unreachableMsg says that Redis at addr did not answer, and where its
+// address comes from.
+func unreachableMsg(addr string, err error) string {
+	return fmt.Sprintf("redis %s unreachable (check %s): %v", addr, redisHint, err)
+}
+
+// unreachable reports whether err means that Redis could not be reached
+// (a refused or timed-out connection), rather than that it answered with
+// an error.
+func unreachable(err error) bool {
+	var (
+		op    *net.OpError
+		re    redis.Error
+		alert tls.AlertError
+		cv    *tls.CertificateVerificationError
+	)
+	switch {
+	case err == nil, errors.As(err, &re):
+		return false
+	case errors.As(err, &alert), errors.As(err, &cv), strings.Contains(err.Error(), "tls: "), strings.Contains(err.Error(), "x509: "):
+		return false // reached, but the TLS handshake failed: named as it is
+	case errors.As(err, &op), errors.Is(err, context.DeadlineExceeded), errors.Is(err, io.EOF):
+		return true
+	}
+	return false
+}
 func (e *redisFailure) Unwrap() error { return e.err }
 
 // parseURLHost returns the host:port of a redis:// URL.

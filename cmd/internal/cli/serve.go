@@ -61,7 +61,7 @@ func runServe(ctx context.Context, a *app, args []string) error {
 			return m.wrap(uf), nil
 		}))
 	}
-	s, err := a.open(ctx, openOpts{wrap: m.wrap}, opts...)
+	s, err := a.open(ctx, openOpts{wrap: m.wrap, logFailures: true}, opts...)
 	if err != nil {
 		return err
 	}

@@ -263,7 +263,7 @@ func goCommands(name, src string) []goCommand {
 // testdata/README.md, .ci/run and the Dockerfile.
 func documentedGoCommands(t *testing.T) []goCommand {
 	t.Helper()
-	names := []string{"README.md", "testdata/README.md", ".ci/run", "Dockerfile"}
+	names := []string{"README.md", "testdata/README.md", "examples/README.md", ".ci/run", "Dockerfile"}
 	docs, err := filepath.Glob(filepath.Join(repoRoot, "docs", "*.md"))
 	if err != nil {
 		t.Fatal(err)

@@ -207,7 +207,8 @@ func k8sUses(name, src string) ([]namespaceUse, error) {
 	return out, nil
 }
 
-// namespaceUses collects every namespace the README, docs/cli.md, the
+// namespaceUses collects every namespace the README, docs/ (cli, redis,
+// cron, kubernetes, configuration), the
 // examples, docker-compose.yml and the Kubernetes CronJob name, and the
 // library's and the command's defaults.
 func namespaceUses(fsys fs.FS) ([]namespaceUse, error) {
@@ -219,7 +220,7 @@ func namespaceUses(fsys fs.FS) ([]namespaceUse, error) {
 		b, err := fs.ReadFile(fsys, name)
 		return string(b), err
 	}
-	for _, name := range []string{"README.md", "docs/cli.md"} {
+	for _, name := range []string{"README.md", "docs/cli.md", "docs/redis.md", "docs/cron.md", "docs/kubernetes.md", "docs/configuration.md"} {
 		src, err := read(name)
 		if err != nil {
 			return nil, err

@@ -13,7 +13,7 @@
 // every script answers with a status word or a fixed tuple, decoded in
 // scripts.go.
 //
-// The layout, for a namespace ns under prefix p (README "Redis layout"):
+// The layout, for a namespace ns under prefix p (docs/redis.md, "Layout"):
 //
 //	p:{ns}:server          the server token (a Record, JSON)
 //	p:{ns}:server:lock     the refresh lock (a lease value)

@@ -27,7 +27,7 @@ func TestRecordRoundTripsThroughItsJSON(t *testing.T) {
 	}
 }
 
-// The value's field names are documented (README "Redis layout") and read
+// The value's field names are documented (docs/redis.md, "Layout") and read
 // by every replica of every release: they must not change.
 func TestRecordFieldNamesAreTheDocumentedOnes(t *testing.T) {
 	r := testRecord(1, time.Hour)
@@ -132,7 +132,7 @@ func TestDecodeFailureAcceptsOnlyAFailureWithACode(t *testing.T) {
 	}
 }
 
-// The key layout is documented (README "Redis layout", DESIGN) and shared
+// The key layout is documented (docs/redis.md "Layout", DESIGN) and shared
 // by every replica of every release.
 func TestKeyLayout(t *testing.T) {
 	s := ServerKeys("tc", "payments")
