@@ -128,8 +128,9 @@ const (
 // them, and exits when a look finds none asked. The asked jobs are the one
 // slot: they are set, taken and the exit decided under one mutex, which
 // keeps "a job asked implies a worker that will take it" true at every
-// step, so no wake-up is lost however asks and exits interleave, and the
-// asks that come while a job runs cost one more run, not one each.
+// step, so no wake-up is lost however asks and exits interleave. Asks
+// that come while a batch runs cost one more run, not one each; a check
+// asked while a check runs is covered by it, as a re-read is not.
 type worker struct {
 	mu sync.Mutex
 	// jobs: the job bits asked and not yet taken; written under mu, read
@@ -138,9 +139,19 @@ type worker struct {
 	// running: a worker goroutine exists (or is being started) that will
 	// take the jobs asked. jobs != 0 implies running.
 	running bool
-	run     func(ctx context.Context, j job) // runs one batch of jobs
-	start   func(fn func(ctx context.Context)) bool
+	// inRun: the jobs of the batch taken last, until the next take. A
+	// check asked while one runs is covered by it (jobCovered): the
+	// callers that see the copy past its moment while the check is under
+	// way would otherwise each cost one more check after it.
+	inRun job
+	run   func(ctx context.Context, j job) // runs one batch of jobs
+	start func(fn func(ctx context.Context)) bool
 }
+
+// jobCovered is the jobs a run in progress covers when asked again: a
+// check. A re-read after an event is never covered: the event came after
+// the running re-read was sent.
+const jobCovered = jobCheck
 
 // ask asks the worker for j, starting it if none runs.
 func (w *worker) ask(j job) {
@@ -150,6 +161,10 @@ func (w *worker) ask(j job) {
 		return
 	}
 	w.mu.Lock()
+	if j &^= w.inRun & jobCovered; j == 0 {
+		w.mu.Unlock()
+		return
+	}
 	w.jobs.Or(uint32(j))
 	start := !w.running
 	w.running = true
@@ -169,6 +184,7 @@ func (w *worker) take() job {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	j := job(w.jobs.Swap(0))
+	w.inRun = j
 	if j == 0 {
 		w.running = false
 	}
@@ -183,8 +199,10 @@ func (w *worker) loop(ctx context.Context) {
 }
 
 // runJobs runs one batch of the entry's jobs: the event's re-read first (it
-// may bring the token the check would otherwise refresh), then the check
-// if the copy is still due for one.
+// may bring the token the check would otherwise refresh), then the check.
+// The check runs even if the re-read installed a copy not yet due: that
+// read may have been sent before the check was asked (before a deletion,
+// say), and only a reading that starts after the ask answers it.
 func (sc *scheduler) runJobs(ctx context.Context, j job) {
 	e := sc.e
 	if j&jobSync != 0 {
@@ -193,22 +211,9 @@ func (sc *scheduler) runJobs(ctx context.Context, j job) {
 		cancel()
 		e.sig.fire()
 	}
-	if j&jobCheck != 0 && sc.due() {
+	if j&jobCheck != 0 {
 		sc.background(ctx)
 	}
-}
-
-// due reports whether the check asked for is still due: what asked for
-// it (a caller, the timer, a read) saw the copy past its soft moment; a
-// check that ran since has moved the moment, and asking again is then
-// moot. With no copy in memory (WithL1(false), or none kept) the asker's
-// reading is all there is, and a pending write-back is always due.
-func (sc *scheduler) due() bool {
-	if sc.e.rf.pending.Load() != nil {
-		return true
-	}
-	s := sc.e.mem.l1.Load()
-	return s == nil || sc.e.c.monoNow() >= s.softUntil
 }
 
 // background re-reads Redis and, if the token is due, refreshes it ahead
