@@ -110,11 +110,7 @@ func (m *memory) rejectedFresh(fresh Token) (streak int32, window time.Duration,
 		return ev.streak, 0, false
 	}
 	id := fp + "/"
-	s := m.l1.Load()
-	if s == nil {
-		s = m.last
-	}
-	if s != nil && s.fp == fp {
+	if s := m.servedLocked(); s != nil && s.fp == fp {
 		id += strconv.FormatInt(s.gen, 10)
 	}
 	if id == ev.grownFor {

@@ -194,6 +194,14 @@ func (m *memory) served() *snapshot {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	return m.servedLocked()
+}
+
+// servedLocked is served with mu held.
+func (m *memory) servedLocked() *snapshot {
+	if s := m.l1.Load(); s != nil {
+		return s
+	}
 	return m.last
 }
 

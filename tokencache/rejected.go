@@ -114,10 +114,12 @@ func (e *entry) held() RejectedResult {
 // that window, so it was in use without a report (taken as accepted).
 func (e *entry) reportedAge(tok Token) (atOnce, used bool) {
 	fp := tok.Fingerprint()
-	s := e.mem.served()
 	m := &e.mem
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	// The copy served, read under the same lock as the evidence: its age
+	// and the evidence are of one moment.
+	s := m.servedLocked()
 	ev := &m.api
 	if g := ev.grownFor; g != "" && g[:strings.IndexByte(g, '/')] == fp {
 		return false, false // its rejection grew the streak once: now it is the token's fault

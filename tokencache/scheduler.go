@@ -139,11 +139,12 @@ type worker struct {
 	// running: a worker goroutine exists (or is being started) that will
 	// take the jobs asked. jobs != 0 implies running.
 	running bool
-	// inRun: the jobs of the batch taken last, until the next take. A
-	// check asked while one runs is covered by it (jobCovered): the
-	// callers that see the copy past its moment while the check is under
-	// way would otherwise each cost one more check after it.
-	inRun job
+	// inRun: the jobs of the batch taken last, until the next take;
+	// written under mu, read without it by ask's fast path. A check asked
+	// while one runs is covered by it (jobCovered): the callers that see
+	// the copy past its moment while the check is under way would
+	// otherwise each cost one more check after it, and each take mu.
+	inRun atomic.Uint32
 	run   func(ctx context.Context, j job) // runs one batch of jobs
 	start func(fn func(ctx context.Context)) bool
 }
@@ -155,13 +156,14 @@ const jobCovered = jobCheck
 
 // ask asks the worker for j, starting it if none runs.
 func (w *worker) ask(j job) {
-	if job(w.jobs.Load())&j == j {
+	if (job(w.jobs.Load())|job(w.inRun.Load())&jobCovered)&j == j {
 		// Asked and not taken yet: the worker that takes it runs (jobs
-		// != 0 implies running), and its run starts after this ask.
+		// != 0 implies running), and its run starts after this ask. Or
+		// a check, covered by the one running.
 		return
 	}
 	w.mu.Lock()
-	if j &^= w.inRun & jobCovered; j == 0 {
+	if j &^= job(w.inRun.Load()) & jobCovered; j == 0 {
 		w.mu.Unlock()
 		return
 	}
@@ -184,7 +186,7 @@ func (w *worker) take() job {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	j := job(w.jobs.Swap(0))
-	w.inRun = j
+	w.inRun.Store(uint32(j))
 	if j == 0 {
 		w.running = false
 	}

@@ -211,16 +211,8 @@ func TestFetcherMetrics(t *testing.T) {
 	_, _ = fm.Wrap(fakeIdentified{err: &basiq.Error{Code: "invalid-grant"}}).Fetch(context.Background())
 	_, _ = plain.Fetch(context.Background())
 	_, _ = fm.Wrap(fakeIdentified{err: errors.New("boom")}).Fetch(context.Background())
-	want := `
-# HELP tokencache_issuer_requests_total Issuer calls made by this process, by result (ok or the issuer's error code).
-# TYPE tokencache_issuer_requests_total counter
-tokencache_issuer_requests_total{namespace="ns",result="error"} 1
-tokencache_issuer_requests_total{namespace="ns",result="invalid-grant"} 1
-tokencache_issuer_requests_total{namespace="ns",result="ok"} 1
-tokencache_issuer_requests_total{namespace="ns",result="timeout"} 1
-`
-	if got := exposition(t, fm, "tokencache_issuer_requests_total"); got != strings.TrimPrefix(want, "\n") {
-		t.Errorf("exposition:\n%s\nwant:\n%s", got, want)
+	if got := exposition(t, fm, "tokencache_issuer_requests_total"); got != oneCallPerResult {
+		t.Errorf("exposition:\n%s\nwant:\n%s", got, oneCallPerResult)
 	}
 	if got := exposition(t, fm, "tokencache_issuer_request_duration_seconds"); !strings.Contains(got, `tokencache_issuer_request_duration_seconds_count{namespace="ns"} 4`) {
 		t.Errorf("duration histogram:\n%s\nwant a count of 4", got)
@@ -254,18 +246,20 @@ func TestFetcherMetricsAsObserver(t *testing.T) {
 		}
 		_ = cache.Close()
 	}
-	want := `
-# HELP tokencache_issuer_requests_total Issuer calls made by this process, by result (ok or the issuer's error code).
+	if got := exposition(t, fm, "tokencache_issuer_requests_total"); got != oneCallPerResult {
+		t.Errorf("exposition:\n%s\nwant:\n%s", got, oneCallPerResult)
+	}
+	if got := tokencacheprom.OutcomeResult(tokencache.Outcome{Result: tokencache.ResultError, Code: strings.Repeat("x", 100)}); len(got) != 40 {
+		t.Errorf("a 100-byte code labels as %d bytes, want 40", len(got))
+	}
+}
+
+// oneCallPerResult is the issuer-call counter after one call of each
+// result: ok, an issuer's code, a timeout and any other error.
+const oneCallPerResult = `# HELP tokencache_issuer_requests_total Issuer calls made by this process, by result (ok or the issuer's error code).
 # TYPE tokencache_issuer_requests_total counter
 tokencache_issuer_requests_total{namespace="ns",result="error"} 1
 tokencache_issuer_requests_total{namespace="ns",result="invalid-grant"} 1
 tokencache_issuer_requests_total{namespace="ns",result="ok"} 1
 tokencache_issuer_requests_total{namespace="ns",result="timeout"} 1
 `
-	if got := exposition(t, fm, "tokencache_issuer_requests_total"); got != strings.TrimPrefix(want, "\n") {
-		t.Errorf("exposition:\n%s\nwant:\n%s", got, want)
-	}
-	if got := tokencacheprom.OutcomeResult(tokencache.Outcome{Result: tokencache.ResultError, Code: strings.Repeat("x", 100)}); len(got) != 40 {
-		t.Errorf("a 100-byte code labels as %d bytes, want 40", len(got))
-	}
-}

@@ -292,6 +292,13 @@ func programSource(t *testing.T, prog, pkg string) string {
 	if prog == "tokencache" {
 		dirs = append(dirs, ".")
 	}
+	return nonTestSources(t, dirs...)
+}
+
+// nonTestSources returns the Go sources, test files excluded, of the
+// packages in dirs, one after the other.
+func nonTestSources(t *testing.T, dirs ...string) string {
+	t.Helper()
 	var b strings.Builder
 	for _, dir := range dirs {
 		files, err := filepath.Glob(filepath.Join(dir, "*.go"))
@@ -307,6 +314,7 @@ func programSource(t *testing.T, prog, pkg string) string {
 				t.Fatal(err)
 			}
 			b.Write(src)
+			b.WriteByte('\n')
 		}
 	}
 	return b.String()

@@ -3,8 +3,6 @@ package cli
 import (
 	"bytes"
 	"context"
-	"os"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"sort"
@@ -110,23 +108,8 @@ func commandEnvVars(t *testing.T) []string {
 	t.Helper()
 	re := regexp.MustCompile(`"((?:TOKENCACHE|BASIQ)_[A-Z0-9_]+)"`)
 	seen := map[string]bool{}
-	for _, dir := range []string{".", "../localapi", "../../tokencache"} {
-		files, err := filepath.Glob(filepath.Join(dir, "*.go"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, f := range files {
-			if strings.HasSuffix(f, "_test.go") {
-				continue
-			}
-			b, err := os.ReadFile(f)
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, m := range re.FindAllStringSubmatch(string(b), -1) {
-				seen[m[1]] = true
-			}
-		}
+	for _, m := range re.FindAllStringSubmatch(nonTestSources(t, ".", "../localapi", "../../tokencache"), -1) {
+		seen[m[1]] = true
 	}
 	var out []string
 	for v := range seen {
