@@ -42,7 +42,7 @@ func (c *Cache) newEntry(k keys, f Fetcher) *entry {
 	e := &entry{c: c, k: k, sig: newSignal()}
 	e.cred = credential{f: f, kr: c.cfg.keyring}
 	e.mem = memory{keep: c.cfg.l1, now: c.monoNow, moved: e.sched.arm}
-	e.fails = failures{sig: e.sig, now: c.now, held: e.mem.heldGen, negativeTTL: c.cfg.negativeTTL, backoffMax: c.cfg.backoffMax}
+	e.fails = failures{m: &e.mem, sig: e.sig, now: c.now, negativeTTL: c.cfg.negativeTTL, backoffMax: c.cfg.backoffMax}
 	e.sched.e = e
 	e.sched.work.run, e.sched.work.start = e.sched.runJobs, c.goBackground
 	e.rf.e = e
@@ -61,9 +61,7 @@ func (e *entry) invalidate(ctx context.Context, fp string, gen int64) (bool, err
 	// A token is wanted now: an earlier failure (say, of a refresh ahead)
 	// must not stand in the way of the one refetch.
 	e.fails.clear()
-	if p := e.rf.pending.Load(); p != nil && (fp == "" || p.Fingerprint() == fp) {
-		e.rf.pending.CompareAndSwap(p, nil)
-	}
+	e.mem.dropPending(fp)
 	inv, err := e.c.st.invalidate(ctx, e.k, fp, gen)
 	if fp != "" && err == nil {
 		// The rejection ends at the generation deleted (or asked for, or

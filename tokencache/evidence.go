@@ -26,12 +26,12 @@ const (
 )
 
 // evidence is what an entry knows of the API's answers; guarded by
-// memory.mu.
+// memory.mu. The count of fresh tokens rejected in a row, and the window
+// in which 401s are held, are the token's one back-off (memory.back, of
+// the kind api), shared with the failures'.
 type evidence struct {
 	accepted    string // the last token the API accepted (fingerprint)
 	invalidated string // the token last invalidated, here or by the fleet
-	holdUntil   mono   // until then, 401s of tokens not accepted are held
-	streak      int32  // fresh tokens rejected in a row
 	grownFor    string // the fresh token (fingerprint/generation) whose rejection last grew the streak
 	loggedUntil mono   // the hold was last logged for the window until then
 }
@@ -39,10 +39,22 @@ type evidence struct {
 // invalidated notes that the token fp was invalidated; mu held.
 func (ev *evidence) noteInvalidated(fp string) { ev.invalidated = fp }
 
-// doubled is base doubled for each of n-1 in a row, capped at limit: the
-// back-off of both the failures' window and the rejection window.
-func doubled(base, limit time.Duration, n int32) time.Duration {
-	return min(limit, base<<min(max(n-1, 0), 16))
+// holdUntil is the end of the window in which 401s of tokens the API has
+// not accepted are held; mu held.
+func (m *memory) holdUntil() mono {
+	if !m.back.api {
+		return 0
+	}
+	return m.back.until
+}
+
+// rejections is the count of fresh tokens the API rejected in a row; mu
+// held.
+func (m *memory) rejections() int32 {
+	if !m.back.api {
+		return 0
+	}
+	return m.back.n
 }
 
 // verdict401 decides a 401 the API answered to tok: hold it (return it to
@@ -53,19 +65,19 @@ func (m *memory) verdict401(tok Token) (hold, logged bool, window time.Duration)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	ev := &m.api
-	now := m.now()
-	if now >= ev.holdUntil {
+	now, until := m.now(), m.holdUntil()
+	if now >= until {
 		return false, false, 0
 	}
 	if fresh := ev.grownFor; fresh != "" && fresh[:strings.IndexByte(fresh, '/')] == fp {
 		// The very token rejected fresh: an issuer that hands the
 		// invalidated token back makes it the one invalidated, too.
-		return true, m.logOnce(now), time.Duration(ev.holdUntil - now)
+		return true, m.logOnce(now), time.Duration(until - now)
 	}
 	if fp == ev.accepted || fp == ev.invalidated {
 		return false, false, 0
 	}
-	return true, m.logOnce(now), time.Duration(ev.holdUntil - now)
+	return true, m.logOnce(now), time.Duration(until - now)
 }
 
 // logOnce reports whether the hold is to be logged: once per window; mu
@@ -74,7 +86,7 @@ func (m *memory) logOnce(now mono) bool {
 	if now < m.api.loggedUntil {
 		return false
 	}
-	m.api.loggedUntil = m.api.holdUntil
+	m.api.loggedUntil = m.holdUntil()
 	return true
 }
 
@@ -87,7 +99,10 @@ func (m *memory) acceptedBy(tok Token) {
 	fp := tok.Fingerprint()
 	m.mu.Lock()
 	m.api.accepted = fp
-	m.api.streak, m.api.holdUntil, m.api.grownFor = 0, 0, ""
+	m.api.grownFor = ""
+	if m.back.api {
+		m.back = failStreak{}
+	}
 	m.calm.Store(&tok.AccessToken)
 	m.mu.Unlock()
 }
@@ -107,20 +122,19 @@ func (m *memory) rejectedFresh(fresh Token) (streak int32, window time.Duration,
 	m.calm.Store(nil)
 	if fp == ev.accepted {
 		ev.accepted = "" // accepted once, rejected now: revoked; not evidence against the API
-		return ev.streak, 0, false
+		return m.rejections(), 0, false
 	}
 	id := fp + "/"
 	if s := m.servedLocked(); s != nil && s.fp == fp {
 		id += strconv.FormatInt(s.gen, 10)
 	}
 	if id == ev.grownFor {
-		return ev.streak, time.Duration(max(ev.holdUntil-m.now(), 0)), false
+		return m.rejections(), time.Duration(max(m.holdUntil()-m.now(), 0)), false
 	}
 	ev.grownFor = id
-	ev.streak++
-	window = doubled(rejectionWindowMin, rejectionWindowMax, ev.streak)
-	ev.holdUntil = max(ev.holdUntil, m.now()+mono(window))
-	return ev.streak, window, true
+	window = m.back.grow(true, rejectionWindowMin, rejectionWindowMax)
+	m.back.until = max(m.back.until, m.now()+mono(window))
+	return m.back.n, window, true
 }
 
 // heardRejected applies another replica's evidence (its "rejected"
@@ -130,6 +144,6 @@ func (m *memory) heardRejected(streak int32, window time.Duration) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.calm.Store(nil)
-	m.api.streak = max(m.api.streak, streak)
-	m.api.holdUntil = max(m.api.holdUntil, m.now()+mono(min(max(window, 0), rejectionWindowMax)))
+	m.back.adopt(true, streak)
+	m.back.until = max(m.back.until, m.now()+mono(min(max(window, 0), rejectionWindowMax)))
 }

@@ -1,60 +1,110 @@
 package tokencache
 
 import (
-	"sync"
-	"sync/atomic"
 	"time"
 )
 
 // This file is the failure memory of one token: the last refresh that
 // failed (here, or anywhere in the fleet through its event or failure
-// key), the window in which nobody calls the issuer again, and the count
-// of refreshes in a row that failed, which widens that window. Waiters
-// learn of a failure through the entry's signal.
+// key), and the token's one back-off (see failStreak): the count of failures
+// in a row and the window it sets, in which nobody calls the issuer again
+// (or, for the API's rejections, Transport holds 401s). Both are part of
+// the token's one state, under memory's mutex. Waiters learn of a failure
+// through the entry's signal.
 
 // maxRetryWindow caps how long the fleet waits after failed refreshes of
 // a retryable kind before calling the issuer again.
 const maxRetryWindow = 30 * time.Second
 
-// failures remembers the last failed refresh of one token.
-type failures struct {
-	mu     sync.Mutex // guards fail, seq, gen
-	fail   *FetchError
-	seq    uint64       // the signal's sequence when fail was recorded
-	gen    int64        // generation held in memory when fail happened
-	streak atomic.Int32 // refreshes in a row that failed (retryable)
+// failState is the last failed refresh of one token; guarded by memory.mu.
+type failState struct {
+	fail *FetchError
+	seq  uint64 // the signal's sequence when fail was recorded
+	gen  int64  // generation held in memory when fail happened
+}
 
+// failStreak is the token's one window machine: the failures in a row of one
+// kind, refreshes whose issuer call failed (retryable ones), or, if api,
+// tokens fetched after an invalidation that the API rejected before any
+// success (see evidence.go), and the end of the window the last one set.
+// A failure of the other kind starts the count again. Guarded by
+// memory.mu.
+type failStreak struct {
+	n     int32
+	api   bool
+	until mono
+}
+
+// grow counts one more failure of the kind api at now and returns the
+// window it sets: base doubled for each failure in a row before it,
+// capped at limit (jittered by the caller where replicas must not act in
+// step).
+func (b *failStreak) grow(api bool, base, limit time.Duration) time.Duration {
+	if b.api != api {
+		*b = failStreak{api: api}
+	}
+	b.n++
+	return doubled(base, limit, b.n)
+}
+
+// adopt takes on the fleet's count n of failures of the kind api in a row,
+// if it is longer than ours, so the window grows whoever fails next.
+func (b *failStreak) adopt(api bool, n int32) {
+	if b.api != api {
+		*b = failStreak{api: api}
+	}
+	b.n = max(b.n, n)
+}
+
+// doubled is base doubled for each of n-1 in a row, capped at limit.
+func doubled(base, limit time.Duration, n int32) time.Duration {
+	return min(limit, base<<min(max(n-1, 0), 16))
+}
+
+// failures is the failure memory of one token: its methods read and change
+// the memory's failState and failStreak under memory.mu.
+type failures struct {
+	m           *memory
 	sig         *signal          // fired when a failure is recorded
 	now         func() time.Time // the cache's clock
-	held        func() int64     // the generation held in memory
 	negativeTTL time.Duration    // window after a permanent failure (WithNegativeTTL)
 	backoffMax  time.Duration    // first window after a retryable one (WithBackoff)
 }
 
 // record remembers fe and wakes the waiters.
 func (f *failures) record(fe *FetchError) {
-	gen := f.held()
-	f.mu.Lock()
-	f.fail = fe
-	f.gen = gen
-	_, f.seq = f.sig.arm()
-	f.mu.Unlock()
+	m := f.m
+	m.mu.Lock()
+	f.recordLocked(fe)
+	m.mu.Unlock()
 	f.sig.fire()
+}
+
+// recordLocked is record with memory.mu held, without the wake-up.
+func (f *failures) recordLocked(fe *FetchError) {
+	m := f.m
+	m.fail.fail = fe
+	m.fail.gen = 0
+	if s := m.l1.Load(); s != nil {
+		m.fail.gen = s.gen
+	}
+	_, m.fail.seq = f.sig.arm()
 }
 
 // adopt takes on a failure the fleet recorded in Redis, unless one is
 // already remembered here, and the fleet's count of failed refreshes in a
 // row, so the back-off grows whoever refreshes next.
 func (f *failures) adopt(fe *FetchError, streak int32) {
-	for cur := f.streak.Load(); streak > cur && !f.streak.CompareAndSwap(cur, streak); cur = f.streak.Load() {
-	}
-	f.mu.Lock()
-	cur := f.fail
-	f.mu.Unlock()
-	if cur != nil && f.now().Before(cur.Until) {
+	m := f.m
+	m.mu.Lock()
+	m.back.adopt(false, streak)
+	if cur := m.fail.fail; cur != nil && f.now().Before(cur.Until) {
+		m.mu.Unlock()
 		return // ours is still in its window, and carries the local cause
 	}
-	f.record(fe)
+	f.recordLocked(fe)
+	m.mu.Unlock()
+	f.sig.fire()
 }
 
 // limit is the longest window a failure heard from the fleet may impose
@@ -67,50 +117,70 @@ func (f *failures) limit(retryable bool) time.Duration {
 	return f.negativeTTL
 }
 
-// window is how long nobody calls the issuer after this failure: the
-// negative TTL for a permanent error; for a retryable one, a back-off that
-// starts at the retry cap (each refresh has already retried with backoff)
-// and doubles with each refresh in a row that failed (so callers that keep asking
-// do not turn an outage into a stream of calls), or the issuer's
-// Retry-After if longer, capped at maxRetryWindow.
-func (f *failures) window(fe *FetchError, err error) time.Duration {
+// window is how long nobody calls the issuer after this failure, and the
+// count of failures in a row it makes: the negative TTL for a permanent
+// error; for a retryable one, a back-off that starts at the retry cap
+// (each refresh has already retried with backoff) and doubles with each
+// refresh in a row that failed (so callers that keep asking do not turn an
+// outage into a stream of calls), or the issuer's Retry-After if longer,
+// capped at maxRetryWindow.
+func (f *failures) window(fe *FetchError, err error) (time.Duration, int32) {
+	m := f.m
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	if !fe.Retryable {
-		return f.negativeTTL
+		return f.negativeTTL, m.back.n
 	}
-	streak := f.streak.Add(1)
-	d := jitter(min(maxRetryWindow, f.backoffMax<<min(streak-1, 16)))
-	return min(maxRetryWindow, max(d, retryAfter(err)))
+	d := jitter(m.back.grow(false, f.backoffMax, maxRetryWindow))
+	d = min(maxRetryWindow, max(d, retryAfter(err)))
+	m.back.until = m.now() + mono(d)
+	return d, m.back.n
 }
 
-// clearBelow forgets the remembered failure once a token newer than the
-// one held when it happened is installed: re-reading the token whose
-// refresh failed is no reason to call the issuer again.
-func (f *failures) clearBelow(gen int64) {
-	f.mu.Lock()
-	clear := f.fail != nil && gen > f.gen
-	if clear {
-		f.fail = nil
-	}
-	f.mu.Unlock()
-	if clear {
-		f.streak.Store(0)
+// clearBelowLocked forgets the remembered failure once a token newer than
+// the one held when it happened is installed (memory.mu held): re-reading
+// the token whose refresh failed is no reason to call the issuer again.
+// The refreshes' streak ends with it; the API's does not (its tokens are
+// judged by the API, not by being stored: see memory.acceptedBy).
+func (m *memory) clearBelowLocked(gen int64) {
+	if m.fail.fail != nil && gen > m.fail.gen {
+		m.fail.fail = nil
+		if !m.back.api {
+			m.back = failStreak{}
+		}
 	}
 }
 
-// clear forgets the remembered failure and the streak.
+// clear forgets the remembered failure and the refreshes' streak.
 func (f *failures) clear() {
-	f.mu.Lock()
-	f.fail = nil
-	f.mu.Unlock()
-	f.streak.Store(0)
+	m := f.m
+	m.mu.Lock()
+	m.fail.fail = nil
+	if !m.back.api {
+		m.back = failStreak{}
+	}
+	m.mu.Unlock()
+}
+
+// streak is the count of refreshes in a row that failed (0 while the
+// streak counts the API's rejections instead).
+func (f *failures) streak() int32 {
+	m := f.m
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.back.api {
+		return 0
+	}
+	return m.back.n
 }
 
 // since returns a failure recorded after the waiter armed at seq.
 func (f *failures) since(seq uint64) *FetchError {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.fail != nil && f.seq >= seq {
-		return f.fail
+	m := f.m
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.fail.fail != nil && m.fail.seq >= seq {
+		return m.fail.fail
 	}
 	return nil
 }
@@ -118,9 +188,10 @@ func (f *failures) since(seq uint64) *FetchError {
 // negative returns a remembered failure still in its window: no issuer
 // call until it ends.
 func (f *failures) negative() error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if fe := f.fail; fe != nil && !fe.Until.IsZero() && f.now().Before(fe.Until) {
+	m := f.m
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if fe := m.fail.fail; fe != nil && !fe.Until.IsZero() && f.now().Before(fe.Until) {
 		return fe
 	}
 	return nil
@@ -128,9 +199,10 @@ func (f *failures) negative() error {
 
 // backingOff is how long the remembered failure's window still runs.
 func (f *failures) backingOff() time.Duration {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if fe := f.fail; fe != nil && !fe.Until.IsZero() {
+	m := f.m
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if fe := m.fail.fail; fe != nil && !fe.Until.IsZero() {
 		return fe.Until.Sub(f.now())
 	}
 	return 0

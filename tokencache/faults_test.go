@@ -329,7 +329,7 @@ func TestIssuerBudgetWithoutRedis(t *testing.T) {
 		t.Fatalf("fail-open fetch: %v", err)
 	}
 	c.server.mem.l1.Store(nil) // as if the token had been rejected
-	c.server.rf.pending.Store(nil)
+	c.server.mem.setPending(nil)
 	if _, err := c.Token(ctx); !errors.Is(err, ErrBudgetExhausted) {
 		t.Errorf("second fail-open fetch in the window: got %v, want ErrBudgetExhausted", err)
 	}

@@ -111,7 +111,7 @@ func (is *issuer) check(tok Token) error {
 func (is *issuer) failed(ctx context.Context, err error, publish bool) *FetchError {
 	c := is.c
 	fe := &FetchError{Code: errorCode(err), Retryable: isRetryable(err), Message: truncate(err.Error(), 300), Err: err}
-	window := is.fails.window(fe, err)
+	window, streak := is.fails.window(fe, err)
 	if window > 0 {
 		fe.Until = c.now().Add(window)
 	}
@@ -125,7 +125,7 @@ func (is *issuer) failed(ctx context.Context, err error, publish bool) *FetchErr
 		defer cancel()
 		if window > 0 {
 			f := failure{Code: fe.Code, Message: fe.Message, Retryable: fe.Retryable, By: c.cfg.host,
-				Fingerprint: is.cred.fingerprint(), Streak: is.fails.streak.Load()}
+				Fingerprint: is.cred.fingerprint(), Streak: streak}
 			if rerr := c.st.remember(pctx, is.k, f, window); rerr != nil {
 				c.log().Warn("tokencache: could not record the failure", "key", is.k.Failed, "err", rerr)
 			}

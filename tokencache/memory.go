@@ -77,9 +77,12 @@ type memory struct {
 	// last is the copy last installed, kept even without the in-memory
 	// copy (WithL1(false)): what Transport judges a 401 by.
 	last     *snapshot
-	rejected rejection // the last token invalidated here
-	absent   uint64    // the highest ticket of a read Redis answered "absent"
-	api      evidence  // what the API said of the tokens sent to it
+	rejected rejection  // the last token invalidated here
+	absent   uint64     // the highest ticket of a read Redis answered "absent"
+	api      evidence   // what the API said of the tokens sent to it
+	fail     failState  // the last failed refresh (see failures)
+	back     failStreak // the failures in a row and their window
+	pending  *Token     // fetched while Redis was down: to write back
 
 	keep  bool        // WithL1: copies are kept in l1
 	now   func() mono // the cache's monotonic clock
@@ -135,6 +138,7 @@ func (m *memory) installLocked(s *snapshot) (ok, changed bool) {
 	}
 	m.last = s
 	if !m.keep {
+		m.clearBelowLocked(s.gen)
 		return true, false
 	}
 	cur := m.l1.Load()
@@ -158,6 +162,7 @@ func (m *memory) installLocked(s *snapshot) (ok, changed bool) {
 		n = &c
 	}
 	m.publish(n)
+	m.clearBelowLocked(n.gen)
 	return true, true
 }
 
@@ -282,12 +287,41 @@ func (m *memory) floor(stored int64) int64 {
 	return stored
 }
 
-// heldGen is the generation of the copy in memory; 0 without one.
-func (m *memory) heldGen() int64 {
-	if s := m.l1.Load(); s != nil {
-		return s.gen
+// pendingToken is the token fetched while Redis was down, to write back;
+// nil: none.
+func (m *memory) pendingToken() *Token {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.pending
+}
+
+// setPending makes tok the token to write back.
+func (m *memory) setPending(tok *Token) {
+	m.mu.Lock()
+	m.pending = tok
+	m.mu.Unlock()
+}
+
+// swapPending makes next the token to write back if old still is, and
+// reports whether it did.
+func (m *memory) swapPending(old, next *Token) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.pending != old {
+		return false
 	}
-	return 0
+	m.pending = next
+	return true
+}
+
+// dropPending forgets the token to write back if it is the token fp (any,
+// if empty).
+func (m *memory) dropPending(fp string) {
+	m.mu.Lock()
+	if p := m.pending; p != nil && (fp == "" || p.Fingerprint() == fp) {
+		m.pending = nil
+	}
+	m.mu.Unlock()
 }
 
 // isRejected reports whether the token fp, stored with generation gen,

@@ -174,13 +174,7 @@ func (e *entry) stored(rec record, ttl time.Duration, issued time.Time) *snapsho
 // install makes s the in-memory copy (see memory.install) and reports
 // whether it is; a token newer than the one held when the last refresh
 // failed ends that failure's window.
-func (e *entry) install(s *snapshot) bool {
-	if !e.mem.install(s) {
-		return false
-	}
-	e.fails.clearBelow(s.gen)
-	return true
-}
+func (e *entry) install(s *snapshot) bool { return e.mem.install(s) }
 
 func absDuration(d time.Duration) time.Duration {
 	if d < 0 {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync/atomic"
 	"time"
 
 	"github.com/tokencache/tokencache/lock"
@@ -21,8 +20,7 @@ import (
 
 // refresher refreshes one entry's token under the lock.
 type refresher struct {
-	e       *entry
-	pending atomic.Pointer[Token] // fetched while Redis was down; to write back
+	e *entry
 }
 
 // locked runs with the lock held: re-check Redis, call the issuer, write
@@ -125,7 +123,7 @@ func (rf *refresher) locked(ctx context.Context, lease *lock.Lease, ahead bool, 
 		// The token is good; Redis is not. Serve it and write it back later.
 		e.c.stats.redisErrors.Add(1)
 		e.c.log().Warn("tokencache: could not store the new token; serving it from memory", "key", e.k.Token, "err", err)
-		rf.pending.Store(&tok)
+		e.mem.setPending(&tok)
 		s := e.stored(rec, ttl, issued)
 		s.softUntil = min(s.validUntil, e.c.monoAt(issued)+mono(jitter(e.c.cfg.waitRecheck)))
 		e.install(s)
@@ -316,7 +314,7 @@ func (rf *refresher) redisDown(ctx context.Context, rerr error) (Token, error) {
 	rec, ttl := rf.record(tok, 0, issued)
 	s := e.snapshotFor(rec, ttl, issued, e.c.now())
 	s.softUntil = min(s.validUntil, e.c.monoAt(issued)+mono(jitter(e.c.cfg.waitRecheck)))
-	rf.pending.Store(&tok)
+	e.mem.setPending(&tok)
 	e.mem.set(s)
 	return tok, nil
 }
@@ -328,7 +326,7 @@ func (rf *refresher) writeBack(ctx context.Context, tok *Token) bool {
 	e := rf.e
 	issued := e.c.now()
 	if !tok.Valid(issued) {
-		rf.pending.CompareAndSwap(tok, nil)
+		e.mem.swapPending(tok, nil)
 		return true
 	}
 	lease, err := e.c.locker.TryAcquire(ctx, e.k.Lock)
@@ -343,7 +341,7 @@ func (rf *refresher) writeBack(ctx context.Context, tok *Token) bool {
 	if err != nil {
 		return false
 	}
-	rf.pending.CompareAndSwap(tok, nil)
+	e.mem.swapPending(tok, nil)
 	if r.found {
 		if s, ok := e.validSnapshot(r); ok {
 			e.install(s)
@@ -356,7 +354,7 @@ func (rf *refresher) writeBack(ctx context.Context, tok *Token) bool {
 	}
 	rec, ttl := rf.record(*tok, gen, issued)
 	if w, err := rf.write(ctx, lease, &rec, ttl, true); err != nil {
-		rf.pending.CompareAndSwap(nil, tok)
+		e.mem.swapPending(nil, tok)
 		return false
 	} else if w.Stored {
 		e.c.log().Info("tokencache: wrote back a token fetched while redis was down", "key", e.k.Token, "generation", rec.Generation)

@@ -102,7 +102,7 @@ func (h *Handle) Rejected(ctx context.Context, fp string) (RejectedResult, error
 // held is the result of a held 401.
 func (e *entry) held() RejectedResult {
 	e.mem.mu.Lock()
-	until := e.mem.api.holdUntil
+	until := e.mem.holdUntil()
 	e.mem.mu.Unlock()
 	return RejectedResult{Held: true, HeldFor: time.Duration(max(until-e.c.monoNow(), 0))}
 }
@@ -127,7 +127,7 @@ func (e *entry) reportedAge(tok Token) (atOnce, used bool) {
 	if s == nil || s.fp != fp {
 		return false, false // its age is unknown here: the token's fault
 	}
-	window := doubled(rejectionWindowMin, rejectionWindowMax, ev.streak+1)
+	window := doubled(rejectionWindowMin, rejectionWindowMax, m.rejections()+1)
 	if m.now()-s.born >= mono(window) {
 		return false, fp != ev.accepted
 	}

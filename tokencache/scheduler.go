@@ -225,7 +225,7 @@ func (sc *scheduler) background(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, e.c.cfg.refreshTimeout)
 	defer cancel()
 	cur := e.mem.l1.Load()
-	if p := e.rf.pending.Load(); p != nil {
+	if p := e.mem.pendingToken(); p != nil {
 		if !e.rf.writeBack(ctx, p) {
 			e.mem.later(jitter(e.c.cfg.waitRecheck))
 			return
