@@ -85,7 +85,6 @@ func New(rdb redis.UniversalClient, f Fetcher, opts ...Option) (*Cache, error) {
 	c := &Cache{
 		rdb:        rdb,
 		cfg:        cfg,
-		st:         newStore(rdb, cfg.shardedPubSub, cfg.logger),
 		locker:     locker,
 		channel:    protocol.EventsChannel(cfg.prefix, cfg.namespace),
 		ctx:        ctx,
@@ -93,6 +92,7 @@ func New(rdb redis.UniversalClient, f Fetcher, opts ...Option) (*Cache, error) {
 		origin:     strconv.FormatUint(rand.Uint64(), 36),
 		jitterSeed: maphash.MakeSeed(),
 	}
+	c.st = newStore(rdb, cfg.shardedPubSub, cfg.logger, &c.stats, min(transientWait, cfg.waitRecheck))
 	c.sub = subscriber{c: c, ready: make(chan struct{}), suspect: make(chan struct{}, 1)}
 	c.epoch = c.cfg.clock.Now()
 	_, c.sysClock = cfg.clock.(systemClock)

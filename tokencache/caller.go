@@ -87,10 +87,7 @@ func (e *entry) obtain(ctx context.Context) (Token, error) {
 	for recheck := false; ; {
 		tok, ok, err := e.readAndInstall(ctx)
 		if err != nil {
-			if e.settle(ctx, err) {
-				continue // a cluster slot is moving: look again
-			}
-			return e.rf.redisDown(ctx, err)
+			return e.unread(ctx, err)
 		}
 		if ok {
 			if recheck {
@@ -105,10 +102,7 @@ func (e *entry) obtain(ctx context.Context) (Token, error) {
 		e.c.sub.waitSubscribed(ctx, subscribeWait)
 		wake, seq := e.sig.arm()
 		if tok, ok, err = e.readAndInstall(ctx); err != nil {
-			if e.settle(ctx, err) {
-				continue
-			}
-			return e.rf.redisDown(ctx, err)
+			return e.unread(ctx, err)
 		} else if ok {
 			return tok, nil
 		}
@@ -121,10 +115,7 @@ func (e *entry) obtain(ctx context.Context) (Token, error) {
 		end(lockOutcome(err))
 		switch {
 		case err == nil:
-			tok, err := e.rf.locked(ctx, lease, false, nil)
-			if err != nil && e.settle(ctx, err) {
-				continue // refused before the issuer call, the lock released
-			}
+			tok, err := e.rf.refresh(ctx, lease, forCaller, nil)
 			if !errors.Is(err, errLeaseTaken) {
 				return tok, err
 			}
@@ -166,6 +157,16 @@ func (e *entry) obtain(ctx context.Context) (Token, error) {
 			return Token{}, fe
 		}
 	}
+}
+
+// unread is what a caller with nothing to serve gets when Redis could not
+// be read: the *KeyError of a token this replica cannot open, else what
+// redisDown decides.
+func (e *entry) unread(ctx context.Context, err error) (Token, error) {
+	if errors.Is(err, ErrDecrypt) {
+		return Token{}, err // Redis is fine; this replica's keys are not
+	}
+	return e.rf.redisDown(ctx, err)
 }
 
 // ctxErr is what a caller whose ctx ended while it waited gets: ErrClosed

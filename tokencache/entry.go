@@ -125,7 +125,7 @@ func (e *entry) refreshNow(ctx context.Context, minTTL time.Duration, force bool
 	// Fresh: at least minTTL left, on Redis's clock and on ours (the
 	// snapshot's validity is capped by both).
 	fresh := func(r readResult) bool {
-		if !r.found || r.pttl < minTTL {
+		if !r.loaded() || r.pttl < minTTL {
 			return false
 		}
 		s, _ := e.validSnapshot(r)
@@ -143,7 +143,7 @@ func (e *entry) refreshNow(ctx context.Context, minTTL time.Duration, force bool
 		return res, &RedisError{Op: "lock", Key: e.k.Lock, Err: err}
 	}
 	before := e.c.stats.refreshes.Load()
-	tok, err := e.rf.locked(ctx, lease, false, func(r readResult) bool {
+	tok, err := e.rf.refresh(ctx, lease, forCron, func(r readResult) bool {
 		// Someone else refreshed while we queued for the lock.
 		return fresh(r) && (!force || r.rec.Generation != seen)
 	})
@@ -152,7 +152,7 @@ func (e *entry) refreshNow(ctx context.Context, minTTL time.Duration, force bool
 	}
 	res.Refreshed = e.c.stats.refreshes.Load() > before
 	res.Token = tok
-	if r, err := e.read(ctx); err == nil && r.found {
+	if r, err := e.read(ctx); err == nil && r.loaded() {
 		res.Generation, res.ExpiresIn = r.rec.Generation, r.pttl
 	}
 	return res, nil
@@ -186,8 +186,8 @@ func (e *entry) inspect(ctx context.Context) (Status, error) {
 		}
 		st.FailureTTL = f.Until.Sub(e.c.now())
 	}
-	if r.found || r.rec.AccessToken != "" || r.rec.Ciphertext != "" {
-		st.Found = r.found
+	if r.loaded() || r.rec.AccessToken != "" || r.rec.Ciphertext != "" {
+		st.Found = r.loaded()
 		st.Generation = r.rec.Generation
 		st.TokenType = r.rec.TokenType
 		st.ExpiresAt, _ = r.rec.Expiry()

@@ -238,7 +238,7 @@ func readOutcome(r readResult, err error) Outcome {
 	switch {
 	case err != nil:
 		return Outcome{Result: ResultError}
-	case r.found:
+	case r.loaded():
 		return Outcome{Result: ResultFound, Generation: r.rec.Generation}
 	}
 	return Outcome{Result: ResultAbsent}

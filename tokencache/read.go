@@ -12,15 +12,21 @@ import (
 // copy held and forgets a failure a newer token makes moot.
 
 // readAndInstall reads Redis and, on a usable token, installs it in
-// memory. It reports the token and whether there was one. An answer of
-// "absent" is recorded (memory.absentAt): a read that started before
-// this one cannot bring back what Redis no longer holds.
+// memory. It reports the token and whether there was one; its error is
+// the store's (Redis is down) or, for a token this replica cannot open,
+// the *KeyError (ErrDecrypt). An answer of "absent" (any other miss) is
+// recorded (memory.absentAt): a read that started before this one cannot
+// bring back what Redis no longer holds.
 func (e *entry) readAndInstall(ctx context.Context) (Token, bool, error) {
 	r, err := e.read(ctx)
 	if err != nil {
 		return Token{}, false, err
 	}
-	if !r.found {
+	switch r.kind {
+	case readSealed:
+		return Token{}, false, r.bad
+	case readLoaded:
+	default:
 		e.mem.absentAt(r.ticket)
 		return Token{}, false, nil
 	}
@@ -35,7 +41,9 @@ func (e *entry) readAndInstall(ctx context.Context) (Token, bool, error) {
 }
 
 // read wraps store.read with the checks every reader makes: counting,
-// logging garbage once per value, and the credential fingerprint. The
+// logging garbage, the token invalidated here, the fleet's last failure,
+// the credential fingerprint and decryption, each a kind of result (see
+// readKind). Its only error is the store's: Redis did not answer. The
 // result carries the read's ticket and when it was sent and answered.
 func (e *entry) read(ctx context.Context) (readResult, error) {
 	e.c.stats.redisReads.Add(1)
@@ -45,16 +53,15 @@ func (e *entry) read(ctx context.Context) (readResult, error) {
 	r, err := e.c.st.read(octx, e.k.Token, at)
 	end(readOutcome(r, err))
 	if err != nil {
-		e.c.stats.redisErrors.Add(1)
 		return r, err
 	}
 	r.ticket, r.sent, r.arrived = ticket, at, e.c.now()
-	if r.bad != nil {
+	if r.kind == readGarbage {
 		e.c.stats.badValues.Add(1)
 		e.c.log().Warn("tokencache: unusable value in redis, treating as a miss", "key", e.k.Token, "err", r.bad)
 	}
-	if r.found && e.mem.isRejected(r.rec.TokenFP, r.rec.Generation) {
-		r.found = false
+	if r.loaded() && e.mem.isRejected(r.rec.TokenFP, r.rec.Generation) {
+		r.kind = readRejected
 	}
 	if r.failed != nil && e.cred.same(r.failedCred) {
 		if max := at.Add(e.fails.limit(r.failed.Retryable)); r.failed.Until.After(max) {
@@ -63,29 +70,31 @@ func (e *entry) read(ctx context.Context) (readResult, error) {
 		e.fails.adopt(r.failed, r.failedStreak)
 	}
 	same, known := e.cred.check(r.rec.Fingerprint)
-	if r.found && known && !same && r.rec.Ciphertext != "" {
+	if r.loaded() && known && !same && r.rec.Ciphertext != "" {
 		// A fingerprint keyed under a key id we hold that does not match:
 		// another credential, or this replica's key for that id is wrong.
 		// Only the latter fails to open, and is this replica's problem:
 		// the token is not overwritten.
 		if _, err := e.c.cfg.keyring.open(e.k.Token, r.rec); err != nil {
 			e.c.log().Error("tokencache: cannot decrypt the cached token", "key", e.k.Token, "key_id", r.rec.KeyID, "err", err)
-			return readResult{}, err
+			r.kind, r.bad = readSealed, err
+			return r, nil
 		}
 	}
-	if r.found && known && !same {
+	if r.loaded() && known && !same {
 		// Another deployment's token is a miss to refetch and overwrite.
 		if e.cred.warned.CompareAndSwap(false, true) {
 			e.c.log().Warn("tokencache: cached token was minted for another credential; not serving it",
 				"key", e.k.Token, "stored_fingerprint", r.rec.Fingerprint, "our_fingerprint", e.cred.fingerprint())
 		}
-		r.found = false
+		r.kind = readForeign
 	}
-	if r.found && r.rec.Ciphertext != "" {
+	if r.loaded() && r.rec.Ciphertext != "" {
 		tok, err := e.c.cfg.keyring.open(e.k.Token, r.rec)
 		if err != nil {
 			e.c.log().Error("tokencache: cannot decrypt the cached token", "key", e.k.Token, "key_id", r.rec.KeyID, "err", err)
-			return readResult{}, err
+			r.kind, r.bad = readSealed, err
+			return r, nil
 		}
 		r.rec.AccessToken = tok
 	}

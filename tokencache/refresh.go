@@ -23,111 +23,198 @@ type refresher struct {
 	e *entry
 }
 
-// locked runs with the lock held: re-check Redis, call the issuer, write
-// the token fenced by the lease's generation, release. done, if not nil,
-// says whether a token found on the re-check makes the refresh
-// unnecessary; nil means any usable token does.
-func (rf *refresher) locked(ctx context.Context, lease *lock.Lease, ahead bool, done func(readResult) bool) (tok Token, err error) {
+// why is who asked for a refresh under the lock: it decides what each
+// outcome gives them (see refresher.refresh).
+type why uint8
+
+const (
+	// forCaller: a caller with no valid token in memory (entry.obtain);
+	// nothing to serve without one.
+	forCaller why = iota
+	// forAhead: refresh-ahead, while this replica serves a valid copy.
+	forAhead
+	// forCron: a cron job's Refresh (Handle.Refresh), which wants the
+	// fleet's token stored.
+	forCron
+)
+
+// outcome is how a refresh under the lock ended.
+type outcome uint8
+
+const (
+	// stored: the issuer's token is stored, and served.
+	stored outcome = iota
+	// foundFresh: the re-check under the lock found a token that makes
+	// the refresh unnecessary, now served; or a refresh ahead found the
+	// fleet backing off after a failure (err says which).
+	foundFresh
+	// fenced: the write was refused (a newer lease or token exists); the
+	// fleet's token, or until it is stored ours, is served.
+	fenced
+	// leaseLost: the lease ended before the refresh began, or another
+	// owner took the lock during the issuer call.
+	leaseLost
+	// issuerFailed: the issuer call failed (err), or ended with the
+	// caller's context or the cache.
+	issuerFailed
+	// redisDown: Redis failed under the lock (err, the store's); a token
+	// the issuer returned is served and written back later (tok set).
+	redisDown
+	// unreadable: the stored token cannot be opened with this replica's
+	// key ring (err, a *KeyError): its keys are wrong, not the token, so
+	// nothing overwrites it.
+	unreadable
+)
+
+// refresh runs a refresh under lease (see locked) for w and returns what
+// that caller gets of its outcome (see answer). done is locked's.
+func (rf *refresher) refresh(ctx context.Context, lease *lock.Lease, w why, done func(readResult) bool) (tok Token, err error) {
 	e := rf.e
 	ctx, end := e.observe(ctx, OpRefresh)
 	defer func() { end(e.outcome(tok, err)) }()
+	tok, out, err := rf.locked(ctx, lease, w == forAhead, done)
+	switch answer(w, out, tok.AccessToken != "", err) {
+	case serve:
+		return tok, nil
+	case failOpen:
+		return rf.redisDown(ctx, err)
+	case waitHolder:
+		return Token{}, errLeaseTaken
+	}
+	if err == nil {
+		err = errLeaseTaken // leaseLost, for a refresh that does not wait
+	}
+	return Token{}, err
+}
+
+// A verdict is what a caller gets of a refresh's outcome.
+type verdict uint8
+
+const (
+	serve      verdict = iota // the token the refresh ended with
+	fail                      // the refresh's error
+	failOpen                  // what refresher.redisDown decides (fail open, or closed)
+	waitHolder                // errLeaseTaken: a caller waits for the lock's new owner
+)
+
+// answer is the one place that maps a refresh's outcome, for w, to what
+// its caller gets; hasTok: the refresh ended with a token to serve.
+func answer(w why, out outcome, hasTok bool, err error) verdict {
+	switch out {
+	case stored, fenced:
+		return serve
+	case foundFresh:
+		if err != nil {
+			return fail // a refresh ahead found the fleet backing off
+		}
+		return serve
+	case redisDown:
+		switch {
+		case hasTok:
+			return serve // the issuer's token, to write back later
+		case w == forCaller:
+			return failOpen // nothing to serve: as without the lock
+		}
+		return fail // a refresh ahead keeps its copy; a cron job reports it
+	case leaseLost:
+		if w == forCaller {
+			return waitHolder // the new owner's token is on the way
+		}
+		return fail
+	}
+	return fail // issuerFailed, unreadable
+}
+
+// locked runs with the lock held: re-check Redis, call the issuer, write
+// the token fenced by the lease's generation, release. ahead: this replica
+// serves a valid copy meanwhile, so a token Redis no longer holds keeps
+// being served should the refresh fail, and a failure the re-check learns
+// of from the fleet means waiting out its window. done, if not nil, says
+// whether a token found on the re-check makes the refresh unnecessary;
+// nil means any usable token does. It does no mapping: refresh does.
+func (rf *refresher) locked(ctx context.Context, lease *lock.Lease, ahead bool, done func(readResult) bool) (Token, outcome, error) {
+	e := rf.e
 	defer func() {
 		if err := lease.Release(ctx); err != nil {
 			e.c.log().Warn("tokencache: lock released late", "key", e.k.Lock, "err", err)
 		}
 	}()
-	// redisDown is for callers with nothing to serve. A refresh ahead
-	// (ahead: this replica serves a valid copy meanwhile) that loses Redis
-	// gives up and tries again later, without an issuer call outside the
-	// lock.
-	redisDown := func(err error) (Token, error) {
-		if ahead {
-			return Token{}, err
-		}
-		return rf.redisDown(ctx, err)
-	}
 	r, err := e.read(ctx)
 	if err != nil {
-		return redisDown(err)
+		return Token{}, redisDown, err
 	}
-	if !r.found && !ahead {
+	switch {
+	case r.kind == readSealed:
+		return Token{}, unreadable, r.bad
+	case !r.loaded() && !ahead:
 		// A caller with no copy: no read that started before this one may
 		// install what Redis no longer holds. (A refresh ahead keeps
 		// serving its valid copy: should the refresh fail, an evicted
 		// token is still better than none.)
 		e.mem.absentAt(r.ticket)
-	} else if r.found && (done == nil || done(r)) {
+	case r.loaded() && (done == nil || done(r)):
 		if s, ok := e.validSnapshot(r); ok {
 			if e.install(s) {
-				return s.tok, nil
+				return s.tok, foundFresh, nil
 			}
 			if v := e.mem.valid(); v != nil && v.newer(s) {
-				return v.tok, nil // an event brought a newer one meanwhile
+				return v.tok, foundFresh, nil // an event brought a newer one meanwhile
 			}
 		}
 		// Past its expiry on this clock, or Redis has since answered
 		// that it holds none: refresh it.
-		r.found = false
+		r.kind = readMissing
 	}
 	if ahead {
 		// The re-read may have brought the fleet's last failure: a refresh
 		// ahead waits out its window whether or not a token is stored.
 		if err := e.fails.negative(); err != nil {
-			return Token{}, err
+			return Token{}, foundFresh, err
 		}
 	}
 	// A refresh ahead (the fleet still has a valid token) tells the fleet
 	// one refresh is under way, so nobody else needs to try.
-	gen, spent, err := rf.begin(ctx, lease, e.mem.floor(r.rec.Generation), true, r.found)
+	gen, spent, err := rf.begin(ctx, lease, e.mem.floor(r.rec.Generation), true, r.loaded())
 	if err != nil {
-		e.c.stats.redisErrors.Add(1)
-		return redisDown(err)
+		return Token{}, redisDown, err
 	} else if gen < 0 {
-		return Token{}, fmt.Errorf("%w: the refresh lock's lease ended before the refresh began", ErrUnavailable)
+		return Token{}, leaseLost, nil
 	}
 	// The issuer call stops when the lease is lost (its owner was paused
 	// past it, or Redis lost it): another replica may be refreshing by
 	// now, and whatever this call returned would be fenced out anyway.
 	fctx, stop := leaseContext(ctx, lease)
-	tok, err = e.iss.fetch(fctx, false, spent)
+	tok, err := e.iss.fetch(fctx, false, spent)
 	stop()
-	if err != nil && errors.Is(lease.Err(), lock.ErrLeaseLost) && ctx.Err() == nil {
-		return Token{}, errLeaseTaken
-	}
 	if err != nil {
 		switch {
+		case errors.Is(lease.Err(), lock.ErrLeaseLost) && ctx.Err() == nil:
+			return Token{}, leaseLost, nil
 		case e.c.ctx.Err() != nil:
-			return Token{}, ErrClosed // shutting down is not the issuer's failure
+			return Token{}, issuerFailed, ErrClosed // shutting down is not the issuer's failure
 		case ctx.Err() != nil:
 			// The caller (a cron Refresh) or the refresh's own bound gave
 			// up: not the issuer's verdict, so the fleet is not told.
-			return Token{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
+			return Token{}, issuerFailed, fmt.Errorf("%w: %w", ErrUnavailable, err)
 		}
 		// The fleet learns of it (its event, and its failure key, which
 		// the other replicas check a credential-less event against).
-		return Token{}, e.iss.failed(ctx, err, true)
+		return Token{}, issuerFailed, e.iss.failed(ctx, err, true)
 	}
 	// The issuer's latest answer is authoritative: a token invalidated
 	// here that it hands out again is served again.
 	e.mem.unreject(tok.Fingerprint())
 	issued := e.c.now()
 	rec, ttl := rf.record(tok, gen, issued)
-	w, err := rf.write(ctx, lease, &rec, ttl, !r.found)
-	for err != nil && e.settle(ctx, err) {
-		// A cluster slot is moving: the lease holds; store the token once
-		// it has moved, so the fleet needs no other issuer call.
-		e.c.stats.redisErrors.Add(1)
-		w, err = rf.write(ctx, lease, &rec, ttl, !r.found)
-	}
+	w, err := rf.write(ctx, lease, &rec, ttl, !r.loaded())
 	if err != nil {
 		// The token is good; Redis is not. Serve it and write it back later.
-		e.c.stats.redisErrors.Add(1)
 		e.c.log().Warn("tokencache: could not store the new token; serving it from memory", "key", e.k.Token, "err", err)
 		e.mem.setPending(&tok)
 		s := e.stored(rec, ttl, issued)
 		s.softUntil = min(s.validUntil, e.c.monoAt(issued)+mono(jitter(e.c.cfg.waitRecheck)))
 		e.install(s)
-		return tok, nil
+		return tok, redisDown, err
 	}
 	if !w.Stored {
 		// Fenced out: our lease expired and a newer holder exists, or a
@@ -136,19 +223,19 @@ func (rf *refresher) locked(ctx context.Context, lease *lock.Lease, ahead bool, 
 		e.c.log().Warn("tokencache: write rejected by fencing; a newer lease or token exists", "key", e.k.Token,
 			"generation", gen, "fenced_by", w.FencedBy, "lease_lost", w.LeaseLost)
 		if tok2, ok, err := e.readAndInstall(ctx); err == nil && ok {
-			return tok2, nil
+			return tok2, fenced, nil
 		}
 		// Nothing usable is stored yet: our token is still valid, so
 		// serve it from memory while the newer holder finishes.
 		s := e.stored(rec, ttl, issued)
 		s.gen = 0
 		e.install(s)
-		return tok, nil
+		return tok, fenced, nil
 	}
 	e.c.stats.refreshes.Add(1)
 	e.c.log().Info("tokencache: token refreshed", "key", e.k.Token, "generation", rec.Generation, "token", tok)
 	rf.installWritten(rec, ttl, issued, w)
-	return tok, nil
+	return tok, stored, nil
 }
 
 // errLeaseTaken: another owner took the refresh lock during the issuer
@@ -286,9 +373,6 @@ func (rf *refresher) installWritten(rec record, ttl time.Duration, issued time.T
 // this runs inside the singleflight) and written back later.
 func (rf *refresher) redisDown(ctx context.Context, rerr error) (Token, error) {
 	e := rf.e
-	if errors.Is(rerr, ErrDecrypt) {
-		return Token{}, rerr // Redis is fine; this replica's keys are not
-	}
 	if isTransient(rerr) {
 		// Redis answered (a cluster slot moving): callers wait and
 		// re-check (settle) rather than fetch around the fleet.
@@ -338,11 +422,11 @@ func (rf *refresher) writeBack(ctx context.Context, tok *Token) bool {
 	}
 	defer func() { _ = lease.Release(ctx) }()
 	r, err := e.read(ctx)
-	if err != nil {
+	if err != nil || r.kind == readSealed {
 		return false
 	}
 	e.mem.swapPending(tok, nil)
-	if r.found {
+	if r.loaded() {
 		if s, ok := e.validSnapshot(r); ok {
 			e.install(s)
 		}

@@ -139,7 +139,7 @@ func TestClusterMigratingSlot(t *testing.T) {
 					return false
 				}
 			}
-			return sumStats(fleet, func(s Stats) uint64 { return s.RedisErrors }) > 0
+			return sumStats(fleet, func(s Stats) uint64 { return s.TransientWaits }) > 0
 		})
 		if n, r := f.calls.Load(), returned.Load(); n != 0 || r != 0 {
 			t.Errorf("slot migrating: %d issuer calls and %d replicas served (fail-open: %d), want none before the move ends",
@@ -342,11 +342,11 @@ func TestClusterReshardingWhileCalling(t *testing.T) {
 		to := (owner + 1) % len(cl.Nodes)
 		cl.StartMove(t, slot, owner, to)
 		servedMore("the replicas to call with the slot migrating", 5)
-		errsBefore := sumStats(fleet, func(s Stats) uint64 { return s.RedisErrors })
+		waitsBefore := sumStats(fleet, func(s Stats) uint64 { return s.TransientWaits })
 		gate = f.pass(gate)
 		// The holder's write is refused while the slot migrates.
 		eventually(t, "the write of "+want+" to meet the migrating slot", func() bool {
-			return sumStats(fleet, func(s Stats) uint64 { return s.RedisErrors }) > errsBefore
+			return sumStats(fleet, func(s Stats) uint64 { return s.TransientWaits }) > waitsBefore
 		})
 		servedMore("the replicas to call with the slot migrating", 5)
 		cl.MigrateKeys(t, slot, owner, to)

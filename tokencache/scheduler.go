@@ -240,12 +240,13 @@ func (sc *scheduler) background(ctx context.Context) {
 		return
 	}
 	r, err := e.read(ctx)
-	if err != nil {
-		// Redis is unreachable: keep serving memory, try again later.
+	if err != nil || r.kind == readSealed {
+		// Redis is unreachable (or this replica cannot open what it
+		// holds): keep serving memory, try again later.
 		e.mem.later(jitter(e.c.cfg.waitRecheck))
 		return
 	}
-	if !r.found {
+	if !r.loaded() {
 		// Deleted (an operator, an eviction, an invalidation whose event
 		// we missed) or garbage: stop serving the old copy, and let no
 		// read that started before this one bring it back.
@@ -304,7 +305,7 @@ func (sc *scheduler) ahead(ctx context.Context, served *snapshot) {
 	// else refreshed; an older one (Redis lost a write) does not. A
 	// failure the re-read learns of from the fleet means waiting out its
 	// window, like one known before.
-	if _, err := e.rf.locked(ctx, lease, true, func(r readResult) bool {
+	if _, err := e.rf.refresh(ctx, lease, forAhead, func(r readResult) bool {
 		if served.before(r.rec.Generation, r.rec.StoredMS) {
 			// Another replica refreshed, and we heard neither its
 			// "refreshing" (we would be holding back) nor its "refreshed".
