@@ -10,6 +10,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -345,5 +346,43 @@ func TestFailuresAdoptKeepsTheLocalCauseButTheFleetsStreak(t *testing.T) {
 	}
 	if f.limit(true) != maxRetryWindow || f.limit(false) != 10*time.Minute {
 		t.Fatal("the fleet may impose a longer window than ours")
+	}
+}
+
+// The API's rejections and the issuer's failures share one window
+// machine: a stored token ends a streak of failed refreshes, not one of
+// rejected tokens (which only the API's acceptance ends), and a failure of
+// the other kind starts the count again.
+func TestOneWindowMachineForRefreshFailuresAndRejections(t *testing.T) {
+	m := newTestMemory(true)
+	now := time.Unix(1000, 0)
+	f := &failures{m: &m.memory, sig: newSignal(), now: func() time.Time { return now }, negativeTTL: time.Minute, backoffMax: 2 * time.Second}
+	m.install(copyOf("a", 1, 1))
+	for i := range 3 {
+		b := Token{AccessToken: fmt.Sprint("fresh-", i)}
+		m.invalidating("", 0)
+		// Each fresh token is stored (a newer generation) before the API
+		// rejects it: storing it must not end the rejections' streak.
+		m.install(copyOf(b.AccessToken, int64(i+2), 1))
+		if n, _, grew := m.rejectedFresh(b); n != int32(i+1) || !grew {
+			t.Fatalf("rejection %d: streak %d (grew %v)", i+1, n, grew)
+		}
+	}
+	if got := f.streak(); got != 0 {
+		t.Fatalf("the refreshes' streak reads %d while the API's runs", got)
+	}
+	// An issuer failure now: the refreshes' count starts at one.
+	if _, n := f.window(&FetchError{Retryable: true}, errors.New("503")); n != 1 {
+		t.Fatalf("an issuer failure during the API's streak: count %d, want 1", n)
+	}
+	m.mu.Lock()
+	if hold := m.holdUntil(); hold != 0 {
+		t.Errorf("401s still held (until %v) once the streak counts the issuer's failures", hold)
+	}
+	m.mu.Unlock()
+	f.record(&FetchError{Retryable: true, Until: now.Add(time.Minute)})
+	m.install(copyOf("new", 9, 1))
+	if f.negative() != nil || f.streak() != 0 {
+		t.Fatalf("a newer token stored kept the failure (%v) or the refreshes' streak (%d)", f.negative(), f.streak())
 	}
 }
