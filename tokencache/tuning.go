@@ -1,8 +1,6 @@
 package tokencache
 
-import (
-	"time"
-)
+import "time"
 
 // Tuning holds the cache's tuning knobs: timings and shares that the
 // defaults already set for a fleet sharing a 60-minute token. Give it to
