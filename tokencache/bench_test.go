@@ -109,7 +109,7 @@ func BenchmarkTokenRedis(b *testing.B) {
 		b.Log("redis-server not installed: measuring against miniredis")
 		rdb, _ = miniBackend(b)
 	}
-	c := benchCache(b, rdb, WithL1(false))
+	c := benchCache(b, rdb, withL1(false))
 	ctx := context.Background()
 	if _, err := c.Token(ctx); err != nil {
 		b.Fatal(err)

@@ -124,7 +124,7 @@ func TestNeverServesExpiredToken(t *testing.T) {
 	clock := newFakeClock()
 	f := newFakeFetcher(10 * time.Minute)
 	f.now = clock.Now
-	c := newCache(t, rdb, f, fastOpts(withClock(clock), WithRefreshJitter(0), WithL1MaxAge(0))...)
+	c := newCache(t, rdb, f, fastOpts(withClock(clock), WithTuning(Tuning{RefreshJitter: -1}))...)
 	ctx := ctxT(t)
 	first, err := c.Token(ctx)
 	if err != nil {
@@ -181,7 +181,7 @@ func TestRefreshAheadDoesNotBlockCallers(t *testing.T) {
 		}
 		f := newFakeFetcher(life)
 		f.now = now
-		c := newCache(t, rdb, f, fastOpts(withClock(cl), WithRefreshJitter(0), WithRefreshAhead(0.5))...)
+		c := newCache(t, rdb, f, fastOpts(withClock(cl), WithTuning(Tuning{RefreshJitter: -1}), WithRefreshAhead(0.5))...)
 		ctx := ctxT(t)
 		first, err := c.Token(ctx)
 		if err != nil {
@@ -224,7 +224,7 @@ func TestRefreshAheadOneReplicaRefreshesOthersFollow(t *testing.T) {
 	f := newFakeFetcher(3 * time.Second)
 	var caches []*Cache
 	for range 5 {
-		caches = append(caches, newCache(t, rdb, f, fastOpts(WithRefreshAhead(0.3), WithL1MaxAge(0))...))
+		caches = append(caches, newCache(t, rdb, f, fastOpts(WithRefreshAhead(0.3))...))
 	}
 	ctx := ctxT(t)
 	for _, c := range caches {
@@ -309,7 +309,7 @@ func TestFailureFansOutToWaiters(t *testing.T) {
 		f.failNext(&issuerErr{code: "invalid-grant"})
 		// Waiters would re-check only after an hour: only the event can
 		// bring them the error before the refresh timeout.
-		opts := []Option{WithWaitRecheck(time.Hour), WithRefreshTimeout(30 * time.Second), WithLockTTL(2 * time.Second)}
+		opts := []Option{WithTuning(Tuning{WaitRecheck: time.Hour, RefreshTimeout: 30 * time.Second, LockTTL: 2 * time.Second})}
 		holder := newCache(t, rdb, f, opts...)
 		var waiters []*Cache
 		for range 3 {
@@ -359,7 +359,7 @@ func TestNegativeCacheExpires(t *testing.T) {
 	f := newFakeFetcher(time.Hour)
 	f.now = clock.Now
 	f.failNext(&issuerErr{code: "access-denied"})
-	c := newCache(t, rdb, f, fastOpts(withClock(clock), WithNegativeTTL(5*time.Second))...)
+	c := newCache(t, rdb, f, fastOpts(withClock(clock), WithTuning(Tuning{NegativeTTL: 5 * time.Second}))...)
 	ctx := ctxT(t)
 	for range 3 {
 		if _, err := c.Token(ctx); !isFetchError(err, "access-denied", false) {
@@ -761,9 +761,11 @@ func TestOptionsAreValidated(t *testing.T) {
 	f := newFakeFetcher(time.Hour)
 	for _, o := range []Option{
 		WithNamespace(""), WithNamespace("a}b"), WithNamespace("a b"), WithNamespace(strings.Repeat("n", 129)),
-		WithKeyPrefix("x{"), WithRefreshAhead(1), WithRefreshAhead(0), WithRefreshJitter(0.7),
-		WithLockTTL(time.Millisecond), WithRetry(0, time.Second, time.Second), WithExpirySkew(-1),
-		WithRefreshTimeout(0), WithWaitRecheck(0), WithNegativeTTL(-1), WithL1MaxAge(-1),
+		WithKeyPrefix("x{"), WithRefreshAhead(1), WithRefreshAhead(0),
+		WithTuning(Tuning{RefreshJitter: 0.7}), WithTuning(Tuning{LockTTL: time.Millisecond}),
+		WithTuning(Tuning{RetryAttempts: -1}), WithTuning(Tuning{ExpirySkew: -2}),
+		WithTuning(Tuning{RefreshTimeout: -time.Second}), WithTuning(Tuning{WaitRecheck: -time.Second}),
+		WithTuning(Tuning{NegativeTTL: -time.Second}), WithTuning(Tuning{L1MaxAge: -1}),
 	} {
 		if _, err := New(rdb, f, o); err == nil {
 			t.Errorf("an invalid option was accepted")
@@ -849,7 +851,7 @@ func TestLockWatchdogKeepsSecondReplicaOut(t *testing.T) {
 	rdb, _ := realBackend(t)
 	f := newFakeFetcher(time.Hour)
 	f.setDelay(1500 * time.Millisecond)
-	opts := []Option{WithLockTTL(300 * time.Millisecond), WithWaitRecheck(50 * time.Millisecond)}
+	opts := []Option{WithTuning(Tuning{LockTTL: 300 * time.Millisecond, WaitRecheck: 50 * time.Millisecond})}
 	a := newCache(t, rdb, f, opts...)
 	b := newCache(t, rdb, f, opts...)
 	ctx := ctxT(t)
@@ -883,7 +885,7 @@ func TestUnusableValueWithAHighGenerationDoesNotFenceEveryWrite(t *testing.T) {
 		"issued_at":  time.Now().UTC().Format(time.RFC3339), "generation": 100,
 		"fingerprint": identityFingerprint(f, nil)})
 	rdb.Set(ctx, key, v, 0) // hand SET without EX
-	c := newCache(t, rdb, f, fastOpts(WithL1(false))...)
+	c := newCache(t, rdb, f, fastOpts(withL1(false))...)
 	for i := 0; i < 5; i++ {
 		if _, err := c.Token(ctx); err != nil {
 			t.Fatal(err)
@@ -906,8 +908,7 @@ func TestFailOpenNeverServesATokenPastItsExpiry(t *testing.T) {
 	clk := newFakeClock()
 	f := newFakeFetcher(2 * time.Second)
 	f.now = clk.Now
-	c := newCache(t, rdb, f, withClock(clk), WithWaitRecheck(10*time.Second), WithLockTTL(time.Second),
-		WithRetry(1, time.Millisecond, time.Millisecond))
+	c := newCache(t, rdb, f, withClock(clk), WithTuning(Tuning{WaitRecheck: 10 * time.Second, LockTTL: time.Second, RetryAttempts: 1, RetryBase: time.Millisecond, RetryMax: time.Millisecond}))
 	tok, err := c.Token(ctx)
 	if err != nil {
 		t.Fatal(err)

@@ -162,8 +162,7 @@ func TestClusterShardedEventsSurviveResharding(t *testing.T) {
 		rdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: addrs})
 		t.Cleanup(func() { _ = rdb.Close() })
 		return newCache(t, rdb, newFakeFetcher(time.Hour),
-			fastOpts(WithClientTokens(uf.new, 100), WithLockTTL(time.Minute),
-				WithSubscriptionProbe(time.Hour, 2*time.Second))...)
+			fastOpts(WithClientTokens(uf.new, 100), WithTuning(Tuning{LockTTL: time.Minute, ProbeInterval: time.Hour, ProbeTimeout: 2 * time.Second}))...)
 	}
 	a, b := newReplica(), newReplica()
 	if _, err := a.Token(ctx); err != nil {
@@ -287,8 +286,8 @@ func TestPubSubModes(t *testing.T) {
 	}
 	for _, s := range []setup{
 		{"single node, default", single, nil, protocol.ModeClassic, classicSubs},
-		{"single node, sharded asked", single, []Option{WithShardedPubSub(true)}, protocol.ModeSharded, shardSubs},
-		{"cluster, classic asked", cluster, []Option{WithShardedPubSub(false)}, protocol.ModeClassic, classicSubs},
+		{"single node, sharded asked", single, []Option{withShardedPubSub(true)}, protocol.ModeSharded, shardSubs},
+		{"cluster, classic asked", cluster, []Option{withShardedPubSub(false)}, protocol.ModeClassic, classicSubs},
 	} {
 		t.Run(s.name, func(t *testing.T) {
 			ctx := ctxT(t)

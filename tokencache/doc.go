@@ -27,7 +27,7 @@
 // comparing replicas' clocks, and a token is never returned past its
 // skewed expiry. A failed refresh leaves a valid cached token in place; a
 // permanent issuer error reaches the waiters of every replica at once
-// through a "failed" event and is remembered briefly (WithNegativeTTL).
+// through a "failed" event and is remembered briefly (Tuning.NegativeTTL).
 //
 // Redis layout (prefix "tokencache", namespace "default"):
 //

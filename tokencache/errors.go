@@ -107,3 +107,16 @@ type ValueError struct {
 func (e *ValueError) Error() string {
 	return fmt.Sprintf("tokencache: unusable value at %s: %s", e.Key, e.Reason)
 }
+
+// TuningError reports a Tuning field that New cannot use (see
+// WithTuning): the field, the value given and why.
+type TuningError struct {
+	Field  string // the Tuning field, such as "LockTTL"
+	Value  any    // the value given
+	Reason string // such as "is below 10ms"
+}
+
+// Error implements the error interface.
+func (e *TuningError) Error() string {
+	return fmt.Sprintf("tokencache: Tuning.%s %v %s", e.Field, e.Value, e.Reason)
+}

@@ -2,6 +2,7 @@ package tokencache_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log"
 	"net/http"
@@ -59,6 +60,49 @@ func Example() {
 	// same token: true
 	// issuer calls: 1
 	// header: Bearer eyJhbGciOi...
+}
+
+// WithTuning changes the timings the defaults set: here a longer lock
+// lease for a slow issuer, two issuer calls per refresh at most, and no
+// negative cache (-1 asks for zero where zero is a setting). Fields left
+// zero keep their defaults. A value out of range names its field.
+func ExampleWithTuning() {
+	mr := miniredis.NewMiniRedis()
+	if err := mr.Start(); err != nil {
+		log.Fatal(err)
+	}
+	defer mr.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	defer rdb.Close()
+	issuer := tokencache.FetcherFunc(func(context.Context) (tokencache.Token, error) {
+		return tokencache.Token{AccessToken: "eyJhbGciOi...", TokenType: "Bearer", Expiry: time.Now().Add(time.Hour)}, nil
+	})
+
+	cache, err := tokencache.New(rdb, issuer, tokencache.WithTuning(tokencache.Tuning{
+		LockTTL:       30 * time.Second,
+		RetryAttempts: 2,
+		NegativeTTL:   -1,
+	}))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer cache.Close()
+	tok, err := cache.Token(context.Background())
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("header:", tok.HeaderValue())
+
+	_, err = tokencache.New(rdb, issuer, tokencache.WithTuning(tokencache.Tuning{LockTTL: time.Millisecond}))
+	fmt.Println(err)
+	var te *tokencache.TuningError
+	if errors.As(err, &te) {
+		fmt.Println("field:", te.Field)
+	}
+	// Output:
+	// header: Bearer eyJhbGciOi...
+	// tokencache: Tuning.LockTTL 1ms is below 10ms
+	// field: LockTTL
 }
 
 // Inspect shows what operators see with redis-cli, without the token.

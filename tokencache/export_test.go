@@ -20,3 +20,7 @@ func NewTestRedis(t testing.TB) redis.UniversalClient {
 	rdb, _ := miniBackend(t)
 	return rdb
 }
+
+// WithL1ForTest is withL1, the test hook that turns the in-process copy
+// off, for the tests of package tokencache_test.
+var WithL1ForTest = withL1

@@ -86,8 +86,8 @@ func TestAnotherCredentialsFailureDoesNotBlockThisOne(t *testing.T) {
 	old.failNext(&issuerErr{code: "access-denied"})
 	good := newFakeFetcher(time.Hour)
 	good.id = "new-key"
-	a := newCache(t, rdb, old, fastOpts(WithNegativeTTL(10*time.Second))...)
-	b := newCache(t, rdb, good, fastOpts(WithNegativeTTL(10*time.Second))...)
+	a := newCache(t, rdb, old, fastOpts(WithTuning(Tuning{NegativeTTL: 10 * time.Second}))...)
+	b := newCache(t, rdb, good, fastOpts(WithTuning(Tuning{NegativeTTL: 10 * time.Second}))...)
 	ctx := ctxT(t)
 	if _, err := a.Token(ctx); err == nil {
 		t.Fatal("old credential should fail")
@@ -117,7 +117,7 @@ func TestRefreshAheadHonoursTheFleetsNegativeWindow(t *testing.T) {
 	})
 	var cs []*Cache
 	for i := 0; i < n; i++ {
-		cs = append(cs, newCache(t, rdb, f, fastOpts(WithNegativeTTL(time.Second), WithRefreshJitter(0))...))
+		cs = append(cs, newCache(t, rdb, f, fastOpts(WithTuning(Tuning{NegativeTTL: time.Second, RefreshJitter: -1}))...))
 	}
 	ctx := ctxT(t)
 	for _, c := range cs {
@@ -158,7 +158,7 @@ func TestRetryableRefreshAheadFailuresShareTheFleetsBackOff(t *testing.T) {
 	})
 	var cs []*Cache
 	for i := 0; i < n; i++ {
-		cs = append(cs, newCache(t, rdb, f, WithRefreshJitter(0), WithRetry(attempts, 20*time.Millisecond, 200*time.Millisecond), WithIssuerBudget(30, time.Minute)))
+		cs = append(cs, newCache(t, rdb, f, WithTuning(Tuning{RefreshJitter: -1, RetryAttempts: attempts, RetryBase: 20 * time.Millisecond, RetryMax: 200 * time.Millisecond}), WithIssuerBudget(30, time.Minute)))
 	}
 	ctx := ctxT(t)
 	var first Token
@@ -218,7 +218,7 @@ func TestInvalidateAfterAFailedForcedRefreshRefetches(t *testing.T) {
 		}
 		return Token{AccessToken: "tok-" + time.Now().String(), Expiry: time.Now().Add(time.Hour)}, nil
 	})
-	c := newCache(t, rdb, f, fastOpts(WithRetry(1, time.Millisecond, time.Millisecond))...)
+	c := newCache(t, rdb, f, fastOpts(WithTuning(Tuning{RetryAttempts: 1, RetryBase: time.Millisecond, RetryMax: time.Millisecond}))...)
 	ctx := ctxT(t)
 	tok, err := c.Token(ctx)
 	if err != nil {

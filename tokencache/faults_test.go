@@ -23,7 +23,7 @@ import (
 // subscribe again, and events must flow afterwards.
 func TestHalfOpenSubscriptionIsReplaced(t *testing.T) {
 	f := newFakeFetcher(time.Hour)
-	a, b, _ := halfOpen(t, f, []Option{WithSubscriptionProbe(200*time.Millisecond, 300*time.Millisecond), WithL1MaxAge(0)}, nil)
+	a, b, _ := halfOpen(t, f, []Option{WithTuning(Tuning{ProbeInterval: 200 * time.Millisecond, ProbeTimeout: 300 * time.Millisecond})}, nil)
 	ctx := ctxT(t)
 	if _, err := b.Refresh(ctx, 0, true); err != nil {
 		t.Fatal(err)
@@ -97,7 +97,7 @@ func eventsFlow(t *testing.T, a, b *Cache) {
 // subscribes again when the probe does not come back.
 func TestMissedEventProbesTheSubscription(t *testing.T) {
 	f := newFakeFetcher(3 * time.Second)
-	noProbe := []Option{WithSubscriptionProbe(time.Hour, 300*time.Millisecond)}
+	noProbe := []Option{WithTuning(Tuning{ProbeInterval: time.Hour, ProbeTimeout: 300 * time.Millisecond})}
 	a, b, first := halfOpen(t, f, noProbe, noProbe)
 	ctx := ctxT(t)
 	// b refreshes; a hears nothing of it.
@@ -165,8 +165,8 @@ func TestClockSkewNeverServesExpired(t *testing.T) {
 	fast, slow := clock.Offset(2*time.Minute), clock.Offset(-2*time.Minute)
 	f := newFakeFetcher(10 * time.Minute) // the issuer's lifetime, on the writer's clock
 	f.now = fast.Now
-	writer := newCache(t, rdb, f, fastOpts(withClock(fast), WithRefreshJitter(0))...)
-	reader := newCache(t, rdb, f, fastOpts(withClock(slow), WithRefreshJitter(0))...)
+	writer := newCache(t, rdb, f, fastOpts(withClock(fast), WithTuning(Tuning{RefreshJitter: -1}))...)
+	reader := newCache(t, rdb, f, fastOpts(withClock(slow), WithTuning(Tuning{RefreshJitter: -1}))...)
 	ctx := ctxT(t)
 	tok, err := writer.Token(ctx)
 	if err != nil {
@@ -198,7 +198,7 @@ func TestScriptFlush(t *testing.T) {
 	srv := redistest.Start(t)
 	rdb := srv.Client(t)
 	f := newFakeFetcher(time.Hour)
-	c := newCache(t, rdb, f, fastOpts(WithL1(false))...)
+	c := newCache(t, rdb, f, fastOpts(withL1(false))...)
 	ctx := ctxT(t)
 	if _, err := c.Token(ctx); err != nil {
 		t.Fatal(err)
@@ -247,7 +247,7 @@ func TestEvictedKeysCostOneRefresh(t *testing.T) {
 	f.setDelay(50 * time.Millisecond)
 	var caches []*Cache
 	for range 5 {
-		caches = append(caches, newCache(t, rdb, f, fastOpts(WithL1MaxAge(0))...))
+		caches = append(caches, newCache(t, rdb, f, fastOpts()...))
 	}
 	ctx := ctxT(t)
 	for _, c := range caches {
@@ -285,7 +285,7 @@ func TestEvictedKeysCostOneRefresh(t *testing.T) {
 func TestIssuerBudgetIsFleetWide(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, rdb redis.UniversalClient, _ *miniredis.Miniredis) {
 		f := newFakeFetcher(time.Hour)
-		opts := fastOpts(WithIssuerBudget(3, time.Minute), WithRetry(1, time.Millisecond, time.Millisecond))
+		opts := fastOpts(WithIssuerBudget(3, time.Minute), WithTuning(Tuning{RetryAttempts: 1, RetryBase: time.Millisecond, RetryMax: time.Millisecond}))
 		a := newCache(t, rdb, f, opts...)
 		b := newCache(t, rdb, f, opts...)
 		ctx := ctxT(t)
@@ -321,7 +321,7 @@ func TestIssuerBudgetIsFleetWide(t *testing.T) {
 func TestIssuerBudgetWithoutRedis(t *testing.T) {
 	rdb, mr := miniBackend(t)
 	f := newFakeFetcher(time.Hour)
-	c := newCache(t, rdb, f, fastOpts(WithIssuerBudget(2, time.Hour), WithRetry(1, time.Millisecond, time.Millisecond))...)
+	c := newCache(t, rdb, f, fastOpts(WithIssuerBudget(2, time.Hour), WithTuning(Tuning{RetryAttempts: 1, RetryBase: time.Millisecond, RetryMax: time.Millisecond}))...)
 	mr.Close()
 	ctx := ctxT(t)
 	tok, err := c.Token(ctx)
@@ -386,7 +386,7 @@ func TestRetryableFailuresBackOffAcrossRefreshes(t *testing.T) {
 	const attempts = 3
 	var caches []*Cache
 	for range 5 {
-		caches = append(caches, newCache(t, rdb, f, fastOpts(WithRetry(attempts, 5*time.Millisecond, 5*time.Millisecond))...))
+		caches = append(caches, newCache(t, rdb, f, fastOpts(WithTuning(Tuning{RetryAttempts: attempts, RetryBase: 5 * time.Millisecond, RetryMax: 5 * time.Millisecond}))...))
 	}
 	ctx := ctxT(t)
 	start := time.Now()
@@ -431,7 +431,7 @@ func TestMaxmemoryEviction(t *testing.T) {
 	f := newFakeFetcher(time.Hour)
 	var caches []*Cache
 	for range 4 {
-		caches = append(caches, newCache(t, rdb, f, fastOpts(WithL1MaxAge(0))...))
+		caches = append(caches, newCache(t, rdb, f, fastOpts()...))
 	}
 	ctx := ctxT(t)
 	for _, c := range caches {
@@ -499,7 +499,7 @@ func TestAReadThatStartedBeforeAnAbsentAnswerCannotBringTheTokenBack(t *testing.
 			srv := redistest.Start(t)
 			rdb := srv.Client(t)
 			f := newFakeFetcher(time.Hour)
-			c := newCache(t, rdb, f, fastOpts(WithL1MaxAge(0))...)
+			c := newCache(t, rdb, f, fastOpts()...)
 			e := c.server
 			ctx := ctxT(t)
 			if _, err := c.Token(ctx); err != nil {

@@ -175,10 +175,14 @@ func newCache(t testing.TB, rdb redis.UniversalClient, f Fetcher, opts ...Option
 // fastOpts keep the waits of a test short without changing what is tested.
 func fastOpts(extra ...Option) []Option {
 	return append([]Option{
-		WithLockTTL(2 * time.Second),
-		WithWaitRecheck(100 * time.Millisecond),
-		WithRefreshTimeout(10 * time.Second),
-		WithRetry(3, 5*time.Millisecond, 20*time.Millisecond),
+		WithTuning(Tuning{
+			LockTTL:        2 * time.Second,
+			WaitRecheck:    100 * time.Millisecond,
+			RefreshTimeout: 10 * time.Second,
+			RetryAttempts:  3,
+			RetryBase:      5 * time.Millisecond,
+			RetryMax:       20 * time.Millisecond,
+		}),
 	}, extra...)
 }
 

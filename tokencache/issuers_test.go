@@ -195,7 +195,7 @@ func TestJWTRotationRefusedTokenLeavesNoSecretInLogs(t *testing.T) {
 	var logs testutil.Buffer
 	// Without the in-process copy every response is read for a rotated
 	// token, whatever the held token's age.
-	c := tokencache.NewTestCache(t, tokencache.NewTestRedis(t), f, tokencache.WithRotation(f.FromResponse), tokencache.WithL1(false),
+	c := tokencache.NewTestCache(t, tokencache.NewTestRedis(t), f, tokencache.WithRotation(f.FromResponse), tokencache.WithL1ForTest(false),
 		tokencache.WithLogger(slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))))
 	ctx := context.Background()
 	held, err := c.Token(ctx)

@@ -528,12 +528,16 @@ func newModel(t modelTB, env *modelEnv, cfg modelConfig) *model {
 		opts := []Option{
 			WithNamespace(ns),
 			WithOwner(fmt.Sprintf("replica-%d", i)),
-			WithLockTTL(cfg.lockTTL),
 			WithRefreshAhead(modelRefreshAhead),
-			WithExpirySkew(cfg.skew()),
-			WithWaitRecheck(modelRecheck),
-			WithRefreshTimeout(10 * time.Second),
-			WithRetry(3, 5*time.Millisecond, 20*time.Millisecond),
+			WithTuning(Tuning{
+				LockTTL:        cfg.lockTTL,
+				ExpirySkew:     cfg.skew(),
+				WaitRecheck:    modelRecheck,
+				RefreshTimeout: 10 * time.Second,
+				RetryAttempts:  3,
+				RetryBase:      5 * time.Millisecond,
+				RetryMax:       20 * time.Millisecond,
+			}),
 		}
 		if cfg.offsets != nil {
 			opts = append(opts, withClock(offsetClock(r.off)))

@@ -89,7 +89,7 @@ func replicaMain() int {
 		rdb = redis.NewClusterClient(&redis.ClusterOptions{Addrs: strings.Split(seeds, ","), PoolSize: 20})
 	}
 	defer rdb.Close()
-	c, err := New(rdb, httpFetcher(os.Getenv("TC_ISSUER")), WithLockTTL(5*time.Second), WithL1MaxAge(200*time.Millisecond))
+	c, err := New(rdb, httpFetcher(os.Getenv("TC_ISSUER")), WithTuning(Tuning{LockTTL: 5 * time.Second, L1MaxAge: 200 * time.Millisecond}))
 	if err != nil {
 		fmt.Println("err", err)
 		return 1

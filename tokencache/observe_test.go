@@ -143,7 +143,7 @@ func TestObserverSeesTheWaitForAnotherReplica(t *testing.T) {
 	holder := newCache(t, rdb, f, fastOpts()...)
 	rec := newRecorder()
 	rec.started = make(chan Op, 32)
-	waiter := newCache(t, rdb, f, fastOpts(WithWaitRecheck(time.Minute), WithObserver(rec))...)
+	waiter := newCache(t, rdb, f, fastOpts(WithTuning(Tuning{WaitRecheck: time.Minute}), WithObserver(rec))...)
 
 	ctx := ctxT(t)
 	held := make(chan error, 1)

@@ -186,112 +186,11 @@ func WithRefreshAhead(share float64) Option {
 	}
 }
 
-// WithRefreshJitter sets the share of a token's life over which replicas
-// spread their refresh-ahead moment (0 <= share < 0.5). Default
-// 0.1.
-func WithRefreshJitter(share float64) Option {
-	return func(c *config) error {
-		if !(share >= 0 && share < 0.5) {
-			return fmt.Errorf("tokencache: refresh jitter %v is not in [0, 0.5)", share)
-		}
-		c.refreshJitter = share
-		return nil
-	}
-}
-
-// WithExpirySkew sets how long before the issuer's expiry a token stops
-// being served. Default 30s, capped at a fifth of the
-// token's lifetime.
-func WithExpirySkew(d time.Duration) Option {
-	return func(c *config) error {
-		if d < 0 {
-			return fmt.Errorf("tokencache: negative expiry skew %v", d)
-		}
-		c.skew = d
-		return nil
-	}
-}
-
-// WithLockTTL sets the lease of the refresh lock. Default 10s.
-func WithLockTTL(d time.Duration) Option {
-	return func(c *config) error {
-		if d < 10*time.Millisecond {
-			return fmt.Errorf("tokencache: lock TTL %v is below 10ms", d)
-		}
-		c.lockTTL = d
-		return nil
-	}
-}
-
-// WithRefreshTimeout bounds one refresh, its retries and its waiting for
-// another replica. Default 30s.
-func WithRefreshTimeout(d time.Duration) Option {
-	return func(c *config) error {
-		if d <= 0 {
-			return fmt.Errorf("tokencache: refresh timeout %v is not positive", d)
-		}
-		c.refreshTimeout = d
-		return nil
-	}
-}
-
-// WithL1 turns the in-process copy on or off. Default on; off makes every
-// Token call read Redis (one round trip), which is useful only to measure
-// or debug.
-func WithL1(on bool) Option {
+// withL1 turns the in-process copy on or off: a test hook. Off makes every
+// Token call read Redis (one round trip), which tests use to reach the
+// paths a served copy hides.
+func withL1(on bool) Option {
 	return func(c *config) error { c.l1 = on; return nil }
-}
-
-// WithL1MaxAge sets how long the in-process copy is trusted before it is
-// re-read from Redis in the background. Default 0: events,
-// re-subscriptions and the refresh-ahead moment alone. A positive value also
-// catches a hand DEL within that time, at one read per replica per period.
-func WithL1MaxAge(d time.Duration) Option {
-	return func(c *config) error {
-		if d < 0 {
-			return fmt.Errorf("tokencache: negative L1 max age %v", d)
-		}
-		c.l1MaxAge = d
-		return nil
-	}
-}
-
-// WithWaitRecheck sets how often a waiting caller re-reads Redis when no
-// event arrives (jittered ±25%). Default 1s.
-func WithWaitRecheck(d time.Duration) Option {
-	return func(c *config) error {
-		if d <= 0 {
-			return fmt.Errorf("tokencache: wait recheck %v is not positive", d)
-		}
-		c.waitRecheck = d
-		return nil
-	}
-}
-
-// WithNegativeTTL sets how long a permanent issuer error is remembered.
-// Default 10s; 0 disables the negative cache.
-func WithNegativeTTL(d time.Duration) Option {
-	return func(c *config) error {
-		if d < 0 {
-			return fmt.Errorf("tokencache: negative TTL %v", d)
-		}
-		c.negativeTTL = d
-		return nil
-	}
-}
-
-// WithRetry sets how many times one refresh calls the issuer for
-// retryable errors and the capped exponential backoff (with full jitter)
-// between calls. Defaults: 4, 200ms, 5s. A Retry-After
-// from the issuer is honoured up to max.
-func WithRetry(attempts int, base, max time.Duration) Option {
-	return func(c *config) error {
-		if attempts < 1 || base <= 0 || max < base {
-			return fmt.Errorf("tokencache: invalid retry policy (%d attempts, base %v, max %v)", attempts, base, max)
-		}
-		c.maxAttempts, c.backoffBase, c.backoffMax = attempts, base, max
-		return nil
-	}
 }
 
 // WithFailOpen chooses what happens when Redis cannot be reached and no
@@ -302,32 +201,11 @@ func WithFailOpen(on bool) Option {
 	return func(c *config) error { c.failOpen = on; return nil }
 }
 
-// WithSubscriptionProbe sets how long the events subscription may stay
-// silent before it is probed, and how long the probe may take to come
-// back before the cache subscribes again. Defaults 5s,
-// 2s. Whatever the interval, a replica that finds in
-// Redis a change it heard nothing about (at its refresh-ahead moment, or
-// after a wait) probes at once: a small fleet with long-lived tokens can
-// set an interval of an hour and have a dead subscription replaced at the
-// next renewal instead of within seconds, for no command between
-// renewals.
-func WithSubscriptionProbe(interval, timeout time.Duration) Option {
-	return func(c *config) error {
-		if interval <= 0 || timeout <= 0 {
-			return fmt.Errorf("tokencache: probe interval %v and timeout %v must be positive", interval, timeout)
-		}
-		c.probeInterval, c.probeTimeout = interval, timeout
-		return nil
-	}
-}
-
-// WithShardedPubSub chooses sharded pub/sub (SPUBLISH/SSUBSCRIBE) for the
-// events channel. By default the cache uses it on a *redis.ClusterClient
-// whose servers have it (Redis 7.0+), where an event then stays on the
-// shard that owns the channel instead of being copied to every node, and
-// classic pub/sub everywhere else. Every replica of a namespace must
-// agree. Operators watch a sharded channel with redis-cli SSUBSCRIBE.
-func WithShardedPubSub(on bool) Option {
+// withShardedPubSub forces sharded (true) or classic (false) pub/sub for
+// the events channel: a test hook. By default the cache detects the mode:
+// sharded pub/sub on a *redis.ClusterClient whose servers have it (Redis
+// 7.0+), classic everywhere else.
+func withShardedPubSub(on bool) Option {
 	return func(c *config) error {
 		c.shardedPubSub = -1
 		if on {

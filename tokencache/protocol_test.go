@@ -125,7 +125,7 @@ func TestFastClockReplicaDoesNotMakeTheFleetRefresh(t *testing.T) {
 	issuer := &freshIssuer{life: life}
 	var caches []*Cache
 	for i, off := range []time.Duration{time.Minute, 0, 0, 0} {
-		opts := fastOpts(WithExpirySkew(100*time.Millisecond), WithOwner(fmt.Sprint("replica-", i)))
+		opts := fastOpts(WithTuning(Tuning{ExpirySkew: 100 * time.Millisecond}), WithOwner(fmt.Sprint("replica-", i)))
 		if off != 0 {
 			opts = append(opts, withClock(offsetClock(off)))
 		}
@@ -181,7 +181,7 @@ func TestKeyTTLOutlivingItsTokenIsNotServed(t *testing.T) {
 			ctx := ctxT(t)
 			const life = time.Second
 			issuer := &freshIssuer{life: life}
-			opts := fastOpts(WithExpirySkew(50 * time.Millisecond))
+			opts := fastOpts(WithTuning(Tuning{ExpirySkew: 50 * time.Millisecond}))
 			a := newCache(t, s.Client(t), replicaFetcher{issuer: issuer}, opts...)
 			first, err := a.Token(ctx)
 			if err != nil {
@@ -277,7 +277,7 @@ func TestIssuerCallStopsWhenTheLeaseIsLost(t *testing.T) {
 		cancelled.Add(1)
 		return Token{}, ctx.Err()
 	})
-	paused := newCache(t, rdb, identified{hung}, fastOpts(WithLockTTL(600*time.Millisecond), WithRefreshTimeout(time.Minute))...)
+	paused := newCache(t, rdb, identified{hung}, fastOpts(WithTuning(Tuning{LockTTL: 600 * time.Millisecond, RefreshTimeout: time.Minute}))...)
 	key, lockKey, _, _ := paused.Keys()
 	done := make(chan Token, 1)
 	errs := make(chan error, 1)

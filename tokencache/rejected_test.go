@@ -23,7 +23,7 @@ func TestReportingEveryTokenRejectedCostsOneIssuerCallPerWindow(t *testing.T) {
 			ctx := ctxT(t)
 			clock := newFakeClock()
 			f := &sameTokenFetcher{exp: clock.Now().Add(2 * time.Hour), fresh: true}
-			c := newCache(t, s.Client(t), f, fastOpts(withClock(clock), WithL1(l1))...)
+			c := newCache(t, s.Client(t), f, fastOpts(withClock(clock), withL1(l1))...)
 			var held, invalidated int
 			for i := 0; i < 300; i++ { // 300 virtual seconds, one report a second
 				clock.Advance(time.Second)
@@ -160,7 +160,7 @@ func TestUserChurnCannotStarveTheServerToken(t *testing.T) {
 		ctx := ctxT(t)
 		uf := &userFetchers{}
 		f := newFakeFetcher(time.Hour)
-		c := newCache(t, rdb, f, fastOpts(WithClientTokens(uf.new, 0), WithIssuerBudget(20, time.Hour), WithRetry(1, time.Millisecond, time.Millisecond))...)
+		c := newCache(t, rdb, f, fastOpts(WithClientTokens(uf.new, 0), WithIssuerBudget(20, time.Hour), WithTuning(Tuning{RetryAttempts: 1, RetryBase: time.Millisecond, RetryMax: time.Millisecond}))...)
 		refused := 0
 		for i := range 40 {
 			if _, err := clientToken(c, ctx, fmt.Sprint("churn-", i)); errors.Is(err, ErrBudgetExhausted) {

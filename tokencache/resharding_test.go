@@ -242,8 +242,8 @@ func TestClusterReshardingWhileCalling(t *testing.T) {
 		// Refresh ahead after a tenth of the life, 1-1.5 s in, 6.5 s
 		// before the key expires: the move under the gate never makes a
 		// replica wait for a token.
-		loops = append(loops, &looper{c: clusterReplica(t, cl, f, WithNamespace(ns), WithL1(false),
-			WithRefreshAhead(0.1), WithRefreshJitter(0.05), WithIssuerBudget(0, 0))})
+		loops = append(loops, &looper{c: clusterReplica(t, cl, f, WithNamespace(ns), withL1(false),
+			WithRefreshAhead(0.1), WithTuning(Tuning{RefreshJitter: 0.05}), WithIssuerBudget(0, 0))})
 	}
 	var fleet []*Cache
 	for _, l := range loops {

@@ -161,7 +161,7 @@ func TestRotationAdoptedAtTheRefreshMoment(t *testing.T) {
 		rdb := srv.Client(t)
 		rdb.AddHook(&offers)
 		caches[i] = newCache(t, rdb, a.fetcher(), fastOpts(withClock(clk), WithRotation(a.extract),
-			WithSubscriptionProbe(time.Hour, time.Second))...)
+			WithTuning(Tuning{ProbeInterval: time.Hour, ProbeTimeout: time.Second}))...)
 		clients[i] = &http.Client{Transport: caches[i].Transport(nil)}
 	}
 	ctx := ctxT(t)

@@ -41,7 +41,7 @@ func TestSentinelFailover(t *testing.T) {
 		// go-redis leaves a subscription on the demoted master after a
 		// failover: the probe is what moves it, so keep it short here.
 		caches = append(caches, newCache(t, clients[len(clients)-1], f,
-			fastOpts(WithSubscriptionProbe(300*time.Millisecond, 300*time.Millisecond))...))
+			fastOpts(WithTuning(Tuning{ProbeInterval: 300 * time.Millisecond, ProbeTimeout: 300 * time.Millisecond}))...))
 	}
 	// following reports whether every replica's client talks to server.
 	following := func(server *redistest.Server) bool {

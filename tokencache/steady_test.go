@@ -71,7 +71,7 @@ func steadyCommandsPerRenewal(t *testing.T, replicas, renewals int) float64 {
 	for range replicas {
 		rdb := srv.Client(t)
 		rdb.AddHook(commandCounter{n: &cmds})
-		caches = append(caches, newCache(t, rdb, f, WithLockTTL(2*time.Second)))
+		caches = append(caches, newCache(t, rdb, f, WithTuning(Tuning{LockTTL: 2 * time.Second})))
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
@@ -146,7 +146,7 @@ func TestRefreshAheadCommandsAndMoment(t *testing.T) {
 	// A 4 s token: due 2 s after it was issued, served until 3.2 s.
 	f := newFakeFetcher(4 * time.Second)
 	// No probe: only the refresh's commands are counted.
-	c := newCache(t, rdb, f, WithSubscriptionProbe(time.Hour, 2*time.Second), WithRefreshJitter(0))
+	c := newCache(t, rdb, f, WithTuning(Tuning{ProbeInterval: time.Hour, ProbeTimeout: 2 * time.Second, RefreshJitter: -1}))
 	ctx := ctxT(t)
 	if _, err := c.Token(ctx); err != nil {
 		t.Fatal(err)
@@ -194,7 +194,7 @@ func TestRefreshAheadHonoursFleetFailureFoundUnderLock(t *testing.T) {
 			rdb.AddHook(commandCounter{name: "set", n: &sets})
 			// A 4 s token: due 2 s after it was issued, served until 3.2 s.
 			f := newFakeFetcher(4 * time.Second)
-			c := newCache(t, rdb, f, WithRefreshJitter(0))
+			c := newCache(t, rdb, f, WithTuning(Tuning{RefreshJitter: -1}))
 			ctx := ctxT(t)
 			if _, err := c.Token(ctx); err != nil {
 				t.Fatal(err)
@@ -231,8 +231,8 @@ func TestRefreshAheadHonoursFleetFailureFoundUnderLock(t *testing.T) {
 // Different replicas draw different moments.
 func TestRefreshJitterStablePerToken(t *testing.T) {
 	rdb, _ := miniBackend(t)
-	a := newCache(t, rdb, newFakeFetcher(time.Hour), WithRefreshJitter(0.3))
-	b := newCache(t, rdb, newFakeFetcher(time.Hour), WithRefreshJitter(0.3))
+	a := newCache(t, rdb, newFakeFetcher(time.Hour), WithTuning(Tuning{RefreshJitter: 0.3}))
+	b := newCache(t, rdb, newFakeFetcher(time.Hour), WithTuning(Tuning{RefreshJitter: 0.3}))
 	now := time.Now()
 	rec := newRecord(Token{AccessToken: "x", Expiry: now.Add(time.Hour)}, 1, now, 0, "h", "fp")
 	first := a.server.snapshotFor(rec, 50*time.Minute, now, now)
@@ -298,7 +298,7 @@ func TestIdleFleetProbesOncePerInterval(t *testing.T) {
 		rdb := srv.Client(t)
 		rdb.AddHook(commandCounter{name: "publish", n: &publishes})
 		caches = append(caches, newCache(t, rdb, newFakeFetcher(time.Hour),
-			fastOpts(WithSubscriptionProbe(interval, time.Second))...))
+			fastOpts(WithTuning(Tuning{ProbeInterval: interval, ProbeTimeout: time.Second}))...))
 	}
 	ctx := ctxT(t)
 	for _, c := range caches {
@@ -337,7 +337,7 @@ func TestRefreshingAnnouncementsCannotStarveRefreshAhead(t *testing.T) {
 	}
 	rdb := redistest.Start(t).Client(t) // real time: the key's PTTL must run down
 	f := newFakeFetcher(4 * time.Second)
-	c := newCache(t, rdb, f, WithLockTTL(time.Minute), WithRefreshTimeout(5*time.Second))
+	c := newCache(t, rdb, f, WithTuning(Tuning{LockTTL: time.Minute, RefreshTimeout: 5 * time.Second}))
 	ctx := ctxT(t)
 	first, err := c.Token(ctx)
 	if err != nil {
@@ -435,7 +435,7 @@ func TestOlderTokenInRedisCausesNoReadStorm(t *testing.T) {
 // refresh moment at the very end (which is no refresh ahead at all).
 func TestRefreshJitterFitsBeforeExpiry(t *testing.T) {
 	rdb, _ := miniBackend(t)
-	c := newCache(t, rdb, newFakeFetcher(time.Hour), WithRefreshAhead(0.9), WithRefreshJitter(0.3))
+	c := newCache(t, rdb, newFakeFetcher(time.Hour), WithRefreshAhead(0.9), WithTuning(Tuning{RefreshJitter: 0.3}))
 	now := time.Now()
 	for i := range 500 {
 		rec := newRecord(Token{AccessToken: fmt.Sprint("tok-", i), Expiry: now.Add(time.Hour)}, 1, now, 0, "h", "fp")
@@ -493,7 +493,7 @@ func TestPublishRefusedByACL(t *testing.T) {
 	var publishes atomic.Int64 // attempted: the ACL refuses them
 	rdb.AddHook(commandCounter{name: "publish", n: &publishes})
 	f := newFakeFetcher(time.Hour)
-	c := newCache(t, rdb, f, fastOpts(WithSubscriptionProbe(50*time.Millisecond, 50*time.Millisecond))...)
+	c := newCache(t, rdb, f, fastOpts(WithTuning(Tuning{ProbeInterval: 50 * time.Millisecond, ProbeTimeout: 50 * time.Millisecond}))...)
 	tok, err := c.Token(ctx)
 	if err != nil {
 		t.Fatalf("Token with publish refused: %v", err)

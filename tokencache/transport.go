@@ -179,7 +179,7 @@ func (e *entry) rotationNotDue() bool {
 	return now < s.validUntil && now < e.sched.moment(s)
 }
 
-// dueByExpiry judges cur without an in-memory copy (WithL1(false)): it is
+// dueByExpiry judges cur without an in-memory copy (withL1(false)): it is
 // due when what is left of it is no more than the share of a lifetime that
 // refresh-ahead leaves, taking the rotated token's lifetime as the measure.
 func (e *entry) dueByExpiry(cur, rotated Token) bool {

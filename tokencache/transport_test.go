@@ -190,7 +190,7 @@ func TestRotationWithoutMemory(t *testing.T) {
 	a := newRotatingAPI(clk.Now)
 	srv := httptest.NewServer(a)
 	defer srv.Close()
-	c := newCache(t, rdb, a.fetcher(), fastOpts(withClock(clk), WithL1(false), WithRotation(a.extract))...)
+	c := newCache(t, rdb, a.fetcher(), fastOpts(withClock(clk), withL1(false), WithRotation(a.extract))...)
 	ctx := ctxT(t)
 	first, err := c.Token(ctx)
 	if err != nil {
@@ -336,14 +336,14 @@ func TestRejectionWindowGrowsWhateverTheIssuerAndMemory(t *testing.T) {
 	}{
 		{"fresh tokens", true, true},
 		{"reusing issuer", false, true},
-		{"fresh tokens, WithL1(false)", true, false},
+		{"fresh tokens, withL1(false)", true, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := redistest.Start(t)
 			ctx := ctxT(t)
 			clock := newFakeClock()
 			f := &sameTokenFetcher{exp: clock.Now().Add(2 * time.Hour), fresh: tc.fresh}
-			c := newCache(t, s.Client(t), f, fastOpts(withClock(clock), WithL1(tc.l1))...)
+			c := newCache(t, s.Client(t), f, fastOpts(withClock(clock), withL1(tc.l1))...)
 			api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(401) }))
 			defer api.Close()
 			hc := &http.Client{Transport: c.Transport(nil)}

@@ -46,18 +46,16 @@ type config struct {
 
 func (c config) options() []tokencache.Option {
 	opts := []tokencache.Option{
-		tokencache.WithLockTTL(c.LockTTL),
-		tokencache.WithWaitRecheck(c.WaitRecheck),
-		tokencache.WithRefreshTimeout(c.RefreshTimeout),
+		tokencache.WithTuning(tokencache.Tuning{LockTTL: c.LockTTL, WaitRecheck: c.WaitRecheck, RefreshTimeout: c.RefreshTimeout}),
 	}
 	if c.NegativeTTL > 0 {
-		opts = append(opts, tokencache.WithNegativeTTL(c.NegativeTTL))
+		opts = append(opts, tokencache.WithTuning(tokencache.Tuning{NegativeTTL: c.NegativeTTL}))
 	}
 	if c.RefreshAhead > 0 {
 		opts = append(opts, tokencache.WithRefreshAhead(c.RefreshAhead))
 	}
 	if c.Attempts > 0 {
-		opts = append(opts, tokencache.WithRetry(c.Attempts, c.BackoffBase, c.BackoffMax))
+		opts = append(opts, tokencache.WithTuning(tokencache.Tuning{RetryAttempts: c.Attempts, RetryBase: c.BackoffBase, RetryMax: c.BackoffMax}))
 	}
 	return opts
 }

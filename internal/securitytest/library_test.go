@@ -32,8 +32,7 @@ func libraryFlow(ctx context.Context, dial func() redis.UniversalClient, iss *is
 		return tokencache.New(rdb, f,
 			tokencache.WithNamespace(ns),
 			tokencache.WithClientTokens(func(user string) (tokencache.Fetcher, error) { return f.ForUser(user) }, 8),
-			tokencache.WithSubscriptionProbe(50*time.Millisecond, 5*time.Second),
-			tokencache.WithRetry(1, 10*time.Millisecond, 10*time.Millisecond),
+			tokencache.WithTuning(tokencache.Tuning{ProbeInterval: 50 * time.Millisecond, ProbeTimeout: 5 * time.Second, RetryAttempts: 1, RetryBase: 10 * time.Millisecond, RetryMax: 10 * time.Millisecond}),
 		)
 	}
 	c1, err := newCache(iss.APIKey(), ns)

@@ -120,7 +120,7 @@ func newRig(t *testing.T, opts ...tokencache.Option) *rig {
 		t.Fatal(err)
 	}
 	opts = append([]tokencache.Option{tokencache.WithNamespace("shop"), tokencache.WithObserver(obs),
-		tokencache.WithRetry(2, time.Millisecond, 5*time.Millisecond)}, opts...)
+		tokencache.WithTuning(tokencache.Tuning{RetryAttempts: 2, RetryBase: time.Millisecond, RetryMax: 5 * time.Millisecond})}, opts...)
 	cache, err := tokencache.New(rdb, basiq.New(issuer.APIKey(), basiq.WithBaseURL(issuer.URL())), opts...)
 	if err != nil {
 		t.Fatal(err)

@@ -237,7 +237,7 @@ func TestFetcherMetricsAsObserver(t *testing.T) {
 			return tokencache.Token{AccessToken: "tok", TokenType: "Bearer", Expiry: time.Now().Add(time.Hour)}, nil
 		})
 		cache, cerr := tokencache.New(rdb, f, tokencache.WithNamespace(fmt.Sprint("ns", i)), tokencache.WithObserver(fm),
-			tokencache.WithRetry(1, time.Millisecond, time.Millisecond))
+			tokencache.WithTuning(tokencache.Tuning{RetryAttempts: 1, RetryBase: time.Millisecond, RetryMax: time.Millisecond}))
 		if cerr != nil {
 			t.Fatal(cerr)
 		}

@@ -90,7 +90,7 @@ func cronSchedules(t *testing.T) []cronSchedule {
 // does not let the token lapse before the next.
 func TestCronArithmetic(t *testing.T) {
 	const life = 60 * time.Minute
-	skew := 30 * time.Second // WithExpirySkew's default
+	skew := 30 * time.Second // Tuning.ExpirySkew's default
 	scheds := cronSchedules(t)
 	first := scheds[0]
 	for _, s := range scheds {

@@ -111,7 +111,7 @@ func (d *daemon) loop(ctx context.Context) {
 }
 
 // tickTimeout bounds one tick's Token call: the cache's own bound on a
-// refresh (WithRefreshTimeout's default), so a tick never outwaits it.
+// refresh (Tuning.RefreshTimeout's default), so a tick never outwaits it.
 const tickTimeout = 30 * time.Second
 
 func (d *daemon) tick(ctx context.Context) {
