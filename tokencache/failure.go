@@ -67,8 +67,8 @@ type failures struct {
 	m           *memory
 	sig         *signal          // fired when a failure is recorded
 	now         func() time.Time // the cache's clock
-	negativeTTL time.Duration    // window after a permanent failure (WithNegativeTTL)
-	backoffMax  time.Duration    // first window after a retryable one (WithBackoff)
+	negativeTTL time.Duration    // window after a permanent failure (Tuning.NegativeTTL)
+	backoffMax  time.Duration    // first window after a retryable one (Tuning.RetryMax)
 }
 
 // record remembers fe and wakes the waiters.

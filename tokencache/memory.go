@@ -66,7 +66,7 @@ func (s *snapshot) sameStored(o *snapshot) bool {
 // memory is the state of the token one replica serves. The hot path reads
 // l1 with one atomic load and no lock; every change is made under mu.
 type memory struct {
-	l1 atomic.Pointer[snapshot] // the copy served; nil: none (or WithL1(false)); stored under mu
+	l1 atomic.Pointer[snapshot] // the copy served; nil: none (or withL1(false), a test hook); stored under mu
 
 	tickets atomic.Uint64 // the last read ticket handed out
 	// calm is the access token the API last accepted while no rejection
@@ -75,7 +75,7 @@ type memory struct {
 
 	mu sync.Mutex // guards everything below
 	// last is the copy last installed, kept even without the in-memory
-	// copy (WithL1(false)): what Transport judges a 401 by.
+	// copy (withL1(false), a test hook): what Transport judges a 401 by.
 	last     *snapshot
 	rejected rejection  // the last token invalidated here
 	absent   uint64     // the highest ticket of a read Redis answered "absent"
@@ -84,7 +84,7 @@ type memory struct {
 	back     failStreak // the failures in a row and their window
 	pending  *Token     // fetched while Redis was down: to write back
 
-	keep  bool        // WithL1: copies are kept in l1
+	keep  bool        // copies are kept in l1 (off: withL1(false), a test hook)
 	now   func() mono // the cache's monotonic clock
 	moved func()      // called after the copy or its next moment changed (arms the timer)
 }
@@ -192,7 +192,7 @@ func (m *memory) set(s *snapshot) {
 }
 
 // served is the copy the entry serves: the in-memory one, or without it
-// (WithL1(false)) the one last read.
+// (withL1(false), a test hook) the one last read.
 func (m *memory) served() *snapshot {
 	if s := m.l1.Load(); s != nil {
 		return s

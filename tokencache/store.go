@@ -123,7 +123,7 @@ type store struct {
 	replied atomic.Pointer[func()]
 }
 
-// newStore returns the store over rdb; sharded is WithShardedPubSub's
+// newStore returns the store over rdb; sharded is withShardedPubSub's (a test hook)
 // choice (0 auto, 1 sharded, -1 classic); wait is the mean wait before a
 // command a moving slot refused is tried again.
 func newStore(rdb redis.UniversalClient, sharded int8, log *slog.Logger, stats *counters, wait time.Duration) *store {
