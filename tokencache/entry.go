@@ -122,6 +122,9 @@ func (e *entry) refreshNow(ctx context.Context, minTTL time.Duration, force bool
 	if err != nil {
 		return res, err
 	}
+	if r.kind == readSealed {
+		return res, r.bad // this replica's keys: no refresh overwrites the fleet's token
+	}
 	// Fresh: at least minTTL left, on Redis's clock and on ours (the
 	// snapshot's validity is capped by both).
 	fresh := func(r readResult) bool {
