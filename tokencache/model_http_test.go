@@ -31,7 +31,7 @@ package tokencache
 //     replicas may each invalidate once before the first one's "rejected"
 //     event reaches them; a few per window, not one per request).
 //
-// Run (the default is 3 checks of about 20 steps, then 1.5 token lifetimes
+// Run (the default is 5 checks of about 20 steps, then 1.5 token lifetimes
 // of steady traffic: 30-40 s on two loaded cores with -race):
 //
 //	go test -race -count=1 -run 'TestModelHTTP' ./tokencache/
@@ -64,7 +64,7 @@ import (
 
 const (
 	modelHTTPChecksEnv     = "TOKENCACHE_MODEL_HTTP_CHECKS"
-	modelHTTPDefaultChecks = 3
+	modelHTTPDefaultChecks = 5
 	modelHTTPSteps         = 20
 )
 
@@ -163,8 +163,9 @@ type modelHTTP struct {
 	nextID atomic.Int64
 	client []*http.Client
 
-	mu      sync.Mutex // guards results
+	mu      sync.Mutex // guards results and done
 	results []modelRequest
+	done    [][]modelRequest // every request made, by replica
 	tally   *modelHTTPTally
 }
 
@@ -187,6 +188,7 @@ func newModelHTTP(t modelTB, env *modelEnv, cfg modelConfig, tally *modelHTTPTal
 	h := &modelHTTP{model: m, tally: tally}
 	h.api = &modelAPI{m: m, seq: &h.seq, revokedBy: map[string]int{}, accepted: map[string]int64{}, attempts: map[string][]modelAttempt{}}
 	h.srv = httptest.NewServer(h.api)
+	h.done = make([][]modelRequest, len(m.reps))
 	base := &http.Transport{MaxIdleConnsPerHost: 64}
 	for _, r := range m.reps {
 		h.client = append(h.client, &http.Client{Transport: r.c.Transport(base)})
@@ -203,6 +205,7 @@ func (h *modelHTTP) get(r *modelReplica) {
 	q := h.do(r)
 	h.mu.Lock()
 	h.results = append(h.results, q)
+	h.done[r.i] = append(h.done[r.i], q)
 	h.mu.Unlock()
 }
 
@@ -411,8 +414,8 @@ func (h *modelHTTP) excuse(q modelRequest, attempts []modelAttempt) int {
 	}
 	// C: held (one attempt) on evidence the API gave before the request
 	// ended: a retry's token rejected before the API accepted it from
-	// anyone.
-	if len(attempts) == 1 && q.err == nil && len(a.licences) > 0 && a.licences[0] < q.endSeq {
+	// anyone; and not a token this replica knew the API accepted.
+	if len(attempts) == 1 && q.err == nil && len(a.licences) > 0 && a.licences[0] < q.endSeq && !h.knownAccepted(q, attempts[0].tok) {
 		return 2
 	}
 	// D: the refetch could fail.
@@ -420,6 +423,45 @@ func (h *modelHTTP) excuse(q modelRequest, attempts []modelAttempt) int {
 		return 3
 	}
 	return -1
+}
+
+// knownAccepted reports whether, when q's 401 came, q's replica knew tok
+// for the last token the API accepted from it (evidence.accepted), so that
+// the rule must retry it: a request R of the replica's got its 200 with
+// tok and ended before q began, and no request of the replica that may
+// have been answered after R's acceptedBy and before q's verdict got its
+// 200 with another token (acceptedBy of that one) or was retried with tok
+// and rejected (rejectedFresh forgets tok: "accepted once, rejected now").
+// a.mu is held.
+func (h *modelHTTP) knownAccepted(q modelRequest, tok string) bool {
+	h.mu.Lock()
+	done := h.done[q.r.i]
+	h.mu.Unlock()
+	final := func(r modelRequest) []modelAttempt { return h.api.attempts[r.id] }
+	for _, r := range done {
+		at := final(r)
+		if r.status != http.StatusOK || len(at) == 0 || at[len(at)-1].tok != tok || r.endSeq >= q.startSeq {
+			continue
+		}
+		clean := true
+		for _, o := range done {
+			if o.id == r.id || o.id == q.id || o.startSeq >= q.endSeq || o.endSeq <= r.startSeq {
+				continue
+			}
+			oa := final(o)
+			if len(oa) == 0 {
+				continue
+			}
+			if last := oa[len(oa)-1]; last.ok && last.tok != tok || len(oa) == 2 && !last.ok && last.tok == tok {
+				clean = false
+				break
+			}
+		}
+		if clean {
+			return true
+		}
+	}
+	return false
 }
 
 // steadyHTTP ends a run with 1.5 token lifetimes of steady traffic: every
