@@ -544,3 +544,122 @@ func TestModelHTTP(t *testing.T) {
 	})
 	t.Log(tally)
 }
+
+// allOK runs step and fails unless every request it made got its 200:
+// for a scripted sequence in which no 401 is excusable.
+func (h *modelHTTP) allOK(what string, step func()) {
+	h.t.Helper()
+	h.mu.Lock()
+	from := len(h.results)
+	h.mu.Unlock()
+	step()
+	h.mu.Lock()
+	got := slices.Clone(h.results[from:])
+	h.mu.Unlock()
+	for _, q := range got {
+		if q.err != nil || q.status != http.StatusOK {
+			h.fatalf("%s: request %s of replica %d got %d (err %v)", what, q.id, q.r.i, q.status, q.err)
+		}
+	}
+}
+
+// TestModelHTTPRegressions replays, as scripted step sequences, what
+// TestModelHTTP checks at random; invariants 1-5 are checked after every
+// step.
+func TestModelHTTPRegressions(t *testing.T) {
+	env := newModelEnv(t)
+	// A life long enough that no renewal comes within a case: every
+	// issuer call is the revocations' or the rejections'.
+	long := modelConfig{replicas: 4, life: 20 * time.Second, lockTTL: 800 * time.Millisecond}
+	cases := []struct {
+		name string
+		cfg  modelConfig
+		// calls is how many issuer calls the case may make in all.
+		calls int
+		steps func(h *modelHTTP, step func(func()))
+	}{{
+		// A token the API accepted from every replica, revoked soon after
+		// the revocation that replaced its predecessor, is the token's
+		// fault: every request is retried and succeeds, one issuer call
+		// per revocation.
+		name:  "revocations in quick succession are retried not held",
+		cfg:   long,
+		calls: 4,
+		steps: func(h *modelHTTP, step func(func())) {
+			step(h.burstHTTP)
+			for range 3 {
+				step(func() { h.revoke(true) })
+				step(func() { h.allOK("after a revocation", h.burstHTTP) })
+				step(func() { h.wait(200 * time.Millisecond) })
+			}
+		},
+	}, {
+		// The same under traffic: the second revocation comes while
+		// every replica is sending, a second after the first.
+		name:  "a second revocation under traffic costs one issuer call",
+		cfg:   long,
+		calls: 3,
+		steps: func(h *modelHTTP, step func(func())) {
+			step(h.burstHTTP)
+			step(func() { h.revokeUnderTraffic(200*time.Millisecond, true, time.Second, 300*time.Millisecond) })
+			step(func() { h.allOK("after the revocations", h.burstHTTP) })
+		},
+	}, {
+		// Revoking the current token only, with an older one still
+		// alive: the fleet moves on with one call.
+		name:  "revoking the current token only costs one issuer call",
+		cfg:   long,
+		calls: 3,
+		steps: func(h *modelHTTP, step func(func())) {
+			step(h.burstHTTP)
+			step(func() { h.revoke(false) })
+			step(func() { h.allOK("after the revocation", h.burstHTTP) })
+			step(func() { h.revoke(false) })
+			step(func() { h.allOK("after the second revocation", h.burstHTTP) })
+		},
+	}, {
+		// An API that rejects every token for a while: the fleet holds
+		// its 401s after the first new token is rejected (a few issuer
+		// calls, not one per request), and the first request after the
+		// API recovers is accepted with the token held.
+		name:  "an API rejecting every token costs a few issuer calls and recovers at once",
+		cfg:   long,
+		calls: 1 + 4,
+		steps: func(h *modelHTTP, step func(func())) {
+			step(h.burstHTTP)
+			step(func() { h.rejectAllFor(100*time.Millisecond, 1500*time.Millisecond, 0) })
+			step(func() { h.allOK("after the API recovered", h.burstHTTP) })
+		},
+	}, {
+		// After a rejection period, a token every replica saw accepted
+		// and then revoked is retried, though the rejection window is
+		// still open.
+		name:  "a revocation inside the rejection window is retried for a token seen accepted",
+		cfg:   long,
+		calls: 1 + 4 + 1,
+		steps: func(h *modelHTTP, step func(func())) {
+			step(h.burstHTTP)
+			step(func() { h.rejectAllFor(0, time.Second, 0) })
+			step(func() { h.allOK("after the API recovered", h.burstHTTP) })
+			step(func() { h.revoke(false) })
+			step(func() { h.allOK("after the revocation", h.burstHTTP) })
+		},
+	}}
+	for _, tc := range cases {
+		t.Run(strings.ReplaceAll(tc.name, " ", "_"), func(t *testing.T) {
+			h := newModelHTTP(t, env, tc.cfg, &modelHTTPTally{})
+			tc.steps(h, func(f func()) {
+				t.Helper()
+				f()
+				h.checkHTTP()
+			})
+			h.iss.mu.Lock()
+			calls := h.iss.calls
+			h.iss.mu.Unlock()
+			if calls > tc.calls {
+				h.fatalf("%d issuer calls, want at most %d", calls, tc.calls)
+			}
+			t.Logf("%d issuer calls; %v%s", calls, h.tally, h.iss.history())
+		})
+	}
+}
