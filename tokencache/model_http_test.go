@@ -31,7 +31,7 @@ package tokencache
 //     replicas may each invalidate once before the first one's "rejected"
 //     event reaches them; a few per window, not one per request).
 //
-// Run (the default is 5 checks of about 20 steps, then 1.5 token lifetimes
+// Run (the default is 7 checks of about 20 steps, then 1.5 token lifetimes
 // of steady traffic: 30-40 s on two loaded cores with -race):
 //
 //	go test -race -count=1 -run 'TestModelHTTP' ./tokencache/
@@ -64,7 +64,7 @@ import (
 
 const (
 	modelHTTPChecksEnv     = "TOKENCACHE_MODEL_HTTP_CHECKS"
-	modelHTTPDefaultChecks = 5
+	modelHTTPDefaultChecks = 7
 	modelHTTPSteps         = 20
 )
 
