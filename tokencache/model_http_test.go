@@ -21,7 +21,9 @@ package tokencache
 //     C. its 401 was held (one attempt), and before the request ended the
 //        API had rejected a retry's token that it had never accepted from
 //        anyone: the evidence the rule of evidence.go acts on, which no
-//        replica can tell from an API that rejects every token;
+//        replica can tell from an API that rejects every token; and the
+//        token held is not one its replica knew the API accepted (see
+//        knownAccepted);
 //     D. an injected issuer failure was served since the request began
 //        less the fleet's longest back-off (the refetch failed).
 //  2. (the budget, extended) one issuer call per live token a revocation
@@ -30,6 +32,10 @@ package tokencache
 //     one per replica per rejection window the period spans (the fleet's
 //     replicas may each invalidate once before the first one's "rejected"
 //     event reaches them; a few per window, not one per request).
+//
+// In half of the runs the API also revokes a token the moment it first
+// sees it: mostly at the retry of the replica that just fetched it
+// (excuse B; the fleet then holds on evidence, excuse C, for its window).
 //
 // Run (the default is 7 checks of about 20 steps, then 1.5 token lifetimes
 // of steady traffic: 30-40 s on two loaded cores with -race):
@@ -104,6 +110,11 @@ type modelAPI struct {
 	attempts    map[string][]modelAttempt // by request id
 	licences    []int64                   // seqs of retries' rejections of tokens never accepted
 	retries     int
+	// onSight: revoke the first token minted after the issuer's mint
+	// number onSightAfter the moment the API first sees it (see
+	// revokeOnSight).
+	onSight      bool
+	onSightAfter int
 }
 
 func (a *modelAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -111,6 +122,12 @@ func (a *modelAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	id := r.Header.Get("X-Model-Request")
 	_, minted := a.m.iss.mint(tok)
 	a.mu.Lock()
+	if n, _ := strconv.Atoi(strings.TrimPrefix(tok, "model-token-")); minted && a.onSight && n > a.onSightAfter && a.revokedBy[tok] == 0 {
+		a.onSight = false
+		a.revocations = append(a.revocations, modelRevocation{seq: a.seq.Add(1), toks: []string{tok}})
+		a.revokedBy[tok] = len(a.revocations)
+		a.m.note("API revokes %s on sight", tok)
+	}
 	at := modelAttempt{seq: a.seq.Add(1), tok: tok}
 	switch {
 	case !minted:
@@ -303,6 +320,24 @@ func (h *modelHTTP) revoke(all bool) {
 	h.tally.revocations.Add(1)
 	slices.Sort(rev.toks)
 	h.note("API revokes %s (all: %v; %d alive)", strings.Join(rev.toks, ","), all, live)
+}
+
+// revokeOnSight makes the API revoke the next token the issuer mints the
+// moment a request first brings it: most often the retry of the replica
+// that fetched it after a 401 (a revocation at the very moment of the
+// retry, which only a second retry could overcome, and which the fleet
+// cannot tell from an API that rejects every token), or the first request
+// after a renewal. It may cost one issuer call: that token's invalidation.
+func (h *modelHTTP) revokeOnSight() {
+	h.iss.mu.Lock()
+	n := h.iss.seq
+	h.iss.mu.Unlock()
+	h.api.mu.Lock()
+	h.api.onSight, h.api.onSightAfter = true, n
+	h.api.mu.Unlock()
+	h.apiCalls++
+	h.tally.revocations.Add(1)
+	h.note("API will revoke the token minted after model-token-%d on sight", n)
 }
 
 // setRejectAll starts or ends a period in which the API rejects every
@@ -538,6 +573,16 @@ func TestModelHTTP(t *testing.T) {
 		}
 		if len(faults) > 0 {
 			steps["fault"] = func(t *rapid.T) { h.fault(t) }
+		}
+		// A revocation at the retry opens a rejection window that excuses
+		// the 401s of tokens not yet accepted (excuse C) for 10 s: about
+		// the rest of the run. Half of the runs have none, so that a 401
+		// without evidence is caught there.
+		if rapid.Bool().Draw(t, "revocationsAtTheRetry") {
+			steps["revokeOnSight"] = func(t *rapid.T) {
+				h.revokeOnSight()
+				h.revokeUnderTraffic(ms(t, "leadMS", 0, 300), rapid.Bool().Draw(t, "all"), 0, ms(t, "tailMS", 0, 500))
+			}
 		}
 		t.Repeat(steps)
 		h.steadyHTTP()
