@@ -37,7 +37,7 @@ package tokencache
 // sees it: mostly at the retry of the replica that just fetched it
 // (excuse B; the fleet then holds on evidence, excuse C, for its window).
 //
-// Run (the default is 7 checks of about 20 steps, then 1.5 token lifetimes
+// Run (the default is 6 checks of about 20 steps, then 1.5 token lifetimes
 // of steady traffic: 30-40 s on two loaded cores with -race):
 //
 //	go test -race -count=1 -run 'TestModelHTTP' ./tokencache/
@@ -70,7 +70,7 @@ import (
 
 const (
 	modelHTTPChecksEnv     = "TOKENCACHE_MODEL_HTTP_CHECKS"
-	modelHTTPDefaultChecks = 7
+	modelHTTPDefaultChecks = 6
 	modelHTTPSteps         = 20
 )
 
