@@ -479,6 +479,10 @@ type model struct {
 	keys struct{ token, lock string }
 
 	faults int // budget for injected faults (see budget)
+	// apiCalls is the budget for the API's doings in TestModelHTTP: one
+	// call per live token revoked, a few per rejection window of a
+	// period in which the API rejects every token (see modelAPI).
+	apiCalls int
 	// pausesInFetch counts the pauses that started in an issuer call: the
 	// holder's lease runs out while its call is under way, and the next
 	// holder's call is one more. A pause just after taking the lock, before
@@ -794,7 +798,7 @@ func (m *model) budget(now time.Time) (calls, budget, due int) {
 	if calls == 0 {
 		return 0, 0, 0
 	}
-	return calls, 1 + due + m.faults + int(m.pausesInFetch.Load()), due
+	return calls, 1 + due + m.faults + m.apiCalls + int(m.pausesInFetch.Load()), due
 }
 
 // storedValid reports whether Redis holds a token that is valid at now
@@ -846,8 +850,8 @@ func (m *model) check() {
 	}
 	now := time.Now()
 	if calls, budget, due := m.budget(now); calls > budget {
-		m.t.Fatalf("invariant 2 (issuer calls): %d issuer calls for the fleet, budget %d (cold start 1 + %d answers past their refresh-ahead moment + %d injected faults + %d pauses in an issuer call; %d pauses at the lock cost nothing)%s",
-			calls, budget, due, m.faults, m.pausesInFetch.Load(), m.pausesAtLock.Load(), m.iss.history()+m.steps())
+		m.t.Fatalf("invariant 2 (issuer calls): %d issuer calls for the fleet, budget %d (cold start 1 + %d answers past their refresh-ahead moment + %d injected faults + %d for the API's revocations and rejections + %d pauses in an issuer call; %d pauses at the lock cost nothing)%s",
+			calls, budget, due, m.faults, m.apiCalls, m.pausesInFetch.Load(), m.pausesAtLock.Load(), m.iss.history()+m.steps())
 	}
 }
 
@@ -922,18 +926,22 @@ func (m *model) checkCall(c modelCall) {
 // checks (or TOKENCACHE_MODEL_CHECKS), 30 steps, 10 s of shrinking, no
 // fail file — each unless the command line or rapid's own environment
 // variable chose it.
-func modelFlags(t *testing.T) {
-	n := modelDefaultChecks
-	if s := os.Getenv(modelChecksEnv); s != "" {
+func modelFlags(t *testing.T) { modelFlagsFor(t, modelChecksEnv, modelDefaultChecks, 30) }
+
+// modelFlagsFor is modelFlags with checks (or the variable checksEnv)
+// and steps of one test's own.
+func modelFlagsFor(t *testing.T, checksEnv string, checks, steps int) {
+	n := checks
+	if s := os.Getenv(checksEnv); s != "" {
 		v, err := strconv.Atoi(s)
 		if err != nil || v < 1 {
-			t.Fatalf("%s=%q: want a positive number", modelChecksEnv, s)
+			t.Fatalf("%s=%q: want a positive number", checksEnv, s)
 		}
 		n = v
 	}
 	for _, d := range []struct{ flag, env, value string }{
 		{"rapid.checks", "RAPID_CHECKS", strconv.Itoa(n)},
-		{"rapid.steps", "RAPID_STEPS", "30"},
+		{"rapid.steps", "RAPID_STEPS", strconv.Itoa(steps)},
 		// Each shrinking attempt replays a run in real time.
 		{"rapid.shrinktime", "RAPID_SHRINKTIME", "10s"},
 		// A fail file would be replayed first by every later run, with
