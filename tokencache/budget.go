@@ -124,11 +124,11 @@ func (c *Cache) takeBudget(ctx context.Context, k keys, redisDown bool) error {
 	var res protocol.Budget
 	var err error
 	if !redisDown {
-		res, err = c.st.p.TakeBudget(ctx, protocol.BudgetSpec{Key: b.key, Limit: b.limit, Window: b.window})
+		res, err = c.st.takeBudget(ctx, protocol.BudgetSpec{Key: b.key, Limit: b.limit, Window: b.window})
 		if err != nil {
-			// Counted and said: the fleet-wide budget is off until this
-			// works again (Redis down, or an ACL without the commands).
-			c.stats.redisErrors.Add(1)
+			// Counted (by the store) and said: the fleet-wide budget is off
+			// until this works again (Redis down, or an ACL without the
+			// commands).
 			c.log().Warn("tokencache: issuer budget unavailable; keeping to it in this process", "key", b.key, "err", err)
 		}
 	}

@@ -100,9 +100,7 @@ func (m *memory) acceptedBy(tok Token) {
 	m.mu.Lock()
 	m.api.accepted = fp
 	m.api.grownFor = ""
-	if m.back.api {
-		m.back = failStreak{}
-	}
+	m.back.end(true)
 	m.calm.Store(&tok.AccessToken)
 	m.mu.Unlock()
 }

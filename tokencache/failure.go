@@ -26,8 +26,9 @@ type failState struct {
 // failStreak is the token's one window machine: the failures in a row of one
 // kind, refreshes whose issuer call failed (retryable ones), or, if api,
 // tokens fetched after an invalidation that the API rejected before any
-// success (see evidence.go), and the end of the window the last one set.
-// A failure of the other kind starts the count again. Guarded by
+// success (see evidence.go), and, for the API's, the end of the window in
+// which 401s are held (an issuer failure's window is its FetchError's
+// Until). A failure of the other kind starts the count again. Guarded by
 // memory.mu.
 type failStreak struct {
 	n     int32
@@ -54,6 +55,13 @@ func (b *failStreak) adopt(api bool, n int32) {
 		*b = failStreak{api: api}
 	}
 	b.n = max(b.n, n)
+}
+
+// end ends the streak if it counts failures of the kind api.
+func (b *failStreak) end(api bool) {
+	if b.api == api {
+		*b = failStreak{}
+	}
 }
 
 // doubled is base doubled for each of n-1 in a row, capped at limit.
@@ -132,9 +140,7 @@ func (f *failures) window(fe *FetchError, err error) (time.Duration, int32) {
 		return f.negativeTTL, m.back.n
 	}
 	d := jitter(m.back.grow(false, f.backoffMax, maxRetryWindow))
-	d = min(maxRetryWindow, max(d, retryAfter(err)))
-	m.back.until = m.now() + mono(d)
-	return d, m.back.n
+	return min(maxRetryWindow, max(d, retryAfter(err))), m.back.n
 }
 
 // clearBelowLocked forgets the remembered failure once a token newer than
@@ -145,9 +151,7 @@ func (f *failures) window(fe *FetchError, err error) (time.Duration, int32) {
 func (m *memory) clearBelowLocked(gen int64) {
 	if m.fail.fail != nil && gen > m.fail.gen {
 		m.fail.fail = nil
-		if !m.back.api {
-			m.back = failStreak{}
-		}
+		m.back.end(false)
 	}
 }
 
@@ -156,9 +160,7 @@ func (f *failures) clear() {
 	m := f.m
 	m.mu.Lock()
 	m.fail.fail = nil
-	if !m.back.api {
-		m.back = failStreak{}
-	}
+	m.back.end(false)
 	m.mu.Unlock()
 }
 

@@ -52,7 +52,7 @@ const (
 	// fleet's token, or until it is stored ours, is served.
 	fenced
 	// leaseLost: the lease ended before the refresh began, or another
-	// owner took the lock during the issuer call.
+	// owner took the lock during the issuer call (err is errLeaseTaken).
 	leaseLost
 	// issuerFailed: the issuer call failed (err), or ended with the
 	// caller's context or the cache.
@@ -80,9 +80,6 @@ func (rf *refresher) refresh(ctx context.Context, lease *lock.Lease, w why, done
 		return rf.redisDown(ctx, err)
 	case waitHolder:
 		return Token{}, errLeaseTaken
-	}
-	if err == nil {
-		err = errLeaseTaken // leaseLost, for a refresh that does not wait
 	}
 	return Token{}, err
 }
@@ -178,7 +175,7 @@ func (rf *refresher) locked(ctx context.Context, lease *lock.Lease, ahead bool, 
 	if err != nil {
 		return Token{}, redisDown, err
 	} else if gen < 0 {
-		return Token{}, leaseLost, nil
+		return Token{}, leaseLost, errLeaseTaken
 	}
 	// The issuer call stops when the lease is lost (its owner was paused
 	// past it, or Redis lost it): another replica may be refreshing by
@@ -189,7 +186,7 @@ func (rf *refresher) locked(ctx context.Context, lease *lock.Lease, ahead bool, 
 	if err != nil {
 		switch {
 		case errors.Is(lease.Err(), lock.ErrLeaseLost) && ctx.Err() == nil:
-			return Token{}, leaseLost, nil
+			return Token{}, leaseLost, errLeaseTaken
 		case e.c.ctx.Err() != nil:
 			return Token{}, issuerFailed, ErrClosed // shutting down is not the issuer's failure
 		case ctx.Err() != nil:

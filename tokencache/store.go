@@ -123,9 +123,9 @@ type store struct {
 	replied atomic.Pointer[func()]
 }
 
-// newStore returns the store over rdb; sharded is withShardedPubSub's (a test hook)
-// choice (0 auto, 1 sharded, -1 classic); wait is the mean wait before a
-// command a moving slot refused is tried again.
+// newStore returns the store over rdb; sharded is the choice of
+// withShardedPubSub, a test hook (0 auto, 1 sharded, -1 classic); wait is
+// the mean wait before a command a moving slot refused is tried again.
 func newStore(rdb redis.UniversalClient, sharded int8, log *slog.Logger, stats *counters, wait time.Duration) *store {
 	want := protocol.ModeAuto
 	switch {
@@ -208,6 +208,16 @@ func (s *store) read(ctx context.Context, key string, now time.Time) (readResult
 		out.failedCred, out.failedStreak = f.Fingerprint, f.Streak
 	}
 	return out, nil
+}
+
+// takeBudget counts one issuer call in the fleet's budget spec.
+func (s *store) takeBudget(ctx context.Context, spec protocol.BudgetSpec) (protocol.Budget, error) {
+	var res protocol.Budget
+	err := s.do(ctx, "budget", spec.Key, func(ctx context.Context) (err error) {
+		res, err = s.p.TakeBudget(ctx, spec)
+		return err
+	})
+	return res, err
 }
 
 // remember stores the fleet's last refresh failure for window.
