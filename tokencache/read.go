@@ -63,6 +63,15 @@ func (e *entry) read(ctx context.Context) (readResult, error) {
 	if r.loaded() && e.mem.isRejected(r.rec.TokenFP, r.rec.Generation) {
 		r.kind = readRejected
 	}
+	if r.failed != nil && r.failed.Code == codeAPIRejected {
+		// The fleet's evidence that the API rejects fresh tokens, not a
+		// failure of the issuer: Transport weighs it before it
+		// invalidates a token (see entry.heldByFleet).
+		if e.cred.same(r.failedCred) {
+			r.apiRejected = r.failed
+		}
+		r.failed = nil
+	}
 	if r.failed != nil && e.cred.same(r.failedCred) {
 		if max := at.Add(e.fails.limit(r.failed.Retryable)); r.failed.Until.After(max) {
 			r.failed.Until = max

@@ -92,6 +92,9 @@ type readResult struct {
 	pttl   time.Duration
 	bad    error       // readGarbage: a *ValueError; readSealed: a *KeyError
 	failed *FetchError // the fleet's last refresh failure, while in its window
+	// apiRejected: the fleet's evidence that the API rejects fresh tokens
+	// (see apiRejectedFresh), while in its window; set by entry.read.
+	apiRejected *FetchError
 	// failedCred and failedStreak: the credential that failed and the
 	// fleet's count of failed refreshes in a row.
 	failedCred   string

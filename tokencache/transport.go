@@ -66,7 +66,7 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if req.Body != nil && req.Body != http.NoBody && req.GetBody == nil {
 		return resp, nil // the body is spent: the caller must retry
 	}
-	if e.holdRejection(tok) {
+	if e.holdRejection(tok) || e.heldByFleet(ctx, tok) {
 		return resp, nil
 	}
 	fresh, ok := e.replace(ctx, tok)
@@ -90,6 +90,22 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 	}
 	return resp, err
+}
+
+// heldByFleet is holdRejection once Redis has been read: the fleet's
+// evidence that the API rejects fresh tokens (the failure key a replica
+// records before its caller gets the 401, see apiRejectedFresh) reaches a
+// replica that already holds the token, whether or not the "rejected"
+// event has. Concurrent 401s of one token on this replica share the read.
+func (e *entry) heldByFleet(ctx context.Context, tok Token) bool {
+	_, _, _ = e.c.sf.Do("\x00evidence:"+e.k.Token+":"+tok.Fingerprint(), func() (any, error) {
+		r, err := e.read(ctx)
+		if f := r.apiRejected; err == nil && f != nil {
+			e.mem.heardRejected(r.failedStreak, f.Until.Sub(r.sent))
+		}
+		return nil, err
+	})
+	return e.holdRejection(tok)
 }
 
 // replace invalidates tok, which the API rejected, for the fleet and gets
@@ -235,10 +251,17 @@ func (e *entry) holdRejection(tok Token) bool {
 	return true
 }
 
+// codeAPIRejected is the code of the fleet's failure key while the API
+// rejects fresh tokens (see apiRejectedFresh).
+const codeAPIRejected = "api_rejected_fresh_token"
+
 // apiRejectedFresh records that fresh, fetched after a 401, was rejected
 // at once, and tells the fleet, so that its replicas hold their 401s too
-// rather than each invalidating the token once. It reports whether this
-// rejection grew the streak.
+// rather than each invalidating the token once: through the failure key,
+// which every replica reads with the token (so one that reads the token
+// after this cannot miss it), and the "rejected" event, for the replicas
+// that already hold it. It reports whether this rejection grew the
+// streak.
 func (e *entry) apiRejectedFresh(fresh Token) (grew bool) {
 	streak, window, grew := e.mem.rejectedFresh(fresh)
 	if !grew {
@@ -249,6 +272,11 @@ func (e *entry) apiRejectedFresh(fresh Token) (grew bool) {
 		RetryInMS: window.Milliseconds(), By: c.cfg.host, Origin: c.origin}
 	ctx, cancel := context.WithTimeout(c.ctx, c.cfg.lockTTL)
 	defer cancel()
+	f := failure{Code: codeAPIRejected, Message: "the API rejected a token fetched after an invalidation before accepting any",
+		Retryable: true, By: c.cfg.host, Fingerprint: e.cred.fingerprint(), Streak: streak}
+	if err := c.st.remember(ctx, e.k, f, window); err != nil {
+		c.log().Warn("tokencache: could not record that the API rejects new tokens", "key", e.k.Failed, "err", err)
+	}
 	if err := c.st.publish(ctx, e.k.Channel, ev); err != nil {
 		c.log().Warn("tokencache: could not tell the fleet the API rejects new tokens", "key", e.k.Token, "err", err)
 	}
