@@ -44,7 +44,7 @@ func (c *Cache) newEntry(k keys, f Fetcher) *entry {
 	e.mem = memory{keep: c.cfg.l1, now: c.monoNow, moved: e.sched.arm}
 	e.fails = failures{m: &e.mem, sig: e.sig, now: c.now, negativeTTL: c.cfg.negativeTTL, backoffMax: c.cfg.backoffMax}
 	e.sched.e = e
-	e.sched.work.run, e.sched.work.start = e.sched.runJobs, c.goBackground
+	e.sched.work.init(e.sched.runJobs, c.goBackground)
 	e.rf.e = e
 	e.iss = issuer{c: c, k: k, f: f, cred: &e.cred, fails: &e.fails}
 	return e

@@ -125,28 +125,38 @@ const (
 
 // worker is a token's one background goroutine. It is started by the
 // first ask when none runs, takes every job asked so far at once, runs
-// them, and exits when a look finds none asked. The asked jobs are the one
-// slot: they are set, taken and the exit decided under one mutex, which
-// keeps "a job asked implies a worker that will take it" true at every
-// step, so no wake-up is lost however asks and exits interleave. Asks
-// that come while a batch runs cost one more run, not one each; a check
-// asked while a check runs is covered by it, as a re-read is not.
+// them, and exits when it finds no wake-up waiting. It is woken through a
+// one-slot channel: an ask sets its job bits, then fills the slot if it is
+// empty (never blocking); the worker empties the slot before it takes the
+// bits. A wake-up cannot be lost: either this ask filled the slot, or the
+// slot was full and the worker that will empty it has not yet taken the
+// bits, this ask's among them. The worker decides to exit under mu, on an
+// empty slot, and an ask looks whether one runs under mu after it filled
+// the slot: an exit and an ask cannot pass each other. Asks that come
+// while a batch runs cost one more run, not one each; a check asked while
+// a check runs is covered by it, as a re-read is not.
 type worker struct {
-	mu sync.Mutex
-	// jobs: the job bits asked and not yet taken; written under mu, read
-	// without it by ask's fast path.
+	wake chan struct{} // the one slot: a wake-up asked and not yet taken
+	// jobs: the job bits asked and not yet taken.
 	jobs atomic.Uint32
-	// running: a worker goroutine exists (or is being started) that will
-	// take the jobs asked. jobs != 0 implies running.
-	running bool
 	// inRun: the jobs of the batch taken last, until the next take;
-	// written under mu, read without it by ask's fast path. A check asked
-	// while one runs is covered by it (jobCovered): the callers that see
-	// the copy past its moment while the check is under way would
-	// otherwise each cost one more check after it, and each take mu.
+	// written under mu, read without it by ask. A check asked while one
+	// runs is covered by it (jobCovered): the callers that see the copy
+	// past its moment while the check is under way would otherwise each
+	// cost one more check after it.
 	inRun atomic.Uint32
-	run   func(ctx context.Context, j job) // runs one batch of jobs
-	start func(fn func(ctx context.Context)) bool
+	mu    sync.Mutex
+	// running: a worker goroutine exists (or is being started) that will
+	// empty the slot; guarded by mu.
+	running bool
+	run     func(ctx context.Context, j job) // runs one batch of jobs
+	start   func(fn func(ctx context.Context)) bool
+}
+
+// init readies w to run batches with run on goroutines that start starts.
+func (w *worker) init(run func(ctx context.Context, j job), start func(fn func(ctx context.Context)) bool) {
+	w.wake = make(chan struct{}, 1)
+	w.run, w.start = run, start
 }
 
 // jobCovered is the jobs a run in progress covers when asked again: a
@@ -156,18 +166,18 @@ const jobCovered = jobCheck
 
 // ask asks the worker for j, starting it if none runs.
 func (w *worker) ask(j job) {
-	if (job(w.jobs.Load())|job(w.inRun.Load())&jobCovered)&j == j {
-		// Asked and not taken yet: the worker that takes it runs (jobs
-		// != 0 implies running), and its run starts after this ask. Or
-		// a check, covered by the one running.
-		return
-	}
-	w.mu.Lock()
-	if j &^= job(w.inRun.Load()) & jobCovered; j == 0 {
-		w.mu.Unlock()
+	if j &^= job(w.jobs.Load()) | job(w.inRun.Load())&jobCovered; j == 0 {
+		// Asked and not taken yet: the ask that set the bits fills the
+		// slot (or found it full), so a take comes after this ask. Or a
+		// check, covered by the one running.
 		return
 	}
 	w.jobs.Or(uint32(j))
+	select {
+	case w.wake <- struct{}{}:
+	default: // full: the worker that empties it takes j with the rest
+	}
+	w.mu.Lock()
 	start := !w.running
 	w.running = true
 	w.mu.Unlock()
@@ -176,24 +186,37 @@ func (w *worker) ask(j job) {
 		// left asked for a run that will not come.
 		w.mu.Lock()
 		w.running = false
+		select {
+		case <-w.wake:
+		default:
+		}
 		w.jobs.Store(0)
 		w.mu.Unlock()
 	}
 }
 
-// take takes every job asked, or, when none is, ends the worker.
+// take empties the slot and takes every job asked, or, when the slot is
+// empty, ends the worker and returns 0. A wake-up whose jobs the batch
+// before took with its own runs nothing.
 func (w *worker) take() job {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	j := job(w.jobs.Swap(0))
-	w.inRun.Store(uint32(j))
-	if j == 0 {
-		w.running = false
+	for {
+		select {
+		case <-w.wake:
+		default:
+			w.running = false
+			w.inRun.Store(0)
+			return 0
+		}
+		if j := job(w.jobs.Swap(0)); j != 0 {
+			w.inRun.Store(uint32(j))
+			return j
+		}
 	}
-	return j
 }
 
-// loop is the worker goroutine: batches of jobs until none is asked.
+// loop is the worker goroutine: batches of jobs until no wake-up waits.
 func (w *worker) loop(ctx context.Context) {
 	for j := w.take(); j != 0; j = w.take() {
 		w.run(ctx, j)

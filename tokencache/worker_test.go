@@ -36,11 +36,11 @@ func TestWorkerLosesNoWakeUpAndRunsOneAtATime(t *testing.T) {
 		)
 		pauses := rapid.SliceOfN(rapid.IntRange(0, 3), 1, 64).Draw(rt, "pauses")
 		var w worker
-		w.start = func(fn func(context.Context)) bool {
+		w.init(nil, func(fn func(context.Context)) bool {
 			wg.Add(1)
 			go func() { defer wg.Done(); fn(context.Background()) }()
 			return true
-		}
+		})
 		w.run = func(_ context.Context, j job) {
 			if inRun.Add(1) > 1 {
 				overlaps.Add(1)
@@ -123,11 +123,11 @@ func TestWorkerLosesNoWakeUpAndRunsOneAtATime(t *testing.T) {
 func TestWorkerCoalescesAsksMadeDuringARun(t *testing.T) {
 	var w worker
 	var wg sync.WaitGroup
-	w.start = func(fn func(context.Context)) bool {
+	w.init(nil, func(fn func(context.Context)) bool {
 		wg.Add(1)
 		go func() { defer wg.Done(); fn(context.Background()) }()
 		return true
-	}
+	})
 	entered, release := make(chan struct{}), make(chan struct{})
 	var runs atomic.Int32
 	w.run = func(context.Context, job) {
@@ -158,8 +158,8 @@ func TestWorkerCoalescesAsksMadeDuringARun(t *testing.T) {
 // running: it starts once the cache would take goroutines again.
 func TestWorkerThatCannotStartIsNotLeftRunning(t *testing.T) {
 	var w worker
-	w.start = func(func(context.Context)) bool { return false }
-	w.run = func(context.Context, job) { t.Fatal("ran although nothing could start") }
+	w.init(func(context.Context, job) { t.Fatal("ran although nothing could start") },
+		func(func(context.Context)) bool { return false })
 	w.ask(jobCheck)
 	if !w.idle() {
 		t.Fatal("marked running although it could not start")
@@ -176,13 +176,13 @@ func TestWorkerThatCannotStartIsNotLeftRunning(t *testing.T) {
 // plays the worker goroutine (start only records that one was started),
 // so every interleaving of asks, takes and exits that the mutex allows is
 // one drawn sequence. After every step: a job asked is one a worker will
-// take (jobs != 0 implies running), at most one worker goroutine exists,
+// take (jobs asked imply a full slot and a running worker), at most one worker goroutine exists,
 // and every ask is taken by a take that comes after it.
 func TestWorkerProtocolModel(t *testing.T) {
 	rapid.Check(t, func(rt *rapid.T) {
 		var w worker
 		goroutines := 0 // worker goroutines started and not exited
-		w.start = func(func(context.Context)) bool { goroutines++; return true }
+		w.init(nil, func(func(context.Context)) bool { goroutines++; return true })
 		var owed job  // jobs asked and not taken since: the model
 		var inRun job // the batch taken last (its run is under way)
 		rt.Repeat(map[string]func(*rapid.T){
@@ -211,6 +211,9 @@ func TestWorkerProtocolModel(t *testing.T) {
 				}
 				if owed != 0 && goroutines != 1 {
 					rt.Fatalf("jobs %b asked with no worker to take them: a lost wake-up", owed)
+				}
+				if owed != 0 && len(w.wake) != 1 {
+					rt.Fatalf("jobs %b asked with the wake-up slot empty: a lost wake-up", owed)
 				}
 				if w.idle() != (goroutines == 0) {
 					rt.Fatalf("running = %v with %d goroutines", !w.idle(), goroutines)
