@@ -19,7 +19,7 @@ import (
 func (e *entry) token(ctx context.Context) (Token, error) {
 	if s := e.mem.l1.Load(); s != nil {
 		now := e.c.monoNow()
-		if now < s.softUntil {
+		if now < s.next {
 			if !e.sched.used.Load() {
 				e.sched.used.Store(true)
 			}

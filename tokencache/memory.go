@@ -2,6 +2,7 @@ package tokencache
 
 import (
 	"math"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -21,17 +22,23 @@ import (
 // snapshot is an immutable in-memory copy of the token. Times are on the
 // local monotonic clock: validUntil derived from how long the token was
 // still valid on Redis's clock, timed from before the request that read it
-// (the safe side); the moments (dueAt, softUntil) timed from when the
-// reply arrived, so a replica paused between the two neither serves a
-// token late nor refreshes it early.
+// (the safe side); the moments (dueAt, next) timed from when the reply
+// arrived, so a replica paused between the two neither serves a token late
+// nor refreshes it early.
+//
+// A copy has one next moment, and a reason for it: before next no
+// background work runs at all; at next the background work re-reads
+// Redis, and refreshes ahead if the copy is due (see refreshAt). dueAt is
+// the token's own refresh-ahead moment; the next moment is at or before it
+// (the L1's re-check, a write-back), or put off past it (see putOff).
 type snapshot struct {
 	tok        Token
 	gen        int64
 	fp         string // token fingerprint
 	validUntil mono   // never served at or after this
-	dueAt      mono   // refresh-ahead moment (jittered)
-	softUntil  mono   // before this, no background work at all
-	held       bool   // another replica's "refreshing" already put this copy's moment off
+	dueAt      mono   // the token's refresh-ahead moment (jittered)
+	next       mono   // the copy's next moment: before it, no background work
+	why        reason // why next is when it is
 	storedMS   int64  // Redis's TIME when the token was stored; 0: not stored (yet)
 	born       mono   // when the issuer minted it: its expiry less its lifetime
 	// ticket orders the copy against Redis's "absent" answers: the ticket
@@ -39,6 +46,51 @@ type snapshot struct {
 	// token this replica stored, one taken when the write's reply came.
 	ticket uint64
 }
+
+// reason is why a copy's next moment is when it is.
+type reason uint8
+
+const (
+	// reasonAhead: the token's refresh-ahead moment (dueAt).
+	reasonAhead reason = iota
+	// reasonRecheck: the L1's maximum age, or a re-check asked now (a
+	// failure the fleet reported, see memory.expireSoft): re-read Redis.
+	reasonRecheck
+	// reasonWriteBack: a token fetched while Redis was down, to write back.
+	reasonWriteBack
+	// reasonLater: put off (Redis unreachable, a refresh failed, another
+	// replica holds the lock): look again then.
+	reasonLater
+	// reasonHeld: another replica announced it is refreshing; its
+	// "refreshed" (or "failed") will tell us, and at this moment we try
+	// ourselves, whatever we heard. A held copy is not held again.
+	reasonHeld
+)
+
+// String names r for logs and test failures.
+func (r reason) String() string {
+	switch r {
+	case reasonAhead:
+		return "refresh-ahead"
+	case reasonRecheck:
+		return "re-check"
+	case reasonWriteBack:
+		return "write-back"
+	case reasonLater:
+		return "put off"
+	case reasonHeld:
+		return "held for another replica's refresh"
+	}
+	return "reason(" + strconv.Itoa(int(r)) + ")"
+}
+
+// refreshAt is when the background work refreshes s ahead of expiry rather
+// than only re-reading Redis: its refresh-ahead moment, or its next
+// moment if that was put off past it.
+func (s *snapshot) refreshAt() mono { return max(s.dueAt, s.next) }
+
+// due reports whether s is to be refreshed ahead at now.
+func (s *snapshot) due(now mono) bool { return now >= s.refreshAt() }
 
 // newer reports whether s holds a later token than o: a higher fencing
 // generation, or, at the same generation, stored later by Redis's clock.
@@ -154,11 +206,10 @@ func (m *memory) installLocked(s *snapshot) (ok, changed bool) {
 			// sent must not cut the copy short.
 			c.validUntil = cur.validUntil
 		}
-		if cur.held && cur.softUntil > c.softUntil {
-			c.softUntil = min(cur.softUntil, c.validUntil)
-			c.dueAt, c.held = max(c.dueAt, c.softUntil), true
+		if cur.why == reasonHeld && cur.next > c.next {
+			c.next, c.why = cur.next, reasonHeld
 		}
-		c.dueAt, c.softUntil = min(c.dueAt, c.validUntil), min(c.softUntil, c.validUntil)
+		c.next = min(c.next, c.validUntil)
 		n = &c
 	}
 	m.publish(n)
@@ -224,27 +275,27 @@ func (m *memory) valid() *snapshot {
 // installed meanwhile keeps its own moment) and never beyond the copy's
 // validity.
 func (m *memory) later(d time.Duration) {
-	m.putOff(m.now()+mono(d), false)
+	m.putOff(m.now()+mono(d), reasonLater)
 }
 
 // hold is later for another replica's "refreshing" for a generation above
-// the copy's: its "refreshed" (or "failed") will tell us. A copy is held
-// once, for at most d (the lock TTL) and at most half of its remaining
-// validity, after which the replica tries again itself whatever it heard:
-// an announcement lost with its sender, or forged, cannot keep the fleet
-// from refreshing ahead.
+// the copy's: its "refreshed" (or "failed") will tell us. A held copy is
+// not held again, and a hold lasts at most d (the lock TTL) and at most
+// half of the copy's remaining validity, after which the replica tries
+// itself whatever it heard: an announcement lost with its sender, or
+// forged, cannot keep the fleet from refreshing ahead.
 func (m *memory) hold(gen int64, d time.Duration) {
 	s := m.l1.Load()
-	if s == nil || s.held || gen <= s.gen {
+	if s == nil || s.why == reasonHeld || gen <= s.gen {
 		return
 	}
 	now := m.now()
-	m.putOff(now+min(mono(d), (s.validUntil-now)/2), true)
+	m.putOff(now+min(mono(d), (s.validUntil-now)/2), reasonHeld)
 }
 
 // putOff moves the copy's next moment to until (capped at its validity),
-// if that is later; held marks the copy as held (a held copy is held once).
-func (m *memory) putOff(until mono, held bool) {
+// for the reason why, if that is later; a held copy is not held again.
+func (m *memory) putOff(until mono, why reason) {
 	m.mu.Lock()
 	s := m.l1.Load()
 	if s == nil {
@@ -252,14 +303,12 @@ func (m *memory) putOff(until mono, held bool) {
 		return
 	}
 	until = min(until, s.validUntil)
-	if s.softUntil >= until || (held && s.held) {
+	if s.next >= until || (why == reasonHeld && s.why == reasonHeld) {
 		m.mu.Unlock()
 		return
 	}
 	n := *s
-	n.softUntil = until
-	n.dueAt = max(n.dueAt, until)
-	n.held = n.held || held
+	n.next, n.why = until, why
 	m.publish(&n)
 	m.mu.Unlock()
 	m.moved()
@@ -271,7 +320,7 @@ func (m *memory) expireSoft() {
 	defer m.mu.Unlock()
 	if s := m.l1.Load(); s != nil {
 		n := *s
-		n.softUntil = math.MinInt64
+		n.next, n.why = math.MinInt64, reasonRecheck
 		m.publish(&n)
 	}
 }

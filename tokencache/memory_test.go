@@ -29,7 +29,7 @@ func newTestMemory(keep bool) *testMemory {
 func copyOf(name string, gen, storedMS int64) *snapshot {
 	tok := Token{AccessToken: name}
 	return &snapshot{tok: tok, fp: tok.Fingerprint(), gen: gen, storedMS: storedMS,
-		validUntil: mono(100 * time.Second), dueAt: mono(80 * time.Second), softUntil: mono(80 * time.Second)}
+		validUntil: mono(100 * time.Second), dueAt: mono(80 * time.Second), next: mono(80 * time.Second)}
 }
 
 func TestMemoryInstallKeepsTheNewerTokenWhileItIsValid(t *testing.T) {
@@ -86,17 +86,20 @@ func TestMemoryPutOffNeverMovesAMomentEarlier(t *testing.T) {
 	m.install(copyOf("a", 1, 1))
 	m.clock = mono(10 * time.Second)
 	m.later(30 * time.Second) // 40s: earlier than the moment (80s)
-	if s := m.l1.Load(); s.softUntil != mono(80*time.Second) || s.dueAt != mono(80*time.Second) {
-		t.Fatalf("moment moved to %v/%v, want 80s/80s", time.Duration(s.softUntil), time.Duration(s.dueAt))
+	if s := m.l1.Load(); s.next != mono(80*time.Second) || s.why != reasonAhead || s.refreshAt() != mono(80*time.Second) {
+		t.Fatalf("moment moved to %v (%v), refresh at %v; want 80s (refresh-ahead)", time.Duration(s.next), s.why, time.Duration(s.refreshAt()))
 	}
 	m.later(80 * time.Second) // 90s: later
 	s := m.l1.Load()
-	if s.softUntil != mono(90*time.Second) || s.dueAt != mono(90*time.Second) {
-		t.Fatalf("moment %v/%v, want 90s/90s", time.Duration(s.softUntil), time.Duration(s.dueAt))
+	if s.next != mono(90*time.Second) || s.why != reasonLater || s.refreshAt() != mono(90*time.Second) {
+		t.Fatalf("moment %v (%v), refresh at %v; want 90s, put off", time.Duration(s.next), s.why, time.Duration(s.refreshAt()))
+	}
+	if s.dueAt != mono(80*time.Second) {
+		t.Fatalf("a put-off moved the token's own refresh-ahead moment to %v", time.Duration(s.dueAt))
 	}
 	m.later(time.Second) // 11s: earlier again
 	if got := m.l1.Load(); got != s {
-		t.Fatalf("moment moved from 90s to %v", time.Duration(got.softUntil))
+		t.Fatalf("moment moved from 90s to %v", time.Duration(got.next))
 	}
 	if m.arms != 2 {
 		t.Fatalf("armed %d times, want 2 (the install and the one put-off that moved)", m.arms)
@@ -111,8 +114,8 @@ func TestMemoryPutOffNeverExtendsValidity(t *testing.T) {
 	if s.validUntil != mono(100*time.Second) {
 		t.Fatalf("validity moved to %v", time.Duration(s.validUntil))
 	}
-	if s.softUntil != s.validUntil || s.dueAt != s.validUntil {
-		t.Fatalf("moment %v/%v beyond the validity %v", time.Duration(s.softUntil), time.Duration(s.dueAt), time.Duration(s.validUntil))
+	if s.next != s.validUntil || s.refreshAt() != s.validUntil {
+		t.Fatalf("moment %v, refresh at %v: beyond the validity %v", time.Duration(s.next), time.Duration(s.refreshAt()), time.Duration(s.validUntil))
 	}
 }
 
@@ -121,30 +124,30 @@ func TestMemoryHoldsACopyOnceForAtMostHalfItsValidity(t *testing.T) {
 	m.install(copyOf("a", 5, 1))
 	m.clock = mono(20 * time.Second)
 	m.hold(6, time.Hour) // until 20s + 40s: earlier than the moment
-	if s := m.l1.Load(); s.held || s.softUntil != mono(80*time.Second) {
-		t.Fatalf("a hold that ends before the moment moved it to %v (held=%v)", time.Duration(s.softUntil), s.held)
+	if s := m.l1.Load(); s.why == reasonHeld || s.next != mono(80*time.Second) {
+		t.Fatalf("a hold that ends before the moment moved it to %v (%v)", time.Duration(s.next), s.why)
 	}
 	m.clock = mono(70 * time.Second)
 	m.hold(5, time.Hour) // not a newer generation
-	if m.l1.Load().held {
+	if m.l1.Load().why == reasonHeld {
 		t.Fatal("held by a refresh of the generation held")
 	}
 	m.hold(6, time.Hour)
 	s := m.l1.Load()
-	if want := mono(85 * time.Second); !s.held || s.softUntil != want || s.dueAt != want {
-		t.Fatalf("held=%v until %v/%v, want held until 85s (half of the 30s left)", s.held, time.Duration(s.softUntil), time.Duration(s.dueAt))
+	if want := mono(85 * time.Second); s.why != reasonHeld || s.next != want || s.refreshAt() != want {
+		t.Fatalf("%v until %v, refresh at %v; want held until 85s (half of the 30s left)", s.why, time.Duration(s.next), time.Duration(s.refreshAt()))
 	}
 	m.clock = mono(84 * time.Second)
 	m.hold(7, time.Hour)
 	if got := m.l1.Load(); got != s {
-		t.Fatalf("held twice: until %v", time.Duration(got.softUntil))
+		t.Fatalf("held twice: until %v", time.Duration(got.next))
 	}
 	// A short hold: the lock TTL bounds it.
 	m2 := newTestMemory(true)
 	m2.install(copyOf("a", 5, 1))
 	m2.clock = mono(78 * time.Second)
 	m2.hold(6, 5*time.Second)
-	if got := m2.l1.Load().softUntil; got != mono(83*time.Second) {
+	if got := m2.l1.Load().next; got != mono(83*time.Second) {
 		t.Fatalf("a 5s hold at 78s put the moment off to %v, want 83s", time.Duration(got))
 	}
 }
@@ -155,8 +158,8 @@ func TestMemoryReinstallingTheHeldTokenKeepsItsHold(t *testing.T) {
 	m.clock = mono(70 * time.Second)
 	m.hold(2, time.Hour) // until 70s + half of the 30s left
 	held := m.l1.Load()
-	if !held.held || held.softUntil != mono(85*time.Second) {
-		t.Fatalf("held=%v until %v, want held until 85s", held.held, time.Duration(held.softUntil))
+	if held.why != reasonHeld || held.next != mono(85*time.Second) {
+		t.Fatalf("%v until %v, want held until 85s", held.why, time.Duration(held.next))
 	}
 	// The same token read again comes with its own, earlier moment.
 	again := copyOf("a", 1, 1)
@@ -164,10 +167,10 @@ func TestMemoryReinstallingTheHeldTokenKeepsItsHold(t *testing.T) {
 		t.Fatal("the same token not installed again")
 	}
 	s := m.l1.Load()
-	if !s.held || s.softUntil != held.softUntil || s.dueAt < s.softUntil {
-		t.Fatalf("re-install lost the hold: held=%v until %v due %v", s.held, time.Duration(s.softUntil), time.Duration(s.dueAt))
+	if s.why != reasonHeld || s.next != held.next || s.refreshAt() != held.next {
+		t.Fatalf("re-install lost the hold: %v until %v, refresh at %v", s.why, time.Duration(s.next), time.Duration(s.refreshAt()))
 	}
-	if again.held || again.softUntil != mono(80*time.Second) {
+	if again.why != reasonAhead || again.next != mono(80*time.Second) {
 		t.Fatal("install changed the snapshot it was given")
 	}
 }
@@ -192,8 +195,11 @@ func TestMemoryExpireSoftMakesTheCopyDueWithoutEndingIt(t *testing.T) {
 	m.install(copyOf("a", 1, 1))
 	m.expireSoft()
 	s := m.l1.Load()
-	if s.softUntil != math.MinInt64 || s.validUntil != mono(100*time.Second) || m.valid() != s {
-		t.Fatalf("after expireSoft: soft %d valid %v", s.softUntil, time.Duration(s.validUntil))
+	if s.next != math.MinInt64 || s.why != reasonRecheck || s.validUntil != mono(100*time.Second) || m.valid() != s {
+		t.Fatalf("after expireSoft: next %d (%v) valid %v", s.next, s.why, time.Duration(s.validUntil))
+	}
+	if s.due(mono(time.Second)) {
+		t.Fatal("a re-check asked now made the copy due for a refresh")
 	}
 	m.clock = s.validUntil
 	if m.valid() != nil {
@@ -348,7 +354,7 @@ func TestMemoryReinstallingTheSameValueKeepsTheLongerValidity(t *testing.T) {
 	m.install(good)
 	paused := copyOf("a", 1, 1)
 	paused.validUntil = mono(60 * time.Second) // sent before a pause
-	paused.dueAt, paused.softUntil = mono(50*time.Second), mono(50*time.Second)
+	paused.dueAt, paused.next = mono(50*time.Second), mono(50*time.Second)
 	m.install(paused)
 	if s := m.l1.Load(); s.validUntil != good.validUntil {
 		t.Fatalf("validity %v, want the better bound %v", time.Duration(s.validUntil), time.Duration(good.validUntil))
@@ -417,5 +423,73 @@ func TestMemoryFloorIsTheHigherOfStoredAndHeld(t *testing.T) {
 	}
 	if got := m.floor(11); got != 11 {
 		t.Fatalf("floor: %d, want the stored 11", got)
+	}
+}
+
+// Each transition of the copy's one next moment, from a copy fresh from
+// Redis (due at 80s, valid until 100s), at 20s: where the moment goes, why,
+// and when the background work refreshes rather than only re-reads.
+func TestMemoryNextMomentAndItsReasonForEachTransition(t *testing.T) {
+	const s = mono(time.Second)
+	for _, tc := range []struct {
+		name      string
+		copy      func() *snapshot // the copy installed first
+		step      func(m *testMemory)
+		next      mono
+		why       reason
+		refreshAt mono
+	}{
+		{"fresh from Redis", nil, func(*testMemory) {}, 80 * s, reasonAhead, 80 * s},
+		{"the L1's re-check comes first", func() *snapshot {
+			c := copyOf("a", 1, 1)
+			c.next, c.why = 50*s, reasonRecheck
+			return c
+		}, func(*testMemory) {}, 50 * s, reasonRecheck, 80 * s},
+		{"put off before the refresh-ahead moment", nil, func(m *testMemory) { m.later(30 * time.Second) }, 80 * s, reasonAhead, 80 * s},
+		{"put off past it", nil, func(m *testMemory) { m.later(70 * time.Second) }, 90 * s, reasonLater, 90 * s},
+		{"put off past the validity", nil, func(m *testMemory) { m.later(time.Hour) }, 100 * s, reasonLater, 100 * s},
+		{"a re-check put off", func() *snapshot {
+			c := copyOf("a", 1, 1)
+			c.next, c.why = 25*s, reasonRecheck
+			return c
+		}, func(m *testMemory) { m.later(10 * time.Second) }, 30 * s, reasonLater, 80 * s},
+		{"held by a newer generation's refresh", nil, func(m *testMemory) { m.clock = 70 * s; m.hold(2, time.Hour) }, 85 * s, reasonHeld, 85 * s},
+		{"held, then put off: held again", nil, func(m *testMemory) {
+			m.clock = 70 * s
+			m.hold(2, time.Hour)
+			m.clock = 86 * s
+			m.later(4 * time.Second)
+			m.hold(3, time.Hour)
+		}, 93 * s, reasonHeld, 93 * s}, // 86s + half of the 14s left
+		{"held, then the same value re-read", nil, func(m *testMemory) {
+			m.clock = 70 * s
+			m.hold(2, time.Hour)
+			m.install(copyOf("a", 1, 1))
+		}, 85 * s, reasonHeld, 85 * s},
+		{"put off, then the same value re-read", nil, func(m *testMemory) {
+			m.later(70 * time.Second)
+			m.install(copyOf("a", 1, 1))
+		}, 80 * s, reasonAhead, 80 * s},
+		{"a re-check asked now", nil, func(m *testMemory) { m.expireSoft() }, math.MinInt64, reasonRecheck, 80 * s},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := newTestMemory(true)
+			c := copyOf("a", 1, 1)
+			if tc.copy != nil {
+				c = tc.copy()
+			}
+			m.install(c)
+			m.clock = 20 * s
+			tc.step(m)
+			got := m.l1.Load()
+			if got.next != tc.next || got.why != tc.why || got.refreshAt() != tc.refreshAt {
+				t.Fatalf("next %v (%v), refresh at %v; want %v (%v), refresh at %v",
+					time.Duration(got.next), got.why, time.Duration(got.refreshAt()),
+					time.Duration(tc.next), tc.why, time.Duration(tc.refreshAt))
+			}
+			if got.dueAt != c.dueAt || got.validUntil != c.validUntil {
+				t.Fatalf("the transition moved the token's own moments: due %v, valid until %v", time.Duration(got.dueAt), time.Duration(got.validUntil))
+			}
+		})
 	}
 }

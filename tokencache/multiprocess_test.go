@@ -111,7 +111,7 @@ func replicaMain() int {
 			// the copy's max age starts.
 			deadline := time.Now().Add(10 * time.Second)
 			for c.server.mem.l1.Load() != nil && time.Now().Before(deadline) {
-				if s := c.server.mem.l1.Load(); s != nil && c.monoNow() >= s.softUntil {
+				if s := c.server.mem.l1.Load(); s != nil && c.monoNow() >= s.next {
 					_, _ = c.Token(context.Background())
 				}
 				time.Sleep(time.Millisecond) // the poll of a wait on a condition: a replica process has no testing.T

@@ -34,7 +34,7 @@ func (e *entry) readAndInstall(ctx context.Context) (Token, bool, error) {
 	if !ok || !e.install(s) {
 		return Token{}, false, nil
 	}
-	if e.c.monoAt(r.arrived) >= s.dueAt {
+	if s.due(e.c.monoAt(r.arrived)) {
 		e.sched.kick()
 	}
 	return s.tok, true, nil
@@ -147,11 +147,11 @@ func (e *entry) snapshotFor(rec record, ttl time.Duration, sent, arrived time.Ti
 		due += mono(e.c.jitterShare(rec.TokenFP) * window)
 	}
 	due = min(due, validUntil)
-	soft := due
-	if cfg.l1MaxAge > 0 {
-		soft = min(soft, e.c.monoAt(arrived)+mono(cfg.l1MaxAge))
+	next, why := due, reasonAhead
+	if recheck := e.c.monoAt(arrived) + mono(cfg.l1MaxAge); cfg.l1MaxAge > 0 && recheck < due {
+		next, why = recheck, reasonRecheck
 	}
-	return &snapshot{tok: tok, gen: rec.Generation, fp: rec.TokenFP, validUntil: validUntil, dueAt: due, softUntil: soft,
+	return &snapshot{tok: tok, gen: rec.Generation, fp: rec.TokenFP, validUntil: validUntil, dueAt: due, next: next, why: why,
 		storedMS: rec.StoredMS, born: e.c.monoAt(tok.Expiry.Add(-life))}
 }
 

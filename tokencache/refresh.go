@@ -209,7 +209,7 @@ func (rf *refresher) locked(ctx context.Context, lease *lock.Lease, ahead bool, 
 		e.c.log().Warn("tokencache: could not store the new token; serving it from memory", "key", e.k.Token, "err", err)
 		e.mem.setPending(&tok)
 		s := e.stored(rec, ttl, issued)
-		s.softUntil = min(s.validUntil, e.c.monoAt(issued)+mono(jitter(e.c.cfg.waitRecheck)))
+		s.next, s.why = min(s.validUntil, e.c.monoAt(issued)+mono(jitter(e.c.cfg.waitRecheck))), reasonWriteBack
 		e.install(s)
 		return tok, redisDown, err
 	}
@@ -394,7 +394,7 @@ func (rf *refresher) redisDown(ctx context.Context, rerr error) (Token, error) {
 	issued := e.c.now()
 	rec, ttl := rf.record(tok, 0, issued)
 	s := e.snapshotFor(rec, ttl, issued, e.c.now())
-	s.softUntil = min(s.validUntil, e.c.monoAt(issued)+mono(jitter(e.c.cfg.waitRecheck)))
+	s.next, s.why = min(s.validUntil, e.c.monoAt(issued)+mono(jitter(e.c.cfg.waitRecheck))), reasonWriteBack
 	e.mem.setPending(&tok)
 	e.mem.set(s)
 	return tok, nil

@@ -132,7 +132,7 @@ func toRefreshMoment(t *testing.T, clk *fakeClock, caches ...*Cache) {
 		}
 	}
 	for _, c := range caches {
-		if due := c.epoch.Add(time.Duration(c.server.mem.l1.Load().softUntil)); !moment.Before(due) {
+		if due := c.epoch.Add(time.Duration(c.server.mem.l1.Load().next)); !moment.Before(due) {
 			t.Skipf("a replica's jittered refresh moment (%v) falls within the moments' spread; rerun", due.Sub(moment))
 		}
 	}

@@ -46,11 +46,11 @@ func (sc *scheduler) arm() {
 	if s == nil {
 		return
 	}
-	// A copy marked for a re-check (expireSoft: softUntil the minimum)
-	// is due now; the difference must not wrap around.
+	// A copy marked for a re-check (expireSoft: next the minimum) is
+	// due now; the difference must not wrap around.
 	c := sc.e.c
 	now := c.monoNow()
-	d := time.Duration(max(s.softUntil, now) - now)
+	d := time.Duration(max(s.next, now) - now)
 	switch {
 	case sc.stopped:
 	case sc.timer == nil:
@@ -70,7 +70,7 @@ func (sc *scheduler) onTimer() {
 	}
 	now := c.monoNow()
 	switch {
-	case now < s.softUntil:
+	case now < s.next:
 		sc.arm()
 	case now < s.validUntil && sc.used.Swap(false):
 		sc.kick()
@@ -92,16 +92,16 @@ func (sc *scheduler) stop() {
 // clock: the moment s has used the refresh-ahead share of its life, which
 // s.dueAt is plus this replica's jitter. Adopting a rotated token from
 // then on, before any replica's jittered timer, spares the issuer call.
-// While another replica announced it is refreshing (s.held), the moment is
-// the put-off s.dueAt: its token is on the way.
+// While another replica announced it is refreshing (reasonHeld), the
+// moment is the put-off one: its token is on the way.
 func (sc *scheduler) moment(s *snapshot) mono {
 	c := sc.e.c
 	life := time.Duration(c.monoAt(s.tok.Expiry) - s.born)
-	if s.held || life <= 0 {
-		return s.dueAt
+	if s.why == reasonHeld || life <= 0 {
+		return s.refreshAt()
 	}
 	expiry := s.validUntil + mono(c.cfg.skewFor(life))
-	return min(expiry-mono(float64(life)*(1-c.cfg.refreshAhead)), s.dueAt)
+	return min(expiry-mono(float64(life)*(1-c.cfg.refreshAhead)), s.refreshAt())
 }
 
 // kick asks the worker for the background re-check / refresh-ahead.
@@ -248,6 +248,9 @@ func (sc *scheduler) background(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, e.c.cfg.refreshTimeout)
 	defer cancel()
 	cur := e.mem.l1.Load()
+	if cur != nil {
+		e.c.log().Debug("tokencache: background work at the copy's moment", "key", e.k.Token, "reason", cur.why)
+	}
 	if p := e.mem.pendingToken(); p != nil {
 		if !e.rf.writeBack(ctx, p) {
 			e.mem.later(jitter(e.c.cfg.waitRecheck))
@@ -255,7 +258,7 @@ func (sc *scheduler) background(ctx context.Context) {
 		}
 		cur = e.mem.l1.Load()
 	}
-	if cur != nil && e.c.monoNow() >= cur.dueAt {
+	if cur != nil && cur.due(e.c.monoNow()) {
 		// Due: try the lock straight away. The holder re-reads under it,
 		// so a read first would only tell the replicas that lose the lock
 		// what the winner's "refreshed" will tell them anyway.
@@ -285,18 +288,18 @@ func (sc *scheduler) background(ctx context.Context) {
 	// one it would have had, or it would send us back here at every call.
 	if c := e.mem.l1.Load(); c != nil && !c.sameStored(s) {
 		s = c
-		next := s.dueAt
-		if e.c.cfg.l1MaxAge > 0 {
-			next = min(next, now+mono(e.c.cfg.l1MaxAge))
+		next, why := s.refreshAt(), reasonAhead
+		if recheck := now + mono(e.c.cfg.l1MaxAge); e.c.cfg.l1MaxAge > 0 && recheck < next {
+			next, why = recheck, reasonRecheck
 		}
 		if now < next {
-			e.mem.putOff(next, false)
+			e.mem.putOff(next, why)
 			return
 		}
 	} else if c != nil {
 		s = c
 	}
-	if now >= s.dueAt {
+	if s.due(now) {
 		sc.ahead(ctx, s)
 	}
 }
@@ -335,7 +338,7 @@ func (sc *scheduler) ahead(ctx context.Context, served *snapshot) {
 			e.c.sub.suspectSubscription()
 			return true
 		}
-		if s, ok := e.validSnapshot(r); ok && s.fp == served.fp && e.c.monoAt(r.arrived) < s.dueAt {
+		if s, ok := e.validSnapshot(r); ok && s.fp == served.fp && !s.due(e.c.monoAt(r.arrived)) {
 			// The very copy we serve, not yet due by this fresh reading:
 			// the moment that sent us here was timed from a stale one (a
 			// pause between a read and its reply). Stand down.

@@ -42,11 +42,12 @@ const RedsyncPoll = 50 * time.Millisecond
 
 // MinOptions are the tokencache options of the tokencache-min strategy:
 // the settings that send the fewest Redis commands. L1 is never re-read
-// on age (events and refresh-ahead only: the default L1MaxAge); the subscription is probed only
-// after an hour of silence; and refresh-ahead moments are spread over a
-// fifth of the token's life instead of 5%, so that with short tokens the
-// first replica's "refreshed" event reaches the others before they are
-// due themselves (with a 60-minute token 5% is already three minutes).
+// on age (events and refresh-ahead only: the default L1MaxAge); the
+// subscription is probed only after an hour of silence; and refresh-ahead
+// moments are spread over a fifth of the token's life instead of the
+// default tenth, so that with short tokens the first replica's
+// "refreshed" event reaches the others before they are due themselves
+// (with a 60-minute token a tenth is already six minutes).
 func MinOptions() []tokencache.Option {
 	return []tokencache.Option{
 		tokencache.WithTuning(tokencache.Tuning{
