@@ -14,7 +14,7 @@ import (
 // lock and refreshes, or waits for the replica that holds it (obtain).
 
 // token is the hot path: the copy in memory, one atomic load, while it is
-// valid (starting the background work once it is past its soft moment);
+// valid (starting the background work once it is past its next moment);
 // else the slow path.
 func (e *entry) token(ctx context.Context) (Token, error) {
 	if s := e.mem.l1.Load(); s != nil {

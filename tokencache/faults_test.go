@@ -543,3 +543,43 @@ func TestAReadThatStartedBeforeAnAbsentAnswerCannotBringTheTokenBack(t *testing.
 		})
 	}
 }
+
+// A re-subscription asks every copy for a re-check: what was published
+// while the replica was not subscribed is lost. The re-check reads Redis
+// first, even for a copy put off past its refresh-ahead moment while
+// another replica holds the lock: a deletion missed meanwhile is learned
+// now, not once the lock frees.
+func TestAReCheckAfterResubscribingReadsRedisFirstForACopyPutOffPastItsMoment(t *testing.T) {
+	rdb, mr := miniBackend(t)
+	clock := newFakeClock()
+	f := newFakeFetcher(time.Hour)
+	f.now = clock.Now
+	c := newCache(t, rdb, f, fastOpts(withClock(clock))...)
+	ctx := ctxT(t)
+	if _, err := c.Token(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e := c.server
+	e.sched.used.Store(false) // no caller since: the timer starts nothing
+	step := time.Duration(e.mem.l1.Load().dueAt-c.monoNow()) + time.Second
+	clock.Advance(step)
+	mr.FastForward(step)
+	// An attempt found the lock taken: the copy is put off past its
+	// refresh-ahead moment.
+	e.mem.later(time.Minute)
+	if s := e.mem.l1.Load(); s.why != reasonLater || s.next <= s.dueAt {
+		t.Fatalf("copy not put off past its moment: next %v (%v), due %v", time.Duration(s.next), s.why, time.Duration(s.dueAt))
+	}
+	// Missed while unsubscribed: the token was deleted, and another
+	// replica holds the lock.
+	mr.Del(e.k.Token)
+	if err := mr.Set(e.k.Lock, "another-owner"); err != nil {
+		t.Fatal(err)
+	}
+	mr.SetTTL(e.k.Lock, time.Minute)
+	e.mem.expireSoft() // what onSubscribed does
+	e.sched.background(ctx)
+	if s := e.mem.l1.Load(); s != nil {
+		t.Fatalf("the re-check kept serving a deleted token (next %v, %v)", time.Duration(s.next), s.why)
+	}
+}

@@ -29,8 +29,10 @@ import (
 // A copy has one next moment, and a reason for it: before next no
 // background work runs at all; at next the background work re-reads
 // Redis, and refreshes ahead if the copy is due (see refreshAt). dueAt is
-// the token's own refresh-ahead moment; the next moment is at or before it
-// (the L1's re-check, a write-back), or put off past it (see putOff).
+// the token's own refresh-ahead moment, which no transition moves; the
+// next moment is that moment, or an earlier one (the L1's re-check), or
+// another one for the reason that set it (a write-back, a put-off, a
+// hold). A put-off past dueAt puts the refresh off too.
 type snapshot struct {
 	tok        Token
 	gen        int64
@@ -63,7 +65,7 @@ const (
 	reasonLater
 	// reasonHeld: another replica announced it is refreshing; its
 	// "refreshed" (or "failed") will tell us, and at this moment we try
-	// ourselves, whatever we heard. A held copy is not held again.
+	// ourselves, whatever we heard. A hold that stands is not extended.
 	reasonHeld
 )
 
@@ -171,7 +173,8 @@ func (m *memory) publish(s *snapshot) {
 // Redis answered "absent" to a read that started after the one that
 // brought s, or a newer token that is still valid is already there (see
 // snapshot.newer). Installing a copy of the value already held keeps the
-// longer validity of the two and the hold on its refresh-ahead moment. It
+// longer validity of the two, and the hold while one stands (a put-off
+// for another reason ends: the copy read has its own moments). It
 // reports whether s (or its merge with the copy held) is now the copy the
 // entry serves.
 func (m *memory) install(s *snapshot) bool {
@@ -279,22 +282,29 @@ func (m *memory) later(d time.Duration) {
 }
 
 // hold is later for another replica's "refreshing" for a generation above
-// the copy's: its "refreshed" (or "failed") will tell us. A held copy is
-// not held again, and a hold lasts at most d (the lock TTL) and at most
-// half of the copy's remaining validity, after which the replica tries
-// itself whatever it heard: an announcement lost with its sender, or
-// forged, cannot keep the fleet from refreshing ahead.
+// the copy's: its "refreshed" (or "failed") will tell us. A hold that
+// stands is not extended, and a hold lasts at most d (the lock TTL) and
+// at most half of the copy's remaining validity, after which the replica
+// tries itself whatever it heard (the copy is due then, and the attempt
+// comes before any new hold): an announcement lost with its sender, or
+// forged, cannot keep the fleet from refreshing ahead. A re-check asked
+// and not yet made is not held off either: it was asked because an event
+// may have been missed.
 func (m *memory) hold(gen int64, d time.Duration) {
 	s := m.l1.Load()
 	if s == nil || s.why == reasonHeld || gen <= s.gen {
 		return
 	}
 	now := m.now()
+	if s.why == reasonRecheck && s.next <= now {
+		return
+	}
 	m.putOff(now+min(mono(d), (s.validUntil-now)/2), reasonHeld)
 }
 
 // putOff moves the copy's next moment to until (capped at its validity),
-// for the reason why, if that is later; a held copy is not held again.
+// for the reason why, if that is later; a hold that stands is not
+// extended.
 func (m *memory) putOff(until mono, why reason) {
 	m.mu.Lock()
 	s := m.l1.Load()

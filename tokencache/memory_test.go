@@ -471,6 +471,14 @@ func TestMemoryNextMomentAndItsReasonForEachTransition(t *testing.T) {
 			m.install(copyOf("a", 1, 1))
 		}, 80 * s, reasonAhead, 80 * s},
 		{"a re-check asked now", nil, func(m *testMemory) { m.expireSoft() }, math.MinInt64, reasonRecheck, 80 * s},
+		{"a re-check asked now is not held off", nil, func(m *testMemory) {
+			m.expireSoft()
+			m.hold(2, time.Hour)
+		}, math.MinInt64, reasonRecheck, 80 * s},
+		{"put off, then a re-check asked now", nil, func(m *testMemory) {
+			m.later(70 * time.Second)
+			m.expireSoft()
+		}, math.MinInt64, reasonRecheck, 80 * s},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			m := newTestMemory(true)

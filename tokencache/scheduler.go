@@ -164,19 +164,40 @@ func (w *worker) init(run func(ctx context.Context, j job), start func(fn func(c
 // the running re-read was sent.
 const jobCovered = jobCheck
 
-// ask asks the worker for j, starting it if none runs.
+// ask asks the worker for j, starting it if none runs: three steps, each
+// safe to interleave with any step of other asks and of the worker (the
+// protocol model in worker_test.go steps them one by one).
 func (w *worker) ask(j job) {
-	if j &^= job(w.jobs.Load()) | job(w.inRun.Load())&jobCovered; j == 0 {
-		// Asked and not taken yet: the ask that set the bits fills the
-		// slot (or found it full), so a take comes after this ask. Or a
-		// check, covered by the one running.
-		return
+	if j = w.set(j); j != 0 {
+		w.signal()
+		w.ensure()
 	}
-	w.jobs.Or(uint32(j))
+}
+
+// set is an ask's first step: it sets the bits of j not yet asked nor
+// covered by the check under way, and returns them (0: nothing to wake
+// the worker for). Bits already set were set by an ask that goes on to
+// fill the slot (or found it full), so a take comes after this ask.
+func (w *worker) set(j job) job {
+	if j &^= job(w.jobs.Load()) | job(w.inRun.Load())&jobCovered; j != 0 {
+		w.jobs.Or(uint32(j))
+	}
+	return j
+}
+
+// signal fills the slot if it is empty; full, the worker that empties it
+// takes the bits set with the rest.
+func (w *worker) signal() {
 	select {
 	case w.wake <- struct{}{}:
-	default: // full: the worker that empties it takes j with the rest
+	default:
 	}
+}
+
+// ensure starts a worker if none runs. It looks under mu, after the slot
+// was filled: a worker that decided to exit did so on an empty slot,
+// before this look.
+func (w *worker) ensure() {
 	w.mu.Lock()
 	start := !w.running
 	w.running = true
@@ -249,7 +270,7 @@ func (sc *scheduler) background(ctx context.Context) {
 	defer cancel()
 	cur := e.mem.l1.Load()
 	if cur != nil {
-		e.c.log().Debug("tokencache: background work at the copy's moment", "key", e.k.Token, "reason", cur.why)
+		e.c.log().Debug("tokencache: background check", "key", e.k.Token, "reason", cur.why)
 	}
 	if p := e.mem.pendingToken(); p != nil {
 		if !e.rf.writeBack(ctx, p) {
@@ -258,10 +279,13 @@ func (sc *scheduler) background(ctx context.Context) {
 		}
 		cur = e.mem.l1.Load()
 	}
-	if cur != nil && cur.due(e.c.monoNow()) {
+	if cur != nil && cur.why != reasonRecheck && cur.due(e.c.monoNow()) {
 		// Due: try the lock straight away. The holder re-reads under it,
 		// so a read first would only tell the replicas that lose the lock
-		// what the winner's "refreshed" will tell them anyway.
+		// what the winner's "refreshed" will tell them anyway. Not so a
+		// re-check (a re-subscription, a failure the fleet reported): it
+		// is asked because an event may have been missed, which a replica
+		// that loses the lock, or backs off, would not learn.
 		sc.ahead(ctx, cur)
 		return
 	}

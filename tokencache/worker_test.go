@@ -173,34 +173,57 @@ func TestWorkerThatCannotStartIsNotLeftRunning(t *testing.T) {
 }
 
 // The worker's protocol, step by step, as a rapid state machine: the test
-// plays the worker goroutine (start only records that one was started),
-// so every interleaving of asks, takes and exits that the mutex allows is
-// one drawn sequence. After every step: a job asked is one a worker will
-// take (jobs asked imply a full slot and a running worker), at most one worker goroutine exists,
-// and every ask is taken by a take that comes after it.
+// plays the worker goroutine (start only records that one was started) and
+// every asking goroutine, and steps an ask's three steps (set the bits,
+// fill the slot, ensure a worker) one at a time, so every interleaving of
+// asks' steps, takes and exits is one drawn sequence. After every step: at
+// most one worker goroutine exists, running says whether one does, and
+// once no ask is half-way, a job asked is one a worker will take (a full
+// slot and a running worker). Every ask is taken by a take that comes
+// after its first step.
 func TestWorkerProtocolModel(t *testing.T) {
 	rapid.Check(t, func(rt *rapid.T) {
 		var w worker
 		goroutines := 0 // worker goroutines started and not exited
 		w.init(nil, func(func(context.Context)) bool { goroutines++; return true })
-		var owed job  // jobs asked and not taken since: the model
-		var inRun job // the batch taken last (its run is under way)
+		var owed job      // jobs asked and not taken since: the model
+		var inRun job     // the batch taken last (its run is under way)
+		var pending []int // asks half-way: the steps each has done (1 or 2)
 		rt.Repeat(map[string]func(*rapid.T){
 			"ask": func(rt *rapid.T) {
 				j := rapid.SampledFrom([]job{jobSync, jobCheck, jobSync | jobCheck}).Draw(rt, "job")
-				w.ask(j)
 				// A check asked while a check runs is covered by it.
 				owed |= j &^ (inRun & jobCheck)
+				if w.set(j) != 0 {
+					pending = append(pending, 1)
+				}
+			},
+			"step an ask": func(rt *rapid.T) {
+				if len(pending) == 0 {
+					rt.Skip("no ask half-way")
+				}
+				i := rapid.IntRange(0, len(pending)-1).Draw(rt, "ask")
+				if pending[i] == 1 {
+					w.signal()
+					pending[i] = 2
+					return
+				}
+				w.ensure()
+				pending = append(pending[:i], pending[i+1:]...)
 			},
 			"take": func(rt *rapid.T) {
 				if goroutines == 0 {
 					rt.Skip("no worker goroutine to step")
 				}
 				j := w.take()
-				if j != owed {
+				if j != 0 && j != owed {
 					rt.Fatalf("took %b, want every job asked since the last take (%b)", j, owed)
 				}
-				owed, inRun = 0, j
+				if j == 0 && owed != 0 && len(pending) == 0 {
+					rt.Fatalf("the worker exited with jobs %b asked", owed)
+				}
+				owed &^= j
+				inRun = j
 				if j == 0 {
 					goroutines-- // the loop ends
 				}
@@ -209,14 +232,17 @@ func TestWorkerProtocolModel(t *testing.T) {
 				if goroutines > 1 {
 					rt.Fatalf("%d worker goroutines", goroutines)
 				}
-				if owed != 0 && goroutines != 1 {
-					rt.Fatalf("jobs %b asked with no worker to take them: a lost wake-up", owed)
-				}
-				if owed != 0 && len(w.wake) != 1 {
-					rt.Fatalf("jobs %b asked with the wake-up slot empty: a lost wake-up", owed)
-				}
 				if w.idle() != (goroutines == 0) {
 					rt.Fatalf("running = %v with %d goroutines", !w.idle(), goroutines)
+				}
+				if len(pending) > 0 || owed == 0 {
+					return
+				}
+				if goroutines != 1 {
+					rt.Fatalf("jobs %b asked with no worker to take them: a lost wake-up", owed)
+				}
+				if len(w.wake) != 1 {
+					rt.Fatalf("jobs %b asked with the wake-up slot empty: a lost wake-up", owed)
 				}
 			},
 		})
