@@ -139,11 +139,12 @@ type worker struct {
 	wake chan struct{} // the one slot: a wake-up asked and not yet taken
 	// jobs: the job bits asked and not yet taken.
 	jobs atomic.Uint32
-	// inRun: the jobs of the batch taken last, until the next take;
-	// written under mu, read without it by ask. A check asked while one
-	// runs is covered by it (jobCovered): the callers that see the copy
-	// past its moment while the check is under way would otherwise each
-	// cost one more check after it.
+	// inRun: the jobs of the batch under way, from its take to the end
+	// of its run; written by the worker, read by ask. A check asked
+	// while one runs is covered by it (jobCovered): the callers that see
+	// the copy past its moment while the check is under way would
+	// otherwise each cost one more check after it. One asked once the run
+	// ended is not.
 	inRun atomic.Uint32
 	mu    sync.Mutex
 	// running: a worker goroutine exists (or is being started) that will
@@ -227,7 +228,6 @@ func (w *worker) take() job {
 		case <-w.wake:
 		default:
 			w.running = false
-			w.inRun.Store(0)
 			return 0
 		}
 		if j := job(w.jobs.Swap(0)); j != 0 {
@@ -237,10 +237,14 @@ func (w *worker) take() job {
 	}
 }
 
+// ran ends the batch under way: nothing asked from now on is covered.
+func (w *worker) ran() { w.inRun.Store(0) }
+
 // loop is the worker goroutine: batches of jobs until no wake-up waits.
 func (w *worker) loop(ctx context.Context) {
 	for j := w.take(); j != 0; j = w.take() {
 		w.run(ctx, j)
+		w.ran()
 	}
 }
 

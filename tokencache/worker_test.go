@@ -176,7 +176,7 @@ func TestWorkerThatCannotStartIsNotLeftRunning(t *testing.T) {
 // plays the worker goroutine (start only records that one was started) and
 // every asking goroutine, and steps an ask's three steps (set the bits,
 // fill the slot, ensure a worker) one at a time, so every interleaving of
-// asks' steps, takes and exits is one drawn sequence. After every step: at
+// asks' steps, takes, ends of runs and exits is one drawn sequence. After every step: at
 // most one worker goroutine exists, running says whether one does, and
 // once no ask is half-way, a job asked is one a worker will take (a full
 // slot and a running worker). Every ask is taken by a take that comes
@@ -212,8 +212,8 @@ func TestWorkerProtocolModel(t *testing.T) {
 				pending = append(pending[:i], pending[i+1:]...)
 			},
 			"take": func(rt *rapid.T) {
-				if goroutines == 0 {
-					rt.Skip("no worker goroutine to step")
+				if goroutines == 0 || inRun != 0 {
+					rt.Skip("no worker goroutine, or its run is under way")
 				}
 				j := w.take()
 				if j != 0 && j != owed {
@@ -227,6 +227,13 @@ func TestWorkerProtocolModel(t *testing.T) {
 				if j == 0 {
 					goroutines-- // the loop ends
 				}
+			},
+			"the run ends": func(rt *rapid.T) {
+				if inRun == 0 {
+					rt.Skip("no run under way")
+				}
+				w.ran()
+				inRun = 0
 			},
 			"": func(rt *rapid.T) {
 				if goroutines > 1 {
