@@ -18,12 +18,26 @@ import (
 // the token that was served when an invalidation happened, are always
 // invalidated and retried: a second revocation soon after a first one is
 // the token's fault, not the API's.
+//
+// "Accepted before" is the fleet's knowledge, not this replica's: the
+// first time a replica sees the API accept the token stored with a
+// generation, it records that in Redis (the token's fingerprint at
+// <token key>:accepted:<generation>, for the token's life; one write per
+// token and replica, off the request path). Before a replica takes the 401
+// of a token it has not seen accepted as evidence against the API, or
+// holds it, it asks Redis: a token another replica's requests had
+// accepted is revoked, not evidence.
 
 // The rejection window (see Handle.Transport).
 const (
 	rejectionWindowMin = 10 * time.Second
 	rejectionWindowMax = 5 * time.Minute
 )
+
+// askFleetEvery bounds how often a replica asks Redis whether the API
+// accepted a token whose 401s it holds: at most once a second per token,
+// however many 401s it holds.
+const askFleetEvery = time.Second
 
 // evidence is what an entry knows of the API's answers; guarded by
 // memory.mu. The count of fresh tokens rejected in a row, and the window
@@ -34,6 +48,17 @@ type evidence struct {
 	invalidated string // the token last invalidated, here or by the fleet
 	grownFor    string // the fresh token (fingerprint/generation) whose rejection last grew the streak
 	loggedUntil mono   // the hold was last logged for the window until then
+	marked      string // the token (fingerprint/generation) whose acceptance this replica last recorded for the fleet
+	asked       string // the token (fingerprint/generation) whose held 401 last made this replica ask the fleet
+	askedAt     mono   // when
+}
+
+// acceptance is a token's first acceptance on this replica, to record for
+// the fleet (see entry.acceptedByAPI).
+type acceptance struct {
+	fp  string
+	gen int64
+	ttl time.Duration // the token's remaining life
 }
 
 // invalidated notes that the token fp was invalidated; mu held.
@@ -91,18 +116,104 @@ func (m *memory) logOnce(now mono) bool {
 }
 
 // acceptedBy notes that the API accepted tok: it is no longer evidence
-// against the API, and the rejection streak is over.
-func (m *memory) acceptedBy(tok Token) {
+// against the API, and the rejection streak is over. mark is set (ok) the
+// first time this replica sees the token stored with a generation
+// accepted: the fact to record for the fleet.
+func (m *memory) acceptedBy(tok Token) (mark acceptance, ok bool) {
 	if p := m.calm.Load(); p != nil && *p == tok.AccessToken {
-		return // the hot path: the token already known good, no streak
+		return mark, false // the hot path: the token already known good, no streak
 	}
 	fp := tok.Fingerprint()
 	m.mu.Lock()
+	defer m.mu.Unlock()
 	m.api.accepted = fp
 	m.api.grownFor = ""
 	m.back.end(true)
 	m.calm.Store(&tok.AccessToken)
+	if s := m.storedAs(fp); s != nil {
+		if id := fp + "/" + strconv.FormatInt(s.gen, 10); id != m.api.marked {
+			mark = acceptance{fp: fp, gen: s.gen, ttl: time.Duration(s.validUntil - m.now())}
+			if ok = mark.ttl > 0; ok {
+				m.api.marked = id
+			}
+		}
+	}
+	return mark, ok
+}
+
+// storedAs is the copy of the token fp this replica holds (or last read),
+// if it was stored in Redis with a generation; mu held.
+func (m *memory) storedAs(fp string) *snapshot {
+	s := m.l1.Load()
+	if s == nil || s.fp != fp {
+		s = m.last
+	}
+	if s == nil || s.fp != fp || s.gen <= 0 {
+		return nil
+	}
+	return s
+}
+
+// toAsk is the generation of tok to ask the fleet about (whether the API
+// accepted it, see evidence.marked) before this replica takes its 401 as
+// evidence against the API (hold false: the 401 of a token fetched after
+// an invalidation) or holds it (hold true); 0 when the answer would change
+// nothing or tok's generation is not known here. It changes nothing for a
+// token known accepted here; without hold, for the token whose rejection
+// grew the streak already; with hold, when verdict401 would not hold, or
+// the token was asked about less than askFleetEvery ago.
+func (m *memory) toAsk(tok Token, hold bool) int64 {
+	fp := tok.Fingerprint()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	ev := &m.api
+	s := m.storedAs(fp)
+	if s == nil || fp == ev.accepted {
+		return 0
+	}
+	id := fp + "/" + strconv.FormatInt(s.gen, 10)
+	if !hold {
+		if id == ev.grownFor {
+			return 0
+		}
+		return s.gen
+	}
+	now := m.now()
+	grown := ev.grownFor != "" && ev.grownFor[:strings.IndexByte(ev.grownFor, '/')] == fp
+	if now >= m.holdUntil() || fp == ev.invalidated && !grown || id == ev.asked && now-ev.askedAt < mono(askFleetEvery) {
+		return 0
+	}
+	ev.asked, ev.askedAt = id, now
+	return s.gen
+}
+
+// heardAccepted notes that the fleet recorded the API's acceptance of
+// the token fp stored with generation gen: its 401 is a revocation
+// (retried), not evidence; if its rejection grew the streak, the API
+// accepted it since, and it is no longer held as the token rejected
+// fresh. The streak is not ended: the acceptance may be older than it.
+func (m *memory) heardAccepted(fp string, gen int64) {
+	m.mu.Lock()
+	m.api.accepted = fp
+	if m.api.grownFor == fp+"/"+strconv.FormatInt(gen, 10) {
+		m.api.grownFor = ""
+	}
 	m.mu.Unlock()
+}
+
+// revokedFresh reports whether fresh, a token fetched after an
+// invalidation and rejected at once, is one the API accepted before (here,
+// or as the fleet recorded): then it was revoked, and is forgotten as
+// accepted (accepted once, rejected now).
+func (m *memory) revokedFresh(fresh Token) bool {
+	fp := fresh.Fingerprint()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if fp != m.api.accepted {
+		return false
+	}
+	m.api.accepted = ""
+	return true
 }
 
 // rejectedFresh notes that the API rejected fresh, a token fetched after

@@ -689,6 +689,38 @@ func TestModelHTTPRegressions(t *testing.T) {
 			step(func() { h.revoke(false) })
 			step(func() { h.allOK("after the revocation", h.burstHTTP) })
 		},
+	}, {
+		// Inside the rejection window, a token that the API accepted
+		// from one replica only, then revoked, is retried by the
+		// replicas that never saw it accepted: the one whose retry it
+		// failed (the evidence) and one that only heard of that. The
+		// fleet records the acceptance (evidence.go).
+		name:  "a revocation inside the rejection window is retried for a token accepted on another replica",
+		cfg:   long,
+		calls: 1 + 1 + 1,
+		steps: func(h *modelHTTP, step func(func())) {
+			step(h.burstHTTP)
+			step(func() {
+				h.setRejectAll(true)
+				h.apiCalls++ // replica 0's invalidation of the token all had
+				h.get(h.reps[0])
+				h.setRejectAll(false)
+			})
+			step(func() {
+				h.allOK("after the API recovered", func() { h.get(h.reps[2]) })
+				h.mu.Lock()
+				last := h.results[len(h.results)-1]
+				h.mu.Unlock()
+				h.api.mu.Lock()
+				at := h.api.attempts[last.id]
+				h.api.mu.Unlock()
+				waitFleetAccepted(h.t, h.reps[2].c, at[len(at)-1].tok)
+			})
+			step(func() { h.revoke(false) })
+			step(func() {
+				h.allOK("after the revocation", func() { h.get(h.reps[0]); h.get(h.reps[3]); h.get(h.reps[1]) })
+			})
+		},
 	}}
 	for _, tc := range cases {
 		t.Run(strings.ReplaceAll(tc.name, " ", "_"), func(t *testing.T) {

@@ -75,12 +75,20 @@ func (h *Handle) Rejected(ctx context.Context, fp string) (RejectedResult, error
 	if cur.Fingerprint() != fp {
 		return RejectedResult{Stale: true}, nil
 	}
-	if e.holdRejection(cur) {
+	if e.holdRejection(ctx, cur) {
 		return e.held(), nil
 	}
 	atOnce, used := e.reportedAge(cur)
 	if used {
-		e.mem.acceptedBy(cur)
+		e.acceptedByAPI(cur) // taken as accepted, here and by the fleet
+	}
+	if atOnce {
+		// A token the fleet saw the API accept (through another
+		// replica's Transport) is revoked, not evidence; so is one Redis
+		// cannot say of (the report is taken as the token's fault).
+		if acc, err := e.fleetAccepted(ctx, cur, false); acc || err != nil {
+			atOnce = false
+		}
 	}
 	if atOnce && e.apiRejectedFresh(cur) {
 		e.c.stats.rejectionsHeld.Add(1)

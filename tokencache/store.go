@@ -230,6 +230,27 @@ func (s *store) remember(ctx context.Context, k keys, f failure, window time.Dur
 	})
 }
 
+// markAccepted records, for ttl, that the API accepted the token tokenFP
+// stored under k with generation gen (see protocol.Client.MarkAccepted).
+func (s *store) markAccepted(ctx context.Context, k keys, gen int64, tokenFP string, ttl time.Duration) error {
+	key := k.AcceptedKey(gen)
+	return s.do(ctx, "mark accepted", key, func(ctx context.Context) error {
+		return s.p.MarkAccepted(ctx, k, gen, tokenFP, ttl)
+	})
+}
+
+// accepted reports whether the fleet recorded that the API accepted the
+// token tokenFP stored under k with generation gen.
+func (s *store) accepted(ctx context.Context, k keys, gen int64, tokenFP string) (bool, error) {
+	var ok bool
+	key := k.AcceptedKey(gen)
+	err := s.do(ctx, "read accepted", key, func(ctx context.Context) (err error) {
+		ok, err = s.p.Accepted(ctx, k, gen, tokenFP)
+		return err
+	})
+	return ok, err
+}
+
 // write stores rec (sealed) under the lease whose lock value is lease and
 // publishes ev (see protocol.Client.Write).
 func (s *store) write(ctx context.Context, k keys, rec record, ttl time.Duration, ev protocol.Event, lease string) (writeResult, error) {

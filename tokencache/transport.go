@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"strconv"
 	"time"
 
 	"golang.org/x/oauth2"
@@ -58,7 +59,7 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return resp, nil
 	}
 	if resp.StatusCode != http.StatusUnauthorized {
-		e.mem.acceptedBy(tok)
+		e.acceptedByAPI(tok)
 		return resp, nil
 	}
 	ctx, end := e.observe(ctx, OpUnauthorized)
@@ -66,7 +67,7 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if req.Body != nil && req.Body != http.NoBody && req.GetBody == nil {
 		return resp, nil // the body is spent: the caller must retry
 	}
-	if e.holdRejection(tok) || e.heldByFleet(ctx, tok) {
+	if e.holdRejection(ctx, tok) || e.heldByFleet(ctx, tok) {
 		return resp, nil
 	}
 	fresh, ok := e.replace(ctx, tok)
@@ -79,17 +80,110 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		e.apiRejectedFresh(fresh)
 		return resp, nil
 	}
-	_, _ = io.CopyN(io.Discard, resp.Body, maxDrain)
-	_ = resp.Body.Close()
+	drain(resp)
 	resp, err = t.send(req, fresh, true)
+	if err != nil || resp.StatusCode != http.StatusUnauthorized {
+		if err == nil {
+			e.acceptedByAPI(fresh)
+		}
+		return resp, err
+	}
+	if !e.rejectedAtOnce(ctx, fresh) {
+		return resp, nil
+	}
+	// fresh, a token the API had accepted (from this replica or, as the
+	// fleet recorded, another), was revoked while this request was
+	// retried with it: its 401 is the token's fault too, and it is
+	// invalidated and the request retried once more. A third 401 is
+	// returned: a token rejected at once now is evidence (or a third
+	// revocation in a row).
+	next, ok := e.replace(ctx, fresh)
+	if !ok || next.AccessToken == fresh.AccessToken {
+		return resp, nil
+	}
+	drain(resp)
+	resp, err = t.send(req, next, true)
 	if err == nil {
 		if resp.StatusCode == http.StatusUnauthorized {
-			e.apiRejectedFresh(fresh)
+			e.rejectedAtOnce(ctx, next)
 		} else {
-			e.mem.acceptedBy(fresh)
+			e.acceptedByAPI(next)
 		}
 	}
 	return resp, err
+}
+
+// drain reads what is left of a 401's body (up to maxDrain) and closes
+// it, so that its connection is reused.
+func drain(resp *http.Response) {
+	_, _ = io.CopyN(io.Discard, resp.Body, maxDrain)
+	_ = resp.Body.Close()
+}
+
+// acceptedByAPI notes that the API accepted tok (see memory.acceptedBy).
+// The first time this replica sees the token stored with a generation
+// accepted, it records that for the fleet, off the request path: then
+// another replica that gets the token's 401 knows it for a revocation
+// (see rejectedAtOnce). One SET NX per token and replica; a Redis error
+// costs only that knowledge.
+func (e *entry) acceptedByAPI(tok Token) {
+	mark, ok := e.mem.acceptedBy(tok)
+	if !ok {
+		return
+	}
+	c := e.c
+	c.goBackground(func(ctx context.Context) {
+		ctx, cancel := context.WithTimeout(ctx, c.cfg.lockTTL)
+		defer cancel()
+		if err := c.st.markAccepted(ctx, e.k, mark.gen, mark.fp, mark.ttl); err != nil {
+			c.log().Warn("tokencache: could not record for the fleet that the API accepted a token", "key", e.k.Token,
+				"token", tok, "generation", mark.gen, "err", err)
+		}
+	})
+}
+
+// fleetAccepted asks Redis whether the API accepted tok from any replica
+// (see memory.toAsk for when it asks, and hold) and, if so, notes it here:
+// tok's 401 is then a revocation, retried. Concurrent asks about one token
+// on this replica share one read. err: Redis did not answer.
+func (e *entry) fleetAccepted(ctx context.Context, tok Token, hold bool) (bool, error) {
+	gen := e.mem.toAsk(tok, hold)
+	if gen == 0 {
+		return false, nil
+	}
+	c, fp := e.c, tok.Fingerprint()
+	v, err, _ := c.sf.Do("\x00accepted:"+e.k.Token+":"+fp+"/"+strconv.FormatInt(gen, 10), func() (any, error) {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.lockTTL)
+		defer cancel()
+		return c.st.accepted(ctx, e.k, gen, fp)
+	})
+	if err != nil {
+		c.log().Warn("tokencache: could not read whether the API accepted a token", "key", e.k.Token, "token", tok, "err", err)
+		return false, err
+	}
+	if v.(bool) {
+		e.mem.heardAccepted(fp, gen)
+		return true, nil
+	}
+	return false, nil
+}
+
+// rejectedAtOnce weighs the 401 of fresh, a token fetched after an
+// invalidation: a revocation if the API accepted it before, on this
+// replica or, as the fleet recorded, another (reported true: fresh is to
+// be invalidated and the request retried); else evidence against the API
+// (apiRejectedFresh). If Redis cannot say whether the fleet saw fresh
+// accepted, it is neither: the 401 is returned and no evidence recorded,
+// so the next 401 is retried.
+func (e *entry) rejectedAtOnce(ctx context.Context, fresh Token) (revoked bool) {
+	if _, err := e.fleetAccepted(ctx, fresh, false); err != nil {
+		return false
+	}
+	if e.mem.revokedFresh(fresh) {
+		return true
+	}
+	e.apiRejectedFresh(fresh)
+	return false
 }
 
 // heldByFleet is holdRejection once Redis has been read: the fleet's
@@ -105,7 +199,7 @@ func (e *entry) heldByFleet(ctx context.Context, tok Token) bool {
 		}
 		return nil, err
 	})
-	return e.holdRejection(tok)
+	return e.holdRejection(ctx, tok)
 }
 
 // replace invalidates tok, which the API rejected, for the fleet and gets
@@ -238,7 +332,13 @@ func (h *Handle) servedUntil(t Token) time.Time {
 // holdRejection reports whether a 401 for tok is returned to the caller
 // without invalidating tok (see evidence.go), counting and, once per
 // window, logging it.
-func (e *entry) holdRejection(tok Token) bool {
+//
+// While 401s are held, a token this replica has not seen accepted is
+// first asked about (fleetAccepted, at most once a second per token): one
+// the fleet saw accepted is retried. If Redis does not answer, the local
+// evidence stands.
+func (e *entry) holdRejection(ctx context.Context, tok Token) bool {
+	_, _ = e.fleetAccepted(ctx, tok, true)
 	hold, logNow, window := e.mem.verdict401(tok)
 	if !hold {
 		return false

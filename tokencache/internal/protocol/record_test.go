@@ -137,15 +137,20 @@ func TestDecodeFailureAcceptsOnlyAFailureWithACode(t *testing.T) {
 func TestKeyLayout(t *testing.T) {
 	s := ServerKeys("tc", "payments")
 	want := Keys{Token: "tc:{payments}:server", Lock: "tc:{payments}:server:lock", Fence: "tc:{payments}:server:fence",
-		Failed: "tc:{payments}:server:failed", Drawn: "tc:{payments}:server:drawn", Channel: "tc:{payments}:events", NSSlot: true}
+		Failed: "tc:{payments}:server:failed", Accepted: "tc:{payments}:server:accepted", Drawn: "tc:{payments}:server:drawn",
+		Channel: "tc:{payments}:events", NSSlot: true}
 	if s != want {
 		t.Errorf("server keys %+v, want %+v", s, want)
 	}
 	c := ClientKeys("tc", "payments", "user-1")
 	want = Keys{Token: "tc:{payments/user-1}:client", Lock: "tc:{payments/user-1}:client:lock", Fence: "tc:{payments/user-1}:client:fence",
-		Failed: "tc:{payments/user-1}:client:failed", Drawn: "tc:{payments/user-1}:client:drawn", Channel: "tc:{payments}:events"}
+		Failed: "tc:{payments/user-1}:client:failed", Accepted: "tc:{payments/user-1}:client:accepted",
+		Drawn: "tc:{payments/user-1}:client:drawn", Channel: "tc:{payments}:events"}
 	if c != want {
 		t.Errorf("client keys %+v, want %+v", c, want)
+	}
+	if got := s.AcceptedKey(12); got != "tc:{payments}:server:accepted:12" {
+		t.Errorf("accepted key %q", got)
 	}
 	if got := BudgetKey("tc", "payments"); got != "tc:{payments}:budget" {
 		t.Errorf("budget key %q", got)

@@ -187,6 +187,23 @@ func (c *Client) Remember(ctx context.Context, k Keys, f Failure, window time.Du
 	return c.rdb.Set(ctx, k.Failed, b, window).Err()
 }
 
+// MarkAccepted records that the API accepted the token with fingerprint
+// tokenFP stored under k with generation gen, for ttl (the token's
+// remaining life), unless it is recorded already.
+func (c *Client) MarkAccepted(ctx context.Context, k Keys, gen int64, tokenFP string, ttl time.Duration) error {
+	return c.rdb.SetNX(ctx, k.AcceptedKey(gen), tokenFP, ttl).Err()
+}
+
+// Accepted reports whether the API is recorded to have accepted the token
+// with fingerprint tokenFP stored under k with generation gen.
+func (c *Client) Accepted(ctx context.Context, k Keys, gen int64, tokenFP string) (bool, error) {
+	v, err := c.rdb.Get(ctx, k.AcceptedKey(gen)).Result()
+	if err == redis.Nil {
+		return false, nil
+	}
+	return err == nil && v == tokenFP, err
+}
+
 // Publish sends ev on channel the way events are published.
 func (c *Client) Publish(ctx context.Context, channel string, ev Event) error {
 	b, err := json.Marshal(ev)
