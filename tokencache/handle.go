@@ -147,9 +147,9 @@ func (h *Handle) Inspect(ctx context.Context) (Status, error) {
 // revocation soon after a first one is the token's fault. "Accepted
 // before" is the fleet's knowledge: the first time a replica sees the API
 // accept a token, it records that in Redis (one SET NX per token and
-// replica, off the request path; see docs/redis.md), and a retry whose
-// token the API had accepted, from any replica, and has revoked since is
-// retried once more with a new token. Only a token
+// replica, off the request path; see docs/redis.md): a token the API
+// accepted from any replica, and revoked since, is never evidence against
+// the API. A request is retried once at most. Only a token
 // fetched after an invalidation that the API rejects before accepting any
 // request is evidence against the API (a revoked application, a wrong base
 // URL, an outage that answers 401): for a window of 10 s, doubling up to 5

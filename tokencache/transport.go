@@ -82,32 +82,16 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	drain(resp)
 	resp, err = t.send(req, fresh, true)
-	if err != nil || resp.StatusCode != http.StatusUnauthorized {
-		if err == nil {
-			e.acceptedByAPI(fresh)
-		}
-		return resp, err
-	}
-	if !e.rejectedAtOnce(ctx, fresh) {
-		return resp, nil
-	}
-	// fresh, a token the API had accepted (from this replica or, as the
-	// fleet recorded, another), was revoked while this request was
-	// retried with it: its 401 is the token's fault too, and it is
-	// invalidated and the request retried once more. A third 401 is
-	// returned: a token rejected at once now is evidence (or a third
-	// revocation in a row).
-	next, ok := e.replace(ctx, fresh)
-	if !ok || next.AccessToken == fresh.AccessToken {
-		return resp, nil
-	}
-	drain(resp)
-	resp, err = t.send(req, next, true)
 	if err == nil {
 		if resp.StatusCode == http.StatusUnauthorized {
-			e.rejectedAtOnce(ctx, next)
+			// The request was retried once, its one retry: the 401 is
+			// returned. It is evidence against the API only if fresh was
+			// never accepted, here or anywhere in the fleet; else fresh
+			// was revoked meanwhile, and the next request's 401
+			// invalidates it.
+			e.rejectedAtOnce(ctx, fresh)
 		} else {
-			e.acceptedByAPI(next)
+			e.acceptedByAPI(fresh)
 		}
 	}
 	return resp, err
@@ -170,11 +154,11 @@ func (e *entry) fleetAccepted(ctx context.Context, tok Token, hold bool) (bool, 
 
 // rejectedAtOnce weighs the 401 of fresh, a token fetched after an
 // invalidation: a revocation if the API accepted it before, on this
-// replica or, as the fleet recorded, another (reported true: fresh is to
-// be invalidated and the request retried); else evidence against the API
+// replica or, as the fleet recorded, another (reported true: the next 401
+// of fresh invalidates it); else evidence against the API
 // (apiRejectedFresh). If Redis cannot say whether the fleet saw fresh
-// accepted, it is neither: the 401 is returned and no evidence recorded,
-// so the next 401 is retried.
+// accepted, it is neither: no evidence is recorded, so the next 401 is
+// retried.
 func (e *entry) rejectedAtOnce(ctx context.Context, fresh Token) (revoked bool) {
 	if _, err := e.fleetAccepted(ctx, fresh, false); err != nil {
 		return false
