@@ -53,6 +53,15 @@ type evidence struct {
 	askedAt     mono   // when
 }
 
+// calmToken is a token the API accepted, at the generation this replica
+// held it with then, and whether this replica recorded that for the fleet
+// (see memory.calm).
+type calmToken struct {
+	access   string
+	gen      int64
+	recorded bool
+}
+
 // acceptance is a token's first acceptance on this replica, to record for
 // the fleet (see entry.acceptedByAPI).
 type acceptance struct {
@@ -116,12 +125,17 @@ func (m *memory) logOnce(now mono) bool {
 }
 
 // acceptedBy notes that the API accepted tok: it is no longer evidence
-// against the API, and the rejection streak is over. mark is set (ok) the
-// first time this replica sees the token stored with a generation
-// accepted: the fact to record for the fleet.
-func (m *memory) acceptedBy(tok Token) (mark acceptance, ok bool) {
-	if p := m.calm.Load(); p != nil && *p == tok.AccessToken {
-		return mark, false // the hot path: the token already known good, no streak
+// against the API, and the rejection streak is over. With record (the
+// API's answer was a success, not an error that only was no 401), mark is
+// set (ok) the first time this replica sees the token stored with a
+// generation accepted: the fact to record for the fleet. The copy held
+// at another generation of the same token (re-stored after a write-back,
+// or handed out again by the issuer) is a new fact to record.
+func (m *memory) acceptedBy(tok Token, record bool) (mark acceptance, ok bool) {
+	if p := m.calm.Load(); p != nil && p.access == tok.AccessToken && (p.recorded || !record) {
+		if s := m.l1.Load(); s == nil || s.tok.AccessToken != tok.AccessToken || s.gen == p.gen {
+			return mark, false // the hot path: the token already known good, no streak
+		}
 	}
 	fp := tok.Fingerprint()
 	m.mu.Lock()
@@ -129,16 +143,32 @@ func (m *memory) acceptedBy(tok Token) (mark acceptance, ok bool) {
 	m.api.accepted = fp
 	m.api.grownFor = ""
 	m.back.end(true)
-	m.calm.Store(&tok.AccessToken)
+	calm := &calmToken{access: tok.AccessToken}
 	if s := m.storedAs(fp); s != nil {
-		if id := fp + "/" + strconv.FormatInt(s.gen, 10); id != m.api.marked {
+		calm.gen = s.gen
+		id := fp + "/" + strconv.FormatInt(s.gen, 10)
+		calm.recorded = id == m.api.marked
+		if record && !calm.recorded {
 			mark = acceptance{fp: fp, gen: s.gen, ttl: time.Duration(s.validUntil - m.now())}
 			if ok = mark.ttl > 0; ok {
-				m.api.marked = id
+				m.api.marked, calm.recorded = id, true
 			}
 		}
 	}
+	m.calm.Store(calm)
 	return mark, ok
+}
+
+// unmark forgets that this replica recorded the acceptance of the token
+// fp stored with generation gen (the write failed): its next acceptance
+// records it again.
+func (m *memory) unmark(fp string, gen int64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.api.marked == fp+"/"+strconv.FormatInt(gen, 10) {
+		m.api.marked = ""
+		m.calm.Store(nil)
+	}
 }
 
 // storedAs is the copy of the token fp this replica holds (or last read),
@@ -195,7 +225,10 @@ func (m *memory) toAsk(tok Token, hold bool) int64 {
 func (m *memory) heardAccepted(fp string, gen int64) {
 	m.mu.Lock()
 	m.api.accepted = fp
-	if m.api.grownFor == fp+"/"+strconv.FormatInt(gen, 10) {
+	if g := m.api.grownFor; g != "" && g[:strings.IndexByte(g, '/')] == fp {
+		// Whatever generation it grew the streak at (0: fetched while
+		// Redis was down, written back since; or before the issuer
+		// handed it out again): the API accepted this token since.
 		m.api.grownFor = ""
 	}
 	m.mu.Unlock()
@@ -213,6 +246,7 @@ func (m *memory) revokedFresh(fresh Token) bool {
 		return false
 	}
 	m.api.accepted = ""
+	m.calm.Store(nil)
 	return true
 }
 

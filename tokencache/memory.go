@@ -123,9 +123,10 @@ type memory struct {
 	l1 atomic.Pointer[snapshot] // the copy served; nil: none (or withL1(false), a test hook); stored under mu
 
 	tickets atomic.Uint64 // the last read ticket handed out
-	// calm is the access token the API last accepted while no rejection
-	// streak runs: Transport's success path checks it without the lock.
-	calm atomic.Pointer[string]
+	// calm is the token the API last accepted while no rejection streak
+	// runs, and whether that acceptance is recorded for the fleet:
+	// Transport's success path checks it without the lock.
+	calm atomic.Pointer[calmToken]
 
 	mu sync.Mutex // guards everything below
 	// last is the copy last installed, kept even without the in-memory

@@ -367,7 +367,7 @@ func TestEvidenceHoldsOnlyUnprovenTokensWithinAWindow(t *testing.T) {
 	if hold, _, _ := m.verdict401(a); hold {
 		t.Fatal("a 401 held without evidence")
 	}
-	m.acceptedBy(a)
+	m.acceptedBy(a, true)
 	m.invalidating(a.Fingerprint(), 0)
 	streak, window, grew := m.rejectedFresh(b) // b, fetched after a's invalidation, rejected at once
 	if streak != 1 || window != rejectionWindowMin || !grew {
@@ -389,7 +389,7 @@ func TestEvidenceHoldsOnlyUnprovenTokensWithinAWindow(t *testing.T) {
 			t.Errorf("%s: hold %v, want %v", tc.why, hold, tc.hold)
 		}
 	}
-	m.acceptedBy(c)
+	m.acceptedBy(c, true)
 	if hold, _, _ := m.verdict401(c); hold {
 		t.Error("a token the API accepted is held")
 	}
@@ -499,5 +499,66 @@ func TestMemoryNextMomentAndItsReasonForEachTransition(t *testing.T) {
 				t.Fatalf("the transition moved the token's own moments: due %v, valid until %v", time.Duration(got.dueAt), time.Duration(got.validUntil))
 			}
 		})
+	}
+}
+
+// A replica records a token's acceptance for the fleet once per
+// generation it was stored with, on a success only: not for a copy
+// fetched while Redis was down (no generation yet) until it is written
+// back, again when the same token is stored anew, and again after a
+// record that failed.
+func TestEvidenceRecordsEachGenerationsFirstSuccessForTheFleet(t *testing.T) {
+	a := Token{AccessToken: "a"}
+	m := newTestMemory(true)
+	accept := func(record bool) (int64, bool) {
+		mark, ok := m.acceptedBy(a, record)
+		return mark.gen, ok
+	}
+	unstored := copyOf("a", 0, 0) // fetched while Redis was down
+	m.set(unstored)
+	if _, ok := accept(true); ok {
+		t.Fatal("recorded the acceptance of a token with no generation")
+	}
+	m.install(copyOf("a", 5, 2)) // written back
+	if _, ok := accept(false); ok {
+		t.Fatal("recorded an answer that was no success (not a 401, not below 400 either)")
+	}
+	if gen, ok := accept(true); !ok || gen != 5 {
+		t.Fatalf("after the write-back: recorded %v at generation %d, want generation 5", ok, gen)
+	}
+	if _, ok := accept(true); ok {
+		t.Fatal("recorded generation 5 twice")
+	}
+	m.unmark(a.Fingerprint(), 5) // the write failed
+	if gen, ok := accept(true); !ok || gen != 5 {
+		t.Fatalf("after a failed record: recorded %v at generation %d, want generation 5 again", ok, gen)
+	}
+	m.install(copyOf("a", 6, 3)) // the issuer handed it out again
+	if gen, ok := accept(true); !ok || gen != 6 {
+		t.Fatalf("after the re-store: recorded %v at generation %d, want generation 6", ok, gen)
+	}
+	if _, ok := accept(true); ok {
+		t.Fatal("recorded generation 6 twice")
+	}
+}
+
+// The fleet's record that the API accepted a token ends the hold its
+// rejection set here, whatever generation the rejection was counted at.
+func TestEvidenceTheFleetsAcceptanceEndsTheHoldOfTheTokenAtAnyGeneration(t *testing.T) {
+	a, f := Token{AccessToken: "a"}, Token{AccessToken: "f"}
+	m := newTestMemory(true)
+	m.acceptedBy(a, true)
+	m.invalidating(a.Fingerprint(), 0)
+	m.set(copyOf("f", 0, 0)) // f fetched while Redis was down, rejected at once
+	if _, _, grew := m.rejectedFresh(f); !grew {
+		t.Fatal("f's rejection did not grow the streak")
+	}
+	if hold, _, _ := m.verdict401(f); !hold {
+		t.Fatal("f's 401 not held after its rejection")
+	}
+	m.install(copyOf("f", 7, 5)) // written back at generation 7; another replica's success recorded it
+	m.heardAccepted(f.Fingerprint(), 7)
+	if hold, _, _ := m.verdict401(f); hold {
+		t.Fatal("f's 401 held although the fleet recorded the API accepting it")
 	}
 }

@@ -80,7 +80,9 @@ func (h *Handle) Rejected(ctx context.Context, fp string) (RejectedResult, error
 	}
 	atOnce, used := e.reportedAge(cur)
 	if used {
-		e.acceptedByAPI(cur) // taken as accepted, here and by the fleet
+		// Taken as accepted here; not recorded for the fleet, as the
+		// report invalidates it now.
+		e.mem.acceptedBy(cur, false)
 	}
 	if atOnce {
 		// A token the fleet saw the API accept (through another

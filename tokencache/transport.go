@@ -59,7 +59,7 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return resp, nil
 	}
 	if resp.StatusCode != http.StatusUnauthorized {
-		e.acceptedByAPI(tok)
+		e.acceptedByAPI(tok, resp.StatusCode)
 		return resp, nil
 	}
 	ctx, end := e.observe(ctx, OpUnauthorized)
@@ -91,7 +91,7 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			// invalidates it.
 			e.rejectedAtOnce(ctx, fresh)
 		} else {
-			e.acceptedByAPI(fresh)
+			e.acceptedByAPI(fresh, resp.StatusCode)
 		}
 	}
 	return resp, err
@@ -104,14 +104,15 @@ func drain(resp *http.Response) {
 	_ = resp.Body.Close()
 }
 
-// acceptedByAPI notes that the API accepted tok (see memory.acceptedBy).
-// The first time this replica sees the token stored with a generation
-// accepted, it records that for the fleet, off the request path: then
-// another replica that gets the token's 401 knows it for a revocation
-// (see rejectedAtOnce). One SET NX per token and replica; a Redis error
-// costs only that knowledge.
-func (e *entry) acceptedByAPI(tok Token) {
-	mark, ok := e.mem.acceptedBy(tok)
+// acceptedByAPI notes that the API accepted tok (see memory.acceptedBy):
+// it answered code, not 401. The first time this replica sees the token
+// stored with a generation answered with a success (below 400), it
+// records that for the fleet, off the request path: then another replica
+// that gets the token's 401 knows it for a revocation (see
+// rejectedAtOnce). One SET NX per token and replica; a Redis error costs
+// only that knowledge until the token's next success here.
+func (e *entry) acceptedByAPI(tok Token, code int) {
+	mark, ok := e.mem.acceptedBy(tok, code < 400)
 	if !ok {
 		return
 	}
@@ -122,6 +123,7 @@ func (e *entry) acceptedByAPI(tok Token) {
 		if err := c.st.markAccepted(ctx, e.k, mark.gen, mark.fp, mark.ttl); err != nil {
 			c.log().Warn("tokencache: could not record for the fleet that the API accepted a token", "key", e.k.Token,
 				"token", tok, "generation", mark.gen, "err", err)
+			e.mem.unmark(mark.fp, mark.gen)
 		}
 	})
 }
